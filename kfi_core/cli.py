@@ -1,0 +1,100 @@
+"""Command line interface: ``python -m kfi_core <command> ...``.
+
+This is the only place in the library that configures logging and the only place that
+catches :class:`~kfi_core.errors.KfiError`: a known problem prints its message and exits
+with code 2, anything else is a bug and keeps its traceback. Sub-commands import their
+heavy modules (torch, diffusers) only when they run, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import KfiError
+
+logger = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from .tiny import build_tiny_pipeline_folder
+
+    path = build_tiny_pipeline_folder(args.out_dir, num_frames=args.frames, seed=args.seed)
+    print(path)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .loading import describe_model, load_kfi_model
+
+    model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    print(json.dumps(describe_model(model), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kfi_core",
+        description="KFI: keyframe-guided video inpainting on Stable Video Diffusion.",
+    )
+    parser.add_argument("--version", action="version", version=f"kfi_core {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "make-tiny-model",
+        help="write a tiny random-weight SVD img2vid model (diffusers folder) for tests and demos",
+        description=(
+            "Build a tiny Stable Video Diffusion img2vid pipeline with random weights from the real "
+            "diffusers/transformers classes and save it in diffusers folder layout. Deterministic "
+            "for a seed; a few MB; nothing is downloaded."
+        ),
+    )
+    p.add_argument("out_dir", help="folder to write (created; must be empty or absent)")
+    p.add_argument("--frames", type=int, default=8, help="frame count the model is made for (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.set_defaults(func=_cmd_make_tiny_model)
+
+    p = sub.add_parser(
+        "info",
+        help="load a model (and adapter) and print what was loaded as JSON",
+        description="Load a base model, optionally with a KFI adapter, and print a JSON description.",
+    )
+    p.add_argument("model", help="diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--adapter", default=None, help="KFI adapter .safetensors file")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=_cmd_info)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="[%(name)s] %(levelname)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except KfiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

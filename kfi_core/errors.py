@@ -1,0 +1,51 @@
+"""Exceptions of the KFI library, named for the user's problem.
+
+Every message says which input is wrong, what is wrong with it and how to fix it.
+``KfiError`` is the root; the CLI turns it into a message and exit code 2, and ComfyUI
+shows its text in the node's error dialog. Bad-value errors also subclass ``ValueError``
+(as peft's do) so that callers catching ``ValueError`` keep working.
+"""
+
+
+class KfiError(Exception):
+    """Base class of every error KFI raises on purpose."""
+
+
+class InputMismatchError(KfiError, ValueError):
+    """Frames, masks or keyframes disagree in count, size or layout."""
+
+
+class KeyframeError(KfiError, ValueError):
+    """A keyframe index is out of range, repeated, or its image does not fit the clip."""
+
+
+class UnsupportedSizeError(KfiError, ValueError):
+    """A frame size or frame count the model cannot take."""
+
+
+class UnknownNameError(KfiError, ValueError):
+    """An unknown sampler, schedule, strategy, variant or other named choice."""
+
+
+class ModelFileError(KfiError):
+    """A model file or folder is missing, truncated, not safetensors, or not a model KFI knows."""
+
+
+class CheckpointFormatError(ModelFileError):
+    """A checkpoint's keys or shapes do not match the architecture it claims to be."""
+
+
+class AdapterMismatchError(KfiError, ValueError):
+    """An adapter file made for another base model, rank, frame count or format version."""
+
+
+class NonFiniteError(KfiError):
+    """NaN or infinity appeared in the inputs or during sampling."""
+
+
+class ResumeError(KfiError):
+    """A training run cannot resume from the checkpoint it was pointed at."""
+
+
+class CancelledError(KfiError):
+    """The user cancelled a run between two steps."""

@@ -1,0 +1,32 @@
+"""Shared fixtures. Models come only from kfi_core.tiny: built once per test run, no downloads."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Two cores: one intra-op thread keeps tests steady when another process (the ComfyUI server) runs.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny SVD img2vid model (8 frames, seed 0) in diffusers folder layout."""
+    from kfi_core.tiny import build_tiny_pipeline_folder
+
+    return build_tiny_pipeline_folder(tmp_path_factory.mktemp("models") / "tiny-svd", num_frames=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_components() -> dict:
+    """Fresh in-memory tiny components (8 frames, seed 0). Do not modify them in a test."""
+    from kfi_core.tiny import build_tiny_components
+
+    return build_tiny_components(num_frames=8, seed=0)
