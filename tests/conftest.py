@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tests"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 # Two cores: one intra-op thread keeps tests steady when another process (the ComfyUI server) runs.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,3 +31,13 @@ def tiny_components() -> dict:
     from kfi_core.tiny import build_tiny_components
 
     return build_tiny_components(num_frames=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One real ComfyUI server for the session: pack linked in, tiny model in models/diffusers."""
+    from comfyhost import ComfyServer, make_base_dir
+
+    base = make_base_dir(tmp_path_factory.mktemp("comfy-base"), tiny_model=True)
+    with ComfyServer(base) as server:
+        yield server

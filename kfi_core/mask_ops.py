@@ -1,0 +1,133 @@
+"""Mask preparation: binarise, grow/erode, feather, temporal dilation.
+
+Layout: ``masks`` are float tensors [F, 1, H, W] with 1 = region to fill (inpaint) and
+0 = region to keep. All functions return new tensors and never modify their input.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputMismatchError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def check_masks(masks: torch.Tensor, name: str = "masks") -> None:
+    """Raise unless ``masks`` is a finite float tensor [F, 1, H, W] with values in 0..1."""
+    if masks.ndim != 4 or masks.shape[1] != 1:
+        raise InputMismatchError(
+            f"{name}: expected shape [frames, 1, height, width], got {list(masks.shape)}. "
+            "Pass one single-channel mask per frame."
+        )
+    if not masks.is_floating_point():
+        raise InputMismatchError(f"{name}: expected a float tensor with values 0..1, got dtype {masks.dtype}.")
+    if not torch.isfinite(masks).all():
+        raise InputMismatchError(f"{name}: contains NaN or infinity. Check the node or file that produced the mask.")
+    lo, hi = float(masks.min()), float(masks.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InputMismatchError(
+            f"{name}: values must lie in 0..1, got {lo:g}..{hi:g}. "
+            "If the mask was stored as 0..255, divide it by 255 first."
+        )
+
+
+def binarize(masks: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+    """1 where ``masks > threshold``, else 0 (same dtype)."""
+    if not 0.0 <= threshold < 1.0:
+        raise InputMismatchError(f"threshold: got {threshold}; give a value in 0..1 (0.5 is the default).")
+    return (masks > threshold).to(masks.dtype)
+
+
+def _disk(radius: int, device, dtype) -> torch.Tensor:
+    r = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    disk = (r[None, :] ** 2 + r[:, None] ** 2) <= radius * radius + 0.5
+    return disk.to(dtype)[None, None]
+
+
+def grow(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Dilate (``pixels`` > 0) or erode (``pixels`` < 0) binary masks with a disk of that radius.
+
+    Erosion is the dilation of the complement, so ``grow(grow(m, -r), r)`` is an opening.
+    Pixels outside the frame count as "keep" for dilation and as "fill" for erosion, so a
+    mask touching the border stays touching it after erosion.
+    """
+    if pixels == 0:
+        return masks.clone()
+    radius = abs(int(pixels))
+    kernel = _disk(radius, masks.device, torch.float32)
+    src = masks.float() if pixels > 0 else 1.0 - masks.float()
+    # [F, 1, H, W] -> [F, 1, H, W]; conv counts disk pixels inside the region
+    hit = F.conv2d(F.pad(src, (radius,) * 4, value=0.0), kernel) > 0.5
+    out = hit.float() if pixels > 0 else 1.0 - hit.float()
+    return out.to(masks.dtype)
+
+
+def feather(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Soften mask edges with a Gaussian blur of about ``pixels`` radius (sigma = pixels / 2)."""
+    if pixels <= 0:
+        return masks.clone()
+    sigma = pixels / 2.0
+    radius = int(pixels)
+    x = torch.arange(-radius, radius + 1, device=masks.device, dtype=torch.float32)
+    g = torch.exp(-(x**2) / (2 * sigma * sigma))
+    g = g / g.sum()
+    src = F.pad(masks.float(), (radius,) * 4, mode="replicate")
+    out = F.conv2d(src, g.view(1, 1, 1, -1))
+    out = F.conv2d(out, g.view(1, 1, -1, 1))
+    return out.clamp(0.0, 1.0).to(masks.dtype)
+
+
+def temporal_dilate(masks: torch.Tensor, frames: int) -> torch.Tensor:
+    """Union of each mask with its ``frames`` neighbours before and after (covers fast motion)."""
+    if frames <= 0:
+        return masks.clone()
+    # [F, 1, H, W] -> [1, 1, F, H*W] so that max-pooling runs along time only
+    n, _, h, w = masks.shape
+    x = masks.float().reshape(1, 1, n, h * w)
+    x = F.max_pool2d(x, kernel_size=(2 * frames + 1, 1), stride=1, padding=(frames, 0))
+    return x.reshape(n, 1, h, w).to(masks.dtype)
+
+
+def prepare_masks(
+    masks: torch.Tensor,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    grow_pixels: int = 0,
+    temporal_frames: int = 0,
+    feather_pixels: int = 0,
+) -> torch.Tensor:
+    """The usual chain: binarise, grow or erode, dilate in time, then feather (soft edges last)."""
+    check_masks(masks)
+    out = binarize(masks, threshold)
+    out = grow(out, grow_pixels)
+    out = temporal_dilate(out, temporal_frames)
+    return feather(out, feather_pixels)
+
+
+def expand_masks(masks: torch.Tensor, num_frames: int, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Check ``masks`` against a clip and return one mask per frame.
+
+    A single mask applies to every frame (it is repeated); otherwise the count must equal
+    ``num_frames``. Sizes must match exactly: nothing is resized or truncated.
+    """
+    check_masks(masks)
+    height, width = int(size[0]), int(size[1])
+    if tuple(masks.shape[-2:]) != (height, width):
+        raise InputMismatchError(
+            f"masks: mask size {masks.shape[-1]}x{masks.shape[-2]} (width x height) does not match the frames' "
+            f"{width}x{height}. Resize the mask to the video's size (e.g. with an image resize node) first."
+        )
+    if masks.shape[0] == 1 and num_frames != 1:
+        return masks.expand(num_frames, -1, -1, -1).clone()
+    if masks.shape[0] != num_frames:
+        raise InputMismatchError(
+            f"masks: got {masks.shape[0]} masks for {num_frames} frames. "
+            "Give one mask per frame, or one mask for all frames."
+        )
+    return masks.clone()

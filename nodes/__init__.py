@@ -1,0 +1,21 @@
+"""KFI nodes for ComfyUI (V3 schema). Thin wrappers over :mod:`kfi_core`.
+
+Node ids never change once released; retired nodes move to a deprecated module and stay
+loadable. Custom types are ``KFI_*``; every category sits under ``KFI/``.
+"""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .keyframes import KFIInsertKeyframes, KFISelectKeyframe
+from .masks import KFIMaskPrepare
+
+NODES: list[type[io.ComfyNode]] = [
+    KFIMaskPrepare,
+    KFISelectKeyframe,
+    KFIInsertKeyframes,
+]
+
+
+class KFIExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,119 @@
+"""The pack inside a real ComfyUI server (ComfyUI 0.3.75, CPU, loopback)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyhost import ROOT, ComfyServer, host_dir, make_base_dir, missing_nodes
+
+# Every node the pack registers. A node missing from /object_info means the pack failed to load.
+EXPECTED_NODES = [
+    "KFIMaskPrepare",
+    "KFISelectKeyframe",
+    "KFIInsertKeyframes",
+]
+
+
+def test_every_node_is_listed_with_display_name_and_category(comfy_server):
+    info = comfy_server.object_info()
+    assert missing_nodes(info, EXPECTED_NODES) == [], comfy_server.log_tail()
+    for name in EXPECTED_NODES:
+        node = info[name]
+        assert node["display_name"] and node["display_name"] != name
+        assert node["category"].startswith("KFI/"), node["category"]
+        assert node["description"], f"{name} has no description"
+        for spec in {**node["input"].get("required", {}), **node["input"].get("optional", {})}.values():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}: an input has no tooltip"
+
+
+def test_a_broken_pack_is_detected(tmp_path):
+    """ComfyUI keeps going when a pack fails to import, so the check must look for our nodes."""
+    pack = tmp_path / "pack"
+    shutil.copytree(ROOT, pack, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "tests", "out"))
+    init = pack / "nodes" / "__init__.py"
+    init.write_text('raise RuntimeError("KFI broken on purpose")\n' + init.read_text())
+    base = make_base_dir(tmp_path / "base", pack_dir=pack)
+    with ComfyServer(base) as server:
+        missing = missing_nodes(server.object_info(), EXPECTED_NODES)
+        log = server.log_text()
+    assert missing == EXPECTED_NODES
+    assert "KFI broken on purpose" in log
+
+
+def _save_mask_png(path: Path, mask: np.ndarray) -> None:
+    Image.fromarray((mask * 255).astype(np.uint8), mode="L").save(path)
+
+
+def test_mask_prepare_runs_through_prompt(comfy_server):
+    from kfi_core.mask_ops import grow
+
+    mask = np.zeros((32, 48), dtype=np.float32)
+    mask[10:20, 12:30] = 1.0
+    _save_mask_png(comfy_server.base / "input" / "kfi_test_mask.png", mask)
+    prompt = {
+        "1": {"class_type": "LoadImageMask", "inputs": {"image": "kfi_test_mask.png", "channel": "red"}},
+        "2": {"class_type": "KFIMaskPrepare", "inputs": {"mask": ["1", 0], "threshold": 0.5, "grow": 3,
+                                                         "temporal_dilation": 0, "feather": 0}},
+        "3": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "kfi_mask_prepare"}},
+    }
+    entry = comfy_server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    saved = entry["outputs"]["4"]["images"][0]
+    got = np.asarray(Image.open(comfy_server.base / "output" / saved["subfolder"] / saved["filename"]))[..., 0]
+    want = grow(torch.from_numpy(mask)[None, None], 3)[0, 0].numpy()
+    assert got.shape == mask.shape
+    assert np.array_equal(got > 127, want > 0.5)
+    assert (want.sum() > mask.sum()), "growing must add pixels"
+
+
+def test_bad_input_comes_back_as_execution_error_and_server_keeps_serving(comfy_server):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 3, "color": 0}},
+        "2": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}},
+        "3": {"class_type": "KFISelectKeyframe", "inputs": {"images": ["1", 0], "mask": ["2", 0], "index": 7}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    entry = comfy_server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error"
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["exception_type"].endswith("KeyframeError")
+    assert "index: got 7 for a clip of 3 frames" in errors[0]["exception_message"]
+    # the server still answers and runs the next prompt
+    prompt["3"]["inputs"]["index"] = -1
+    assert comfy_server.run_prompt(prompt)["status"]["status_str"] == "success"
+
+
+def test_importing_the_pack_is_cheap_and_names_missing_dependencies(tmp_path):
+    """Heavy libraries load when a node runs, not at ComfyUI start-up; a missing one is named."""
+    script = f"""
+import asyncio, importlib.util, sys
+sys.path.insert(0, {str(host_dir())!r})
+import comfy.cli_args; comfy.cli_args.args.cpu = True
+spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / '__init__.py')!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+pack = importlib.util.module_from_spec(spec); sys.modules["kfi_pack"] = pack; spec.loader.exec_module(pack)
+ext = asyncio.run(pack.comfy_entrypoint())
+nodes = asyncio.run(ext.get_node_list())
+heavy = [m for m in ("diffusers", "peft", "accelerate") if m in sys.modules]
+print("HEAVY", heavy, "NODES", len(nodes))
+pack.REQUIRED_MODULES["kfi_no_such_module"] = "kfi-no-such-package"
+try:
+    asyncio.run(pack.comfy_entrypoint())
+except ImportError as err:
+    print("ERROR", err)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"HEAVY [] NODES {len(EXPECTED_NODES)}" in proc.stdout
+    assert "missing Python packages: kfi-no-such-package" in proc.stdout
+    assert "pip install -r" in proc.stdout and "requirements.txt" in proc.stdout
