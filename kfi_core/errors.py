@@ -39,6 +39,10 @@ class AdapterMismatchError(KfiError, ValueError):
     """An adapter file made for another base model, rank, frame count or format version."""
 
 
+class VideoFileError(KfiError):
+    """A video, frame folder or mask file cannot be read or written."""
+
+
 class NonFiniteError(KfiError):
     """NaN or infinity appeared in the inputs or during sampling."""
 
