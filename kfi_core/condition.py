@@ -1,0 +1,158 @@
+"""The symmetric masked-pixel condition (VideoRepainter supplement, A.2 and Fig. 3).
+
+Every frame is VAE-encoded twice: once with its masked region filled black and once filled
+white. The two latents (4 + 4 channels) replace stock SVD's repeated first-frame latent, so
+the UNet input is [noisy latent | black-filled | white-filled] = 12 channels. Keyframes enter
+as fully known frames: their mask is empty, so both encodings are the same clean frame.
+
+Choices where the paper is silent, following SVD and diffusers:
+- pixels are scaled to -1..1 before encoding and the latent is the posterior mode, not
+  multiplied by the VAE scaling factor (as the SVD pipeline treats its image latent);
+- SVD's conditioning noise augmentation is applied to the filled frames before encoding
+  (the same noise for both fills, so the two encodings differ only inside the mask), and
+  its strength is passed to the UNet as SVD's third time id.
+
+Layouts: ``frames`` [F, 3, H, W] in 0..1; ``masks`` [F, 1, H, W] with 1 = fill;
+condition latents [1, F, 8, h, w] as diffusers' [B, F, C, h, w].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InputMismatchError, NonFiniteError
+from .keyframes import check_frame_index, insert_keyframes
+from .mask_ops import DEFAULT_THRESHOLD, binarize, expand_masks, grow
+
+logger = logging.getLogger(__name__)
+
+CONDITION_CHANNELS = 8  # black-filled (4) + white-filled (4)
+
+
+@dataclass
+class ClipInputs:
+    """A checked clip: frames with keyframes in place, binary masks (empty at keyframes)."""
+
+    frames: torch.Tensor
+    masks: torch.Tensor
+    keyframe_indices: list[int] = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.frames.shape[-2]), int(self.frames.shape[-1])
+
+
+def check_frames(frames: torch.Tensor, name: str = "frames") -> None:
+    """Raise unless ``frames`` is a finite float RGB clip [F, 3, H, W] with values in 0..1."""
+    if frames.ndim != 4:
+        raise InputMismatchError(f"{name}: expected [frames, channels, height, width], got shape {list(frames.shape)}.")
+    channels = frames.shape[1]
+    if channels == 1:
+        raise InputMismatchError(f"{name}: got grayscale frames (1 channel); convert them to RGB first.")
+    if channels == 4:
+        raise InputMismatchError(f"{name}: got RGBA frames (4 channels); drop the alpha channel (convert to RGB) first.")
+    if channels != 3:
+        raise InputMismatchError(f"{name}: expected 3 colour channels (RGB), got {channels}.")
+    if frames.shape[0] < 1:
+        raise InputMismatchError(f"{name}: the clip has no frames.")
+    if not frames.is_floating_point():
+        raise InputMismatchError(f"{name}: expected float values in 0..1, got dtype {frames.dtype}; divide by 255.")
+    if not torch.isfinite(frames).all():
+        raise NonFiniteError(f"{name}: contains NaN or infinity; check the node or file that produced the frames.")
+    lo, hi = float(frames.min()), float(frames.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " They look like 0..255 values: divide by 255." if hi > 1.5 else ""
+        raise InputMismatchError(f"{name}: values must lie in 0..1, got {lo:g}..{hi:g}.{hint}")
+
+
+def prepare_clip(
+    frames: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    keyframes: torch.Tensor | None = None,
+    keyframe_indices: list[int] | tuple[int, ...] = (),
+    threshold: float = DEFAULT_THRESHOLD,
+    grow_pixels: int = 0,
+) -> ClipInputs:
+    """Check frames, masks and keyframes against each other and return them ready to encode.
+
+    ``masks`` may hold one mask per frame or a single mask for all frames. Masks are
+    binarised at ``threshold`` and grown (or eroded, negative) by ``grow_pixels``.
+    ``keyframes`` [K, 3, H, W] are the edited frames placed at ``keyframe_indices``; when
+    ``keyframes`` is None the indices name frames of the clip that are already edited.
+    """
+    check_frames(frames)
+    masks = expand_masks(masks, frames.shape[0], frames.shape[-2:])
+    masks = grow(binarize(masks, threshold), grow_pixels)
+    indices = [check_frame_index(i, frames.shape[0]) for i in keyframe_indices]
+    if len(set(indices)) != len(indices):
+        raise InputMismatchError(f"keyframe_index: {list(keyframe_indices)} names a frame twice; give each once.")
+    if keyframes is not None:
+        check_frames(keyframes, "keyframes")
+        frames = insert_keyframes(frames, keyframes, list(indices))
+    else:
+        frames = frames.clone()
+    for i in indices:
+        masks[i] = 0.0  # keyframes are fully known
+    return ClipInputs(frames=frames, masks=masks, keyframe_indices=sorted(indices))
+
+
+def fill_masked(frames: torch.Tensor, masks: torch.Tensor, value: float) -> torch.Tensor:
+    """Frames with the masked region replaced by ``value`` (0 = black, 1 = white)."""
+    return frames * (1.0 - masks) + value * masks
+
+
+@torch.no_grad()
+def encode_frames(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """VAE posterior modes of pixels [N, 3, H, W] in -1..1, ``chunk_size`` frames at a time -> [N, 4, h, w]."""
+    dtype = next(vae.parameters()).dtype
+    device = next(vae.parameters()).device
+    out = []
+    for start in range(0, pixels.shape[0], max(1, chunk_size)):
+        chunk = pixels[start : start + chunk_size].to(device=device, dtype=dtype)
+        out.append(vae.encode(chunk).latent_dist.mode())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_symmetric(
+    vae,
+    clip: ClipInputs,
+    *,
+    noise_aug_strength: float = 0.02,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 8,
+) -> torch.Tensor:
+    """The symmetric condition latents [1, F, 8, h, w]: black-filled then white-filled encodings."""
+    noise = None
+    if noise_aug_strength > 0:
+        noise = torch.randn(clip.frames.shape, generator=generator, dtype=torch.float32, device="cpu")
+    halves = []
+    for value in (0.0, 1.0):
+        pixels = fill_masked(clip.frames.float().cpu(), clip.masks.float().cpu(), value) * 2.0 - 1.0
+        if noise is not None:
+            pixels = pixels + noise_aug_strength * noise
+        halves.append(encode_frames(vae, pixels, chunk_size))
+    latents = torch.cat(halves, dim=1)  # [F, 8, h, w]
+    return latents[None]  # [1, F, 8, h, w]
+
+
+def first_frame_for_embedding(clip: ClipInputs) -> torch.Tensor:
+    """The image the cross-attention embedding comes from: the first keyframe, else frame 0
+    with its masked region filled with the mean colour of its known pixels ([3, H, W])."""
+    if clip.keyframe_indices:
+        return clip.frames[clip.keyframe_indices[0]]
+    frame, mask = clip.frames[0], clip.masks[0]
+    known = 1.0 - mask
+    if known.sum() > 0:
+        mean = (frame * known).sum(dim=(1, 2)) / known.sum()
+    else:
+        mean = torch.full((3,), 0.5, dtype=frame.dtype)
+    return frame * known + mean.view(3, 1, 1) * mask
