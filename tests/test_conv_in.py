@@ -105,5 +105,6 @@ def test_other_channel_count_is_refused():
 
 def test_conv_in_disagreeing_with_config_is_refused(base_unet):
     base_unet.register_to_config(in_channels=12)  # config edited, weight still 8 channels
-    with pytest.raises(CheckpointFormatError, match=r"weight takes 8 input channels .* unet.config.in_channels says 12"):
+    with pytest.raises(CheckpointFormatError,
+                       match=r"weight takes 8 input channels .* unet.config.in_channels says 12"):
         expand_conv_in(base_unet)
