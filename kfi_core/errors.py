@@ -53,3 +53,11 @@ class ResumeError(KfiError):
 
 class CancelledError(KfiError):
     """The user cancelled a run between two steps."""
+
+
+class LoraError(KfiError, ValueError):
+    """LoRA settings or state are wrong: a rank or alpha that is not positive, LoRA added twice,
+    merging a UNet without LoRA or merging twice, training without LoRA or without the widened conv_in.
+
+    Also a ``ValueError`` (a bad value or call order, as peft's errors), so ``except ValueError`` works.
+    """
