@@ -35,8 +35,23 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .loading import describe_model, load_kfi_model
 
-    model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                           num_frames=args.frames)
     print(json.dumps(describe_model(model), indent=2))
+    return 0
+
+
+def _cmd_init_adapter(args: argparse.Namespace) -> int:
+    from .adapter import save_adapter
+    from .conv_in import expand_conv_in
+    from .loading import load_kfi_model
+    from .lora import add_lora
+
+    model = load_kfi_model(args.model, num_frames=args.frames)
+    expand_conv_in(model.unet)
+    add_lora(model.unet, rank=args.rank, alpha=args.alpha)
+    path = save_adapter(model.unet, args.out, base_variant=model.variant, num_frames=model.num_frames)
+    print(path)
     return 0
 
 
@@ -75,7 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, help="KFI adapter .safetensors file")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frame count of a single-file checkpoint (its weights do not record it)")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "init-adapter",
+        help="write a fresh (zero-initialised) KFI adapter for a base model: the start of training",
+        description=(
+            "Widen the UNet input conv to 12 channels (new weights zero) and add LoRA (B zero), then save the "
+            "adapter file. The result changes nothing yet; training starts from it."
+        ),
+    )
+    p.add_argument("model", help="diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("out", help="adapter file to write (.safetensors)")
+    p.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32, as the paper)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    p.add_argument("--frames", type=int, default=None, help="frame count of a single-file checkpoint")
+    p.set_defaults(func=_cmd_init_adapter)
 
     return parser
 

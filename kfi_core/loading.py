@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,17 +219,21 @@ def place_model(kfi: KfiModel, *, dtype: torch.dtype, vae_dtype: torch.dtype, de
     for module in (kfi.unet, kfi.vae, kfi.image_encoder):
         module.eval()
         module.requires_grad_(False)
-    kfi.unet.to(device=device, dtype=dtype)
-    kfi.image_encoder.to(device=device, dtype=dtype)
-    kfi.vae.to(device=device, dtype=vae_dtype)
+    # torch's own Module.to: diffusers' ModelMixin.to (0.42) adds only a spurious warning about an
+    # empty list of fp32 modules for these classes (they are not quantized).
+    torch.nn.Module.to(kfi.unet, device=device, dtype=dtype)
+    torch.nn.Module.to(kfi.image_encoder, device=device, dtype=dtype)
+    torch.nn.Module.to(kfi.vae, device=device, dtype=vae_dtype)
     kfi.dtype, kfi.vae_dtype, kfi.device = dtype, vae_dtype, device
     return kfi
 
 
+def adapter_parameter_count(info) -> int:
+    return sum(math.prod(shape) for shape in info.tensor_shapes.values())
+
+
 def describe_model(kfi: KfiModel) -> dict:
     """A JSON-ready description of what was loaded (``python -m kfi_core info``)."""
-    from .lora import count_kfi_trainable
-
     height, width = kfi.default_size
     return {
         "source": kfi.source,
@@ -238,7 +243,8 @@ def describe_model(kfi: KfiModel) -> dict:
         "mode": "kfi-adapter" if kfi.adapter else "training-free",
         "lora_rank": kfi.lora_rank,
         "lora_alpha": None if kfi.adapter is None else kfi.adapter.alpha,
-        "trainable_parameters": count_kfi_trainable(kfi.unet) if kfi.adapter else 0,
+        # what KFI trains (LoRA + input conv) = what the adapter file holds
+        "trainable_parameters": adapter_parameter_count(kfi.adapter) if kfi.adapter else 0,
         "unet_parameters": sum(p.numel() for p in kfi.unet.parameters()),
         "dtype": str(kfi.dtype).replace("torch.", ""),
         "vae_dtype": str(kfi.vae_dtype).replace("torch.", ""),

@@ -1,0 +1,100 @@
+"""Loading base models and adapters into a KfiModel; the info and init-adapter commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kfi_core.errors import AdapterMismatchError, ModelFileError, UnknownNameError
+from kfi_core.loading import describe_model, load_kfi_model
+
+
+def test_diffusers_folder_matches_the_components(tiny_model_dir, tiny_components):
+    m = load_kfi_model(tiny_model_dir)
+    assert (m.num_frames, m.variant, m.in_channels, m.adapter) == (8, "custom", 8, None)
+    assert m.default_size == (64, 64) and m.size_multiple == 8
+    ref = tiny_components["unet"].state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in m.unet.state_dict().items())
+    assert m.scheduler_config["prediction_type"] == "v_prediction"
+
+
+def test_dtypes_and_vae_kept_in_fp32(tiny_model_dir):
+    m = load_kfi_model(tiny_model_dir, dtype="bf16")
+    assert next(m.unet.parameters()).dtype == torch.bfloat16
+    assert next(m.image_encoder.parameters()).dtype == torch.bfloat16
+    assert next(m.vae.parameters()).dtype == torch.float32
+    assert describe_model(m)["dtype"] == "bfloat16"
+    with pytest.raises(UnknownNameError, match="choose one of fp32, fp16, bf16"):
+        load_kfi_model(tiny_model_dir, dtype="fp8")
+
+
+def test_bad_model_paths(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_kfi_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match="no model_index.json"):
+        load_kfi_model(tmp_path / "empty")
+    (tmp_path / "svd.ckpt").write_bytes(b"\x80\x04junk")
+    with pytest.raises(ModelFileError, match="pickle file .* Convert it to .safetensors"):
+        load_kfi_model(tmp_path / "svd.ckpt")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "model_index.json").write_text("{}")
+    with pytest.raises(ModelFileError, match="missing sub-folders: unet, vae"):
+        load_kfi_model(partial)
+
+
+def test_adapter_round_trip_through_loader(tmp_path, tiny_model_dir):
+    from kfi_core.adapter import save_adapter
+    from kfi_core.conv_in import expand_conv_in
+    from kfi_core.lora import add_lora, lora_state_dict
+
+    base = load_kfi_model(tiny_model_dir)
+    expand_conv_in(base.unet)
+    add_lora(base.unet, rank=4)
+    with torch.no_grad():
+        for p in lora_state_dict(base.unet).values():
+            p.normal_(0, 0.02)
+    save_adapter(base.unet, tmp_path / "a.safetensors", base_variant=base.variant, num_frames=base.num_frames)
+    m = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors")
+    assert m.in_channels == 12 and m.lora_rank == 4
+    want, got = base.unet.state_dict(), m.unet.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    info = describe_model(m)
+    assert info["mode"] == "kfi-adapter" and info["trainable_parameters"] > 0
+
+
+def test_adapter_for_another_frame_count_is_refused(tmp_path, tiny_model_dir):
+    from kfi_core.tiny import build_tiny_pipeline_folder
+
+    other = build_tiny_pipeline_folder(tmp_path / "m14", num_frames=14)
+    adapter = tmp_path / "a14.safetensors"
+    subprocess.run([sys.executable, "-m", "kfi_core", "init-adapter", str(other), str(adapter)], check=True,
+                   capture_output=True)
+    with pytest.raises(AdapterMismatchError, match="14"):
+        load_kfi_model(tiny_model_dir, adapter=adapter)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "kfi_core", *args], capture_output=True, text=True, check=False)
+
+
+def test_info_before_and_after_an_adapter(tmp_path, tiny_model_dir):
+    before = run_cli("info", str(tiny_model_dir))
+    assert before.returncode == 0, before.stderr
+    b = json.loads(before.stdout)
+    assert (b["unet_in_channels"], b["lora_rank"], b["num_frames"], b["mode"]) == (8, None, 8, "training-free")
+    adapter = tmp_path / "kfi.safetensors"
+    made = run_cli("init-adapter", str(tiny_model_dir), str(adapter))
+    assert made.returncode == 0, made.stderr
+    after = run_cli("info", str(tiny_model_dir), "--adapter", str(adapter))
+    assert after.returncode == 0, after.stderr
+    a = json.loads(after.stdout)
+    assert (a["unet_in_channels"], a["lora_rank"], a["dtype"]) == (12, 32, "float32")
+    assert a["trainable_parameters"] > 100_000
+    bad = run_cli("info", str(tmp_path / "missing"))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
