@@ -29,3 +29,107 @@ def mask_to_masks(mask: torch.Tensor) -> torch.Tensor:
 def masks_to_mask(masks: torch.Tensor) -> torch.Tensor:
     # [F, 1, H, W] -> [F, H, W]
     return masks[:, 0].contiguous()
+
+
+# --------------------------------------------------------------------------- model files
+
+import os  # noqa: E402
+
+import folder_paths  # noqa: E402
+
+ADAPTER_FOLDER = "kfi_adapters"
+NONE = "none"
+_CHECKPOINT_PREFIX = "checkpoints/"
+_DIFFUSERS_PREFIX = "diffusers/"
+
+
+def register_folders() -> None:
+    """Add ``models/kfi_adapters`` (safetensors only) to ComfyUI's model folders, once."""
+    if ADAPTER_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[ADAPTER_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)], {".safetensors"})
+
+
+def _diffusers_folders() -> list[str]:
+    found = []
+    for search_path in folder_paths.get_folder_paths("diffusers"):
+        if not os.path.isdir(search_path):
+            continue
+        for root, dirs, files in os.walk(search_path, followlinks=True):
+            if "model_index.json" in files:
+                found.append(os.path.relpath(root, start=search_path).replace(os.sep, "/"))
+                dirs.clear()  # a pipeline folder's sub-folders are its components
+    return sorted(found)
+
+
+def list_base_models() -> list[str]:
+    """Dropdown entries: single files in models/checkpoints and folders in models/diffusers."""
+    files = [_CHECKPOINT_PREFIX + n for n in folder_paths.get_filename_list("checkpoints")
+             if n.lower().endswith(".safetensors")]
+    return files + [_DIFFUSERS_PREFIX + n for n in _diffusers_folders()]
+
+
+def list_adapters() -> list[str]:
+    register_folders()
+    names = [f"{ADAPTER_FOLDER}/{n}" for n in folder_paths.get_filename_list(ADAPTER_FOLDER)]
+    names += [f"loras/{n}" for n in folder_paths.get_filename_list("loras") if n.lower().endswith(".safetensors")]
+    return [NONE] + names
+
+
+def resolve_base_model(name: str) -> str:
+    """Full path of a dropdown entry; only names from the lists are accepted (no free paths)."""
+    from kfi_core.errors import ModelFileError
+
+    if name.startswith(_CHECKPOINT_PREFIX):
+        rel = name[len(_CHECKPOINT_PREFIX):]
+        if rel in folder_paths.get_filename_list("checkpoints"):
+            return folder_paths.get_full_path_or_raise("checkpoints", rel)
+    elif name.startswith(_DIFFUSERS_PREFIX):
+        rel = name[len(_DIFFUSERS_PREFIX):]
+        if rel in _diffusers_folders():
+            for search_path in folder_paths.get_folder_paths("diffusers"):
+                path = os.path.join(search_path, rel)
+                if os.path.isfile(os.path.join(path, "model_index.json")):
+                    return path
+    raise ModelFileError(
+        f"model: {name!r} is not in models/checkpoints or models/diffusers. Put svd_xt.safetensors in "
+        "models/checkpoints or a diffusers folder in models/diffusers, then refresh the node (press R)."
+    )
+
+
+def resolve_adapter(name: str) -> str | None:
+    from kfi_core.errors import ModelFileError
+
+    if name == NONE:
+        return None
+    folder, _, rel = name.partition("/")
+    if folder in (ADAPTER_FOLDER, "loras") and rel in folder_paths.get_filename_list(folder):
+        return folder_paths.get_full_path_or_raise(folder, rel)
+    raise ModelFileError(
+        f"adapter: {name!r} is not in models/{ADAPTER_FOLDER} or models/loras. Put the adapter .safetensors "
+        "there and refresh the node, or choose 'none' for the training-free mode."
+    )
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def load_device():
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def offload_device():
+    import comfy.model_management as mm
+
+    return mm.unet_offload_device()
+
+
+def auto_dtype(device) -> str:
+    """bf16 where the device supports it, else fp16 on GPUs, fp32 on CPU."""
+    import comfy.model_management as mm
+
+    if device.type == "cpu":
+        return "fp32"
+    return "bf16" if mm.should_use_bf16(device) else "fp16"
