@@ -62,15 +62,19 @@ def _scheduler():
     return EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG)
 
 
-@pytest.fixture(scope="module")
-def image():
+def _make_image(height=SIZE, width=SIZE):
     import PIL.Image
 
     rng = np.random.default_rng(0)
     # a smooth gradient plus noise: something the VAE and CLIP do not map to the same as grey
-    ramp = np.linspace(0, 255, SIZE)[None, :, None] * np.ones((SIZE, 1, 3))
-    pixels = np.clip(0.6 * ramp + rng.integers(0, 100, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    ramp = np.linspace(0, 255, width)[None, :, None] * np.ones((height, 1, 3))
+    pixels = np.clip(0.6 * ramp + rng.integers(0, 100, (height, width, 3)), 0, 255).astype(np.uint8)
     return PIL.Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return _make_image()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +135,7 @@ def test_edm_scalings_formulas():
     torch.testing.assert_close(c_skip, 1 / (sigma**2 + 1))
     torch.testing.assert_close(c_out, -sigma / torch.sqrt(sigma**2 + 1))
     torch.testing.assert_close(c_in, 1 / torch.sqrt(sigma**2 + 1))
-    # D(x; sigma) -> x as sigma -> 0 and -> -v*... at large sigma: c_skip(0) = 1, c_out(0) = 0
+    # at sigma 0 the denoiser is the identity: c_skip = 1, c_out = 0, c_in = 1
     c_skip0, c_out0, c_in0 = edm_scalings(0.0)
     assert float(c_skip0) == 1.0 and float(c_out0) == 0.0 and float(c_in0) == 1.0
 
@@ -241,13 +245,14 @@ def test_get_sampler_unknown_name_lists_choices():
 
 
 @pytest.mark.parametrize(
-    "max_guidance, output_type, decode_chunk_size",
-    [(3.0, "pt", None), (1.0, "np", 3)],
-    ids=["guidance-1-to-3", "guidance-off-chunked-decode"],
+    "max_guidance, output_type, decode_chunk_size, image_hw",
+    [(3.0, "pt", None, (SIZE, SIZE)), (1.0, "np", 3, (SIZE, SIZE)), (2.0, "pt", None, (80, 96))],
+    ids=["guidance-1-to-3", "guidance-off-chunked-decode", "image-resized-by-lanczos"],
 )
 def test_stock_euler_matches_diffusers_pipeline(
-    tiny_components, pipeline, image, max_guidance, output_type, decode_chunk_size
+    tiny_components, pipeline, max_guidance, output_type, decode_chunk_size, image_hw
 ):
+    image = _make_image(*image_hw)  # 80 x 96: CLIP sees it as is, the VAE a 64 x 64 Lanczos resize
     common = dict(num_frames=FRAMES, height=SIZE, width=SIZE, min_guidance_scale=1.0,
                   max_guidance_scale=max_guidance, decode_chunk_size=decode_chunk_size)
     expected_steps = []
