@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import KfiError
@@ -52,6 +53,28 @@ def _cmd_init_adapter(args: argparse.Namespace) -> int:
     add_lora(model.unet, rank=args.rank, alpha=args.alpha)
     path = save_adapter(model.unet, args.out, base_variant=model.variant, num_frames=model.num_frames)
     print(path)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert_sgm import save_single_file
+    from .loading import load_kfi_model
+
+    model = load_kfi_model(args.model, num_frames=args.frames)
+    parts = {"unet": model.unet, "vae": model.vae, "image_encoder": model.image_encoder}
+    out = Path(args.out)
+    if out.suffix.lower() == ".safetensors":
+        save_single_file(parts, out, num_frames=model.num_frames)
+    else:
+        from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
+
+        from .video_io import atomic_path
+
+        pipe = StableVideoDiffusionPipeline(scheduler=EulerDiscreteScheduler.from_config(model.scheduler_config),
+                                            feature_extractor=model.feature_extractor, **parts)
+        with atomic_path(out, is_dir=True) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+    print(out)
     return 0
 
 
@@ -108,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file checkpoint")
     p.set_defaults(func=_cmd_init_adapter)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert between a diffusers folder and a single-file (sgm) .safetensors checkpoint",
+        description=(
+            "Load MODEL (diffusers folder or single file) and write OUT: a .safetensors name writes one sgm-layout "
+            "file (as svd_xt.safetensors, loadable by ComfyUI and KFI); any other name writes a diffusers folder."
+        ),
+    )
+    p.add_argument("model", help="diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("out", help="OUT.safetensors (single file) or a folder name (diffusers layout)")
+    p.add_argument("--frames", type=int, default=None, help="frame count of a single-file input")
+    p.set_defaults(func=_cmd_convert)
 
     return parser
 

@@ -6,7 +6,8 @@ CLIPImageProcessor, diffusers' EulerDiscreteScheduler with SVD's EDM v-predictio
 config) so that every code path of KFI runs on them exactly as on the real
 checkpoints. They are what the tests and the demo use: nothing is downloaded.
 
-Shapes of the tiny model: 64x64 frames, VAE 4x down (latents 16x16, 4 channels),
+Shapes of the tiny model: 64x64 frames, VAE 4x down (latents 16x16, 4 channels, identity
+quant_conv as in SVD's converted VAE),
 UNet (32, 64) channels with cross-attention on the first level, CLIP ViT with
 hidden size 32 on 224x224 inputs (the SVD pipeline always resizes to 224).
 Every component is seeded on its own, so a seed gives the same weights on any machine
@@ -50,7 +51,9 @@ TINY_VAE_CONFIG = {
     "out_channels": 3,
     "down_block_types": ("DownEncoderBlock2D",) * 3,
     "block_out_channels": (32, 64, 64),  # 2 downsamples: scale factor 4
-    "layers_per_block": 1,
+    # 2 as in SVD: with 1, diffusers' temporal-decoder mid block never runs its attention while
+    # sgm's (and ComfyUI's) always runs resnet-attention-resnet, so no single file could hold it.
+    "layers_per_block": 2,
     "latent_channels": 4,
     "sample_size": 64,
     "scaling_factor": 0.18215,
@@ -131,6 +134,10 @@ def build_tiny_components(num_frames: int = 8, seed: int = 0) -> dict:
     unet = UNetSpatioTemporalConditionModel(**tiny_unet_config(num_frames))
     seeded(1)
     vae = AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG)
+    with torch.no_grad():
+        # SVD's VAE has no quant_conv; diffusers' class has one, identity in the converted weights.
+        vae.quant_conv.weight.copy_(torch.eye(vae.quant_conv.weight.shape[0]).view_as(vae.quant_conv.weight))
+        vae.quant_conv.bias.zero_()
     seeded(2)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_VISION_CONFIG))
     scheduler = EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG)

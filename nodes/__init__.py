@@ -6,10 +6,16 @@ loadable. Custom types are ``KFI_*``; every category sits under ``KFI/``.
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import bridge
 from .keyframes import KFIInsertKeyframes, KFISelectKeyframe
+from .loaders import KFIModelInfo, LoadKFInpaintModel
 from .masks import KFIMaskPrepare
 
+bridge.register_folders()
+
 NODES: list[type[io.ComfyNode]] = [
+    LoadKFInpaintModel,
+    KFIModelInfo,
     KFIMaskPrepare,
     KFISelectKeyframe,
     KFIInsertKeyframes,

@@ -17,6 +17,8 @@ from comfyhost import ROOT, ComfyServer, host_dir, make_base_dir, missing_nodes
 
 # Every node the pack registers. A node missing from /object_info means the pack failed to load.
 EXPECTED_NODES = [
+    "LoadKFInpaintModel",
+    "KFIModelInfo",
     "KFIMaskPrepare",
     "KFISelectKeyframe",
     "KFIInsertKeyframes",
@@ -29,7 +31,7 @@ def test_every_node_is_listed_with_display_name_and_category(comfy_server):
     for name in EXPECTED_NODES:
         node = info[name]
         assert node["display_name"] and node["display_name"] != name
-        assert node["category"].startswith("KFI/"), node["category"]
+        assert node["category"] == "KFI" or node["category"].startswith("KFI/"), node["category"]
         assert node["description"], f"{name} has no description"
         for spec in {**node["input"].get("required", {}), **node["input"].get("optional", {})}.values():
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}: an input has no tooltip"
@@ -117,3 +119,44 @@ except ImportError as err:
     assert f"HEAVY [] NODES {len(EXPECTED_NODES)}" in proc.stdout
     assert "missing Python packages: kfi-no-such-package" in proc.stdout
     assert "pip install -r" in proc.stdout and "requirements.txt" in proc.stdout
+
+
+def test_model_dropdowns_list_folders_and_single_files(comfy_server):
+    inputs = comfy_server.get("/object_info/LoadKFInpaintModel")["LoadKFInpaintModel"]["input"]["required"]
+    models = inputs["model"][0] if isinstance(inputs["model"][0], list) else inputs["model"][1]["options"]
+    assert "diffusers/tiny-svd" in models
+    assert "checkpoints/svd_tiny_xt.safetensors" in models
+    adapters = inputs["adapter"][0] if isinstance(inputs["adapter"][0], list) else inputs["adapter"][1]["options"]
+    assert adapters[0] == "none" and "kfi_adapters/kfi_tiny.safetensors" in adapters
+
+
+@pytest.mark.parametrize("model, adapter, channels, rank, frames", [
+    ("diffusers/tiny-svd", "none", 8, None, 8),
+    ("diffusers/tiny-svd", "kfi_adapters/kfi_tiny.safetensors", 12, 32, 8),
+    ("checkpoints/svd_tiny_xt.safetensors", "none", 8, None, 8),  # kfi metadata wins over the name
+])
+def test_load_model_and_show_info_through_prompt(comfy_server, model, adapter, channels, rank, frames):
+    prompt = {
+        "1": {"class_type": "LoadKFInpaintModel", "inputs": {"model": model, "adapter": adapter, "dtype": "auto",
+                                                              "frames": 0}},
+        "2": {"class_type": "KFIModelInfo", "inputs": {"kfi_model": ["1", 0]}},
+    }
+    entry = comfy_server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    info = json.loads(entry["outputs"]["2"]["text"][0])
+    assert (info["unet_in_channels"], info["lora_rank"], info["num_frames"]) == (channels, rank, frames)
+    assert info["dtype"] == "float32"  # auto on CPU
+
+
+def test_model_names_outside_the_lists_are_refused(comfy_server):
+    prompt = {
+        "1": {"class_type": "LoadKFInpaintModel", "inputs": {"model": "../../etc/passwd", "adapter": "none",
+                                                              "dtype": "auto", "frames": 0}},
+        "2": {"class_type": "KFIModelInfo", "inputs": {"kfi_model": ["1", 0]}},
+    }
+    # ComfyUI 0.3.75 does not check V3 combo values at validation, so the node's own lookup refuses it
+    entry = comfy_server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error"
+    error = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
+    assert error["exception_type"].endswith("ModelFileError")
+    assert "'../../etc/passwd' is not in models/checkpoints or models/diffusers" in error["exception_message"]

@@ -10,10 +10,10 @@ the tiny model gives differences of a few 1e-6 on outputs of magnitude ~1-5 (mea
 fp64 run of the same model). ATOL = 2e-5 leaves a margin of ~8x over that, while a wrong mapping
 (swapped tensors of equal shape) or a wrong GroupNorm eps shows up at 1e-4 and above.
 
-The VAE: kfi_core.tiny's VAE has layers_per_block=1, and diffusers then builds a temporal-decoder
-mid block with one resnet that never runs its attention; sgm's (and ComfyUI's) decoder always runs
-resnet-attention-resnet. No single file can hold that VAE (the converter refuses it, tested below),
-so these tests use the tiny components with a VAE of the same config but layers_per_block=2 (as SVD).
+The VAE: with layers_per_block=1 diffusers builds a temporal-decoder mid block with one resnet
+that never runs its attention; sgm's (and ComfyUI's) decoder always runs resnet-attention-resnet.
+No single file can hold such a VAE (the converter refuses it, tested below), so kfi_core.tiny uses
+layers_per_block=2 as SVD does, and an identity quant_conv as SVD's converted VAE has.
 """
 
 from __future__ import annotations
@@ -38,18 +38,9 @@ UNET_HEAD_DIM = 16  # tiny UNet: heads (2, 4) on widths (32, 64)
 CLIP_HEAD_DIM = 8  # tiny CLIP: 4 heads on width 32
 
 
-def _tiny_vae_lpb2():
-    from diffusers import AutoencoderKLTemporalDecoder
-
-    torch.manual_seed(1)  # the seed kfi_core.tiny uses for the VAE
-    return AutoencoderKLTemporalDecoder(**{**TINY_VAE_CONFIG, "layers_per_block": 2}).eval()
-
-
 @pytest.fixture(scope="module")
 def comps():
-    components = build_tiny_components(num_frames=FRAMES, seed=0)
-    components["vae"] = _tiny_vae_lpb2()
-    return components
+    return build_tiny_components(num_frames=FRAMES, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +118,10 @@ def test_round_trip_diffusers_sgm_diffusers_is_bit_exact(comps):
 
 
 def test_quant_conv_fold_keeps_the_encoder_function(comps):
-    vae = comps["vae"]
-    assert not cs._is_identity_quant_conv(vae.quant_conv.weight, vae.quant_conv.bias)  # random in the tiny model
+    vae = copy.deepcopy(comps["vae"])
+    torch.manual_seed(5)
+    torch.nn.init.normal_(vae.quant_conv.weight, std=0.3)  # a non-identity quant_conv (the tiny one is identity)
+    assert not cs._is_identity_quant_conv(vae.quant_conv.weight, vae.quant_conv.bias)
     folded = copy.deepcopy(vae)
     folded.load_state_dict(cs.fold_vae_quant_conv(vae.state_dict()), strict=True)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -138,10 +131,13 @@ def test_quant_conv_fold_keeps_the_encoder_function(comps):
     torch.testing.assert_close(got.logvar, ref.logvar, atol=ATOL, rtol=RTOL)
 
 
-def test_stock_tiny_vae_is_refused_with_the_reason():
-    c = build_tiny_components(num_frames=FRAMES, seed=0)
+def test_vae_with_one_layer_per_block_is_refused_with_the_reason(comps):
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    vae = AutoencoderKLTemporalDecoder(**{**TINY_VAE_CONFIG, "layers_per_block": 1})
+    c = comps
     with pytest.raises(CheckpointFormatError, match=r"layers_per_block=2") as exc:
-        cs.convert_diffusers_to_sgm(c["unet"].state_dict(), c["vae"].state_dict(), c["image_encoder"].state_dict())
+        cs.convert_diffusers_to_sgm(c["unet"].state_dict(), vae.state_dict(), c["image_encoder"].state_dict())
     assert "mid block with 1 resnets" in str(exc.value)
 
 

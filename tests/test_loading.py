@@ -98,3 +98,39 @@ def test_info_before_and_after_an_adapter(tmp_path, tiny_model_dir):
     assert a["trainable_parameters"] > 100_000
     bad = run_cli("info", str(tmp_path / "missing"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_single_file_and_folder_load_the_same_model(tmp_path, tiny_model_dir):
+    """diffusers folder -> single file (CLI convert) -> KfiModel equals the folder's KfiModel exactly."""
+    single = tmp_path / "svd_tiny.safetensors"
+    made = run_cli("convert", str(tiny_model_dir), str(single))
+    assert made.returncode == 0, made.stderr
+    a, b = load_kfi_model(tiny_model_dir), load_kfi_model(single)
+    assert (b.num_frames, b.variant, b.in_channels) == (a.num_frames, a.variant, a.in_channels)
+    for name in ("unet", "vae", "image_encoder"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys(), name
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert b.scheduler_config["prediction_type"] == "v_prediction"
+    back = tmp_path / "back"
+    assert run_cli("convert", str(single), str(back)).returncode == 0
+    c = load_kfi_model(back)
+    assert all(torch.equal(v, a.unet.state_dict()[k]) for k, v in c.unet.state_dict().items())
+
+
+def test_single_file_with_an_adapter(tmp_path, tiny_model_dir):
+    single = tmp_path / "svd_tiny.safetensors"
+    assert run_cli("convert", str(tiny_model_dir), str(single)).returncode == 0
+    adapter = tmp_path / "a.safetensors"
+    assert run_cli("init-adapter", str(single), str(adapter), "--rank", "8").returncode == 0
+    m = load_kfi_model(single, adapter=adapter)
+    assert (m.in_channels, m.lora_rank) == (12, 8)
+
+
+def test_truncated_single_file_is_reported(tmp_path, tiny_model_dir):
+    single = tmp_path / "svd_tiny.safetensors"
+    assert run_cli("convert", str(tiny_model_dir), str(single)).returncode == 0
+    data = single.read_bytes()
+    single.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="svd_tiny.safetensors"):
+        load_kfi_model(single)
