@@ -1,0 +1,253 @@
+"""Keyframe propagation: one window of frames through the KFI model.
+
+The inference recipe, in numbered steps: check, encode, sample, decode in chunks, composite.
+
+Two modes, chosen by the UNet's input channels:
+
+- **KFI adapter** (12 channels): the UNet sees [noisy latent | black-filled | white-filled]
+  (:mod:`kfi_core.condition`); keyframes are fully known frames.
+- **Training-free** (8 channels, stock SVD weights, no adapter): the lower-quality fallback
+  until an adapter is trained. The stock first-frame condition is the first keyframe (or the
+  first frame with its hole filled), repeated over frames as SVD does; the known region is
+  re-imposed at every step from the noised input latents (latent blending): the denoised
+  estimate is replaced by the clean input latent outside the mask, so an Euler or Heun step
+  moves the known region exactly along ``x0 + sigma * noise``, the same noise that started the
+  run, and at sigma 0 it is the input latent. A keyframe anywhere in the clip is known
+  throughout, so its content spreads forwards and backwards through temporal attention.
+
+Randomness comes only from a ``torch.Generator`` seeded with ``seed``, in this order: the
+condition's noise augmentation, then the initial latents (SVD's order).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .condition import ClipInputs, encode_frames, encode_symmetric, first_frame_for_embedding
+from .errors import InputMismatchError, KfiError, UnknownNameError, UnsupportedSizeError
+from .mask_ops import feather
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**64 - 1
+ProgressCallback = Callable[[dict], Any]
+
+
+@dataclass
+class PropagateSettings:
+    """Sampling knobs; defaults are SVD's (25 Euler steps, guidance 1 -> 3, fps 7, motion 127, aug 0.02)."""
+
+    steps: int = 25
+    seed: int = 0
+    sampler: str = "euler"
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    composite: bool = True
+    feather: int = 0
+    decode_chunk_size: int = 8
+    encode_chunk_size: int = 8
+
+    def check(self) -> "PropagateSettings":
+        """Raise a clear error for any value the sampler cannot use."""
+        from .sampling import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise UnknownNameError(f"sampler: got {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+        _int_in("steps", self.steps, 1, 1000, "25 is SVD's default")
+        _int_in("seed", self.seed, 0, MAX_SEED, "any whole number from 0 to 2**64 - 1")
+        _int_in("fps", self.fps, 1, 240, "SVD is conditioned on fps - 1; 7 is its default")
+        _int_in("motion_bucket_id", self.motion_bucket_id, 0, 1023, "127 is SVD's default")
+        _int_in("feather", self.feather, 0, 1024, "0 keeps a hard edge")
+        _int_in("decode_chunk_size", self.decode_chunk_size, 1, 10_000, "8 frames at a time is the default")
+        _int_in("encode_chunk_size", self.encode_chunk_size, 1, 10_000, "8 frames at a time is the default")
+        for name in ("min_guidance", "max_guidance"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0 or value > 100:
+                raise InputMismatchError(f"{name}: got {value}; give a guidance scale from 0 to 100 (SVD: 1.0 to 3.0).")
+        if self.min_guidance > self.max_guidance:
+            raise InputMismatchError(
+                f"min_guidance {self.min_guidance} is larger than max_guidance {self.max_guidance}; "
+                "guidance rises from min (first frame) to max (last frame): swap them."
+            )
+        aug = float(self.noise_aug_strength)
+        if not math.isfinite(aug) or not 0.0 <= aug <= 10.0:
+            raise InputMismatchError(f"noise_aug_strength: got {aug}; give a value from 0 to 10 (SVD: 0.02).")
+        return self
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputMismatchError(f"{name}: got {value!r}; give a whole number ({hint}).")
+    if not lo <= value <= hi:
+        raise InputMismatchError(f"{name}: got {value}; give a value from {lo} to {hi} ({hint}).")
+
+
+def check_size(model, height: int, width: int) -> None:
+    """Raise unless the model can take frames of this size (no silent resizing)."""
+    m = model.size_multiple
+    if height % m or width % m or height < m or width < m:
+        def near(v: int) -> str:
+            lo = max(m, v // m * m)
+            return f"{lo} or {lo + m}" if lo != v else str(v)
+
+        raise UnsupportedSizeError(
+            f"frames: {width}x{height} (width x height) cannot be taken by this model: both sides must be multiples "
+            f"of {m}. Nearest sizes: width {near(width)}, height {near(height)}. Resize or crop the clip "
+            "(the CLI's --width/--height resize and then restore the input size)."
+        )
+
+
+def check_window(model, num_frames: int) -> None:
+    if num_frames > model.num_frames:
+        raise UnsupportedSizeError(
+            f"frames: the clip has {num_frames} frames but this model ({model.variant}) takes at most "
+            f"{model.num_frames} at once. Use a long-video schedule (e.g. schedule 'anchor') for longer clips."
+        )
+
+
+def latent_masks(masks: torch.Tensor, scale: int) -> torch.Tensor:
+    """Pixel masks [F, 1, H, W] -> latent masks [1, F, 1, h, w]: a latent cell is 'fill' if any pixel in it is."""
+    return F.max_pool2d(masks.float(), kernel_size=scale)[None]
+
+
+def _image_embedding(model, clip: ClipInputs) -> torch.Tensor:
+    from .svd_stock import encode_image_clip
+
+    image = first_frame_for_embedding(clip)[None].float()  # [1, 3, H, W]
+    return encode_image_clip(model.image_encoder, model.feature_extractor, image)  # [1, 1, D]
+
+
+@torch.no_grad()
+def sample_window_latents(
+    model,
+    clip: ClipInputs,
+    settings: PropagateSettings,
+    *,
+    callback: ProgressCallback | None = None,
+    check_cancel: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Sample the latents [1, F, 4, h, w] of one window (steps 2-5 of :func:`propagate`)."""
+    from .denoiser import SVDDenoiser, per_frame_guidance
+    from .sampling import get_sampler, get_sigmas_svd, init_noise_sigma
+
+    device, unet_dtype = model.device, model.dtype
+    num_frames = clip.num_frames
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+
+    # 2. Condition latents (first draws from the generator) and the image embedding
+    if model.in_channels == 12:
+        condition = encode_symmetric(model.vae, clip, noise_aug_strength=settings.noise_aug_strength,
+                                     generator=generator, chunk_size=settings.encode_chunk_size)
+        known_latents = known_mask = None
+    elif model.in_channels == 8:
+        # training-free: stock first-frame condition, repeated over frames
+        image = first_frame_for_embedding(clip)[None].float() * 2.0 - 1.0  # [1, 3, H, W]
+        aug = torch.randn(image.shape, generator=generator, dtype=torch.float32)
+        cond = encode_frames(model.vae, image + settings.noise_aug_strength * aug, 1)  # [1, 4, h, w]
+        condition = cond[:, None].repeat(1, num_frames, 1, 1, 1)  # [1, 4, h, w] -> [1, F, 4, h, w]
+        # clean latents of the known content, in the diffusion's (scaled) latent space
+        known_latents = encode_frames(model.vae, clip.frames.float() * 2.0 - 1.0, settings.encode_chunk_size)
+        known_latents = (known_latents.float() * model.vae.config.scaling_factor)[None].to(device)  # [1, F, 4, h, w]
+        known_mask = latent_masks(clip.masks, model.vae_scale_factor).to(device)  # [1, F, 1, h, w], 1 = fill
+    else:
+        raise InputMismatchError(
+            f"model: the UNet takes {model.in_channels} input channels; KFI runs 8 (stock SVD, training-free) "
+            "or 12 (with a KFI adapter). Load a stock SVD model, optionally with a KFI adapter."
+        )
+    embedding = _image_embedding(model, clip)
+    added_time_ids = torch.tensor([[settings.fps - 1, settings.motion_bucket_id, settings.noise_aug_strength]],
+                                  dtype=torch.float32)
+
+    # 3. Initial noise, scaled as SVD's scheduler does (the next draw from the generator)
+    sigmas = get_sigmas_svd(settings.steps, model.scheduler_config).to(device)
+    latent_channels = int(model.vae.config.latent_channels)
+    h, w = condition.shape[-2:]
+    noise = torch.randn((1, num_frames, latent_channels, h, w), generator=generator, dtype=torch.float32)
+    x = (noise * init_noise_sigma(sigmas.cpu(), model.scheduler_config)).to(device)
+
+    # 4. Denoiser: EDM v-prediction with per-frame guidance
+    denoiser = SVDDenoiser(
+        model.unet,
+        condition_latents=condition.to(device=device, dtype=unet_dtype),
+        encoder_hidden_states=embedding.to(device=device),
+        added_time_ids=added_time_ids.to(device),
+        guidance=per_frame_guidance(settings.min_guidance, settings.max_guidance, num_frames).to(device),
+    )
+    if known_latents is None:
+        denoise = denoiser
+    else:
+        def denoise(x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            # latent blending: outside the mask the estimate is the known clean latent
+            return known_mask * denoiser(x_t, sigma) + (1.0 - known_mask) * known_latents
+
+    # 5. Sample
+    sample = get_sampler(settings.sampler)
+    return sample(denoise, x, sigmas, callback=callback, check_cancel=check_cancel)
+
+
+@torch.no_grad()
+def decode_window(model, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Latents [1, F, 4, h, w] -> frames [F, 3, H, W] in 0..1 (float32, CPU), decoded in chunks."""
+    from .svd_stock import decode_latents
+
+    frames = decode_latents(model.vae, latents, decode_chunk_size=chunk_size)[0]  # [F, 3, H, W] in -1..1
+    return ((frames.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def composite(clip: ClipInputs, generated: torch.Tensor, feather_pixels: int = 0) -> torch.Tensor:
+    """Generated pixels inside the mask, the input's outside; exactly the input where the mask is 0."""
+    mask = clip.masks.float()
+    if feather_pixels > 0:
+        # soften only outwards from the hole: the feathered mask never drops below the hard one
+        mask = torch.maximum(mask, feather(mask, feather_pixels))
+    frames = clip.frames.float()
+    blended = frames * (1.0 - mask) + generated * mask
+    return torch.where(mask == 0, frames, blended)
+
+
+def propagate(
+    model,
+    clip: ClipInputs,
+    settings: PropagateSettings | None = None,
+    *,
+    callback: ProgressCallback | None = None,
+    check_cancel: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Inpaint one window: ``clip`` (from :func:`kfi_core.condition.prepare_clip`) -> frames [F, 3, H, W] in 0..1.
+
+    With ``settings.composite`` (default) pixels outside the mask and keyframes are the input's,
+    exactly. ``callback`` gets a dict per step (``i``, ``total``, ``sigma``, ``x``, ``denoised``);
+    ``check_cancel()`` runs between steps and may raise to stop.
+    """
+    # 1. Check inputs before any compute
+    settings = (settings or PropagateSettings()).check()
+    if not isinstance(clip, ClipInputs):
+        raise KfiError("clip: pass the result of kfi_core.condition.prepare_clip(frames, masks, ...).")
+    height, width = clip.size
+    check_size(model, height, width)
+    check_window(model, clip.num_frames)
+    logger.info("propagating %d frames %dx%d (%s mode, %d %s steps, seed %d, keyframes %s)", clip.num_frames, width,
+                height, "KFI" if model.in_channels == 12 else "training-free", settings.steps, settings.sampler,
+                settings.seed, clip.keyframe_indices or "none")
+
+    # 2.-5. Condition, noise, denoiser, sampling
+    latents = sample_window_latents(model, clip, settings, callback=callback, check_cancel=check_cancel)
+
+    # 6. Decode in chunks
+    generated = decode_window(model, latents, settings.decode_chunk_size)
+
+    # 7. Composite
+    return composite(clip, generated, settings.feather) if settings.composite else generated
+
+
+def settings_dict(settings: PropagateSettings) -> dict:
+    return asdict(settings)
