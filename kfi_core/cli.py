@@ -78,6 +78,108 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_from_args(args: argparse.Namespace):
+    from .propagate import PropagateSettings
+
+    return PropagateSettings(
+        steps=args.steps, seed=args.seed, sampler=args.sampler, min_guidance=args.min_guidance,
+        max_guidance=args.max_guidance, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
+        noise_aug_strength=args.noise_aug_strength, composite=not args.no_composite, feather=args.feather,
+        decode_chunk_size=args.decode_chunk_size,
+    )
+
+
+class _StepBar:
+    """tqdm progress over denoising steps (the library only calls back)."""
+
+    def __init__(self, desc: str):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.bar = None
+        self.desc = desc
+
+    def __call__(self, info: dict) -> None:
+        if self.bar is None:
+            self.bar = self._tqdm(total=int(info["total"]), desc=self.desc, unit="step")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cmd_inpaint(args: argparse.Namespace) -> int:
+    from .errors import KfiError as _KfiError
+    from .jobs import inpaint_files
+    from .loading import load_kfi_model
+
+    if (args.width is None) != (args.height is None):
+        raise _KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
+    settings = _settings_from_args(args).check()
+    model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                           num_frames=args.frames)
+    bar = _StepBar("inpaint")
+    try:
+        result = inpaint_files(
+            model, video=args.video, mask=args.mask, out=args.out, keyframe_paths=args.keyframe or [],
+            keyframe_indices=args.keyframe_index or [], settings=settings,
+            size=None if args.width is None else (args.height, args.width), grow_pixels=args.grow,
+            preview=args.preview, callback=bar,
+        )
+    finally:
+        bar.close()
+    print(result.output)
+    return 0
+
+
+def _cmd_make_sample(args: argparse.Namespace) -> int:
+    from .sample import write_sample_clip
+
+    print(write_sample_clip(args.out_dir))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: inpaint the bundled sample clip."""
+    from .jobs import inpaint_files
+    from .loading import load_kfi_model
+    from .sample import SAMPLE_DIR
+    from .tiny import build_tiny_pipeline_folder
+
+    out = Path(args.out)
+    model_dir = out / "model"
+    if not (model_dir / "model_index.json").is_file():
+        logger.info("no demo model yet: writing the embedded default (tiny random-weight SVD) to %s", model_dir)
+        build_tiny_pipeline_folder(model_dir)
+    model = load_kfi_model(model_dir)
+    bar = _StepBar("demo")
+    try:
+        result = inpaint_files(model, video=SAMPLE_DIR / "frames", mask=SAMPLE_DIR / "masks",
+                               out=out / "result.mp4", preview=out / "preview.png", callback=bar,
+                               settings=_settings_from_args(args))
+    finally:
+        bar.close()
+    print(f"video:   {result.output}")
+    print(f"preview: {result.preview}  (left: input with the mask in red, right: result)")
+    return 0
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--sampler", default="euler", help="euler (default) or heun")
+    g.add_argument("--min-guidance", type=float, default=1.0, help="guidance at the first frame (default 1.0)")
+    g.add_argument("--max-guidance", type=float, default=3.0, help="guidance at the last frame (default 3.0)")
+    g.add_argument("--fps", type=int, default=7, help="fps conditioning (default 7)")
+    g.add_argument("--motion-bucket-id", type=int, default=127, help="motion conditioning (default 127)")
+    g.add_argument("--noise-aug-strength", type=float, default=0.02, help="condition noise (default 0.02)")
+    g.add_argument("--no-composite", action="store_true", help="keep generated pixels outside the mask too")
+    g.add_argument("--feather", type=int, default=0, help="soft composite edge in pixels (default 0)")
+    g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -144,6 +246,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="OUT.safetensors (single file) or a folder name (diffusers layout)")
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file input")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "inpaint",
+        help="inpaint a clip: remove objects, or propagate edited keyframes through it",
+        description=(
+            "Inpaint the masked region of a clip. With --keyframe/--keyframe-index pairs the edited frames are "
+            "carried through the clip; without, the masked objects are removed. VIDEO and OUT are video files "
+            "(mp4, webm, mov) or folders of PNG frames; MASK is a mask video, a folder of mask images or one image "
+            "for every frame (white = inpaint)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--adapter", default=None, help="KFI adapter .safetensors (omit for the training-free mode)")
+    p.add_argument("--video", required=True, help="input clip (video file or PNG folder)")
+    p.add_argument("--mask", required=True, help="mask video, mask folder, or one mask image for all frames")
+    p.add_argument("--out", required=True, help="output video file (.mp4, .webm, .mov) or folder (PNG frames)")
+    p.add_argument("--keyframe", action="append", help="an edited frame (image); repeat for several")
+    p.add_argument("--keyframe-index", action="append", type=int, help="frame index of the preceding --keyframe")
+    p.add_argument("--preview", default=None, help="also write a side-by-side preview PNG here")
+    p.add_argument("--width", type=int, default=None, help="working width (resize; output keeps the input size)")
+    p.add_argument("--height", type=int, default=None, help="working height (with --width)")
+    p.add_argument("--grow", type=int, default=0, help="grow (or erode, negative) masks by pixels")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--frames", type=int, default=None, help="frame count of a single-file model")
+    _add_sampling_arguments(p)
+    p.set_defaults(func=_cmd_inpaint)
+
+    p = sub.add_parser("demo", help="inpaint the bundled sample clip with the embedded default model",
+                       description="The main job on the embedded default: writes OUT/result.mp4 and OUT/preview.png.")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    _add_sampling_arguments(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("make-sample", help="regenerate the bundled procedural sample clip into a folder")
+    p.add_argument("out_dir", help="folder to write frames/, masks/ and ground_truth/ into")
+    p.set_defaults(func=_cmd_make_sample)
 
     return parser
 
