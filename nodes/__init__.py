@@ -7,14 +7,18 @@ loadable. Custom types are ``KFI_*``; every category sits under ``KFI/``.
 from comfy_api.latest import ComfyExtension, io
 
 from . import bridge
+from .condition import SymmetricMaskEncode
 from .keyframes import KFIInsertKeyframes, KFISelectKeyframe
 from .loaders import KFIModelInfo, LoadKFInpaintModel
 from .masks import KFIMaskPrepare
+from .sampler import KeyframePropagateSampler
 
 bridge.register_folders()
 
 NODES: list[type[io.ComfyNode]] = [
     LoadKFInpaintModel,
+    SymmetricMaskEncode,
+    KeyframePropagateSampler,
     KFIModelInfo,
     KFIMaskPrepare,
     KFISelectKeyframe,

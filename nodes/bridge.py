@@ -133,3 +133,76 @@ def auto_dtype(device) -> str:
     if device.type == "cpu":
         return "fp32"
     return "bf16" if mm.should_use_bf16(device) else "fp16"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def parse_keyframe_indices(text: str) -> list[int]:
+    """'' -> []; '0, 40' -> [0, 40] (errors from kfi_core name the input)."""
+    from kfi_core.keyframes import parse_indices
+
+    return [] if not str(text).strip() else parse_indices(text)
+
+
+def progress_callback(total_steps: int, preview_frame: int | None = None):
+    """A kfi_core step callback driving ComfyUI's progress bar, with a latent preview.
+
+    ComfyUI's progress hook also checks for Cancel, so a cancelled run stops within one step.
+    """
+    import comfy.latent_formats
+    import comfy.utils
+    import latent_preview
+
+    import comfy.model_management as mm
+
+    bar = comfy.utils.ProgressBar(total_steps)
+    previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15())
+    state = {"done": 0}
+
+    def callback(info: dict) -> None:
+        state["done"] += 1
+        preview = None
+        if previewer is not None:
+            denoised = info["denoised"]  # [1, F, C, h, w]
+            frame = denoised.shape[1] // 2 if preview_frame is None else preview_frame
+            preview = previewer.decode_latent_to_preview_image("JPEG", denoised[:, frame].float())
+        bar.update_absolute(state["done"], total_steps, preview)
+
+    return callback
+
+
+def check_interrupted() -> None:
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+
+
+class on_device:
+    """Move a KfiModel to ComfyUI's torch device for a run, and back to the offload device after.
+
+    Frees room first through ComfyUI's model management (other models are offloaded as needed).
+    """
+
+    def __init__(self, kfi):
+        self.kfi = kfi
+
+    def __enter__(self):
+        import comfy.model_management as mm
+        from kfi_core.loading import place_model
+
+        device = mm.get_torch_device()
+        if device.type != "cpu":
+            size = sum(p.numel() * p.element_size() for m in (self.kfi.unet, self.kfi.vae, self.kfi.image_encoder)
+                       for p in m.parameters())
+            mm.free_memory(size * 2, device)
+        place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=device)
+        return self.kfi
+
+    def __exit__(self, *exc):
+        import comfy.model_management as mm
+        from kfi_core.loading import place_model
+
+        place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=mm.unet_offload_device())
+        mm.soft_empty_cache()
+        return False

@@ -18,6 +18,8 @@ from comfyhost import ROOT, ComfyServer, host_dir, make_base_dir, missing_nodes
 # Every node the pack registers. A node missing from /object_info means the pack failed to load.
 EXPECTED_NODES = [
     "LoadKFInpaintModel",
+    "SymmetricMaskEncode",
+    "KeyframePropagateSampler",
     "KFIModelInfo",
     "KFIMaskPrepare",
     "KFISelectKeyframe",
@@ -160,3 +162,100 @@ def test_model_names_outside_the_lists_are_refused(comfy_server):
     error = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
     assert error["exception_type"].endswith("ModelFileError")
     assert "'../../etc/passwd' is not in models/checkpoints or models/diffusers" in error["exception_message"]
+
+
+def _sample_inputs(comfy_server):
+    """The sample clip and its masks as mp4 files in ComfyUI's input folder; our own decode of them."""
+    from kfi_core.sample import make_sample_clip
+    from kfi_core.video_io import read_frames, write_frames
+
+    clip = make_sample_clip()
+    video, mask = comfy_server.base / "input" / "kfi_sample.mp4", comfy_server.base / "input" / "kfi_sample_mask.mp4"
+    if not video.exists():
+        write_frames(clip["frames"], video)
+        write_frames(clip["masks"].expand(-1, 3, -1, -1), mask)
+    frames, _ = read_frames(video)
+    masks, _ = read_frames(mask)
+    return frames, (masks[:, :1] > 0.5).float()
+
+
+def _removal_prompt(steps=2, keyframe_indices="", seed=0):
+    return {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample.mp4"}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample_mask.mp4"}},
+        "4": {"class_type": "GetVideoComponents", "inputs": {"video": ["3", 0]}},
+        "5": {"class_type": "ImageToMask", "inputs": {"image": ["4", 0], "channel": "red"}},
+        "6": {"class_type": "LoadKFInpaintModel", "inputs": {"model": "diffusers/tiny-svd", "adapter": "none",
+                                                              "dtype": "auto", "frames": 0}},
+        "7": {"class_type": "SymmetricMaskEncode", "inputs": {"kfi_model": ["6", 0], "images": ["2", 0],
+                                                               "mask": ["5", 0], "keyframe_indices": keyframe_indices,
+                                                               "grow": 0}},
+        "8": {"class_type": "KeyframePropagateSampler", "inputs": {
+            "kfi_model": ["6", 0], "condition": ["7", 0], "seed": seed, "steps": steps, "sampler": "euler",
+            "min_guidance": 1.0, "max_guidance": 3.0, "fps": 7, "motion_bucket_id": 127, "noise_aug_strength": 0.02,
+            "composite": True, "feather": 0, "decode_chunk_size": 8}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"kfi_removal_{seed}"}},
+    }
+
+
+def _saved_frames(comfy_server, entry, node="9"):
+    images = entry["outputs"][node]["images"]
+    arrays = [np.asarray(Image.open(comfy_server.base / "output" / im["subfolder"] / im["filename"]))
+              for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def test_object_removal_end_to_end(comfy_server):
+    frames, masks = _sample_inputs(comfy_server)
+    entry = comfy_server.run_prompt(_removal_prompt(seed=1))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
+    out = _saved_frames(comfy_server, entry)
+    assert out.shape == frames.shape
+    keep = (masks == 0).expand_as(frames)
+    # SaveImage truncates x*255 to uint8, so an exact input pixel may come back one level lower
+    assert (out[keep] - frames[keep]).abs().max() <= 1 / 255 + 1e-6
+    assert (out[~keep] - frames[~keep]).abs().mean() > 0.02, "the masked region is generated"
+
+
+def test_sampler_errors_come_back_through_the_server(comfy_server):
+    _sample_inputs(comfy_server)
+    prompt = _removal_prompt(keyframe_indices="12")
+    entry = comfy_server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error"
+    error = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
+    assert error["node_type"] == "SymmetricMaskEncode"
+    assert "got 12 for a clip of 8 frames" in error["exception_message"]
+    prompt = _removal_prompt()
+    prompt["5"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}}
+    entry = comfy_server.run_prompt(prompt)
+    error = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
+    assert "mask size 32x64 (width x height) does not match the frames' 64x64" in error["exception_message"]
+    assert comfy_server.run_prompt(_removal_prompt(seed=2))["status"]["status_str"] == "success"
+
+
+def test_cancel_stops_the_sampler_within_a_step(comfy_server):
+    import time
+
+    _sample_inputs(comfy_server)
+    status, body = comfy_server.post("/prompt", {"prompt": _removal_prompt(steps=200, seed=3)})
+    assert status == 200, body
+    prompt_id = body["prompt_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until it is running
+        if comfy_server.get("/queue")["queue_running"]:
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    comfy_server.post("/interrupt", {})
+    while time.monotonic() < deadline:
+        history = comfy_server.get(f"/history/{prompt_id}")
+        if prompt_id in history:
+            break
+        time.sleep(0.05)
+    stopped_after = time.monotonic() - t0
+    messages = [m[0] for m in history[prompt_id]["status"]["messages"]]
+    assert "execution_interrupted" in messages, messages
+    assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"  # 200 steps would take far longer
+    assert comfy_server.run_prompt(_removal_prompt(seed=4))["status"]["status_str"] == "success"

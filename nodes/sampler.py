@@ -1,0 +1,69 @@
+"""KeyframePropagateSampler: the KFI condition through the model -> inpainted frames."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import bridge
+from .types import KfiCondition, KfiModel, KfiSchedule
+
+
+class KeyframePropagateSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        from kfi_core.sampling import SAMPLERS
+
+        return io.Schema(
+            node_id="KeyframePropagateSampler",
+            display_name="KFI Keyframe Propagate Sampler",
+            category="KFI",
+            description=(
+                "Inpaint the clip: carry the keyframe edits through every frame, or remove the masked objects when "
+                "there is no keyframe. Stable Video Diffusion's EDM sampler with guidance rising over frames. "
+                "Pixels outside the mask and keyframes come out exactly as they went in (composite on)."
+            ),
+            inputs=[
+                KfiModel.Input("kfi_model", tooltip="From Load KFI Inpaint Model."),
+                KfiCondition.Input("condition", tooltip="From KFI Symmetric Mask Encode."),
+                io.Int.Input("seed", default=0, min=0, max=2**64 - 1, control_after_generate=True,
+                             tooltip="Random seed; the same seed and settings give the same result."),
+                io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (SVD: 25)."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="euler",
+                               tooltip="euler (SVD's, one model call per step) or heun (2nd order, about twice the "
+                                       "cost)."),
+                io.Float.Input("min_guidance", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Guidance at the first frame."),
+                io.Float.Input("max_guidance", default=3.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Guidance at the last frame (rises linearly from min)."),
+                io.Int.Input("fps", default=7, min=1, max=240, tooltip="fps conditioning (SVD: 7)."),
+                io.Int.Input("motion_bucket_id", default=127, min=0, max=1023,
+                             tooltip="Motion conditioning: higher = more motion (SVD: 127)."),
+                io.Float.Input("noise_aug_strength", default=0.02, min=0.0, max=10.0, step=0.01,
+                               tooltip="Noise added to the condition frames (SVD: 0.02)."),
+                io.Boolean.Input("composite", default=True,
+                                 tooltip="Keep pixels outside the mask exactly as the input."),
+                io.Int.Input("feather", default=0, min=0, max=256,
+                             tooltip="Soft composite edge in pixels outside the hole (0 = hard edge)."),
+                io.Int.Input("decode_chunk_size", default=8, min=1, max=128,
+                             tooltip="Frames per VAE decode call: lower uses less memory."),
+                KfiSchedule.Input("schedule", optional=True,
+                                  tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
+                                          "than the model's window)."),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="The inpainted frames.")],
+        )
+
+    @classmethod
+    def execute(cls, kfi_model, condition, seed, steps, sampler, min_guidance, max_guidance, fps, motion_bucket_id,
+                noise_aug_strength, composite, feather, decode_chunk_size, schedule=None) -> io.NodeOutput:
+        from kfi_core.propagate import PropagateSettings, propagate
+
+        settings = PropagateSettings(
+            steps=steps, seed=seed, sampler=sampler, min_guidance=min_guidance, max_guidance=max_guidance, fps=fps,
+            motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength, composite=composite,
+            feather=feather, decode_chunk_size=decode_chunk_size,
+        ).check()
+        with bridge.on_device(kfi_model) as model:
+            frames = propagate(model, condition, settings, callback=bridge.progress_callback(steps),
+                               check_cancel=bridge.check_interrupted)
+        return io.NodeOutput(bridge.frames_to_image(frames))
