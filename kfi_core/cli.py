@@ -37,7 +37,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .loading import describe_model, load_kfi_model
 
     model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
-                           num_frames=args.frames)
+                           num_frames=args.frames, merge_lora=args.merge_lora)
     print(json.dumps(describe_model(model), indent=2))
     return 0
 
@@ -118,7 +118,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
         raise _KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
     settings = _settings_from_args(args).check()
     model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
-                           num_frames=args.frames)
+                           num_frames=args.frames, merge_lora=args.merge_lora)
     bar = _StepBar("inpaint")
     try:
         result = inpaint_files(
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--frames", type=int, default=None,
                    help="frame count of a single-file checkpoint (its weights do not record it)")
+    p.add_argument("--merge-lora", action="store_true", help="fold the adapter's LoRA into the UNet weights")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser(
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file model")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="fold the adapter's LoRA into the UNet weights (faster, same result within rounding)")
     _add_sampling_arguments(p)
     p.set_defaults(func=_cmd_inpaint)
 

@@ -163,15 +163,20 @@ def load_kfi_model(
     vae_dtype: str | torch.dtype = "fp32",
     device: str | torch.device = "cpu",
     num_frames: int | None = None,
+    merge_lora: bool = False,
 ) -> KfiModel:
     """Load a base model (diffusers folder or single-file checkpoint) and optionally an adapter.
 
     ``dtype`` applies to the UNet and the image encoder; the VAE keeps ``vae_dtype`` (fp32 by
     default: SVD's VAE is known to overflow in fp16). ``num_frames`` only matters for single
-    files, whose weights do not record it.
+    files, whose weights do not record it. ``merge_lora`` folds the adapter's LoRA into the
+    UNet weights (faster inference, same outputs within rounding; ``kfi_core.lora.unmerge_lora``
+    undoes it).
     """
     path = Path(model)
     unet_dtype, vae_dt, dev = parse_dtype(dtype), parse_dtype(vae_dtype), torch.device(device)
+    if merge_lora and adapter is None:
+        raise ModelFileError("merge_lora: there is no adapter to merge; give an adapter or leave merging off.")
     if not path.exists():
         raise ModelFileError(f"model: {path} does not exist. Give a diffusers folder or a .safetensors file.")
     if path.is_dir():
@@ -206,6 +211,10 @@ def load_kfi_model(
 
         check_not_pickle(Path(adapter), "adapter")
         kfi.adapter = load_adapter(unet, adapter, base_variant=kfi.variant, num_frames=frames)
+        if merge_lora:
+            from .lora import merge_lora as _merge
+
+            _merge(unet)
     place_model(kfi, dtype=unet_dtype, vae_dtype=vae_dt, device=dev)
     logger.info("loaded %s (%s, %d frames, UNet %d input channels, %s%s) from %s", kfi.variant,
                 "diffusers folder" if path.is_dir() else "single file", frames, kfi.in_channels,
@@ -228,6 +237,13 @@ def place_model(kfi: KfiModel, *, dtype: torch.dtype, vae_dtype: torch.dtype, de
     return kfi
 
 
+def _lora_merged(unet) -> bool:
+    from .lora import lora_layers
+
+    layers = lora_layers(unet)
+    return bool(layers) and all(layer.merged for layer in layers.values())
+
+
 def adapter_parameter_count(info) -> int:
     return sum(math.prod(shape) for shape in info.tensor_shapes.values())
 
@@ -242,6 +258,7 @@ def describe_model(kfi: KfiModel) -> dict:
         "unet_in_channels": kfi.in_channels,
         "mode": "kfi-adapter" if kfi.adapter else "training-free",
         "lora_rank": kfi.lora_rank,
+        "lora_merged": bool(kfi.adapter) and _lora_merged(kfi.unet),
         "lora_alpha": None if kfi.adapter is None else kfi.adapter.alpha,
         # what KFI trains (LoRA + input conv) = what the adapter file holds
         "trainable_parameters": adapter_parameter_count(kfi.adapter) if kfi.adapter else 0,

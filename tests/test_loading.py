@@ -134,3 +134,36 @@ def test_truncated_single_file_is_reported(tmp_path, tiny_model_dir):
     single.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="svd_tiny.safetensors"):
         load_kfi_model(single)
+
+
+def test_merge_lora_on_load_gives_the_same_output(tmp_path, tiny_model_dir):
+    from kfi_core.adapter import save_adapter
+    from kfi_core.conv_in import expand_conv_in
+    from kfi_core.lora import add_lora, lora_state_dict, unmerge_lora
+
+    base = load_kfi_model(tiny_model_dir)
+    expand_conv_in(base.unet)
+    add_lora(base.unet, rank=4)
+    with torch.no_grad():
+        for p in lora_state_dict(base.unet).values():
+            p.normal_(0, 0.05)
+    save_adapter(base.unet, tmp_path / "a.safetensors", base_variant=base.variant, num_frames=base.num_frames)
+    plain = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors")
+    merged = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors", merge_lora=True)
+    assert describe_model(merged)["lora_merged"] and not describe_model(plain)["lora_merged"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 12, 16, 16, generator=g)
+    args = dict(timestep=torch.tensor([0.5]), encoder_hidden_states=torch.randn(1, 1, 32, generator=g),
+                added_time_ids=torch.tensor([[6.0, 127.0, 0.02]]))
+    with torch.no_grad():
+        a = plain.unet(x, **args).sample
+        b = merged.unet(x, **args).sample
+        merged_w = merged.unet.conv_in.weight.clone()
+        unmerge_lora(merged.unet)
+        c = merged.unet(x, **args).sample
+    # merging adds B @ A into W once: equal within fp32 rounding of that sum
+    torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(c, a, atol=2e-5, rtol=1e-5)
+    assert torch.equal(merged_w, plain.unet.conv_in.weight)
+    with pytest.raises(ModelFileError, match="no adapter to merge"):
+        load_kfi_model(tiny_model_dir, merge_lora=True)
