@@ -165,6 +165,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .metrics import METRIC_KEYS, check_keyframe_indices, evaluate
+    from .video_io import read_frames, read_masks
+
+    names = {"pred": f"--pred {args.pred}", "gt": f"--gt {args.gt}", "mask": f"--mask {args.mask}"}
+    pred, _ = read_frames(args.pred)
+    gt, _ = read_frames(args.gt)
+    mask = read_masks(args.mask) if args.mask else None
+    keyframes = None
+    if args.keyframe_index:
+        # The reference for keyframe k is the ground-truth frame k (the frame a perfect edit reproduces).
+        keyframes = {k: gt[k] for k in check_keyframe_indices(args.keyframe_index, gt.shape[0])}
+    result = evaluate(pred, gt, mask, keyframes=keyframes, flow_method=args.flow, names=names)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for key in METRIC_KEYS:
+        value = result[key]
+        print(f"{key:<22}{'-' if value is None else f'{value:.6g}':>14}  {result['unavailable'].get(key, '')}")
+    return 0
+
+
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
@@ -286,6 +308,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-sample", help="regenerate the bundled procedural sample clip into a folder")
     p.add_argument("out_dir", help="folder to write frames/, masks/ and ground_truth/ into")
     p.set_defaults(func=_cmd_make_sample)
+
+    p = sub.add_parser(
+        "eval",
+        help="compare an inpainted clip with its ground truth: PSNR, SSIM, warping error, flicker, keyframes",
+        description=(
+            "Compute the metrics of kfi_core.metrics for PRED against GT (and inside MASK when given). Each of "
+            "PRED, GT and MASK is a video file, a folder of frames or one image; frame counts and sizes must "
+            "match. Warping error uses optical flow on GT (OpenCV). LPIPS/VFID are reported as null unless "
+            "local weights are configured; nothing is downloaded."
+        ),
+    )
+    p.add_argument("--pred", required=True, help="the inpainted clip (video, frame folder or image)")
+    p.add_argument("--gt", required=True, help="the ground-truth clip (video, frame folder or image)")
+    p.add_argument("--mask", default=None,
+                   help="inpainted region, 1 = white (video, folder or one image for all frames)")
+    p.add_argument("--keyframe-index", type=int, nargs="+", action="extend", default=[], metavar="K",
+                   help="frame index whose GT frame served as a keyframe; repeatable (keyframe_psnr)")
+    p.add_argument("--flow", default="dis", metavar="METHOD",
+                   help="OpenCV optical flow on GT for the warping error: dis (default) or farneback")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (null = not applicable)")
+    p.set_defaults(func=_cmd_eval)
 
     return parser
 
