@@ -187,6 +187,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_masks(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .errors import MaskSynthesisError
+    from .masks import render_preview, sample_masks_with_info
+    from .video_io import atomic_path
+
+    size = args.size.lower().split("x")
+    if len(size) != 2 or not all(s.strip().isdigit() and int(s) > 0 for s in size):
+        raise MaskSynthesisError(f"--size: got {args.size!r}; give HEIGHTxWIDTH in pixels, e.g. 64x64 or 320x576.")
+    height, width = (int(s) for s in size)
+    if args.count < 1 or args.seed < 0:
+        raise MaskSynthesisError(
+            f"--count, --seed: got {args.count}, {args.seed}; give a count >= 1 and a seed >= 0.")
+    out = Path(args.preview)
+    if out.suffix.lower() != ".png":
+        raise MaskSynthesisError(f"--preview: got {out.name!r}; the sheet is a PNG, give a name ending in .png.")
+    # sample i uses its own stream (seed, i), so one sample can be reproduced alone
+    samples = [sample_masks_with_info(args.frames, height, width, np.random.default_rng([args.seed, i]))
+               for i in range(args.count)]
+    with atomic_path(out) as tmp:
+        render_preview(samples).save(tmp, format="PNG")
+    logger.info("wrote %d mask samples (%d frames, %dx%d) to %s", args.count, args.frames, height, width, out)
+    print(out)
+    return 0
+
+
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
@@ -329,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenCV optical flow on GT for the warping error: dis (default) or farneback")
     p.add_argument("--json", action="store_true", help="print the result as JSON (null = not applicable)")
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser(
+        "masks",
+        help="draw random training masks (full, grid, scribble, square, blob; moving, inverted) on a preview sheet",
+        description=(
+            "Sample random training masks the way training draws them (kfi_core.masks.sample_masks, default "
+            "MaskConfig) and draw a PNG sheet: one row per sample, labelled with its type, showing a few frames. "
+            "White = region to inpaint. Sample i is drawn from numpy.random.default_rng([seed, i])."
+        ),
+    )
+    p.add_argument("--preview", required=True, metavar="OUT.png", help="PNG sheet to write")
+    p.add_argument("--count", type=int, default=16, help="number of samples (rows; default 16)")
+    p.add_argument("--frames", type=int, default=8, help="frames per sample (default 8; up to 4 are shown)")
+    p.add_argument("--size", default="64x64", metavar="HxW", help="mask height x width in pixels (default 64x64)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.set_defaults(func=_cmd_masks)
 
     return parser
 

@@ -61,3 +61,11 @@ class LoraError(KfiError, ValueError):
 
     Also a ``ValueError`` (a bad value or call order, as peft's errors), so ``except ValueError`` works.
     """
+
+
+class MaskSynthesisError(KfiError, ValueError):
+    """Random training-mask settings are invalid (a size range with low > high, a ratio outside 0..1,
+    a non-positive count), or the settings cannot produce a mask whose coverage is within the limits.
+
+    Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
+    """
