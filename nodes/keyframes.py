@@ -27,7 +27,10 @@ class KFISelectKeyframe(io.ComfyNode):
             outputs=[
                 io.Image.Output(display_name="keyframe", tooltip="The selected frame."),
                 io.Mask.Output(display_name="keyframe_mask", tooltip="Its mask."),
-                io.Int.Output(display_name="index", tooltip="The frame's index counted from 0 (for the sampler)."),
+                io.Int.Output(display_name="index", tooltip="The frame's index counted from 0."),
+                io.String.Output(display_name="keyframe_indices",
+                                 tooltip="The same index as text, to link into KFI Symmetric Mask Encode's "
+                                         "keyframe_indices."),
             ],
         )
 
@@ -40,7 +43,7 @@ class KFISelectKeyframe(io.ComfyNode):
         masks = expand_masks(bridge.mask_to_masks(mask), frames.shape[0], frames.shape[-2:])
         i = check_frame_index(index, frames.shape[0], "index")
         return io.NodeOutput(bridge.frames_to_image(select_frame(frames, i)),
-                             bridge.masks_to_mask(select_frame(masks, i)), i)
+                             bridge.masks_to_mask(select_frame(masks, i)), i, str(i))
 
 
 class KFIInsertKeyframes(io.ComfyNode):
