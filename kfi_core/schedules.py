@@ -326,7 +326,7 @@ def _as_bool(value: Any) -> bool:
 
 # --------------------------------------------------------------------------- building blocks
 
-Roles = dict  # frame -> role, a window under construction
+Roles = dict  # a window under construction: frame -> role (insertion order free; sorted when frozen)
 
 
 def _check_build_args(num_frames: int, window: int, keyframes: Iterable[int]) -> tuple[int, ...]:

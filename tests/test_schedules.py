@@ -289,7 +289,8 @@ def _edit(s: Schedule, stage: int, window: int, frames=None, roles=None, fused=N
     stages = list(s.stages)
     ws = list(stages[stage].windows)
     w = ws[window]
-    ws[window] = Window(tuple(frames if frames is not None else w.frames), tuple(roles if roles is not None else w.roles))
+    frames = tuple(w.frames if frames is None else frames)
+    ws[window] = Window(frames, tuple(w.roles if roles is None else roles))
     stages[stage] = Stage(tuple(ws), stages[stage].fused if fused is None else fused)
     return Schedule(s.strategy, s.num_frames, s.window, s.keyframes, tuple(stages), s.options)
 
