@@ -214,6 +214,44 @@ def _cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from .errors import KeyframeError, ScheduleError
+    from .schedules import build_schedule, format_schedule_summary, render_schedule_preview, schedule_cost
+
+    try:
+        keyframes = [int(k) for k in args.keyframes.replace(";", ",").split(",") if k.strip()]
+    except ValueError:
+        raise KeyframeError(
+            f"--keyframes: could not read {args.keyframes!r}; give frame numbers separated by commas, e.g. 0,40."
+        ) from None
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ScheduleError(f"--option: got {item!r}; write KEY=VALUE, e.g. --option overlap=4.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    schedule = build_schedule(args.strategy, args.frames, args.window, keyframes, **options)
+    if args.json:
+        print(json.dumps({"schedule": schedule.to_dict(), "cost": schedule_cost(schedule)}, indent=2))
+    else:
+        print(format_schedule_summary(schedule))
+    if args.preview:
+        from PIL import Image
+
+        out = Path(args.preview)
+        if out.suffix.lower() != ".png":
+            raise ScheduleError(f"--preview: got {str(out)!r}; give a file name ending in .png.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.stem}.partial.png")
+        Image.fromarray(render_schedule_preview(schedule)).save(tmp)
+        tmp.replace(out)
+        logger.info("schedule preview written to %s", out)
+    return 0
+
+
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
@@ -371,6 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="64x64", metavar="HxW", help="mask height x width in pixels (default 64x64)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.set_defaults(func=_cmd_masks)
+    # ---- schedule (command and parser in one block)
+    p = sub.add_parser(
+        "schedule",
+        help="build a long-video schedule (stages of windows) and print it with its cost",
+        description=(
+            "Build the schedule a long clip is inpainted with: which frames each model call generates, takes as "
+            "known (keyframes, frames done earlier) or as context (observed pixels only). Prints a summary, or "
+            "JSON with --json, and the cost in UNet frame-evaluations per output frame."
+        ),
+    )
+    p.add_argument("--frames", type=int, required=True, help="frames in the clip")
+    p.add_argument("--window", type=int, default=14, help="frames the model sees at once (SVD 14 or 25; default 14)")
+    p.add_argument("--strategy", default="anchor",
+                   help="anchor (default), multidiffusion, autoregressive, hierarchy2, improved-ar, far-future, "
+                        "3-res or reverse")
+    p.add_argument("--keyframes", default="", help="keyframe indices, comma separated (e.g. 0,40; -1 = last)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a strategy option, repeatable (e.g. overlap=4, anchor_spacing=10, strides=[15,5])")
+    p.add_argument("--json", action="store_true", help="print the schedule and its cost as JSON")
+    p.add_argument("--preview", default=None, metavar="OUT.png", help="also draw the schedule to a PNG image")
+    p.set_defaults(func=_cmd_schedule)
 
     return parser
 

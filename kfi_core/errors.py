@@ -69,3 +69,11 @@ class MaskSynthesisError(KfiError, ValueError):
 
     Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
     """
+
+
+class ScheduleError(KfiError, ValueError):
+    """A long-video schedule breaks a rule (a frame used before it is generated, generated twice or
+    never, a window larger than the model's, a keyframe generated), or a schedule option is out of range.
+
+    Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
+    """
