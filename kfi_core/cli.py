@@ -125,7 +125,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
             model, video=args.video, mask=args.mask, out=args.out, keyframe_paths=args.keyframe or [],
             keyframe_indices=args.keyframe_index or [], settings=settings,
             size=None if args.width is None else (args.height, args.width), grow_pixels=args.grow,
-            preview=args.preview, callback=bar,
+            preview=args.preview, strategy=args.schedule, callback=bar,
         )
     finally:
         bar.close()
@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="working width (resize; output keeps the input size)")
     p.add_argument("--height", type=int, default=None, help="working height (with --width)")
     p.add_argument("--grow", type=int, default=0, help="grow (or erode, negative) masks by pixels")
+    p.add_argument("--schedule", default=None,
+                   help="long-video strategy for clips longer than the model's window: anchor (default), "
+                        "multidiffusion, autoregressive, hierarchy2, improved-ar, far-future, 3-res, reverse")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file model")

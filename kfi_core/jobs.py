@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from .condition import ClipInputs, prepare_clip
 from .errors import KeyframeError
 from .mask_ops import binarize, expand_masks
-from .propagate import PropagateSettings, composite, propagate
+from .executor import inpaint
+from .propagate import PropagateSettings, composite
 from .video_io import DEFAULT_FPS, atomic_path, read_frames, read_masks, to_uint8, write_frames
 
 logger = logging.getLogger(__name__)
@@ -70,21 +71,25 @@ def inpaint_clip(
     settings: PropagateSettings | None = None,
     size: tuple[int, int] | None = None,
     grow_pixels: int = 0,
+    strategy: str | None = None,
     callback: Callable[[dict], Any] | None = None,
     check_cancel: Callable[[], Any] | None = None,
 ) -> tuple[torch.Tensor, ClipInputs]:
-    """Inpaint in-memory frames; returns (frames at the input size, the checked clip at input size)."""
+    """Inpaint in-memory frames of any length; returns (frames at the input size, the checked clip).
+
+    Clips longer than the model's window run a long-video schedule (``strategy``, default anchor).
+    """
     settings = (settings or PropagateSettings()).check()
     clip = prepare_clip(frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices),
                         grow_pixels=grow_pixels)
     if size is None or tuple(size) == clip.size:
-        return propagate(model, clip, settings, callback=callback, check_cancel=check_cancel), clip
+        return inpaint(model, clip, settings, strategy=strategy, callback=callback, check_cancel=check_cancel), clip
     logger.info("resizing %dx%d -> %dx%d for the model (the result goes back to the input size)",
                 clip.size[1], clip.size[0], size[1], size[0])
     work = ClipInputs(frames=resize_frames(clip.frames, size), masks=resize_masks(clip.masks, size),
                       keyframe_indices=clip.keyframe_indices)
-    generated = propagate(model, work, PropagateSettings(**{**settings.__dict__, "composite": False}),
-                          callback=callback, check_cancel=check_cancel)
+    generated = inpaint(model, work, PropagateSettings(**{**settings.__dict__, "composite": False}),
+                        strategy=strategy, callback=callback, check_cancel=check_cancel)
     back = resize_frames(generated, clip.size)
     return (composite(clip, back, settings.feather) if settings.composite else back), clip
 
@@ -123,6 +128,7 @@ def inpaint_files(
     size: tuple[int, int] | None = None,
     grow_pixels: int = 0,
     preview: str | os.PathLike | None = None,
+    strategy: str | None = None,
     callback: Callable[[dict], Any] | None = None,
 ) -> InpaintResult:
     """Read ``video`` and ``mask`` (files or PNG folders), inpaint, write ``out`` (+ ``preview`` PNG)."""
@@ -136,7 +142,7 @@ def inpaint_files(
         )
     result, clip = inpaint_clip(model, frames, binarize(masks), keyframes=keyframes,
                                 keyframe_indices=list(keyframe_indices), settings=settings, size=size,
-                                grow_pixels=grow_pixels, callback=callback)
+                                grow_pixels=grow_pixels, strategy=strategy, callback=callback)
     fps = fps or DEFAULT_FPS
     out_path = write_frames(result, out, fps=fps)
     preview_path = write_preview(preview_image(clip, result), Path(preview)) if preview else None

@@ -126,6 +126,82 @@ def _image_embedding(model, clip: ClipInputs) -> torch.Tensor:
     return encode_image_clip(model.image_encoder, model.feature_extractor, image)  # [1, 1, D]
 
 
+class WindowDenoiser:
+    """``denoise(x, sigma)`` for one window: its condition, image embedding and guidance (steps 2 and 4).
+
+    Builds the condition latents first, drawing the noise augmentation from ``generator`` (the
+    first draws, as SVD). In the training-free mode (8-channel UNet) it blends the denoised
+    estimate with the clean input latents outside the latent mask. With ``resident=False`` the
+    window's tensors stay on the host and visit the device only during a call (MultiDiffusion
+    keeps many windows at once and must not hold them all on the device).
+    """
+
+    def __init__(self, model, clip: ClipInputs, settings: PropagateSettings, generator: torch.Generator, *,
+                 resident: bool = True):
+        from .denoiser import per_frame_guidance
+
+        self.model, self.resident = model, resident
+        num_frames = clip.num_frames
+        if model.in_channels == 12:
+            condition = encode_symmetric(model.vae, clip, noise_aug_strength=settings.noise_aug_strength,
+                                         generator=generator, chunk_size=settings.encode_chunk_size)
+            self.known_latents = self.known_mask = None
+        elif model.in_channels == 8:
+            # training-free: stock first-frame condition, repeated over frames
+            image = first_frame_for_embedding(clip)[None].float() * 2.0 - 1.0  # [1, 3, H, W]
+            aug = torch.randn(image.shape, generator=generator, dtype=torch.float32)
+            cond = encode_frames(model.vae, image + settings.noise_aug_strength * aug, 1)  # [1, 4, h, w]
+            condition = cond[:, None].repeat(1, num_frames, 1, 1, 1)  # [1, 4, h, w] -> [1, F, 4, h, w]
+            # clean latents of the known content, in the diffusion's (scaled) latent space
+            known = encode_frames(model.vae, clip.frames.float() * 2.0 - 1.0, settings.encode_chunk_size)
+            self.known_latents = (known.float() * model.vae.config.scaling_factor)[None].cpu()  # [1, F, 4, h, w]
+            self.known_mask = latent_masks(clip.masks, model.vae_scale_factor)  # [1, F, 1, h, w], 1 = fill
+        else:
+            raise InputMismatchError(
+                f"model: the UNet takes {model.in_channels} input channels; KFI runs 8 (stock SVD, training-free) "
+                "or 12 (with a KFI adapter). Load a stock SVD model, optionally with a KFI adapter."
+            )
+        self.condition = condition.cpu()
+        self.embedding = _image_embedding(model, clip).cpu()
+        self.added_time_ids = torch.tensor(
+            [[settings.fps - 1, settings.motion_bucket_id, settings.noise_aug_strength]], dtype=torch.float32)
+        self.guidance = per_frame_guidance(settings.min_guidance, settings.max_guidance, num_frames)
+        self.latent_shape = (1, num_frames, int(model.vae.config.latent_channels), *condition.shape[-2:])
+        self._inner = self._build(model.device) if resident else None
+        if resident and self.known_latents is not None:
+            self.known_latents = self.known_latents.to(model.device)
+            self.known_mask = self.known_mask.to(model.device)
+
+    def _build(self, device):
+        from .denoiser import SVDDenoiser
+
+        return SVDDenoiser(
+            self.model.unet,
+            condition_latents=self.condition.to(device=device, dtype=self.model.dtype),
+            encoder_hidden_states=self.embedding.to(device),
+            added_time_ids=self.added_time_ids.to(device),
+            guidance=self.guidance.to(device),
+        )
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        inner = self._inner if self.resident else self._build(x.device)
+        denoised = inner(x, sigma)
+        if self.known_latents is None:
+            return denoised
+        known, mask = self.known_latents.to(x.device), self.known_mask.to(x.device)
+        # latent blending: outside the mask the estimate is the known clean latent
+        return mask * denoised + (1.0 - mask) * known
+
+
+def initial_latents(shape, settings: PropagateSettings, model, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise of ``shape`` scaled to the first sigma as SVD's scheduler does (step 3)."""
+    from .sampling import get_sigmas_svd, init_noise_sigma
+
+    sigmas = get_sigmas_svd(settings.steps, model.scheduler_config)
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return noise * init_noise_sigma(sigmas, model.scheduler_config)
+
+
 @torch.no_grad()
 def sample_window_latents(
     model,
@@ -136,62 +212,16 @@ def sample_window_latents(
     check_cancel: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
     """Sample the latents [1, F, 4, h, w] of one window (steps 2-5 of :func:`propagate`)."""
-    from .denoiser import SVDDenoiser, per_frame_guidance
-    from .sampling import get_sampler, get_sigmas_svd, init_noise_sigma
+    from .sampling import get_sampler, get_sigmas_svd
 
-    device, unet_dtype = model.device, model.dtype
-    num_frames = clip.num_frames
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-
-    # 2. Condition latents (first draws from the generator) and the image embedding
-    if model.in_channels == 12:
-        condition = encode_symmetric(model.vae, clip, noise_aug_strength=settings.noise_aug_strength,
-                                     generator=generator, chunk_size=settings.encode_chunk_size)
-        known_latents = known_mask = None
-    elif model.in_channels == 8:
-        # training-free: stock first-frame condition, repeated over frames
-        image = first_frame_for_embedding(clip)[None].float() * 2.0 - 1.0  # [1, 3, H, W]
-        aug = torch.randn(image.shape, generator=generator, dtype=torch.float32)
-        cond = encode_frames(model.vae, image + settings.noise_aug_strength * aug, 1)  # [1, 4, h, w]
-        condition = cond[:, None].repeat(1, num_frames, 1, 1, 1)  # [1, 4, h, w] -> [1, F, 4, h, w]
-        # clean latents of the known content, in the diffusion's (scaled) latent space
-        known_latents = encode_frames(model.vae, clip.frames.float() * 2.0 - 1.0, settings.encode_chunk_size)
-        known_latents = (known_latents.float() * model.vae.config.scaling_factor)[None].to(device)  # [1, F, 4, h, w]
-        known_mask = latent_masks(clip.masks, model.vae_scale_factor).to(device)  # [1, F, 1, h, w], 1 = fill
-    else:
-        raise InputMismatchError(
-            f"model: the UNet takes {model.in_channels} input channels; KFI runs 8 (stock SVD, training-free) "
-            "or 12 (with a KFI adapter). Load a stock SVD model, optionally with a KFI adapter."
-        )
-    embedding = _image_embedding(model, clip)
-    added_time_ids = torch.tensor([[settings.fps - 1, settings.motion_bucket_id, settings.noise_aug_strength]],
-                                  dtype=torch.float32)
-
-    # 3. Initial noise, scaled as SVD's scheduler does (the next draw from the generator)
-    sigmas = get_sigmas_svd(settings.steps, model.scheduler_config).to(device)
-    latent_channels = int(model.vae.config.latent_channels)
-    h, w = condition.shape[-2:]
-    noise = torch.randn((1, num_frames, latent_channels, h, w), generator=generator, dtype=torch.float32)
-    x = (noise * init_noise_sigma(sigmas.cpu(), model.scheduler_config)).to(device)
-
-    # 4. Denoiser: EDM v-prediction with per-frame guidance
-    denoiser = SVDDenoiser(
-        model.unet,
-        condition_latents=condition.to(device=device, dtype=unet_dtype),
-        encoder_hidden_states=embedding.to(device=device),
-        added_time_ids=added_time_ids.to(device),
-        guidance=per_frame_guidance(settings.min_guidance, settings.max_guidance, num_frames).to(device),
-    )
-    if known_latents is None:
-        denoise = denoiser
-    else:
-        def denoise(x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            # latent blending: outside the mask the estimate is the known clean latent
-            return known_mask * denoiser(x_t, sigma) + (1.0 - known_mask) * known_latents
-
+    # 2. + 4. Condition latents (first draws from the generator), embedding, guidance
+    denoise = WindowDenoiser(model, clip, settings, generator)
+    # 3. Initial noise (the next draw)
+    x = initial_latents(denoise.latent_shape, settings, model, generator).to(model.device)
     # 5. Sample
-    sample = get_sampler(settings.sampler)
-    return sample(denoise, x, sigmas, callback=callback, check_cancel=check_cancel)
+    sigmas = get_sigmas_svd(settings.steps, model.scheduler_config).to(model.device)
+    return get_sampler(settings.sampler)(denoise, x, sigmas, callback=callback, check_cancel=check_cancel)
 
 
 @torch.no_grad()

@@ -148,7 +148,9 @@ def parse_keyframe_indices(text: str) -> list[int]:
 def progress_callback(total_steps: int, preview_frame: int | None = None):
     """A kfi_core step callback driving ComfyUI's progress bar, with a latent preview.
 
-    ComfyUI's progress hook also checks for Cancel, so a cancelled run stops within one step.
+    ``total_steps`` is a first guess; the library's callbacks carry the real total (all windows
+    of a long-video schedule). ComfyUI's progress hook also checks for Cancel, so a cancelled run
+    stops within one step.
     """
     import comfy.latent_formats
     import comfy.utils
@@ -161,13 +163,14 @@ def progress_callback(total_steps: int, preview_frame: int | None = None):
     state = {"done": 0}
 
     def callback(info: dict) -> None:
-        state["done"] += 1
+        state["done"] = int(info["i"]) + 1
+        total = int(info.get("total", total_steps))
         preview = None
         if previewer is not None:
             denoised = info["denoised"]  # [1, F, C, h, w]
             frame = denoised.shape[1] // 2 if preview_frame is None else preview_frame
             preview = previewer.decode_latent_to_preview_image("JPEG", denoised[:, frame].float())
-        bar.update_absolute(state["done"], total_steps, preview)
+        bar.update_absolute(state["done"], total, preview)
 
     return callback
 

@@ -1,0 +1,193 @@
+"""Run any long-video schedule (:mod:`kfi_core.schedules`) with the propagation sampler.
+
+Each window is conditioned on what is known when it runs:
+- ``generate`` frames: the input frame with its mask (the hole is generated and kept);
+- ``known`` frames: keyframes, or frames generated in an earlier stage, entered as fully known
+  frames (empty mask), exactly as the symmetric condition takes keyframes;
+- ``context`` frames: the input frame with its mask; their generated content is thrown away
+  (003's conditioning on incomplete frames).
+
+Memory: the clip, the masks and the generated frames stay on the host; the device holds one
+window's latents at a time (a fused MultiDiffusion stage keeps the whole clip's latents on the
+host and moves one window's slice to the device per model call), so device memory does not
+grow with clip length.
+
+Seeds: the first window of a run uses ``settings.seed`` itself, so a clip that fits one window
+gives exactly :func:`kfi_core.propagate.propagate`'s output; window ``k`` uses a seed derived
+from ``(seed, k)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+
+from .condition import ClipInputs
+from .errors import ScheduleError
+from .propagate import (PropagateSettings, WindowDenoiser, check_size, composite, decode_window, initial_latents,
+                        sample_window_latents)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCHEDULE = "anchor"
+_SEED_STRIDE = 0x9E3779B97F4A7C15  # golden-ratio increment: well-spread per-window seeds
+
+
+def window_seed(seed: int, k: int) -> int:
+    return seed if k == 0 else (seed + k * _SEED_STRIDE) % 2**64
+
+
+def window_clip(clip: ClipInputs, result: torch.Tensor, window) -> ClipInputs:
+    """The ClipInputs one window sees: known frames from ``result`` with empty masks."""
+    frames, masks, known = [], [], []
+    for j, (f, role) in enumerate(zip(window.frames, window.roles)):
+        if role == "known":
+            frames.append(result[f])
+            masks.append(torch.zeros_like(clip.masks[f]))
+            known.append(j)
+        else:
+            frames.append(clip.frames[f])
+            masks.append(clip.masks[f])
+    return ClipInputs(frames=torch.stack(frames), masks=torch.stack(masks), keyframe_indices=known)
+
+
+def check_schedule(schedule, clip: ClipInputs, model) -> None:
+    schedule.validate()
+    if schedule.num_frames != clip.num_frames:
+        raise ScheduleError(
+            f"schedule: made for {schedule.num_frames} frames but the clip has {clip.num_frames}. Build the schedule "
+            "from this clip (or its frame count)."
+        )
+    if schedule.window > model.num_frames:
+        raise ScheduleError(
+            f"schedule: windows of {schedule.window} frames but the model ({model.variant}) takes at most "
+            f"{model.num_frames}. Build it with window={model.num_frames} or less."
+        )
+    keyframes = set(schedule.keyframes)
+    if keyframes != set(clip.keyframe_indices):
+        raise ScheduleError(
+            f"schedule: keyframes {sorted(keyframes)} but the clip's keyframes are {clip.keyframe_indices}. Build the "
+            "schedule with the clip's keyframe indices."
+        )
+
+
+def _progress(callback, offset: int, total: int, stage: int, window: int):
+    if callback is None:
+        return None
+
+    def report(info: dict) -> None:
+        callback({**info, "i": offset + info["i"], "total": total, "stage": stage, "window": window})
+
+    return report
+
+
+def total_steps(schedule, steps: int) -> int:
+    return sum(steps if stage.fused else steps * len(stage.windows) for stage in schedule.stages)
+
+
+@torch.no_grad()
+def run_schedule(
+    model,
+    clip: ClipInputs,
+    schedule,
+    settings: PropagateSettings | None = None,
+    *,
+    callback: Callable[[dict], Any] | None = None,
+    check_cancel: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Inpaint ``clip`` following ``schedule``; frames [N, 3, H, W] in 0..1 on the host."""
+    settings = (settings or PropagateSettings()).check()
+    check_size(model, *clip.size)
+    check_schedule(schedule, clip, model)
+    total = total_steps(schedule, settings.steps)
+    logger.info("running schedule %s: %d frames, %d stages, %d windows, %d sampling steps", schedule.strategy,
+                clip.num_frames, len(schedule.stages), len(schedule.windows), total)
+    result = clip.frames.float().clone()  # composited frames: known content for later windows
+    raw = result.clone() if not settings.composite else None
+    done, k = 0, 0
+    for s, stage in enumerate(schedule.stages):
+        if stage.fused:
+            generated = _run_fused_stage(model, clip, result, stage, replace(settings, seed=window_seed(settings.seed, k)),
+                                         _progress(callback, done, total, s, 0), check_cancel)
+            frames = sorted({f for w in stage.windows for f in w.generate})
+            _keep(clip, result, raw, frames, generated[frames], settings)
+            done += settings.steps
+            k += len(stage.windows)
+            continue
+        for w, window in enumerate(stage.windows):
+            sub = window_clip(clip, result, window)
+            latents = sample_window_latents(
+                model, sub, replace(settings, seed=window_seed(settings.seed, k)),
+                callback=_progress(callback, done, total, s, w), check_cancel=check_cancel)
+            decoded = decode_window(model, latents, settings.decode_chunk_size)  # [F_w, 3, H, W]
+            positions = [j for j, role in enumerate(window.roles) if role == "generate"]
+            _keep(clip, result, raw, [window.frames[j] for j in positions], decoded[positions], settings)
+            done += settings.steps
+            k += 1
+    return result if settings.composite else raw
+
+
+def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, settings) -> None:
+    """Store generated frames: composited into ``result`` (what later windows see), raw if asked."""
+    part = ClipInputs(frames=clip.frames[frames].float(), masks=clip.masks[frames], keyframe_indices=[])
+    result[frames] = composite(part, generated, settings.feather)
+    if raw is not None:
+        raw[frames] = generated
+
+
+def _run_fused_stage(model, clip, result, stage, settings, callback, check_cancel) -> torch.Tensor:
+    """Temporal MultiDiffusion: every step denoises each window and averages overlapping frames."""
+    from .sampling import get_sampler, get_sigmas_svd
+
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    denoisers = [(w, WindowDenoiser(model, window_clip(clip, result, w), settings, generator, resident=False))
+                 for w in stage.windows]
+    _, _, channels, h, wd = denoisers[0][1].latent_shape
+    x = initial_latents((1, clip.num_frames, channels, h, wd), settings, model, generator)  # host
+
+    def denoise(x_full: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(x_full)
+        count = torch.zeros(clip.num_frames)
+        for window, den in denoisers:
+            idx = list(window.frames)
+            out = den(x_full[:, idx].to(model.device), sigma.to(model.device)).float().cpu()
+            total[:, idx] += out
+            count[idx] += 1
+        seen = count > 0
+        total[:, seen] /= count[seen].view(-1, 1, 1, 1)
+        # frames no window covers (keyframes outside every window) keep their current estimate
+        total[:, ~seen] = x_full[:, ~seen]
+        return total
+
+    sigmas = get_sigmas_svd(settings.steps, model.scheduler_config)
+    latents = get_sampler(settings.sampler)(denoise, x, sigmas, callback=callback, check_cancel=check_cancel)
+    return decode_window(model, latents.to(model.device), settings.decode_chunk_size)
+
+
+def inpaint(
+    model,
+    clip: ClipInputs,
+    settings: PropagateSettings | None = None,
+    *,
+    schedule=None,
+    strategy: str | None = None,
+    callback: Callable[[dict], Any] | None = None,
+    check_cancel: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Inpaint a clip of any length: one window when it fits, else a schedule.
+
+    ``schedule`` (a :class:`~kfi_core.schedules.Schedule`) wins; else ``strategy`` names a builder;
+    else clips longer than the model's window use the coarse-to-fine ``anchor`` schedule.
+    """
+    from .schedules import build_schedule
+
+    if schedule is None:
+        name = strategy or DEFAULT_SCHEDULE
+        schedule = build_schedule(name, clip.num_frames, model.num_frames, clip.keyframe_indices)
+        if clip.num_frames > model.num_frames:
+            logger.info("%d frames exceed the model's %d: using the %s schedule", clip.num_frames, model.num_frames,
+                        name)
+    return run_schedule(model, clip, schedule, settings, callback=callback, check_cancel=check_cancel)
