@@ -12,6 +12,7 @@ from .keyframes import KFIInsertKeyframes, KFISelectKeyframe
 from .loaders import KFIModelInfo, LoadKFInpaintModel
 from .masks import KFIMaskPrepare
 from .sampler import KeyframePropagateSampler
+from .schedule import LongVideoAnchorSchedule
 
 bridge.register_folders()
 
@@ -19,6 +20,7 @@ NODES: list[type[io.ComfyNode]] = [
     LoadKFInpaintModel,
     SymmetricMaskEncode,
     KeyframePropagateSampler,
+    LongVideoAnchorSchedule,
     KFIModelInfo,
     KFIMaskPrepare,
     KFISelectKeyframe,

@@ -209,3 +209,46 @@ class on_device:
         place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=mm.unet_offload_device())
         mm.soft_empty_cache()
         return False
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def schedule_frames(frames: int, keyframe_indices: str, condition=None, images=None) -> tuple[int, list[int]]:
+    """Frame count and keyframes for a schedule: from the condition, else the images, else the widgets."""
+    from kfi_core.errors import InputMismatchError
+
+    if condition is not None:
+        return condition.num_frames, list(condition.keyframe_indices)
+    keyframes = parse_keyframe_indices(keyframe_indices)
+    if images is not None:
+        return int(images.shape[0]), keyframes
+    if frames < 1:
+        raise InputMismatchError(
+            "frames: 0 and nothing connected. Connect the condition (or the images), or set frames to the clip's "
+            "length."
+        )
+    return int(frames), keyframes
+
+
+def schedule_window(window: int, kfi_model=None) -> int:
+    from kfi_core.errors import InputMismatchError
+
+    if window:
+        if kfi_model is not None and window > kfi_model.num_frames:
+            raise InputMismatchError(
+                f"window: {window} frames, but the model ({kfi_model.variant}) takes at most {kfi_model.num_frames}. "
+                "Use 0 for the model's frame count."
+            )
+        return int(window)
+    if kfi_model is None:
+        raise InputMismatchError("window: 0 means 'the model's frame count', but no model is connected. Connect "
+                                 "kfi_model or give the window size.")
+    return int(kfi_model.num_frames)
+
+
+def array_to_image(array):
+    """uint8 [H, W, 3] numpy -> IMAGE [1, H, W, 3]."""
+    import torch
+
+    return torch.from_numpy(array.copy()).float().div(255.0)[None]

@@ -20,7 +20,8 @@ class KeyframePropagateSampler(io.ComfyNode):
             description=(
                 "Inpaint the clip: carry the keyframe edits through every frame, or remove the masked objects when "
                 "there is no keyframe. Stable Video Diffusion's EDM sampler with guidance rising over frames. "
-                "Pixels outside the mask and keyframes come out exactly as they went in (composite on)."
+                "Pixels outside the mask and keyframes come out exactly as they went in (composite on). Clips "
+                "longer than the model's window use the schedule input, or the anchor schedule by default."
             ),
             inputs=[
                 KfiModel.Input("kfi_model", tooltip="From Load KFI Inpaint Model."),
@@ -56,7 +57,8 @@ class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def execute(cls, kfi_model, condition, seed, steps, sampler, min_guidance, max_guidance, fps, motion_bucket_id,
                 noise_aug_strength, composite, feather, decode_chunk_size, schedule=None) -> io.NodeOutput:
-        from kfi_core.propagate import PropagateSettings, propagate
+        from kfi_core.executor import inpaint
+        from kfi_core.propagate import PropagateSettings
 
         settings = PropagateSettings(
             steps=steps, seed=seed, sampler=sampler, min_guidance=min_guidance, max_guidance=max_guidance, fps=fps,
@@ -64,6 +66,6 @@ class KeyframePropagateSampler(io.ComfyNode):
             feather=feather, decode_chunk_size=decode_chunk_size,
         ).check()
         with bridge.on_device(kfi_model) as model:
-            frames = propagate(model, condition, settings, callback=bridge.progress_callback(steps),
-                               check_cancel=bridge.check_interrupted)
+            frames = inpaint(model, condition, settings, schedule=schedule, callback=bridge.progress_callback(steps),
+                             check_cancel=bridge.check_interrupted)
         return io.NodeOutput(bridge.frames_to_image(frames))

@@ -70,7 +70,7 @@ def mask_from_video(g: Graph, y, grow=4):
     return prep
 
 
-def propagate_and_save(g: Graph, model, frames, mask, x, y, prefix, keyframes=None, indices=None, schedule=None):
+def propagate_and_save(g: Graph, model, frames, mask, x, y, prefix, keyframes=None, indices=None):
     enc = g.node("SymmetricMaskEncode", (x, y), box=(320, 170))
     g.link(model, 0, enc, "kfi_model")
     g.link(frames, "images", enc, "images")
@@ -82,8 +82,6 @@ def propagate_and_save(g: Graph, model, frames, mask, x, y, prefix, keyframes=No
     sampler = g.node("KeyframePropagateSampler", (x + COL, y), box=(320, 420))
     g.link(model, 0, sampler, "kfi_model")
     g.link(enc, "condition", sampler, "condition")
-    if schedule is not None:
-        g.link(schedule, 0, sampler, "schedule")
     video = g.node("CreateVideo", (x + 2 * COL, y), box=(260, 90), fps=7.0)
     g.link(sampler, 0, video, "images")
     g.link(frames, "fps", video, "fps")
@@ -91,7 +89,7 @@ def propagate_and_save(g: Graph, model, frames, mask, x, y, prefix, keyframes=No
     g.link(video, 0, save, "video")
     preview = g.node("PreviewImage", (x, y + 240), title="What the model fills", box=(320, 260))
     g.link(enc, "masked_preview", preview, "images")
-    return sampler
+    return enc, sampler
 
 
 def object_removal(g: Graph):
@@ -221,12 +219,13 @@ def sam2_masks(g: Graph):
 def long_clip(g: Graph):
     frames, model = clip_and_model(g)
     mask = mask_from_video(g, 340)
-    schedule = g.node("LongVideoAnchorSchedule", (3 * COL, 480), box=(320, 200))
-    g.link(frames, "images", schedule, "images")
+    enc, sampler = propagate_and_save(g, model, frames, mask, 3 * COL, 0, "kfi_long")
+    schedule = g.node("LongVideoAnchorSchedule", (3 * COL, 560), box=(320, 260))
+    g.link(enc, "condition", schedule, "condition")
     g.link(model, 0, schedule, "kfi_model")
-    preview = g.node("PreviewImage", (3 * COL, 720), title="Schedule", box=(320, 260))
+    g.link(schedule, "schedule", sampler, "schedule")
+    preview = g.node("PreviewImage", (4 * COL, 560), title="Schedule: rows are model calls", box=(420, 300))
     g.link(schedule, "preview", preview, "images")
-    propagate_and_save(g, model, frames, mask, 4 * COL, 0, "kfi_long", schedule=schedule)
     g.note(
         "KFI on a clip longer than the model's window (25 frames for svd-xt)\n\n"
         "The anchor schedule first generates sparse anchor frames spread over the whole clip, then fills the gaps "

@@ -20,6 +20,7 @@ EXPECTED_NODES = [
     "LoadKFInpaintModel",
     "SymmetricMaskEncode",
     "KeyframePropagateSampler",
+    "LongVideoAnchorSchedule",
     "KFIModelInfo",
     "KFIMaskPrepare",
     "KFISelectKeyframe",
