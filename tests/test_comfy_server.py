@@ -24,6 +24,8 @@ EXPECTED_NODES = [
     "KFIMaskPrepare",
     "KFISelectKeyframe",
     "KFIInsertKeyframes",
+    "KFICropForInpaint",
+    "KFIStitchCrop",
 ]
 
 
