@@ -8,6 +8,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import bridge
 from .condition import SymmetricMaskEncode
+from .crop import KFICropForInpaint, KFIStitchCrop
 from .keyframes import KFIInsertKeyframes, KFISelectKeyframe
 from .loaders import KFIModelInfo, LoadKFInpaintModel
 from .masks import KFIMaskPrepare
@@ -25,6 +26,8 @@ NODES: list[type[io.ComfyNode]] = [
     KFIMaskPrepare,
     KFISelectKeyframe,
     KFIInsertKeyframes,
+    KFICropForInpaint,
+    KFIStitchCrop,
 ]
 
 

@@ -25,6 +25,8 @@ EXPECTED_NODES = [
     "KFIMaskPrepare",
     "KFISelectKeyframe",
     "KFIInsertKeyframes",
+    "KFICropForInpaint",
+    "KFIStitchCrop",
 ]
 
 
