@@ -5,8 +5,10 @@
 Starts the test ComfyUI host with the pack (loopback), reads /object_info (plus the recorded
 SAM2 schemas), lays each workflow out with tests/workflow_tools.Graph and writes
 workflows/<name>.json. Widget values are the nodes' defaults unless set here, so the files stay
-in step with the nodes. Thumbnails (<name>.jpg) are made by the browser test
-(tests/test_browser.py) and copied here with --thumbnails DIR.
+in step with the nodes. Thumbnails (<name>.jpg) come from the browser test's screenshots:
+
+    KFI_SCREENSHOT_DIR=/tmp/shots .venv/bin/python -m pytest tests/test_browser.py
+    .venv/bin/python scripts/build_workflows.py --thumbnails /tmp/shots
 """
 
 from __future__ import annotations
@@ -135,11 +137,11 @@ def _flux_fill_chain(g: Graph, crop, x, y, alimama=False):
         g.link(negative, 0, apply, "negative")
         g.link(cn, 0, apply, "control_net")
         g.link(vae, 0, apply, "vae")
-        g.link(crop, "image", apply, "image")
-        g.link(crop, "mask", apply, "mask")
+        g.link(crop, "cropped_image", apply, "image")
+        g.link(crop, "cropped_mask", apply, "mask")
         positive_src, negative_src = (apply, "positive"), (apply, "negative")
         latent = g.node("VAEEncode", (x + 2 * COL, y + 540), box=(260, 60))
-        g.link(crop, "image", latent, "pixels")
+        g.link(crop, "cropped_image", latent, "pixels")
         g.link(vae, 0, latent, "vae")
         latent_src = (latent, 0)
         sampler_widgets = dict(steps=28, cfg=1.0, denoise=1.0)
@@ -148,8 +150,8 @@ def _flux_fill_chain(g: Graph, crop, x, y, alimama=False):
         g.link(guidance, 0, cond, "positive")
         g.link(negative, 0, cond, "negative")
         g.link(vae, 0, cond, "vae")
-        g.link(crop, "image", cond, "pixels")
-        g.link(crop, "mask", cond, "mask")
+        g.link(crop, "cropped_image", cond, "pixels")
+        g.link(crop, "cropped_mask", cond, "mask")
         positive_src, negative_src, latent_src = (cond, "positive"), (cond, "negative"), (cond, "latent")
         sampler_widgets = dict(steps=20, cfg=1.0, denoise=1.0)
     ks = g.node("KSampler", (x + 3 * COL, y), box=(320, 260), **sampler_widgets)
@@ -175,7 +177,7 @@ def creative_edit(g: Graph, alimama=False):
     edited = _flux_fill_chain(g, crop, 5 * COL, 340, alimama=alimama)
     stitch = g.node("KFIStitchCrop", (9 * COL, 340), box=(300, 150))
     g.link(pick, "keyframe", stitch, "image")
-    g.link(edited, 0, stitch, "edited")
+    g.link(edited, 0, stitch, "edited_crop")
     g.link(crop, "crop", stitch, "crop")
     g.link(pick, "keyframe_mask", stitch, "mask")
     edited_preview = g.node("PreviewImage", (9 * COL, 540), title="Edited keyframe", box=(300, 260))
@@ -269,17 +271,30 @@ def live_schemas() -> dict:
     return {**info, **recorded_schemas()}
 
 
+def make_thumbnail(screenshot: Path, out: Path, width: int = 640) -> None:
+    """Crop the editor's chrome (side bar, tabs) off a screenshot and save a small JPEG."""
+    from PIL import Image
+
+    with Image.open(screenshot) as img:
+        w, h = img.size
+        graph = img.convert("RGB").crop((int(w * 0.04), int(h * 0.12), w, int(h * 0.92)))
+        graph.thumbnail((width, width))
+        graph.save(out, "JPEG", quality=85)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="workflow names to write")
-    parser.add_argument("--thumbnails", default=None, help="copy <name>.jpg thumbnails from this folder")
+    parser.add_argument("--thumbnails", default=None,
+                        help="make <name>.jpg thumbnails from the browser test's <name>.png screenshots in this folder")
     args = parser.parse_args()
     for name, workflow in build_all(live_schemas(), args.only).items():
         path = ROOT / "workflows" / f"{name}.json"
         path.write_text(json.dumps(workflow, indent=1) + "\n")
         print(path)
-        if args.thumbnails and (Path(args.thumbnails) / f"{name}.jpg").is_file():
-            shutil.copy(Path(args.thumbnails) / f"{name}.jpg", ROOT / "workflows" / f"{name}.jpg")
+        shot = Path(args.thumbnails or "") / f"{name}.png"
+        if args.thumbnails and shot.is_file():
+            make_thumbnail(shot, ROOT / "workflows" / f"{name}.jpg")
     return 0
 
 

@@ -31,7 +31,8 @@ def browser_server(tmp_path_factory):
     write_frames(clip["masks"].expand(-1, 3, -1, -1), base / "input" / "kfi_sample_mask.mp4")
     with ComfyServer(base) as server:
         # a returning user: no first-run template gallery; model files are not needed to lay a graph out
-        for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Workflow.ShowMissingModelsWarning", False)):
+        for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Workflow.ShowMissingModelsWarning", False),
+                           ("LiteGraph.Canvas.LowQualityRenderingZoomThreshold", 0.2)):
             status, _ = server.post(f"/settings/{key}", value)
             assert status == 200
         yield server
