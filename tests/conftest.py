@@ -48,3 +48,25 @@ def comfy_server(tmp_path_factory):
         subprocess.run([sys.executable, "-m", "kfi_core", *args], check=True, capture_output=True, cwd=ROOT)
     with ComfyServer(base) as server:
         yield server
+
+
+def load_with_random_adapter(model_dir, rank: int = 4, std: float = 0.05, seed: int = 0):
+    """The tiny model as after some training: 12-channel conv_in and LoRA with random (non-zero)
+    weights, seeded, frozen. Tests of sampling and adapters use it instead of a trained adapter."""
+    import torch
+
+    from kfi_core.conv_in import expand_conv_in
+    from kfi_core.loading import load_kfi_model
+    from kfi_core.lora import add_lora, lora_state_dict
+
+    model = load_kfi_model(model_dir)
+    expand_conv_in(model.unet)
+    add_lora(model.unet, rank=rank)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lora_state_dict(model.unet).values():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+        new = model.unet.conv_in.weight[:, 8:]
+        new.copy_(torch.randn(new.shape, generator=g) * std)
+    model.unet.requires_grad_(False)
+    return model

@@ -12,6 +12,8 @@ import torch
 from kfi_core.errors import AdapterMismatchError, ModelFileError, UnknownNameError
 from kfi_core.loading import describe_model, load_kfi_model
 
+from conftest import load_with_random_adapter
+
 
 def test_diffusers_folder_matches_the_components(tiny_model_dir, tiny_components):
     m = load_kfi_model(tiny_model_dir)
@@ -50,15 +52,8 @@ def test_bad_model_paths(tmp_path, tiny_model_dir):
 
 def test_adapter_round_trip_through_loader(tmp_path, tiny_model_dir):
     from kfi_core.adapter import save_adapter
-    from kfi_core.conv_in import expand_conv_in
-    from kfi_core.lora import add_lora, lora_state_dict
 
-    base = load_kfi_model(tiny_model_dir)
-    expand_conv_in(base.unet)
-    add_lora(base.unet, rank=4)
-    with torch.no_grad():
-        for p in lora_state_dict(base.unet).values():
-            p.normal_(0, 0.02)
+    base = load_with_random_adapter(tiny_model_dir)
     save_adapter(base.unet, tmp_path / "a.safetensors", base_variant=base.variant, num_frames=base.num_frames)
     m = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors")
     assert m.in_channels == 12 and m.lora_rank == 4
@@ -138,15 +133,9 @@ def test_truncated_single_file_is_reported(tmp_path, tiny_model_dir):
 
 def test_merge_lora_on_load_gives_the_same_output(tmp_path, tiny_model_dir):
     from kfi_core.adapter import save_adapter
-    from kfi_core.conv_in import expand_conv_in
-    from kfi_core.lora import add_lora, lora_state_dict, unmerge_lora
+    from kfi_core.lora import unmerge_lora
 
-    base = load_kfi_model(tiny_model_dir)
-    expand_conv_in(base.unet)
-    add_lora(base.unet, rank=4)
-    with torch.no_grad():
-        for p in lora_state_dict(base.unet).values():
-            p.normal_(0, 0.05)
+    base = load_with_random_adapter(tiny_model_dir)
     save_adapter(base.unet, tmp_path / "a.safetensors", base_variant=base.variant, num_frames=base.num_frames)
     plain = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors")
     merged = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors", merge_lora=True)

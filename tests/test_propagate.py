@@ -11,6 +11,8 @@ from kfi_core.errors import (CancelledError, InputMismatchError, KeyframeError, 
 from kfi_core.loading import load_kfi_model
 from kfi_core.propagate import PropagateSettings, propagate
 
+from conftest import load_with_random_adapter
+
 FAST = dict(steps=2, decode_chunk_size=4)
 
 
@@ -22,19 +24,7 @@ def base_model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def kfi_model(tiny_model_dir):
     """Tiny model with a 12-channel conv and a random (non-zero) LoRA, as after some training."""
-    from kfi_core.conv_in import expand_conv_in
-    from kfi_core.lora import add_lora, lora_state_dict
-
-    m = load_kfi_model(tiny_model_dir)
-    expand_conv_in(m.unet)
-    add_lora(m.unet, rank=4)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in lora_state_dict(m.unet).values():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        m.unet.conv_in.weight[:, 8:].copy_(torch.randn(m.unet.conv_in.weight[:, 8:].shape, generator=g) * 0.05)
-    m.unet.requires_grad_(False)
-    return m
+    return load_with_random_adapter(tiny_model_dir)
 
 
 def make_clip(n=8, h=64, w=64, seed=0):
