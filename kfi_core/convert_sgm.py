@@ -862,6 +862,10 @@ def _public_config(config: Mapping) -> dict:
 # --------------------------------------------------------------------------- files
 
 
+# svd_xt.safetensors' header is well under 1 MiB; anything far beyond is not a checkpoint
+MAX_HEADER_BYTES = 64 * 2**20
+
+
 def _check_safetensors_file(path: Path) -> None:
     """Refuse pickles and check the header and the data length before any tensor is read."""
     name = path.name
@@ -879,6 +883,11 @@ def _check_safetensors_file(path: Path) -> None:
         if len(head) < 8:
             raise ModelFileError(f"{name}: {size} bytes, too short for a safetensors file. Download it again.")
         (header_len,) = struct.unpack("<Q", head)
+        if header_len > MAX_HEADER_BYTES:
+            raise ModelFileError(
+                f"{name}: the safetensors header claims {header_len} bytes, more than the {MAX_HEADER_BYTES} a "
+                "checkpoint needs; the file is corrupt or not a model. Download it again."
+            )
         if header_len > size - 8:
             raise ModelFileError(
                 f"{name}: header claims {header_len} bytes but the file has {size}: the file is truncated or not "
