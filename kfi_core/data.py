@@ -118,10 +118,11 @@ def find_sources(root: str | os.PathLike) -> list[VideoSource]:
     sources: list[VideoSource] = []
     if images and not videos and not folders:
         sources.append(VideoSource(root, len(list_frame_files(root)), True))
-    for folder in folders:
-        sources.append(VideoSource(folder, len(list_frame_files(folder)), True))
-    for video in videos:
-        sources.append(VideoSource(video, _video_frame_count(video), False))
+    for path in sorted(folders + videos, key=lambda p: p.name):
+        if path.is_dir():
+            sources.append(VideoSource(path, len(list_frame_files(path)), True))
+        else:
+            sources.append(VideoSource(path, _video_frame_count(path), False))
     if not sources:
         raise DatasetError(
             f"--data {root}: found no videos ({', '.join(DATASET_VIDEO_SUFFIXES)}) and no folders of frames "
@@ -215,6 +216,13 @@ def crop_and_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: 
     if (h, w) == tuple(size):
         return crop.contiguous()
     return F.interpolate(crop, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def draw_keyframe(rng: np.random.Generator, num_frames: int, keyframe_prob: float) -> int:
+    """A keyframe index uniform in [0, num_frames) with probability ``keyframe_prob``, else NO_KEYFRAME (-1)."""
+    if rng.uniform() < keyframe_prob:
+        return int(rng.integers(0, num_frames))
+    return NO_KEYFRAME
 
 
 # --------------------------------------------------------------------------- dataset
@@ -312,9 +320,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
         # 3. Masks (own stream), 4. keyframe or none (own stream)
         masks = sample_masks(self.num_frames, height, width, self._rng(epoch, index, STREAM_MASK), self.mask_config)
-        key_rng = self._rng(epoch, index, STREAM_KEYFRAME)
-        keyframe = int(key_rng.integers(0, self.num_frames)) if key_rng.uniform() < self.keyframe_prob \
-            else NO_KEYFRAME
+        keyframe = draw_keyframe(self._rng(epoch, index, STREAM_KEYFRAME), self.num_frames, self.keyframe_prob)
         return ClipSample(frames=frames, masks=masks, keyframe_index=keyframe, source=str(source.path),
                           start=start, crop=box)
 
