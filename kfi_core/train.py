@@ -683,6 +683,7 @@ class Trainer:
     weight_dtype: torch.dtype
     state: TrainState = field(default_factory=TrainState)
     losses: list[float] = field(default_factory=list)
+    grads_checked: bool = False
 
 
 def _lr_lambda(warmup: int):
@@ -840,6 +841,12 @@ def run_stage(trainer: Trainer, stage_index: int, stage_start: int) -> None:
                                      "bf16 instead of fp16 (--mixed-precision bf16).")
             step_loss += loss.detach() / stage.grad_accum
             sigmas.append(inputs.sigma.detach())
+        if not trainer.grads_checked:  # once per run: gradients reach the adapter and nothing else
+            stray = [n for n, p in acc.unwrap_model(trainer.unet).named_parameters()
+                     if p.grad is not None and not is_trainable_name(n)]
+            if stray:
+                raise AssertionError(f"gradients reached frozen parameters, e.g. {stray[:3]}")
+            trainer.grads_checked = True
         # 6b. optimizer step
         if cfg.max_grad_norm > 0:
             acc.clip_grad_norm_([p for p in trainer.unet.parameters() if p.requires_grad], cfg.max_grad_norm)

@@ -366,3 +366,37 @@ def test_cpu_mixed_precision_falls_back_to_fp32_with_warning(tiny_model_dir, one
     assert "no GPU: training in fp32 on CPU" in caplog.text
     with pytest.raises(UnsupportedSizeError, match="multiples of 8"):
         setup(tiny_config(tiny_model_dir, one_clip_data, tmp_path, resolution=(60, 64)))
+
+
+def test_two_stage_schedule_resumes_across_the_stage_change(tiny_model_dir, one_clip_data, tmp_path):
+    """3 steps at 64x64, then 3 at 32x32 with gradient checkpointing; killed at step 5 (checkpoint at 3, the end of
+    stage 0), resumed: the same losses as straight through, and the log says which stage each step was."""
+    stages = [{"steps": 3, "resolution": [64, 64]},
+              {"steps": 3, "resolution": [32, 32], "gradient_checkpointing": True}]
+    base = config_from_dict({**json.loads(TINY_CONFIG.read_text()), "stages": stages, "checkpoint_every": 3})
+
+    def run(out, **kw):
+        return train(apply_overrides(base, model=str(tiny_model_dir), data=str(one_clip_data), out=str(out), **kw))
+
+    run(tmp_path / "a")
+    original = TrainLog.write
+
+    def write_then_die(self, entry):
+        original(self, entry)
+        if entry["step"] == 5:
+            raise Killed()
+
+    TrainLog.write = write_then_die
+    try:
+        with pytest.raises(Killed):
+            run(tmp_path / "b")
+    finally:
+        TrainLog.write = original
+    adapter = run(tmp_path / "b", resume="latest")
+    log = read_train_log(tmp_path / "b" / LOG_FILE)
+    assert [(e["step"], e["stage"], e["samples_seen"]) for e in log] == [
+        (1, 0, 1), (2, 0, 2), (3, 0, 3), (4, 1, 1), (5, 1, 2), (6, 1, 3)]
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    from kfi_core.adapter import read_adapter_metadata
+
+    assert read_adapter_metadata(adapter).training_resolution == (32, 32)
