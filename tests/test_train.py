@@ -292,7 +292,8 @@ def test_resume_from_missing_corrupt_or_changed_checkpoint(runs, tiny_model_dir,
 
 def test_two_process_run_writes_one_adapter_and_matches_batch_two(tiny_model_dir, one_clip_data, tmp_path):
     """2 CPU processes (gloo) x batch 1 == 1 process x batch 2: the same samples (sample numbers 2s, 2s+1) and the
-    same averaged gradient. Losses agree to 1e-4 relative (the all-reduce and batched kernels sum in another order).
+    same averaged gradient. Losses agree to 1e-5 relative (measured 1.2e-7: the all-reduce and the batched kernels
+    sum in another order).
 
     Launched as `accelerate launch --multi_gpu --num_processes 2`: with no GPU, accelerate's torch.distributed
     launcher starts 2 CPU processes and Accelerator picks gloo. (`accelerate launch --cpu --num_processes 2`
@@ -316,7 +317,7 @@ def test_two_process_run_writes_one_adapter_and_matches_batch_two(tiny_model_dir
 
     single = tmp_path / "one"
     train(tiny_config(tiny_model_dir, one_clip_data, single, steps=3, batch_size=2, checkpoint_every=0))
-    torch.testing.assert_close(torch.tensor(losses(mp)), torch.tensor(losses(single)), rtol=1e-4, atol=0)
+    torch.testing.assert_close(torch.tensor(losses(mp)), torch.tensor(losses(single)), rtol=1e-5, atol=0)
 
 
 # --------------------------------------------------------------------------- configs and CLI
