@@ -77,3 +77,20 @@ class ScheduleError(KfiError, ValueError):
 
     Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
     """
+
+
+class DatasetError(KfiError, ValueError):
+    """A training dataset cannot be used: the folder is missing or holds no videos, a video is shorter than one
+    clip (the message says how many frames a clip needs with the frame stride), or a dataset setting is invalid.
+
+    Also a ``ValueError`` (a bad value), so ``except ValueError`` works. Unreadable files raise
+    :class:`VideoFileError` naming the file.
+    """
+
+
+class TrainConfigError(KfiError, ValueError):
+    """A training config file or command-line override is invalid: unknown key, wrong type, a resolution the
+    model cannot take, a stage schedule without steps.
+
+    Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
+    """

@@ -2,7 +2,7 @@
 
 A striped, gradient background pans to the right while a red ball crosses it; the mask covers
 the ball (grown by 2 pixels), so the task is to remove it. ``make_sample_clip`` regenerates the
-files in ``kfi_core/data/sample`` (``python -m kfi_core make-sample DIR``).
+files in ``kfi_core/assets/sample`` (``python -m kfi_core make-sample DIR``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample"
 
 
 def make_sample_clip(num_frames: int = 8, height: int = 64, width: int = 64) -> dict[str, torch.Tensor]:
