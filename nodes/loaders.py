@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from . import bridge
 from .types import KfiModel
@@ -77,4 +77,4 @@ class KFIModelInfo(io.ComfyNode):
         from kfi_core.loading import describe_model
 
         text = json.dumps(describe_model(kfi_model), indent=2)
-        return io.NodeOutput(text, ui=io.ui.PreviewText(text) if hasattr(io, "ui") else {"text": [text]})
+        return io.NodeOutput(text, ui=ui.PreviewText(text))
