@@ -6,6 +6,9 @@ ComfyUI: IMAGE float [B, H, W, C] in 0..1; MASK float [B, H, W] (a single mask m
 
 from __future__ import annotations
 
+import os
+
+import folder_paths
 import torch
 
 
@@ -32,10 +35,6 @@ def masks_to_mask(masks: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- model files
-
-import os  # noqa: E402
-
-import folder_paths  # noqa: E402
 
 ADAPTER_FOLDER = "kfi_adapters"
 NONE = "none"
