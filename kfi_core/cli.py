@@ -118,7 +118,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
         raise _KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
     settings = _settings_from_args(args).check()
     model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
-                           num_frames=args.frames, merge_lora=args.merge_lora)
+                           num_frames=args.frames, merge_lora=args.merge_lora, channels_last=args.channels_last,
+                           compile_unet=args.compile)
     bar = _StepBar("inpaint")
     try:
         result = inpaint_files(
@@ -381,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file model")
     p.add_argument("--merge-lora", action="store_true",
                    help="fold the adapter's LoRA into the UNet weights (faster, same result within rounding)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="UNet weights in channels-last memory format (opt-in fast path)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (opt-in; falls back to eager with a warning if compiling fails)")
     _add_sampling_arguments(p)
     p.set_defaults(func=_cmd_inpaint)
 
