@@ -126,6 +126,8 @@ class StepTimer:
         # diffusers' callback_on_step_end must return the callback kwargs dict
         return args[3] if len(args) >= 4 else {}
 
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
     def per_step(self) -> float:
-        gaps = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
-        return median(gaps)
+        return median(self.gaps())
