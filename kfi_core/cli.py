@@ -116,9 +116,17 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
     if (args.width is None) != (args.height is None):
         raise _KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
+    if args.batch is not None:
+        if args.video or args.mask or args.keyframe or args.keyframe_index or args.preview:
+            raise _KfiError("--batch: takes clips, masks and keyframes from the folder by name; drop --video, --mask, "
+                            "--keyframe, --keyframe-index and --preview, or drop --batch to inpaint one clip.")
+        return _run_batch(args)
+    if not args.video or not args.mask:
+        raise _KfiError("inpaint: give --video and --mask (one clip), or --batch DIR (every clip of a folder).")
     settings = _settings_from_args(args).check()
     model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
-                           num_frames=args.frames, merge_lora=args.merge_lora)
+                           num_frames=args.frames, merge_lora=args.merge_lora, channels_last=args.channels_last,
+                           compile_unet=args.compile)
     bar = _StepBar("inpaint")
     try:
         result = inpaint_files(
@@ -130,6 +138,27 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(result.output)
+    return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .jobs import run_batch
+    from .loading import load_kfi_model
+
+    settings = _settings_from_args(args).check()
+
+    def load():
+        return load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                              num_frames=args.frames, merge_lora=args.merge_lora, channels_last=args.channels_last,
+                              compile_unet=args.compile)
+
+    report = run_batch(load, args.batch, args.out, fmt=args.batch_format, settings=settings,
+                       size=None if args.width is None else (args.height, args.width), grow_pixels=args.grow,
+                       strategy=args.schedule)
+    for path in report.done:
+        print(path)
+    logger.info("batch: process %d of %d wrote %d, skipped %d finished", report.rank, report.world,
+                len(report.done), len(report.skipped))
     return 0
 
 
@@ -364,9 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="diffusers folder or single-file .safetensors checkpoint")
     p.add_argument("--adapter", default=None, help="KFI adapter .safetensors (omit for the training-free mode)")
-    p.add_argument("--video", required=True, help="input clip (video file or PNG folder)")
-    p.add_argument("--mask", required=True, help="mask video, mask folder, or one mask image for all frames")
-    p.add_argument("--out", required=True, help="output video file (.mp4, .webm, .mov) or folder (PNG frames)")
+    p.add_argument("--video", default=None, help="input clip (video file or PNG folder); not with --batch")
+    p.add_argument("--mask", default=None,
+                   help="mask video, mask folder, or one mask image for all frames; not with --batch")
+    p.add_argument("--out", required=True,
+                   help="output video file (.mp4, .webm, .mov) or folder (PNG frames); with --batch the output folder")
+    p.add_argument("--batch", default=None, metavar="DIR",
+                   help="inpaint every clip of DIR: <name>.mp4 or <name>/ (frames) with <name>_mask.mp4, "
+                        "<name>_mask.png or <name>_mask/, optional keyframes <name>_key<INDEX>.png; writes "
+                        "OUT/<name>.mp4, skips outputs that exist; under accelerate launch / torchrun clip i goes "
+                        "to process i %% world size")
+    p.add_argument("--batch-format", default="mp4", choices=["mp4", "webm", "mov", "png"],
+                   help="output format in batch mode (png: a folder of PNG frames per clip; default mp4)")
     p.add_argument("--keyframe", action="append", help="an edited frame (image); repeat for several")
     p.add_argument("--keyframe-index", action="append", type=int, help="frame index of the preceding --keyframe")
     p.add_argument("--preview", default=None, help="also write a side-by-side preview PNG here")
@@ -381,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file model")
     p.add_argument("--merge-lora", action="store_true",
                    help="fold the adapter's LoRA into the UNet weights (faster, same result within rounding)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="UNet weights in channels-last memory format (opt-in fast path)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (opt-in; falls back to eager with a warning if compiling fails)")
     _add_sampling_arguments(p)
     p.set_defaults(func=_cmd_inpaint)
 

@@ -94,3 +94,11 @@ class TrainConfigError(KfiError, ValueError):
 
     Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
     """
+
+
+class BatchError(KfiError, ValueError):
+    """A batch folder does not follow the naming convention of :func:`kfi_core.jobs.batch_jobs`: a clip without
+    its mask, a mask or keyframe without its clip, two masks for one clip, or an empty folder.
+
+    Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
+    """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .condition import ClipInputs, prepare_clip
-from .errors import KeyframeError
+from .errors import BatchError, KeyframeError
 from .mask_ops import binarize, expand_masks
 from .executor import inpaint
 from .propagate import PropagateSettings, composite
@@ -148,3 +149,161 @@ def inpaint_files(
     preview_path = write_preview(preview_image(clip, result), Path(preview)) if preview else None
     logger.info("wrote %s (%d frames)%s", out_path, result.shape[0], f" and preview {preview_path}" if preview else "")
     return InpaintResult(frames=result, output=out_path, preview=preview_path, fps=fps)
+
+
+# --------------------------------------------------------------------------- batch mode
+
+BATCH_MASK_TAG = "_mask"
+BATCH_KEY_PATTERN = re.compile(r"^(?P<name>.+)_key(?P<index>-?\d+)$")
+BATCH_OUTPUT_FORMATS = {"mp4": ".mp4", "webm": ".webm", "mov": ".mov", "png": ""}  # png: a folder of PNG frames
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One clip of a batch folder: its input, mask, keyframes ``(index, image)`` sorted by index."""
+
+    name: str
+    video: Path
+    mask: Path
+    keyframes: tuple[tuple[int, Path], ...] = ()
+
+    def output(self, out_dir: str | os.PathLike, fmt: str = "mp4") -> Path:
+        return Path(out_dir) / f"{self.name}{BATCH_OUTPUT_FORMATS[fmt]}"
+
+
+def _is_visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def batch_jobs(folder: str | os.PathLike) -> list[BatchJob]:
+    """Find the clips of a batch folder by naming convention; sorted by name.
+
+    In ``folder``:
+    - a clip is ``<name>.mp4`` (any of VIDEO_SUFFIXES) or a folder ``<name>/`` of frame images;
+    - its mask is exactly one of ``<name>_mask.mp4`` (mask video), ``<name>_mask.png`` (any image
+      suffix: one mask for every frame) or ``<name>_mask/`` (a folder of mask images);
+    - optional keyframes are images ``<name>_key<INDEX>.png``: the edited frame ``INDEX``
+      (0-based; negative counts from the end).
+    Hidden entries (``.name``, e.g. half-written outputs) are ignored. A clip without a mask, a
+    mask or keyframe with no clip, and two masks for one clip are errors listing every offender.
+    """
+    from .video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise BatchError(f"--batch: {root} is not a folder. Give the folder that holds the clips and their masks.")
+    clips: dict[str, Path] = {}
+    masks: dict[str, list[Path]] = {}
+    keys: dict[str, list[tuple[int, Path]]] = {}
+    for entry in sorted(filter(_is_visible, root.iterdir())):
+        stem, suffix = (entry.name, "") if entry.is_dir() else (entry.stem, entry.suffix.lower())
+        is_video, is_image = suffix in VIDEO_SUFFIXES, suffix in IMAGE_SUFFIXES
+        if not (entry.is_dir() or is_video or is_image):
+            logger.debug("batch: ignoring %s (not a video, image or folder)", entry)
+            continue
+        key = BATCH_KEY_PATTERN.match(stem)
+        if stem.endswith(BATCH_MASK_TAG) and len(stem) > len(BATCH_MASK_TAG):
+            masks.setdefault(stem[: -len(BATCH_MASK_TAG)], []).append(entry)
+        elif key and is_image:
+            keys.setdefault(key.group("name"), []).append((int(key.group("index")), entry))
+        elif entry.is_dir() or is_video:
+            clips[stem] = entry
+        else:
+            logger.debug("batch: ignoring image %s (not <name>_mask or <name>_key<INDEX>)", entry)
+    problems = []
+    for name, clip in clips.items():
+        found = masks.get(name, [])
+        if not found:
+            problems.append(f"{clip.name} has no mask (add {name}_mask.mp4, {name}_mask.png or a folder {name}_mask/)")
+        elif len(found) > 1:
+            problems.append(f"{clip.name} has {len(found)} masks ({', '.join(p.name for p in found)}); keep one")
+    for name, found in masks.items():
+        if name not in clips:
+            problems.append(f"{found[0].name} has no clip {name}.mp4 or folder {name}/ (check the name)")
+    for name, found in keys.items():
+        if name not in clips:
+            problems.append(f"{found[0][1].name} has no clip {name}.mp4 or folder {name}/ (check the name)")
+    if problems:
+        raise BatchError(f"--batch {root}: " + "; ".join(problems) + ". Clips are <name>.mp4 or <name>/ with "
+                         "<name>_mask.mp4|.png|/ beside them and optional keyframes <name>_key<INDEX>.png.")
+    if not clips:
+        raise BatchError(f"--batch {root}: no clips found. Put <name>.mp4 (or a frame folder <name>/) and its mask "
+                         "<name>_mask.mp4|.png|/ in the folder.")
+    return [BatchJob(name=name, video=clips[name], mask=masks[name][0], keyframes=tuple(sorted(keys.get(name, []))))
+            for name in sorted(clips)]
+
+
+def shard_rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: RANK/WORLD_SIZE as set by ``accelerate launch`` and ``torchrun``,
+    else an already-initialised accelerate ``PartialState``, else (0, 1)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    else:
+        rank, world = 0, 1
+        try:
+            from accelerate.state import PartialState
+
+            if PartialState._shared_state:  # only read a state someone initialised; never start one here
+                state = PartialState()
+                rank, world = state.process_index, state.num_processes
+        except ImportError:
+            pass
+    if world < 1 or not 0 <= rank < world:
+        raise BatchError(f"RANK/WORLD_SIZE: got rank {rank} of {world}; need 0 <= RANK < WORLD_SIZE. Launch with "
+                         "`accelerate launch` or `torchrun`, or unset both for one process.")
+    return rank, world
+
+
+@dataclass
+class BatchReport:
+    rank: int
+    world: int
+    assigned: list[str]
+    done: list[Path]
+    skipped: list[Path]
+
+
+def run_batch(
+    model,
+    folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    fmt: str = "mp4",
+    settings: PropagateSettings | None = None,
+    size: tuple[int, int] | None = None,
+    grow_pixels: int = 0,
+    strategy: str | None = None,
+    rank: int | None = None,
+    world: int | None = None,
+    callback: Callable[[dict], Any] | None = None,
+) -> BatchReport:
+    """Inpaint every clip of ``folder`` (:func:`batch_jobs`) into ``out_dir/<name>.mp4`` (or ``<name>/`` for png).
+
+    Clip ``i`` (in name order) belongs to process ``i % world``; rank and world default to
+    :func:`shard_rank_world`. A clip whose output exists is skipped: outputs are written under a
+    hidden temporary name and renamed when complete, so a half-written one never counts.
+    ``model`` is a loaded model or a zero-argument callable loading it, called only if this
+    process has a clip left to do.
+    """
+    if fmt not in BATCH_OUTPUT_FORMATS:
+        raise BatchError(f"--batch-format: got {fmt!r}; choose one of {', '.join(BATCH_OUTPUT_FORMATS)}.")
+    jobs = batch_jobs(folder)
+    if rank is None or world is None:
+        rank, world = shard_rank_world()
+    mine = [job for i, job in enumerate(jobs) if i % world == rank]
+    report = BatchReport(rank=rank, world=world, assigned=[job.name for job in mine], done=[], skipped=[])
+    logger.info("batch: %d clips in %s; process %d of %d takes %d", len(jobs), folder, rank, world, len(mine))
+    loaded = None
+    for job in mine:
+        out = job.output(out_dir, fmt)
+        if out.exists():
+            logger.info("batch: %s exists, skipping %s", out, job.name)
+            report.skipped.append(out)
+            continue
+        if loaded is None:
+            loaded = model() if callable(model) and not hasattr(model, "unet") else model
+        inpaint_files(loaded, video=job.video, mask=job.mask, out=out,
+                      keyframe_paths=[p for _, p in job.keyframes], keyframe_indices=[k for k, _ in job.keyframes],
+                      settings=settings, size=size, grow_pixels=grow_pixels, strategy=strategy, callback=callback)
+        report.done.append(out)
+    return report

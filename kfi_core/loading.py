@@ -164,6 +164,8 @@ def load_kfi_model(
     device: str | torch.device = "cpu",
     num_frames: int | None = None,
     merge_lora: bool = False,
+    channels_last: bool = False,
+    compile_unet: bool = False,
 ) -> KfiModel:
     """Load a base model (diffusers folder or single-file checkpoint) and optionally an adapter.
 
@@ -171,7 +173,8 @@ def load_kfi_model(
     default: SVD's VAE is known to overflow in fp16). ``num_frames`` only matters for single
     files, whose weights do not record it. ``merge_lora`` folds the adapter's LoRA into the
     UNet weights (faster inference, same outputs within rounding; ``kfi_core.lora.unmerge_lora``
-    undoes it).
+    undoes it). ``channels_last`` and ``compile_unet`` are opt-in fast paths, off by default
+    (:func:`optimize_unet`).
     """
     path = Path(model)
     unet_dtype, vae_dt, dev = parse_dtype(dtype), parse_dtype(vae_dtype), torch.device(device)
@@ -216,6 +219,8 @@ def load_kfi_model(
 
             _merge(unet)
     place_model(kfi, dtype=unet_dtype, vae_dtype=vae_dt, device=dev)
+    if channels_last or compile_unet:
+        optimize_unet(kfi, channels_last=channels_last, compile_unet=compile_unet)
     logger.info("loaded %s (%s, %d frames, UNet %d input channels, %s%s) from %s", kfi.variant,
                 "diffusers folder" if path.is_dir() else "single file", frames, kfi.in_channels,
                 str(unet_dtype).replace("torch.", ""),
@@ -234,6 +239,53 @@ def place_model(kfi: KfiModel, *, dtype: torch.dtype, vae_dtype: torch.dtype, de
     torch.nn.Module.to(kfi.image_encoder, device=device, dtype=dtype)
     torch.nn.Module.to(kfi.vae, device=device, dtype=vae_dtype)
     kfi.dtype, kfi.vae_dtype, kfi.device = dtype, vae_dtype, device
+    return kfi
+
+
+def optimize_unet(kfi: KfiModel, *, channels_last: bool = False, compile_unet: bool = False) -> KfiModel:
+    """Opt-in fast paths for the UNet; outputs stay equal within float rounding.
+
+    ``channels_last``: the UNet's 4-D weights (convolutions) in channels-last memory format,
+    which cuDNN and oneDNN convolutions prefer; the UNet's 5-D latents are reshaped to 4-D per
+    frame inside the model, so callers change nothing.
+    ``compile_unet``: ``torch.compile`` of the UNet's forward. Compilation happens on the first
+    call; if it fails there (no C++ compiler, an unsupported op, an old GPU), a WARNING is logged
+    and the UNet runs eagerly from then on, so a run never fails because of this option.
+    """
+    unet = kfi.unet
+    if channels_last:
+        # per tensor: Module.to(memory_format=...) refuses the temporal blocks' 5-D Conv3d weights
+        with torch.no_grad():
+            count = 0
+            for param in unet.parameters():
+                if param.ndim == 4:
+                    param.data = param.data.contiguous(memory_format=torch.channels_last)
+                    count += 1
+        logger.info("UNet: %d 4-D weights in channels-last memory format", count)
+    if compile_unet and not getattr(unet, "_kfi_compiled", False):
+        eager = unet.forward
+        try:
+            compiled = torch.compile(eager)
+        except Exception as err:  # noqa: BLE001 - any failure means: run eagerly
+            logger.warning("torch.compile of the UNet failed (%s: %s); running the UNet eagerly.",
+                           type(err).__name__, err)
+            return kfi
+        state = {"failed": False}
+
+        def forward(*args, **kwargs):
+            if not state["failed"]:
+                try:
+                    return compiled(*args, **kwargs)
+                except Exception as err:  # noqa: BLE001 - compile errors surface at the first call
+                    state["failed"] = True
+                    logger.warning("torch.compile of the UNet failed on the first call (%s: %s); running the UNet "
+                                   "eagerly from now on. Leave compile off to skip this attempt.",
+                                   type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            return eager(*args, **kwargs)
+
+        unet.forward = forward  # instance attribute: nn.Module.__call__ looks up self.forward
+        unet._kfi_compiled = True
+        logger.info("UNet forward wrapped in torch.compile (compiles on the first call)")
     return kfi
 
 
