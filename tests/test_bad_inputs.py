@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -205,7 +205,6 @@ class Row:
     why: str = ""  # why a path is None
     lib: Callable[[], Any] | None = None  # a library call that must raise the row's error (for rows a path lacks)
     lib_expect: str = ""
-    marks: list = field(default_factory=list)
 
 
 def _inp(video="frames4", mask="hole.png", *extra) -> list:
@@ -283,7 +282,7 @@ ROWS: list[Row] = [
         why="the CLI builds the schedule from the clip itself"),
     Row("unknown_schedule", (_inp("frames20", "hole.png", "--schedule", "zigzag"), (ERR, "zigzag")),
         (_schedule(strategy="zigzag"), (ERR, "zigzag"))),
-    Row("size_not_multiple", (_inp("odd", "odd_hole.png"), (ERR, "70x60 (width x height) cannot be taken by this model")),
+    Row("size_not_multiple", (_inp("odd", "odd_hole.png"), (ERR, "70x60 (width x height) cannot be taken by this")),
         (_chain(_set("img", width=70, height=60),
                 _node("mr", "ImageToMask", image=["mi", 0], channel="red"),
                 _node("mi", "EmptyImage", width=70, height=60, batch_size=1, color=0xFFFFFF),
@@ -291,7 +290,8 @@ ROWS: list[Row] = [
     Row("values_above_one", None,
         (_chain(_node("ck", "LoadImage", image=PFX + "checker.png"),
                 _node("up", "ImageScale", image=["ck", 0], upscale_method="bicubic", width=W, height=H,
-                      crop="disabled"), _set("enc", images=["up", 0])), (ERR, "frames: values must lie in 0..1, got -0.233185..1.23318. Small overshoots")),
+                      crop="disabled"), _set("enc", images=["up", 0])),
+         (ERR, "frames: values must lie in 0..1, got -0.233185..1.23318. Small overshoots")),
         why="files are read as 8-bit and divided by 255", lib=_lib_frames(200.0), lib_expect="divide by 255"),
     Row("nan_frames", None, None, why=f"{NO_SERVER_FILES}; video and image files cannot hold NaN",
         lib=_lib_frames(float("nan")), lib_expect="frames: contains NaN or infinity"),
@@ -307,7 +307,8 @@ ROWS: list[Row] = [
     Row("missing_video", (_inp("nothing.mp4", "hole.png"), (ERR, "no such file or folder")),
         (_load_video("nothing.mp4"), (REJ, "nothing.mp4"))),
     Row("unknown_video_type", (_inp("notes.txt", "hole.png"), (ERR, "unknown file type '.txt'")), None,
-        why="LoadVideo lists only the input folder's files; it refuses the name at validation like missing_video"),
+        why="KFI reads no files in ComfyUI; the core LoadVideo dropdown lists video files only, and a forged name "
+            "gets LoadVideo's own decode error, as in corrupt_video"),
     Row("corrupt_video", (_inp("corrupt.mp4", "hole.png"), (ERR, "cannot decode this video")),
         (_load_video("corrupt.mp4"), (ERR, ""))),
     Row("truncated_video", (_inp("trunc.mp4", "hole.png"), (ERR, "cannot decode this video")),
@@ -332,8 +333,10 @@ ROWS: list[Row] = [
     Row("adapter_other_base", (_inp() + ["--adapter", "@adapter_xt.safetensors"],
                                (ERR, "made for base 'svd-xt' with 25 frames")),
         (_set("m", adapter=f"kfi_adapters/{PFX}adapter_xt.safetensors"), (ERR, "made for base 'svd-xt' with 25"))),
-    Row("adapter_frame_count", (_inp() + ["--adapter", "@adapter_14f.safetensors"], (ERR, "with 14 frames, but the loaded base takes 8 frames")),
-        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_14f.safetensors"), (ERR, "with 14 frames, but the loaded base takes 8 frames"))),
+    Row("adapter_frame_count", (_inp() + ["--adapter", "@adapter_14f.safetensors"],
+                                (ERR, "with 14 frames, but the loaded base takes 8 frames")),
+        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_14f.safetensors"),
+         (ERR, "with 14 frames, but the loaded base takes 8 frames"))),
     Row("adapter_rank", (_inp() + ["--adapter", "@adapter_rank8.safetensors"], (ERR, "(LoRA rank 8")),
         (_set("m", adapter=f"kfi_adapters/{PFX}adapter_rank8.safetensors"), (ERR, "(LoRA rank 8"))),
     Row("truncated_adapter", (_inp() + ["--adapter", "@adapter_trunc.safetensors"], (ERR, "adapter_trunc")),
@@ -342,7 +345,7 @@ ROWS: list[Row] = [
         (_set("m", adapter=f"loras/{PFX}adapter.pt"), (ERR, "is a pickle file (.pt)")),
         why="the dropdown lists only .safetensors (checked); a forged prompt naming the .pt is refused"),
     # ---- sampling settings
-    Row("unknown_sampler", (_inp(*[]) + ["--sampler", "ddim"], (ERR, "sampler: got 'ddim'; choose one of euler")),
+    Row("unknown_sampler", (_inp() + ["--sampler", "ddim"], (ERR, "sampler: got 'ddim'; choose one of euler")),
         (_set("s", sampler="ddim"), (ERR, "sampler: got 'ddim'; choose one of euler"))),
     Row("zero_steps", (_inp() + ["--steps", "0"], (ERR, "steps: got 0")), (_set("s", steps=0), (REJ, "steps"))),
     Row("negative_guidance", (_inp() + ["--min-guidance", "-1"], (ERR, "min_guidance: got -1.0")),
@@ -364,8 +367,9 @@ ROWS: list[Row] = [
         lib=lambda: __import__("kfi_core.schedules", fromlist=["x"]).Schedule.from_json("{not json"),
         lib_expect="schedule: not valid JSON"),
     Row("crop_empty_mask", None,
-        (_chain(_node("cr", "KFICropForInpaint", image=["img", 0], mask=["mask", 0], size=64, padding=0.2), _set("mask", image=PFX + "empty.png"), _set("out", images=["cr", 0])),
-         (ERR, "mask")), why="the CLI has no crop command"),
+        (_chain(_node("cr", "KFICropForInpaint", image=["img", 0], mask=["mask", 0], size=64, padding=0.2),
+                _set("mask", image=PFX + "empty.png"), _set("out", images=["cr", 0])),
+         (ERR, "mask: the mask is empty")), why="the CLI has no crop command"),
 ]
 ROW_IDS = [r.id for r in ROWS]
 

@@ -164,7 +164,9 @@ class Failing:  # the real output container, but the disk "fills up" at the seco
         if self.n > 1:
             raise OSError(28, "No space left on device (simulated)")
         return self.c.mux(packets)
-av.open = lambda path, mode="r", **kw: Failing(real_open(path, mode, **kw)) if mode == "w" else real_open(path, mode, **kw)
+def fake_open(path, mode="r", **kw):
+    return Failing(real_open(path, mode, **kw)) if mode == "w" else real_open(path, mode, **kw)
+av.open = fake_open
 from kfi_core.cli import main
 sys.exit(main(sys.argv[1:]))
 """
