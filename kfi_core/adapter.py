@@ -352,6 +352,12 @@ def check_adapter_base(info: AdapterInfo, unet, *, base_variant: str, num_frames
     from .conv_in import KFI_IN_CHANNELS
 
     path = info.path
+    if info.base_variant == base_variant and info.num_frames != num_frames:
+        raise AdapterMismatchError(
+            f"adapter {path}: made for {base_variant!r} with {info.num_frames} frames, but the loaded base takes "
+            f"{num_frames} frames. Load the base with {info.num_frames} frames (a single file: set frames / --frames "
+            f"to {info.num_frames}), or pick an adapter trained for {num_frames} frames."
+        )
     if info.base_variant != base_variant or info.num_frames != num_frames:
         raise AdapterMismatchError(
             f"adapter {path}: made for base {info.base_variant!r} with {info.num_frames} frames, but the loaded "

@@ -68,7 +68,9 @@ def check_frames(frames: torch.Tensor, name: str = "frames") -> None:
         raise NonFiniteError(f"{name}: contains NaN or infinity; check the node or file that produced the frames.")
     lo, hi = float(frames.min()), float(frames.max())
     if lo < 0.0 or hi > 1.0:
-        hint = " They look like 0..255 values: divide by 255." if hi > 1.5 else ""
+        hint = (" They look like 0..255 values: divide by 255." if hi > 1.5 else
+                " Small overshoots come from bicubic resizing: clamp the images to 0..1, or resize with bilinear, "
+                "area or lanczos.")
         raise InputMismatchError(f"{name}: values must lie in 0..1, got {lo:g}..{hi:g}.{hint}")
 
 
@@ -104,6 +106,27 @@ def prepare_clip(
     return ClipInputs(frames=frames, masks=masks, keyframe_indices=sorted(indices))
 
 
+def check_mask_coverage(clip: ClipInputs, threshold: float = DEFAULT_THRESHOLD) -> None:
+    """Refuse a clip with nothing to inpaint; warn when everything is masked and nothing is known.
+
+    An all-empty mask (after binarising, growing and clearing keyframes) is an error, not a silent
+    no-op: it almost always means the wrong mask channel, an inverted or eroded-away mask, or a
+    threshold above the mask's values. A fully masked clip without keyframes is allowed (the model
+    generates every pixel from nothing known) but logged as a WARNING: the mask may be inverted.
+    """
+    if not bool((clip.masks > 0).any()):
+        raise InputMismatchError(
+            f"masks: nothing to inpaint: every mask is empty after binarising (values above {threshold:g} mark the "
+            "region), growing and clearing keyframe frames. Check the mask: white = region to inpaint; pick the "
+            "image channel that holds it, lower the threshold, or grow instead of erode."
+        )
+    if not clip.keyframe_indices and bool((clip.masks > 0).all()):
+        logger.warning(
+            "masks: every pixel of every frame is masked and there is no keyframe: the model generates the whole "
+            "clip from nothing known. Check that the mask is not inverted (white = region to inpaint)."
+        )
+
+
 def fill_masked(frames: torch.Tensor, masks: torch.Tensor, value: float) -> torch.Tensor:
     """Frames with the masked region replaced by ``value`` (0 = black, 1 = white)."""
     return frames * (1.0 - masks) + value * masks
@@ -112,13 +135,20 @@ def fill_masked(frames: torch.Tensor, masks: torch.Tensor, value: float) -> torc
 @torch.no_grad()
 def encode_frames(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """VAE posterior modes of pixels [N, 3, H, W] in -1..1, ``chunk_size`` frames at a time -> [N, 4, h, w]."""
+    from .memory import retry_on_oom
+
     dtype = next(vae.parameters()).dtype
     device = next(vae.parameters()).device
-    out = []
-    for start in range(0, pixels.shape[0], max(1, chunk_size)):
-        chunk = pixels[start : start + chunk_size].to(device=device, dtype=dtype)
-        out.append(vae.encode(chunk).latent_dist.mode())
-    return torch.cat(out)
+
+    def run(size: int) -> torch.Tensor:
+        out = []
+        for start in range(0, pixels.shape[0], size):
+            chunk = pixels[start : start + size].to(device=device, dtype=dtype)
+            out.append(vae.encode(chunk).latent_dist.mode())
+        return torch.cat(out)
+
+    # out of device memory: retried with smaller chunks down to one frame (WARNING logged)
+    return retry_on_oom(run, max(1, chunk_size), what="encode_chunk_size")
 
 
 @torch.no_grad()

@@ -182,8 +182,10 @@ def inpaint(
     ``schedule`` (a :class:`~kfi_core.schedules.Schedule`) wins; else ``strategy`` names a builder;
     else clips longer than the model's window use the coarse-to-fine ``anchor`` schedule.
     """
+    from .condition import check_mask_coverage
     from .schedules import build_schedule
 
+    check_mask_coverage(clip)
     if schedule is None:
         name = strategy or DEFAULT_SCHEDULE
         schedule = build_schedule(name, clip.num_frames, model.num_frames, clip.keyframe_indices)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .condition import ClipInputs, prepare_clip
-from .errors import BatchError, KeyframeError
+from .errors import BatchError, KeyframeError, VideoFileError
 from .mask_ops import binarize, expand_masks
 from .executor import inpaint
 from .propagate import PropagateSettings, composite
@@ -133,6 +133,11 @@ def inpaint_files(
     callback: Callable[[dict], Any] | None = None,
 ) -> InpaintResult:
     """Read ``video`` and ``mask`` (files or PNG folders), inpaint, write ``out`` (+ ``preview`` PNG)."""
+    for name, source in (("--video", video), ("--mask", mask), *(("--keyframe", k) for k in keyframe_paths)):
+        if Path(out).resolve() == Path(source).resolve():
+            raise VideoFileError(
+                f"--out {out}: is also the {name} input; writing would replace the input. Give another output name."
+            )
     frames, fps = read_frames(video)
     masks = expand_masks(read_masks(mask), frames.shape[0], frames.shape[-2:])
     keyframes = load_keyframes(list(keyframe_paths))

@@ -227,9 +227,12 @@ def sample_window_latents(
 @torch.no_grad()
 def decode_window(model, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Latents [1, F, 4, h, w] -> frames [F, 3, H, W] in 0..1 (float32, CPU), decoded in chunks."""
+    from .memory import retry_on_oom
     from .svd_stock import decode_latents
 
-    frames = decode_latents(model.vae, latents, decode_chunk_size=chunk_size)[0]  # [F, 3, H, W] in -1..1
+    # out of device memory: retried with smaller chunks down to one frame (WARNING logged)
+    frames = retry_on_oom(lambda c: decode_latents(model.vae, latents, decode_chunk_size=c), chunk_size)[0]
+    # [F, 3, H, W] in -1..1
     return ((frames.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 

@@ -127,7 +127,12 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 @contextmanager
 def atomic_path(target: Path, is_dir: bool = False):
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VideoFileError(
+            f"{target}: cannot write it ({err}); nothing was written. Give an output path in a writable folder."
+        ) from err
     suffix = "" if is_dir else target.suffix
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) if is_dir else \
         target.parent / f".{target.stem}.partial-{os.getpid()}{suffix}"
@@ -136,11 +141,16 @@ def atomic_path(target: Path, is_dir: bool = False):
         if is_dir and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise VideoFileError(
+                f"{target}: cannot write it ({err}); nothing was written. Check that the folder is writable and has "
+                "free space, and that the name is not an existing folder."
+            ) from err
         raise
 
 

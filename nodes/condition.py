@@ -43,7 +43,7 @@ class SymmetricMaskEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, kfi_model, images, mask, keyframe_indices, grow, keyframes=None) -> io.NodeOutput:
-        from kfi_core.condition import fill_masked, prepare_clip
+        from kfi_core.condition import check_mask_coverage, fill_masked, prepare_clip
         from kfi_core.propagate import check_size
 
         clip = prepare_clip(
@@ -52,5 +52,6 @@ class SymmetricMaskEncode(io.ComfyNode):
             keyframe_indices=bridge.parse_keyframe_indices(keyframe_indices), grow_pixels=grow,
         )
         check_size(kfi_model, *clip.size)
+        check_mask_coverage(clip)
         preview = fill_masked(clip.frames, clip.masks, 0.0)
         return io.NodeOutput(clip, bridge.frames_to_image(preview))

@@ -160,8 +160,8 @@ def test_other_variant_is_refused(adapter_path, base_unet):
 
 
 def test_other_frame_count_is_refused(adapter_path, base_unet):
-    with pytest.raises(AdapterMismatchError, match=r"'tiny' with 8 frames, but the loaded base is 'tiny' with "
-                                                   r"14 frames"):
+    with pytest.raises(AdapterMismatchError, match=r"'tiny' with 8 frames, but the loaded base takes 14 frames. "
+                                                   r"Load the base with 8 frames"):
         load_adapter(base_unet, adapter_path, base_variant="tiny", num_frames=14)
     assert_untouched(base_unet)
 

@@ -79,6 +79,9 @@ def test_write_interrupted_midway_leaves_no_partial_file(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(av.VideoFrame, "from_ndarray", flaky)
-    with pytest.raises(OSError, match="simulated"):
+    from kfi_core.errors import VideoFileError
+
+    # the OSError becomes a KFI error naming the file (the CLI prints it, exit 2), its cause kept
+    with pytest.raises(VideoFileError, match=r"clip.mp4: cannot write it \(disk full \(simulated\)\); nothing was "):
         write_frames(gradient_clip(n=6), tmp_path / "clip.mp4")
     assert list(tmp_path.iterdir()) == []
