@@ -45,7 +45,7 @@ from .errors import InputMismatchError, KeyframeError, UnknownNameError
 logger = logging.getLogger(__name__)
 
 TELEA_RADIUS = 3
-FLOW_METHODS = ("dis", "farneback")
+from .metrics import FLOW_METHODS  # noqa: E402  (one list for metrics and baselines)
 FLOW_REGIONS = ("known", "whole")
 FLOW_MARGIN = 2  # px the hole is grown by before the flow inside it is replaced (region="known")
 MASK_THRESHOLD = 0.5
@@ -154,15 +154,10 @@ def keyframe_paste(frames: torch.Tensor, masks: torch.Tensor,
 
 
 def _flow_fn(method: str):
-    import cv2
+    # smaller windows than the metrics' defaults: the baselines track small objects on small frames
+    from .metrics import optical_flow_fn
 
-    if method == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        return lambda a, b: dis.calc(a, b, None)
-    if method == "farneback":
-        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=3, winsize=9,
-                                                         iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
-    raise UnknownNameError(f"flow_method: unknown {method!r}; choose one of {', '.join(FLOW_METHODS)}.")
+    return optical_flow_fn(method, levels=3, winsize=9)
 
 
 def _gray(frame: torch.Tensor) -> np.ndarray:

@@ -283,14 +283,16 @@ def _gray_uint8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)  # [H, W] uint8, BT.601 luma
 
 
-def _flow_fn(method: str):
+def optical_flow_fn(method: str, *, levels: int = 4, winsize: int = 15):
+    """``calc(a, b) -> flow [H, W, 2]`` on uint8 grayscale frames with OpenCV: DIS (medium preset)
+    or Farneback (pyramid ``levels``, window ``winsize``). Shared by the metrics and the baselines."""
     import cv2
 
     if method == "dis":
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         return lambda a, b: dis.calc(a, b, None)
     if method == "farneback":
-        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=4, winsize=15,
+        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=levels, winsize=winsize,
                                                          iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
     raise UnknownNameError(f"flow_method: unknown {method!r}; choose one of {', '.join(FLOW_METHODS)}.")
 
@@ -321,7 +323,7 @@ def compute_gt_flow(gt: Any, flow_method: str = DEFAULT_FLOW_METHOD, occlusion: 
         raise InputMismatchError(
             f"gt: {g.shape[0]} frame; optical flow and the warping error need at least 2 frames."
         )
-    calc = _flow_fn(flow_method)
+    calc = optical_flow_fn(flow_method)
     height, width = g.shape[2:]
     gx, gy = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     gray = [_gray_uint8(f) for f in g]
@@ -521,7 +523,7 @@ def evaluate(pred: Any, gt: Any, mask: Any = None, keyframes: Mapping[int, Any] 
     p, g, m = check_inputs(pred, gt, mask, names)
     if m is not None:
         _frames_with_mask(m, g.shape[0], (names or {}).get("mask", "mask"))
-    _flow_fn(flow_method)
+    optical_flow_fn(flow_method)
     if keyframes:
         keyframes = check_keyframes(keyframes, g.shape[0], g.shape[1:])
     num_frames, height, width = g.shape[0], g.shape[2], g.shape[3]
