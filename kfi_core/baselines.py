@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 from .errors import InputMismatchError, KeyframeError, UnknownNameError
+from .metrics import FLOW_METHODS  # one list for metrics and baselines
 
 logger = logging.getLogger(__name__)
 
 TELEA_RADIUS = 3
-from .metrics import FLOW_METHODS  # noqa: E402  (one list for metrics and baselines)
 FLOW_REGIONS = ("known", "whole")
 FLOW_MARGIN = 2  # px the hole is grown by before the flow inside it is replaced (region="known")
 MASK_THRESHOLD = 0.5
