@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -280,7 +280,3 @@ def propagate(
 
     # 7. Composite
     return composite(clip, generated, settings.feather) if settings.composite else generated
-
-
-def settings_dict(settings: PropagateSettings) -> dict:
-    return asdict(settings)
