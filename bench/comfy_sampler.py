@@ -34,7 +34,8 @@ from pathlib import Path
 
 from common import StepTimer, interleave, median, parameter_count, ratio_line
 
-COMFY_ROOT = Path(os.environ.get("KFI_COMFYUI_DIR") or os.environ.get("KFI_COMFYUI") or "/work/main/.venv/comfyui")
+# the ComfyUI copy that `bash scripts/dev setup` installs, unless KFI_COMFYUI_DIR points elsewhere
+COMFY_ROOT = Path(os.environ.get("KFI_COMFYUI_DIR") or Path(__file__).resolve().parents[1] / ".venv" / "comfyui")
 MIN_FREE_GB = 12.0
 FILE_NAME = "kfi_bench_svd_c320x4_vith_fp16.safetensors"
 NUM_FRAMES_FILE = 14
