@@ -1,6 +1,6 @@
 """Benchmark every method on held-out procedural clips (and real footage) and write docs/RESULTS.md.
 
-    /work/main/.venv/bin/python bench/results.py [--model M] [--adapter A] [--clips N] [--frames F]
+    .venv/bin/python bench/results.py [--model M] [--adapter A] [--clips N] [--frames F]
         [--size HxW] [--steps S] [--out docs/RESULTS.md]
 
 Without ``--model`` the tiny random model (kfi_core.tiny, seed 0) is built in a temporary folder: it is

@@ -39,7 +39,7 @@ def comfy_sampler_skip_reason() -> str | None:
     if avail < COMFY_SAMPLER_MIN_FREE_GB:
         return (f"only {avail:.1f} GB of RAM available, it needs >= {COMFY_SAMPLER_MIN_FREE_GB:.0f} GB (the smallest "
                 "SVD file ComfyUI detects has ~0.94 B parameters, loaded twice in fp32)")
-    comfy = os.environ.get("KFI_COMFYUI_DIR") or os.environ.get("KFI_COMFYUI") or "/work/main/.venv/comfyui"
+    comfy = os.environ.get("KFI_COMFYUI_DIR") or str(Path(__file__).resolve().parents[1] / ".venv" / "comfyui")
     if not (Path(comfy) / "comfy" / "sd.py").exists():
         return f"no ComfyUI at {comfy}; set KFI_COMFYUI_DIR"
     return None

@@ -8,7 +8,7 @@ file, then
   2. loads it through ComfyUI's own comfy.sd.load_checkpoint_guess_config (detection, UNet, VAE,
      CLIP vision) and reports what ComfyUI built and any missing/leftover keys it logged.
 
-    /work/main/.venv/bin/python scripts/check_fullsize_comfy.py [--comfyui /work/main/.venv/comfyui] [--keep]
+    .venv/bin/python scripts/check_fullsize_comfy.py [--comfyui .venv/comfyui] [--keep]
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def random_state_dict(module, gen):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--comfyui", default="/work/main/.venv/comfyui", help="ComfyUI folder (read only)")
+    parser.add_argument("--comfyui", default=str(Path(__file__).resolve().parents[1] / ".venv" / "comfyui"),
+                        help="ComfyUI folder (read only)")
     parser.add_argument("--out", default=None, help="where to write the file (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the file")
     args = parser.parse_args()

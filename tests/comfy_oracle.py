@@ -13,7 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-COMFY_ROOT = Path(os.environ.get("KFI_COMFYUI", "/work/main/.venv/comfyui"))
+from comfyhost import host_dir
+
+COMFY_ROOT = host_dir()  # .venv/comfyui from `bash scripts/dev setup`, or KFI_COMFYUI_DIR
 
 
 def import_comfy():
