@@ -70,3 +70,15 @@ def load_with_random_adapter(model_dir, rank: int = 4, std: float = 0.05, seed: 
         new.copy_(torch.randn(new.shape, generator=g) * std)
     model.unet.requires_grad_(False)
     return model
+
+
+def unet_forward(unet, latents):
+    """One UNet call on latents [B, F, C, h, w] with fixed timestep, image embedding and added time ids."""
+    import torch
+
+    batch = latents.shape[0]
+    image_embeddings = torch.randn(batch, 1, 32, generator=torch.Generator().manual_seed(1))  # [B, 1, D]
+    added_time_ids = torch.tensor([[6.0, 127.0, 0.02]] * batch)  # fps - 1, motion bucket, noise aug
+    with torch.no_grad():
+        return unet(latents, torch.tensor([1.0]), encoder_hidden_states=image_embeddings,
+                    added_time_ids=added_time_ids).sample

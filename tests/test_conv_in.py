@@ -12,15 +12,7 @@ from kfi_core.errors import CheckpointFormatError, KfiError
 from kfi_core.lora import add_lora
 from kfi_core.tiny import tiny_unet_config
 
-
-def unet_forward(unet, latents):
-    """One UNet call on latents [B, F, C, h, w] with fixed timestep, image embedding and added time ids."""
-    batch = latents.shape[0]
-    image_embeddings = torch.randn(batch, 1, 32, generator=torch.Generator().manual_seed(1))  # [B, 1, D]
-    added_time_ids = torch.tensor([[6.0, 127.0, 0.02]] * batch)  # fps - 1, motion bucket, noise aug
-    with torch.no_grad():
-        return unet(latents, torch.tensor([1.0]), encoder_hidden_states=image_embeddings,
-                    added_time_ids=added_time_ids).sample
+from conftest import unet_forward
 
 
 @pytest.fixture()

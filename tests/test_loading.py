@@ -12,7 +12,7 @@ import torch
 from kfi_core.errors import AdapterMismatchError, ModelFileError, UnknownNameError
 from kfi_core.loading import describe_model, load_kfi_model
 
-from conftest import load_with_random_adapter
+from conftest import load_with_random_adapter, unet_forward
 
 
 def test_diffusers_folder_matches_the_components(tiny_model_dir, tiny_components):
@@ -140,16 +140,12 @@ def test_merge_lora_on_load_gives_the_same_output(tmp_path, tiny_model_dir):
     plain = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors")
     merged = load_kfi_model(tiny_model_dir, adapter=tmp_path / "a.safetensors", merge_lora=True)
     assert describe_model(merged)["lora_merged"] and not describe_model(plain)["lora_merged"]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 8, 12, 16, 16, generator=g)
-    args = dict(timestep=torch.tensor([0.5]), encoder_hidden_states=torch.randn(1, 1, 32, generator=g),
-                added_time_ids=torch.tensor([[6.0, 127.0, 0.02]]))
-    with torch.no_grad():
-        a = plain.unet(x, **args).sample
-        b = merged.unet(x, **args).sample
-        merged_w = merged.unet.conv_in.weight.clone()
-        unmerge_lora(merged.unet)
-        c = merged.unet(x, **args).sample
+    x = torch.randn(1, 8, 12, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = unet_forward(plain.unet, x)
+    b = unet_forward(merged.unet, x)
+    merged_w = merged.unet.conv_in.weight.clone()
+    unmerge_lora(merged.unet)
+    c = unet_forward(merged.unet, x)
     # merging adds B @ A into W once: equal within fp32 rounding of that sum
     torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(c, a, atol=2e-5, rtol=1e-5)
