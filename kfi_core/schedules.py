@@ -710,6 +710,18 @@ def _ar_options(window: int, overlap: int | None, future: int | None, with_futur
     return options
 
 
+def _build_ar(strategy: str, num_frames: int, window: int, keyframes: Iterable[int], overlap: int | None,
+              future: int | None, mode: str) -> Schedule:
+    """One left-to-right sweep, one window per stage; ``mode`` picks the future context ("" none,
+    "near" the next frames, "far" spread over the rest of the clip)."""
+    keys = _check_build_args(num_frames, window, keyframes)
+    options = _ar_options(window, overlap, future, with_future=bool(mode))
+    if num_frames <= window:
+        return _single_window(strategy, num_frames, window, keys, options)
+    ws = _ar_pass(range(num_frames), set(keys), window, options["overlap"], options.get("future", 0), mode)
+    return _assemble(strategy, num_frames, window, keys, [[w] for w in ws], options)
+
+
 def build_autoregressive_schedule(
     num_frames: int, window: int, keyframes: Iterable[int] = (), *, overlap: int | None = None
 ) -> Schedule:
@@ -719,12 +731,7 @@ def build_autoregressive_schedule(
     least 1; Hoppe et al. and FDM use half the window) and generates the next ``window - overlap``
     frames (keyframes among them known). The last window takes more past frames to stay full.
     """
-    keys = _check_build_args(num_frames, window, keyframes)
-    options = _ar_options(window, overlap, None, with_future=False)
-    if num_frames <= window:
-        return _single_window("autoregressive", num_frames, window, keys, options)
-    ws = _ar_pass(range(num_frames), set(keys), window, options["overlap"], 0, "")
-    return _assemble("autoregressive", num_frames, window, keys, [[w] for w in ws], options)
+    return _build_ar("autoregressive", num_frames, window, keyframes, overlap, None, "")
 
 
 def build_reverse_schedule(
@@ -751,12 +758,7 @@ def build_improved_ar_schedule(
     frames, then the next ``future`` frames (default ``window // 4``) as context (known if they are
     keyframes). The last window has no future and takes more past frames instead.
     """
-    keys = _check_build_args(num_frames, window, keyframes)
-    options = _ar_options(window, overlap, future, with_future=True)
-    if num_frames <= window:
-        return _single_window("improved-ar", num_frames, window, keys, options)
-    ws = _ar_pass(range(num_frames), set(keys), window, options["overlap"], options["future"], "near")
-    return _assemble("improved-ar", num_frames, window, keys, [[w] for w in ws], options)
+    return _build_ar("improved-ar", num_frames, window, keyframes, overlap, future, "near")
 
 
 def build_far_future_schedule(
@@ -770,12 +772,7 @@ def build_far_future_schedule(
     paper shows far frames but gives no rule; this one reaches as far as the clip goes, and its
     spacing shrinks as the sweep nears the end).
     """
-    keys = _check_build_args(num_frames, window, keyframes)
-    options = _ar_options(window, overlap, future, with_future=True)
-    if num_frames <= window:
-        return _single_window("far-future", num_frames, window, keys, options)
-    ws = _ar_pass(range(num_frames), set(keys), window, options["overlap"], options["future"], "far")
-    return _assemble("far-future", num_frames, window, keys, [[w] for w in ws], options)
+    return _build_ar("far-future", num_frames, window, keyframes, overlap, future, "far")
 
 
 def build_hierarchy2_schedule(
