@@ -48,6 +48,8 @@ DIFFICULTIES = ("easy", "medium", "hard")
 _SCENE_STREAM = 0  # scene layout, colours, motion
 _EDIT_STREAM = 1  # the edited appearance
 _NOISE_TILE = 64  # value-noise tile side (cells), wrapped
+# Held-out evaluation seeds start here (bench/results.py); training (kfi_core.pretrain) stays below.
+EVAL_SEED_BASE = 1_000_000
 
 
 @dataclass

@@ -13,6 +13,14 @@ from pathlib import Path
 import torch
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample"
+# The trained demo model (``python -m kfi_core train-demo``, configs/demo/recipe.json): a diffusers
+# folder plus the KFI adapter, the embedded default of ``demo`` and ``bench/results.py``.
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo_model"
+DEMO_ADAPTER = DEMO_MODEL_DIR / "adapter.safetensors"
+
+
+def demo_model_available() -> bool:
+    return (DEMO_MODEL_DIR / "model_index.json").is_file() and DEMO_ADAPTER.is_file()
 
 
 def make_sample_clip(num_frames: int = 8, height: int = 64, width: int = 64) -> dict[str, torch.Tensor]:

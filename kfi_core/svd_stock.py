@@ -106,12 +106,17 @@ def encode_image_clip(image_encoder: torch.nn.Module, feature_extractor: Any, im
     with the feature extractor's mean and std (no crop, no rescale) and takes
     ``image_embeds`` (the projected pooled output).
     """
-    resized = (resize_for_clip(image * 2.0 - 1.0) + 1.0) / 2.0  # [1, 3, 224, 224] in 0..1
-    mean = torch.tensor(feature_extractor.image_mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-    std = torch.tensor(feature_extractor.image_std, dtype=torch.float32).reshape(1, 3, 1, 1)
-    pixels = (resized - mean) / std
+    pixels = clip_pixels(feature_extractor, image)
     pixels = pixels.to(device=_module_device(image_encoder), dtype=_module_dtype(image_encoder))
     return image_encoder(pixels).image_embeds[:, None]  # [1, D] -> [1, 1, D]
+
+
+def clip_pixels(feature_extractor: Any, image: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in 0..1 -> the image encoder's input [B, 3, 224, 224], as SVD prepares it (differentiable)."""
+    resized = (resize_for_clip(image * 2.0 - 1.0) + 1.0) / 2.0  # [B, 3, 224, 224] in 0..1
+    mean = torch.tensor(feature_extractor.image_mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+    std = torch.tensor(feature_extractor.image_std, dtype=torch.float32).reshape(1, 3, 1, 1)
+    return (resized - mean.to(resized)) / std.to(resized)
 
 
 def _check_stock_inputs(

@@ -120,8 +120,10 @@ def _check_frames(num_frames: int) -> None:
         raise KfiError(f"--frames: got {num_frames}; give a frame count between 1 and 128 (8 is the default).")
 
 
-def build_tiny_components(num_frames: int = 8, seed: int = 0) -> dict:
-    """Return the five pipeline components with random weights, seeded per component."""
+def build_tiny_components(num_frames: int = 8, seed: int = 0, vae_config: dict | None = None) -> dict:
+    """Return the five pipeline components with random weights, seeded per component.
+
+    ``vae_config`` overrides keys of :data:`TINY_VAE_CONFIG` (the demo model's VAE is wider)."""
     _check_frames(num_frames)
     import torch
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
@@ -133,7 +135,7 @@ def build_tiny_components(num_frames: int = 8, seed: int = 0) -> dict:
     seeded(0)
     unet = UNetSpatioTemporalConditionModel(**tiny_unet_config(num_frames))
     seeded(1)
-    vae = AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG)
+    vae = AutoencoderKLTemporalDecoder(**{**TINY_VAE_CONFIG, **(vae_config or {})})
     with torch.no_grad():
         # SVD's VAE has no quant_conv; diffusers' class has one, identity in the converted weights.
         vae.quant_conv.weight.copy_(torch.eye(vae.quant_conv.weight.shape[0]).view_as(vae.quant_conv.weight))

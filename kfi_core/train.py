@@ -684,6 +684,8 @@ class Trainer:
     state: TrainState = field(default_factory=TrainState)
     losses: list[float] = field(default_factory=list)
     grads_checked: bool = False
+    deadline: float | None = None  # time.monotonic() after which the run checkpoints and stops
+    stopped: bool = False
 
 
 def _lr_lambda(warmup: int):
@@ -881,6 +883,15 @@ def run_stage(trainer: Trainer, stage_index: int, stage_start: int) -> None:
                 render_validation(trainer.model, validation_sample, cfg, path, acc)
                 logger.info("wrote validation video %s", path)
             acc.wait_for_everyone()
+        # 6f. out of time (train(..., deadline=...)): checkpoint now and stop; the same command resumes
+        if trainer.deadline is not None and time.monotonic() > trainer.deadline and state.step < cfg.total_steps:
+            if not (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+                save_checkpoint(acc, trainer.out, state.step, checkpoint_state(trainer, stage_index),
+                                cfg.keep_checkpoints)
+            logger.info("time is up at step %d of %d: checkpoint saved; resume with --resume latest", state.step,
+                        cfg.total_steps)
+            trainer.stopped = True
+            return
 
 
 def checkpoint_state(trainer: Trainer, stage_index: int) -> dict:
@@ -909,9 +920,12 @@ def save_final_adapter(trainer: Trainer) -> Path | None:
     return path
 
 
-def train(config: TrainConfig) -> Path | None:
-    """Train an adapter as ``config`` says; return OUT/adapter.safetensors (None on non-main processes)."""
+def train(config: TrainConfig, deadline: float | None = None) -> Path | None:
+    """Train an adapter as ``config`` says; return OUT/adapter.safetensors (None on non-main processes, and
+    when ``deadline``, a ``time.monotonic()`` value, passed first: a checkpoint is saved to resume from; the
+    deadline is meant for single-process runs such as ``train-demo``, each process reads its own clock)."""
     trainer = setup(config)
+    trainer.deadline = deadline
     if config.resume:
         resume(trainer)
     elif trainer.accelerator.is_main_process and list_checkpoints(trainer.out):
@@ -923,6 +937,9 @@ def train(config: TrainConfig) -> Path | None:
     while trainer.state.step < config.total_steps:
         stage_index, stage_start = stage_at(config, trainer.state.step)
         run_stage(trainer, stage_index, stage_start)
+        if trainer.stopped:
+            trainer.accelerator.end_training()
+            return None
     path = save_final_adapter(trainer)
     trainer.accelerator.end_training()
     return path

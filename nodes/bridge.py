@@ -38,6 +38,10 @@ def masks_to_mask(masks: torch.Tensor) -> torch.Tensor:
 
 ADAPTER_FOLDER = "kfi_adapters"
 NONE = "none"
+# The demo model shipped inside the pack (kfi_core/assets/demo_model): a 64x64, 8-frame toy trained on
+# procedural clips. It lets every workflow run on a CPU without downloading weights; not for real footage.
+BUNDLED_MODEL = "bundled/kfi-demo-64px"
+BUNDLED_ADAPTER = "bundled/kfi-demo-64px.safetensors"
 _CHECKPOINT_PREFIX = "checkpoints/"
 _DIFFUSERS_PREFIX = "diffusers/"
 
@@ -63,22 +67,30 @@ def _diffusers_folders() -> list[str]:
 
 def list_base_models() -> list[str]:
     """Dropdown entries: single files in models/checkpoints and folders in models/diffusers."""
+    from kfi_core.sample import demo_model_available
+
     files = [_CHECKPOINT_PREFIX + n for n in folder_paths.get_filename_list("checkpoints")
              if n.lower().endswith(".safetensors")]
-    return files + [_DIFFUSERS_PREFIX + n for n in _diffusers_folders()]
+    bundled = [BUNDLED_MODEL] if demo_model_available() else []
+    return files + [_DIFFUSERS_PREFIX + n for n in _diffusers_folders()] + bundled
 
 
 def list_adapters() -> list[str]:
     register_folders()
     names = [f"{ADAPTER_FOLDER}/{n}" for n in folder_paths.get_filename_list(ADAPTER_FOLDER)]
     names += [f"loras/{n}" for n in folder_paths.get_filename_list("loras") if n.lower().endswith(".safetensors")]
-    return [NONE] + names
+    from kfi_core.sample import demo_model_available
+
+    return [NONE] + names + ([BUNDLED_ADAPTER] if demo_model_available() else [])
 
 
 def resolve_base_model(name: str) -> str:
     """Full path of a dropdown entry; only names from the lists are accepted (no free paths)."""
     from kfi_core.errors import ModelFileError
+    from kfi_core.sample import DEMO_MODEL_DIR, demo_model_available
 
+    if name == BUNDLED_MODEL and demo_model_available():
+        return str(DEMO_MODEL_DIR)
     if name.startswith(_CHECKPOINT_PREFIX):
         rel = name[len(_CHECKPOINT_PREFIX):]
         if rel in folder_paths.get_filename_list("checkpoints"):
@@ -101,6 +113,10 @@ def resolve_adapter(name: str) -> str | None:
 
     if name == NONE:
         return None
+    from kfi_core.sample import DEMO_ADAPTER, demo_model_available
+
+    if name == BUNDLED_ADAPTER and demo_model_available():
+        return str(DEMO_ADAPTER)
     folder, _, rel = name.partition("/")
     if folder in (ADAPTER_FOLDER, "loras") and rel in folder_paths.get_filename_list(folder):
         return folder_paths.get_full_path_or_raise(folder, rel)

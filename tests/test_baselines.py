@@ -114,7 +114,7 @@ def test_vae_ceiling_is_the_vae_reconstruction_in_the_hole(tiny_components):
 def test_results_script_smoke(tmp_path):
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "--clips", "1", "--frames", "4",
-                           "--steps", "1", "--no-real", "--out", str(out)], capture_output=True, text=True,
+                           "--steps", "1", "--no-real", "--tiny", "--difficulty", "medium", "--out", str(out)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
@@ -123,4 +123,19 @@ def test_results_script_smoke(tmp_path):
         assert row in text
     assert text.count("| method |") == 2
     for task in ("removal", "edit"):
-        assert (tmp_path / "results" / f"{task}.png").stat().st_size > 1000
+        assert (tmp_path / "results" / f"{task}-medium.png").stat().st_size > 1000
+
+
+def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "--clips", "1", "--steps", "2",
+                           "--no-real", "--difficulty", "easy", "--out", str(out)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "kfi_core/assets/demo_model" in text and "UNTRAINED" not in text
+    for row in ("KFI adapter, keyframe", "KFI adapter, no keyframe", "training-free, no keyframe"):
+        assert text.count(f"| {row} |") == 2, row  # in both tasks
+    summary = text.split("## Summary, easy clips")[1].split("\n## ")[0]
+    assert "Edit propagation" in summary and "against KFI without the keyframe" in summary
+    assert "mean-colour fill" in summary and "ceiling" in summary

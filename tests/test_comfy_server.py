@@ -133,12 +133,15 @@ def test_model_dropdowns_list_folders_and_single_files(comfy_server):
     assert "checkpoints/svd_tiny_xt.safetensors" in models
     adapters = inputs["adapter"][0] if isinstance(inputs["adapter"][0], list) else inputs["adapter"][1]["options"]
     assert adapters[0] == "none" and "kfi_adapters/kfi_tiny.safetensors" in adapters
+    # the demo model shipped in the pack is always offered, so workflows run without downloads
+    assert "bundled/kfi-demo-64px" in models and "bundled/kfi-demo-64px.safetensors" in adapters
 
 
 @pytest.mark.parametrize("model, adapter, channels, rank, frames", [
     ("diffusers/tiny-svd", "none", 8, None, 8),
     ("diffusers/tiny-svd", "kfi_adapters/kfi_tiny.safetensors", 12, 32, 8),
     ("checkpoints/svd_tiny_xt.safetensors", "none", 8, None, 8),  # kfi metadata wins over the name
+    ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px.safetensors", 12, 32, 8),
 ])
 def test_load_model_and_show_info_through_prompt(comfy_server, model, adapter, channels, rank, frames):
     prompt = {

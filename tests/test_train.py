@@ -401,3 +401,16 @@ def test_two_stage_schedule_resumes_across_the_stage_change(tiny_model_dir, one_
     from kfi_core.adapter import read_adapter_metadata
 
     assert read_adapter_metadata(adapter).training_resolution == (32, 32)
+
+
+def test_deadline_stops_with_a_checkpoint_and_the_run_resumes(runs, tiny_model_dir, one_clip_data, tmp_path):
+    """train(config, deadline=...) (train-demo's --max-minutes) checkpoints after the step that ran out of time;
+    resuming finishes the same run: the same losses as run A of the `runs` fixture."""
+    import time
+
+    config = tiny_config(tiny_model_dir, one_clip_data, tmp_path, steps=8, checkpoint_every=4)
+    assert train(config, deadline=time.monotonic() - 1.0) is None
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [1]
+    resumed = tiny_config(tiny_model_dir, one_clip_data, tmp_path, steps=8, checkpoint_every=4, resume="latest")
+    assert train(resumed) == tmp_path / ADAPTER_FILE
+    assert losses(tmp_path) == losses(runs["a"])

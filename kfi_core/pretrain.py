@@ -1,0 +1,610 @@
+"""Train the demo model from scratch on procedural clips: VAE, then backbone, then the KFI adapter.
+
+No SVD weights can be downloaded where KFI is built, so the project proves its method end to end at
+small scale: a small model of the real architecture (diffusers' AutoencoderKLTemporalDecoder and
+UNetSpatioTemporalConditionModel, transformers' CLIPVisionModelWithProjection, shapes from
+:mod:`kfi_core.tiny`) is trained on :mod:`kfi_core.procedural` clips, then the KFI adapter is
+trained on it exactly as the method says (:mod:`kfi_core.train`: LoRA and the 12-channel input conv
+only). One command runs every phase (``python -m kfi_core train-demo --config
+configs/demo/recipe.json --out runs/demo``); each phase saves checkpoints and a rerun resumes from
+the newest, so training may span several runs (``--max-minutes`` ends a run cleanly).
+
+Phases
+    data      procedural clips (seeds below ``EVAL_SEED_BASE``) written as PNG frame folders for the
+              adapter phase, which reads datasets from disk like any user's.
+    vae       the VAE alone: L1 + MSE reconstruction of 8-frame clips through the temporal decoder, a
+              tiny KL term. Then the latent standard deviation is measured and ``scaling_factor`` set to
+              its inverse: EDM assumes unit-variance data.
+    backbone  UNet and image encoder together, VAE frozen, with SVD's stock image-to-video conditioning:
+              the first frame's latent (noise-augmented, log-normal strength, not scaled) concatenated to
+              every frame, its CLIP embedding as cross-attention context, added time ids
+              [fps - 1, motion bucket, noise strength], 10 % of samples unconditional (zero embedding and
+              condition), EDM v-prediction. Written as a diffusers StableVideoDiffusionPipeline folder.
+    adapter   :func:`kfi_core.train.train` on that folder and the data folder.
+    package   backbone folder + ``adapter.safetensors`` in ``<out>/demo_model``, size checked.
+
+Where the seeds are silent (written down here and in ``configs/demo/recipe.json``): the noise level
+distribution is shifted lower than SVD's (P_mean -0.5 instead of 0.7; 16x16 latents lose their
+signal at lower noise than SVD's 72x128), and the sampler's ``sigma_max`` is EDM's 80 instead of
+SVD's 700, so no sampling step falls where training never went.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import NonFiniteError, ResumeError, TrainConfigError
+from .procedural import EVAL_SEED_BASE
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("data", "vae", "backbone", "adapter", "package")
+# Training steps draw procedural seeds below TRAIN_SEED_LIMIT; the seeds from there up to EVAL_SEED_BASE are the
+# VAE's validation clips and latent-statistics clips; EVAL_SEED_BASE and above are held out for docs/RESULTS.md.
+TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
+CHECKPOINT_PREFIX = "step_"
+MAX_PACKAGE_MB = 30.0
+_DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM = 11, 12, 13
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+@dataclass
+class PhaseConfig:
+    """One from-scratch phase (vae or backbone)."""
+
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # the last fraction of steps decays the LR linearly to 10 %
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    # vae only
+    kl_weight: float = 1e-6
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    # backbone only
+    p_mean: float = -0.5
+    p_std: float = 1.4
+    noise_aug_mean: float = -3.0
+    noise_aug_std: float = 0.5
+    cond_dropout_prob: float = 0.1
+    fps: int = 7
+    motion_bucket_id: int = 127
+    train_image_encoder: bool = True
+
+
+@dataclass
+class DemoRecipe:
+    """Everything ``train-demo`` does. Loaded from JSON; keys starting with ``_`` are comments."""
+
+    seed: int = 0
+    num_frames: int = 8
+    resolution: tuple[int, int] = (64, 64)
+    data_clips: int = 600
+    data_frames: int = 12  # frames per written clip (the adapter phase crops num_frames of them)
+    vae: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=1500, lr=1e-3))
+    backbone: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=3000, batch_size=2, lr=5e-4))
+    adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
+    scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
+    vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
+
+    def check(self) -> "DemoRecipe":
+        h, w = self.resolution
+        if h % 64 or w % 64:
+            raise TrainConfigError(f"resolution: got {h}x{w}; give multiples of 64 (VAE 4x down, UNet 2 levels).")
+        if not 1 <= self.num_frames <= self.data_frames:
+            raise TrainConfigError(f"num_frames {self.num_frames} / data_frames {self.data_frames}: need "
+                                   "1 <= num_frames <= data_frames.")
+        if self.data_clips < 1 or self.data_clips >= EVAL_SEED_BASE:
+            raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {EVAL_SEED_BASE - 1} (seeds from "
+                                   f"{EVAL_SEED_BASE} are held out for evaluation).")
+        for name in ("vae", "backbone"):
+            phase = getattr(self, name)
+            if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
+                raise TrainConfigError(f"{name}: steps >= 0, batch_size >= 1, lr > 0 and checkpoint_every >= 1 "
+                                       f"are needed; got {dataclasses.asdict(phase)}.")
+        return self
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    known = {f.name for f in dataclasses.fields(DemoRecipe)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TrainConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    phase_keys = {f.name for f in dataclasses.fields(PhaseConfig)}
+    for name in ("vae", "backbone"):
+        if name in data:
+            phase = {k: v for k, v in data[name].items() if not k.startswith("_")}
+            bad = sorted(set(phase) - phase_keys)
+            if bad:
+                raise TrainConfigError(f"{source}: {name}: unknown key(s) {', '.join(bad)}.")
+            data[name] = PhaseConfig(**phase)
+    if "resolution" in data:
+        data["resolution"] = tuple(data["resolution"])
+    return DemoRecipe(**data).check()
+
+
+def load_recipe(path: str | os.PathLike) -> DemoRecipe:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"--config {path}: no such file. Give a recipe JSON such as configs/demo/recipe.json.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TrainConfigError(f"--config {path}: not valid JSON ({err}).") from err
+    return recipe_from_dict(data, source=f"--config {path}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """A procedural training clip [F, 3, H, W] in 0..1 with seed-drawn difficulty knobs.
+
+    Half the clips show the target object (moving, occluding), half the clean scene; all stay
+    below :data:`EVAL_SEED_BASE` so no evaluation clip is ever trained on.
+    """
+    from .procedural import TEXTURES, ProceduralConfig, make_procedural_clip
+
+    if not 0 <= seed < EVAL_SEED_BASE:
+        raise TrainConfigError(f"training seed {seed}: must be below {EVAL_SEED_BASE} (held-out evaluation seeds).")
+    rng = np.random.default_rng([int(seed), _DATA_STREAM])
+    cfg = ProceduralConfig(
+        texture=str(rng.choice(TEXTURES)), texture_period=float(rng.uniform(3.0, 14.0)),
+        max_pan=float(rng.uniform(0.0, 3.0)), object_speed=float(rng.uniform(0.0, 3.0)),
+        distractor=bool(rng.random() < 0.7), lighting_change=float(rng.uniform(0.0, 0.5)))
+    task = "edit" if rng.random() < 0.5 else "removal"
+    clip = make_procedural_clip(task, num_frames=num_frames, height=height, width=width, seed=int(seed), config=cfg)
+    return clip.ground_truth if rng.random() < 0.5 else clip.frames
+
+
+def training_batch(seed: int, stream: int, step: int, batch_size: int, num_frames: int,
+                   height: int, width: int) -> torch.Tensor:
+    """The clips of one optimizer step [B, F, 3, H, W]: fixed by (seed, stream, step), so a resumed run
+    sees the same data as an uninterrupted one."""
+    base = np.random.SeedSequence([int(seed), int(stream), int(step)]).generate_state(1)[0]
+    seeds = [int((int(base) + i * 7919) % TRAIN_SEED_LIMIT) for i in range(batch_size)]
+    return torch.stack([training_clip(s, num_frames, height, width) for s in seeds])
+
+
+def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed), int(stream), int(step), 1]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
+    """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1). Skips finished clips."""
+    from PIL import Image
+
+    h, w = recipe.resolution
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(recipe.data_clips):
+        folder = out / f"clip_{i:06d}"
+        if (folder / ".done").is_file():
+            continue
+        folder.mkdir(exist_ok=True)
+        frames = training_clip(i, recipe.data_frames, h, w)
+        for t, frame in enumerate(frames):
+            pixels = (frame.permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{t:04d}.png")
+        (folder / ".done").write_text("")
+    logger.info("dataset: %d procedural clips in %s", recipe.data_clips, out)
+    return out
+
+
+# --------------------------------------------------------------------------- checkpoints (safetensors only)
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """AdamW state as safetensors: tensors under ``<param index>.<name>``, param groups as JSON metadata."""
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors = {f"{idx}.{key}": value.detach().contiguous().cpu()
+               for idx, entry in state["state"].items() for key, value in entry.items() if torch.is_tensor(value)}
+    save_file(tensors, str(path), metadata={"param_groups": json.dumps(state["param_groups"])})
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key in f.keys():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = f.get_tensor(key)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def list_phase_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    root = folder / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and (path / "state.json").is_file():
+            try:
+                found.append((int(path.name[len(CHECKPOINT_PREFIX):]), path))
+            except ValueError:
+                continue
+    return sorted(found)
+
+
+def save_phase_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module],
+                          optimizer: torch.optim.Optimizer, fingerprint: dict, keep: int) -> Path:
+    """Write modules (safetensors), optimizer and step atomically (a temporary folder renamed)."""
+    from safetensors.torch import save_model
+
+    final = folder / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_model(module, str(tmp / f"{name}.safetensors"))
+    save_optimizer(optimizer, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for _, old in list_phase_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_phase_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                          fingerprint: dict) -> int:
+    """Load a checkpoint strictly; refuse one written by a different recipe."""
+    from safetensors.torch import load_model
+
+    state = json.loads((path / "state.json").read_text())
+    saved = state.get("fingerprint") or {}
+    if any(key in saved and saved[key] != value for key, value in fingerprint.items()):
+        raise ResumeError(
+            f"{path}: written by a different recipe ({state.get('fingerprint')} here, {fingerprint} now). Resume "
+            "with the recipe that started it, or give a new --out.")
+    for name, module in modules.items():
+        try:
+            load_model(module, str(path / f"{name}.safetensors"), strict=True)
+        except Exception as err:  # noqa: BLE001 - any failure to read is a damaged checkpoint to the user
+            raise ResumeError(f"{path / (name + '.safetensors')}: cannot load ({type(err).__name__}: {err}). "
+                              "Delete this checkpoint to resume from the one before.") from err
+    load_optimizer(optimizer, path / "optimizer.safetensors")
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------- a generic loop
+
+
+def lr_at(phase: PhaseConfig, step: int) -> float:
+    """Linear warmup, constant, then a linear decay to 10 % over the last ``decay_fraction`` of steps."""
+    scale = min(1.0, (step + 1) / phase.warmup_steps) if phase.warmup_steps > 0 else 1.0
+    decay_start = phase.steps * (1.0 - phase.decay_fraction)
+    if phase.decay_fraction > 0 and step >= decay_start:
+        scale *= 1.0 - 0.9 * (step - decay_start) / max(1.0, phase.steps - decay_start)
+    return phase.lr * scale
+
+
+@dataclass
+class PhaseRun:
+    """What :func:`run_phase` needs: the trainable modules, the loss of one step and where to write."""
+
+    name: str
+    folder: Path
+    phase: PhaseConfig
+    modules: dict[str, torch.nn.Module]  # saved in checkpoints (trainable ones)
+    loss_fn: Callable[[int], tuple[torch.Tensor, dict]]  # step -> (loss, log extras)
+    fingerprint: dict
+
+
+def run_phase(run: PhaseRun, deadline: float | None, callback: Callable[[str, int, int, float], None] | None = None
+              ) -> bool:
+    """Optimise from the newest checkpoint to ``phase.steps``. Returns True when the phase is complete,
+    False when ``deadline`` (time.monotonic) passed first (a checkpoint is saved; run again to resume)."""
+    phase = run.phase
+    params = [p for m in run.modules.values() for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
+    step = 0
+    checkpoints = list_phase_checkpoints(run.folder)
+    if checkpoints:
+        step = load_phase_checkpoint(checkpoints[-1][1], run.modules, optimizer, run.fingerprint)
+        logger.info("%s: resumed at step %d from %s", run.name, step, checkpoints[-1][1])
+    run.folder.mkdir(parents=True, exist_ok=True)
+    log_path = run.folder / "train_log.jsonl"
+    if step < phase.steps:
+        logger.info("%s: steps %d..%d, %d trainable parameters", run.name, step, phase.steps,
+                    sum(p.numel() for p in params))
+    losses: list[float] = []
+    start = time.monotonic()
+    while step < phase.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(phase, step)
+        loss, extras = run.loss_fn(step)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"{run.name}: the loss became {loss.item()} at step {step}; lower lr in the recipe "
+                                 "and resume from the last checkpoint.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if phase.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, phase.max_grad_norm)
+        optimizer.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if callback is not None:
+            callback(run.name, step, phase.steps, float(loss))
+        if step % phase.log_every == 0 or step == phase.steps:
+            entry = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(phase, step - 1),
+                     "s_per_step": (time.monotonic() - start) / len(losses), **extras}
+            with log_path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+            logger.info("%s step %d/%d loss %.4f (%.2f s/step)", run.name, step, phase.steps, entry["loss"],
+                        entry["s_per_step"])
+            losses, start = [], time.monotonic()
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        if step % phase.checkpoint_every == 0 or step == phase.steps or out_of_time:
+            save_phase_checkpoint(run.folder, step, run.modules, optimizer, run.fingerprint, phase.keep_checkpoints)
+        if out_of_time and step < phase.steps:
+            logger.info("%s: time is up at step %d of %d; run the same command again to resume", run.name, step,
+                        phase.steps)
+            return False
+    return True
+
+
+def _fingerprint(recipe: DemoRecipe, phase_name: str) -> dict:
+    """What a checkpoint must share with the recipe that resumes it. ``steps`` is not part of it: a phase may be
+    lengthened or shortened between runs (the LR schedule follows the new length from the resumed step)."""
+    return {"seed": recipe.seed, "num_frames": recipe.num_frames, "resolution": list(recipe.resolution),
+            "phase": phase_name, "batch_size": getattr(recipe, phase_name).batch_size,
+            "vae_config": {k: v for k, v in recipe.vae_config.items() if not k.startswith("_")}}
+
+
+# --------------------------------------------------------------------------- vae
+
+
+def new_components(recipe: DemoRecipe) -> dict:
+    """Fresh random components of the demo architecture (kfi_core.tiny shapes, VAE widths from the recipe)."""
+    from .tiny import build_tiny_components
+
+    return build_tiny_components(num_frames=recipe.num_frames, seed=recipe.seed,
+                                 vae_config={k: v for k, v in recipe.vae_config.items() if not k.startswith("_")})
+
+
+def vae_loss(vae, clips: torch.Tensor, generator: torch.Generator, phase: PhaseConfig) -> tuple[torch.Tensor, dict]:
+    """Reconstruction of clips [B, F, 3, H, W] in 0..1 through the temporal decoder (+ tiny KL)."""
+    b, f = clips.shape[:2]
+    pixels = clips.flatten(0, 1) * 2.0 - 1.0
+    posterior = vae.encode(pixels).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+    recon = vae.decode(z, num_frames=f).sample
+    l1 = (recon - pixels).abs().mean()
+    mse = ((recon - pixels) ** 2).mean()
+    kl = posterior.kl().mean() / pixels[0].numel()
+    loss = phase.l1_weight * l1 + phase.mse_weight * mse + phase.kl_weight * kl
+    psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))  # range 2 (-1..1)
+    return loss, {"psnr": psnr}
+
+
+@torch.no_grad()
+def validation_psnr(vae, recipe: DemoRecipe, clips: int = 4) -> float:
+    """Mean reconstruction PSNR (dB) of a few fixed clips that no training step draws (seeds above
+    :data:`TRAIN_SEED_LIMIT`)."""
+    h, w = recipe.resolution
+    was_training = vae.training
+    vae.eval()
+    values = []
+    for i in range(clips):
+        pixels = training_clip(EVAL_SEED_BASE - 100 - i, recipe.num_frames, h, w) * 2.0 - 1.0
+        recon = vae.decode(vae.encode(pixels).latent_dist.mode(), num_frames=recipe.num_frames).sample
+        values.append(float(10 * torch.log10(4.0 / ((recon - pixels) ** 2).mean())))
+    vae.train(was_training)
+    return float(np.mean(values))
+
+
+@torch.no_grad()
+def measure_latent_std(vae, recipe: DemoRecipe, clips: int = 16) -> float:
+    h, w = recipe.resolution
+    latents = []
+    for i in range(clips):
+        frames = training_clip(EVAL_SEED_BASE - 1 - i, recipe.num_frames, h, w)
+        latents.append(vae.encode(frames * 2.0 - 1.0).latent_dist.mode())
+    return float(torch.cat(latents).std())
+
+
+def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None, callback=None):
+    """Phase vae: returns the trained VAE with ``scaling_factor`` = 1 / latent std, or None if out of time."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    final = out / "vae" / "final"
+    if (final / "config.json").is_file():
+        return AutoencoderKLTemporalDecoder.from_pretrained(final, use_safetensors=True)
+    vae = new_components(recipe)["vae"].train()
+    h, w = recipe.resolution
+
+    def loss_fn(step: int):
+        clips = training_batch(recipe.seed, _VAE_STREAM, step, recipe.vae.batch_size, recipe.num_frames, h, w)
+        loss, extras = vae_loss(vae, clips, step_generator(recipe.seed, _VAE_STREAM, step), recipe.vae)
+        if (step + 1) % (4 * recipe.vae.log_every) == 0:
+            extras["val_psnr"] = validation_psnr(vae, recipe)
+        return loss, extras
+
+    run = PhaseRun("vae", out / "vae", recipe.vae, {"vae": vae}, loss_fn, _fingerprint(recipe, "vae"))
+    if not run_phase(run, deadline, callback):
+        return None
+    vae.eval()
+    std = measure_latent_std(vae, recipe)
+    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.save_pretrained(final, safe_serialization=True)
+    logger.info("vae: latent std %.4f -> scaling_factor %.4f; saved %s", std, 1.0 / std, final)
+    return vae
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+def clip_embedding(image_encoder, feature_extractor, images: torch.Tensor) -> torch.Tensor:
+    """SVD's image embedding of [B, 3, H, W] in 0..1 -> [B, 1, D], with gradients (see svd_stock)."""
+    from .svd_stock import clip_pixels
+
+    return image_encoder(clip_pixels(feature_extractor, images)).image_embeds[:, None]
+
+
+def backbone_inputs(vae, clips: torch.Tensor, phase: PhaseConfig, generator: torch.Generator) -> dict:
+    """Stock SVD img2vid training inputs for clips [B, F, 3, H, W] (no gradients; the VAE is frozen)."""
+    from .denoiser import scale_model_input, sigma_to_timestep
+
+    b, f = clips.shape[:2]
+    scaling = float(vae.config.scaling_factor)
+    with torch.no_grad():
+        x0 = vae.encode(clips.flatten(0, 1) * 2.0 - 1.0).latent_dist.mode() * scaling
+        x0 = x0.unflatten(0, (b, f))  # [B, F, 4, h, w]
+        aug = torch.exp(phase.noise_aug_mean + phase.noise_aug_std * torch.randn(b, generator=generator))
+        first = clips[:, 0] * 2.0 - 1.0
+        first = first + aug.reshape(b, 1, 1, 1) * torch.randn(first.shape, generator=generator)
+        cond = vae.encode(first).latent_dist.mode()[:, None].expand(-1, f, -1, -1, -1)  # not scaled, as SVD
+        keep = (torch.rand(b, generator=generator) >= phase.cond_dropout_prob).float()
+        cond = cond * keep.reshape(b, 1, 1, 1, 1)
+        sigma = torch.exp(phase.p_mean + phase.p_std * torch.randn(b, generator=generator))
+        x_t = x0 + sigma.reshape(b, 1, 1, 1, 1) * torch.randn(x0.shape, generator=generator)
+        model_in = torch.cat([scale_model_input(x_t, sigma.reshape(b, 1, 1, 1, 1)), cond], dim=2)
+        ids = torch.stack([torch.full((b,), float(phase.fps - 1)), torch.full((b,), float(phase.motion_bucket_id)),
+                           aug], dim=1)
+    return {"model_in": model_in, "timestep": sigma_to_timestep(sigma), "added_time_ids": ids, "x0": x0,
+            "x_t": x_t, "sigma": sigma, "keep": keep, "first": clips[:, 0]}
+
+
+def backbone_loss(unet, image_encoder, feature_extractor, inputs: dict) -> torch.Tensor:
+    from .train import kfi_loss
+
+    emb = clip_embedding(image_encoder, feature_extractor, inputs["first"])
+    emb = emb * inputs["keep"].reshape(-1, 1, 1)  # unconditional samples: zero embedding, as SVD
+    v = unet(inputs["model_in"], inputs["timestep"], encoder_hidden_states=emb,
+             added_time_ids=inputs["added_time_ids"], return_dict=False)[0]
+    return kfi_loss(v, inputs["x0"], inputs["x_t"], inputs["sigma"].reshape(-1, 1, 1, 1, 1))
+
+
+def scheduler_config(recipe: DemoRecipe) -> dict:
+    from .tiny import SVD_SCHEDULER_CONFIG
+
+    return {**SVD_SCHEDULER_CONFIG, **{k: v for k, v in recipe.scheduler.items() if not k.startswith("_")}}
+
+
+def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None, callback=None) -> Path | None:
+    """Phase backbone: UNet + image encoder on the frozen VAE; writes ``<out>/backbone`` (diffusers folder)."""
+    from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
+
+    folder = out / "backbone"
+    if (folder / "model_index.json").is_file():
+        return folder
+    parts = new_components(recipe)
+    unet, image_encoder, fe = parts["unet"].train(), parts["image_encoder"], parts["feature_extractor"]
+    image_encoder.train(recipe.backbone.train_image_encoder)
+    image_encoder.requires_grad_(recipe.backbone.train_image_encoder)
+    vae.eval().requires_grad_(False)
+    h, w = recipe.resolution
+    phase = recipe.backbone
+
+    def loss_fn(step: int):
+        clips = training_batch(recipe.seed, _BACKBONE_STREAM, step, phase.batch_size, recipe.num_frames, h, w)
+        inputs = backbone_inputs(vae, clips, phase, step_generator(recipe.seed, _BACKBONE_STREAM, step))
+        return backbone_loss(unet, image_encoder, fe, inputs), {}
+
+    modules = {"unet": unet, "image_encoder": image_encoder}
+    run = PhaseRun("backbone", out / "backbone_train", phase, modules, loss_fn, _fingerprint(recipe, "backbone"))
+    if not run_phase(run, deadline, callback):
+        return None
+    for module in (unet, image_encoder):
+        module.eval().requires_grad_(False)
+    scheduler = EulerDiscreteScheduler.from_config(scheduler_config(recipe))
+    pipe = StableVideoDiffusionPipeline(unet=unet, vae=vae, image_encoder=image_encoder, scheduler=scheduler,
+                                        feature_extractor=fe)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(folder)
+    logger.info("backbone: wrote %s", folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- adapter and package
+
+
+def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path):
+    from .train import config_from_dict
+
+    values = {"stages": [{"name": "demo", "steps": 1000, "resolution": list(recipe.resolution), "batch_size": 1}],
+              "seed": recipe.seed, **recipe.adapter}
+    for key in ("model", "data", "out", "resume"):
+        if key in values:
+            raise TrainConfigError(f"recipe adapter.{key}: set by train-demo; remove it from the recipe.")
+    values.update(model=str(backbone), data=str(data), out=str(out))
+    config = config_from_dict(values, source="recipe adapter")
+    from .train import list_checkpoints
+
+    if list_checkpoints(out):
+        config.resume = "latest"
+    return config
+
+
+def package(backbone: Path, adapter: Path, dest: Path) -> Path:
+    """Copy the backbone folder and the adapter into ``dest``; refuse above :data:`MAX_PACKAGE_MB`."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(backbone, tmp)
+    shutil.copy2(adapter, tmp / "adapter.safetensors")
+    size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 2**20
+    if size > MAX_PACKAGE_MB:
+        raise TrainConfigError(f"package: {size:.1f} MB is above the {MAX_PACKAGE_MB:.0f} MB the repository ships; "
+                               "shrink the architecture in the recipe.")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    logger.info("package: %s (%.1f MB)", dest, size)
+    return dest
+
+
+def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float | None = None,
+               phases: tuple[str, ...] = PHASES, callback=None) -> Path | None:
+    """Run the phases in order, resuming each from its newest checkpoint. Returns the packaged model folder (``out``
+    when ``package`` is not among ``phases``), or None when ``max_minutes`` ran out first (run again to resume)."""
+    from .train import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+    deadline = time.monotonic() + 60.0 * max_minutes if max_minutes else None
+    data = out / "data"
+    if "data" in phases:
+        write_dataset(data, recipe)
+    vae = train_vae(recipe, out, deadline, callback) if "vae" in phases or "backbone" in phases else None
+    if vae is None and ("vae" in phases or "backbone" in phases):
+        return None
+    backbone = out / "backbone"
+    if "backbone" in phases:
+        if train_backbone(recipe, vae, out, deadline, callback) is None:
+            return None
+    adapter_out = out / "adapter"
+    if "adapter" in phases:
+        if not (adapter_out / "adapter.safetensors").is_file():
+            if train(adapter_config(recipe, backbone, data, adapter_out), deadline=deadline) is None:
+                return None
+    if "package" in phases:
+        return package(backbone, adapter_out / "adapter.safetensors", out / "demo_model")
+    return out
+
+

@@ -1,0 +1,81 @@
+"""The bundled demo model (kfi_core/assets/demo_model): present, small, strict to load, and trained.
+
+The checks score against procedural ground truth on held-out seeds (never trained on) and fail if the
+shipped weights are replaced by untrained ones. How good it is against the baselines is docs/RESULTS.md's
+job (bench/results.py), not a test's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kfi_core.condition import prepare_clip
+from kfi_core.executor import inpaint
+from kfi_core.metrics import psnr
+from kfi_core.procedural import EVAL_SEED_BASE, make_procedural_clip
+from kfi_core.propagate import PropagateSettings
+from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR, demo_model_available
+
+DEMO_RECIPE = DEMO_MODEL_DIR.parents[2] / "configs" / "demo" / "recipe.json"
+SEEDS = [EVAL_SEED_BASE + 500 + i for i in range(3)]  # held out, and not the clips of docs/RESULTS.md
+SETTINGS = PropagateSettings(steps=12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from kfi_core.loading import load_kfi_model
+
+    assert demo_model_available(), f"the demo model is missing from {DEMO_MODEL_DIR}"
+    return load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_ADAPTER)
+
+
+def test_demo_model_is_small_and_safetensors_only():
+    files = [p for p in DEMO_MODEL_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+    weights = [p for p in files if p.suffix not in (".json", ".txt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights), weights
+
+
+def test_demo_model_is_a_kfi_model_of_the_tiny_architecture(demo_model):
+    assert demo_model.in_channels == 12 and demo_model.lora_rank == 32 and demo_model.num_frames == 8
+    assert demo_model.adapter is not None
+    assert demo_model.scheduler_config["sigma_max"] == 80.0
+    # the VAE was trained from scratch: its scaling factor is measured, not SVD's
+    assert demo_model.vae.config.scaling_factor != 0.18215
+
+
+def _removal_psnr(model, clips) -> float:
+    values = []
+    for c in clips:
+        out = inpaint(model, prepare_clip(c.frames, c.masks), SETTINGS)
+        keep = c.masks.expand_as(out) < 0.5
+        assert torch.equal(out[keep], c.frames[keep])  # unmasked pixels preserved exactly
+        values.append(psnr(out, c.ground_truth, c.masks))
+    return sum(values) / len(values)
+
+
+def test_demo_vae_is_trained(demo_model):
+    """Its reconstructions of held-out clips are far closer than those of the same VAE with random weights."""
+    from kfi_core.pretrain import load_recipe, new_components
+
+    random_vae = new_components(load_recipe(DEMO_RECIPE))["vae"].eval()
+    clips = [make_procedural_clip("removal", 8, 64, 64, seed=s, difficulty="medium").ground_truth for s in SEEDS]
+
+    @torch.no_grad()
+    def recon_psnr(vae):
+        out = [vae.decode(vae.encode(c * 2 - 1).latent_dist.mode(), num_frames=8).sample.add(1).div(2).clamp(0, 1)
+               for c in clips]
+        return sum(psnr(o, c) for o, c in zip(out, clips)) / len(clips)
+
+    assert recon_psnr(demo_model.vae) > recon_psnr(random_vae) + 5.0
+
+
+def test_demo_model_fills_better_than_an_untrained_model(demo_model, tiny_model_dir):
+    """The trained backbone + adapter against the tiny random model with a random adapter, on held-out removal
+    clips: a check that the shipped weights are the trained ones (the benchmark is docs/RESULTS.md)."""
+    from conftest import load_with_random_adapter
+
+    clips = [make_procedural_clip("removal", 8, 64, 64, seed=s, difficulty="medium") for s in SEEDS]
+    untrained = load_with_random_adapter(tiny_model_dir, rank=4)
+    assert _removal_psnr(demo_model, clips) > _removal_psnr(untrained, clips) + 2.0

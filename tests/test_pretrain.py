@@ -1,0 +1,190 @@
+"""kfi_core.pretrain: the demo model's from-scratch phases, checkpoints and resume, on micro recipes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kfi_core import pretrain as P
+from kfi_core.errors import ResumeError, TrainConfigError
+
+ROOT = P.Path(__file__).resolve().parents[1]
+
+
+def micro_recipe(**changes) -> P.DemoRecipe:
+    data = {
+        "seed": 3, "num_frames": 4, "resolution": [64, 64], "data_clips": 2, "data_frames": 5,
+        "vae": {"steps": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1},
+        "backbone": {"steps": 2, "batch_size": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1,
+                     "log_every": 1},
+        "adapter": {"stages": [{"steps": 2, "resolution": [64, 64], "batch_size": 1}], "rank": 4,
+                    "checkpoint_every": 1, "encode_chunk_size": 4},
+    }
+    data.update(changes)
+    return P.recipe_from_dict(data)
+
+
+def test_committed_recipe_loads():
+    recipe = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
+    config = P.adapter_config(recipe, ROOT / "m", ROOT / "d", ROOT / "nonexistent-out")
+    assert config.rank == 32 and config.total_steps > 0 and config.resume is None
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"colour": 1}, "unknown key"),
+    ({"resolution": [60, 64]}, "multiples of 64"),
+    ({"data_clips": P.EVAL_SEED_BASE}, "held out"),
+    ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
+    ({"num_frames": 9}, "num_frames"),
+])
+def test_recipe_errors_name_the_problem(change, words):
+    with pytest.raises(TrainConfigError, match=words):
+        micro_recipe(**change)
+
+
+def test_recipe_refuses_adapter_paths(tmp_path):
+    recipe = micro_recipe(adapter={"model": "x"})
+    with pytest.raises(TrainConfigError, match="adapter.model"):
+        P.adapter_config(recipe, tmp_path, tmp_path, tmp_path / "a")
+
+
+def test_training_clips_are_deterministic_and_never_held_out():
+    a = P.training_clip(5, 4, 64, 64)
+    assert torch.equal(a, P.training_clip(5, 4, 64, 64))
+    assert a.shape == (4, 3, 64, 64) and 0 <= float(a.min()) and float(a.max()) <= 1
+    with pytest.raises(TrainConfigError, match="below"):
+        P.training_clip(P.EVAL_SEED_BASE, 4, 64, 64)
+    batch = P.training_batch(0, 1, 7, 3, 4, 64, 64)
+    assert torch.equal(batch, P.training_batch(0, 1, 7, 3, 4, 64, 64))
+    assert not torch.equal(batch, P.training_batch(0, 1, 8, 3, 4, 64, 64))
+
+
+def test_lr_schedule_warms_up_and_decays():
+    phase = P.PhaseConfig(steps=100, lr=1.0, warmup_steps=10, decay_fraction=0.5)
+    assert P.lr_at(phase, 0) == pytest.approx(0.1)
+    assert P.lr_at(phase, 20) == pytest.approx(1.0)
+    assert P.lr_at(phase, 99) == pytest.approx(1.0 - 0.9 * 49 / 50)
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, betas=(0.8, 0.9))
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+    P.save_optimizer(opt, tmp_path / "opt.safetensors")
+    assert (tmp_path / "opt.safetensors").read_bytes()[:8] != b"\x80\x04\x95"  # not pickle
+    fresh = torch.optim.AdamW(net.parameters(), lr=5.0)
+    P.load_optimizer(fresh, tmp_path / "opt.safetensors")
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 1e-2
+    assert tuple(b["param_groups"][0]["betas"]) == (0.8, 0.9)
+    for idx in a["state"]:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(a["state"][idx][key], b["state"][idx][key])
+
+
+def test_clip_embedding_matches_the_stock_encoder_and_trains(tiny_components):
+    from kfi_core.svd_stock import encode_image_clip
+
+    enc, fe = tiny_components["image_encoder"], tiny_components["feature_extractor"]
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    emb = P.clip_embedding(enc, fe, images)
+    for i in range(2):
+        torch.testing.assert_close(emb[i:i + 1], encode_image_clip(enc, fe, images[i:i + 1]), rtol=1e-5, atol=1e-6)
+    emb.sum().backward()
+    assert enc.visual_projection.weight.grad is not None
+    enc.zero_grad(set_to_none=True)
+
+
+def test_backbone_inputs_follow_stock_svd_conditioning(tiny_components):
+    from kfi_core.denoiser import scale_model_input
+
+    vae = tiny_components["vae"]
+    phase = P.PhaseConfig(cond_dropout_prob=0.5, noise_aug_mean=-1.0)
+    clips = P.training_batch(0, 1, 0, 4, 3, 64, 64)
+    gen = P.step_generator(0, 1, 0)
+    inputs = P.backbone_inputs(vae, clips, phase, gen)
+    b, f = 4, 3
+    assert inputs["model_in"].shape == (b, f, 8, 16, 16)
+    # first half: c_in * x_t; x_t = x0 + sigma * noise with x0 the scaled latents of the clip
+    sigma = inputs["sigma"].reshape(b, 1, 1, 1, 1)
+    torch.testing.assert_close(inputs["model_in"][:, :, :4], scale_model_input(inputs["x_t"], sigma))
+    with torch.no_grad():
+        x0 = vae.encode(clips.flatten(0, 1) * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+    torch.testing.assert_close(inputs["x0"], x0.unflatten(0, (b, f)))
+    # second half: the first frame's (augmented, unscaled) latent on every frame, zero when dropped
+    cond = inputs["model_in"][:, :, 4:]
+    assert torch.equal(cond[:, 0], cond[:, -1])
+    keep = inputs["keep"]
+    assert set(keep.tolist()) <= {0.0, 1.0}
+    for i in range(b):
+        assert (cond[i].abs().sum() == 0) == (keep[i] == 0)
+    aug = inputs["added_time_ids"][:, 2]
+    assert torch.all(aug > 0) and torch.equal(inputs["added_time_ids"][:, 0], torch.full((b,), 6.0))
+
+
+def test_vae_phase_resumes_exactly(tmp_path):
+    """Stopped after every step and resumed must give the weights of one uninterrupted run."""
+    recipe = micro_recipe(vae={"steps": 3, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1})
+    whole = P.train_vae(recipe, tmp_path / "a", deadline=None)
+    parts = None
+    for _ in range(4):
+        parts = P.train_vae(recipe, tmp_path / "b", deadline=time.monotonic() - 1)  # stops after one step
+        if parts is not None:
+            break
+    assert parts is not None
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "vae" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    for (name, a), (_, b) in zip(whole.state_dict().items(), parts.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert whole.config.scaling_factor == parts.config.scaling_factor != 0.18215
+
+
+def test_resume_refuses_another_recipe(tmp_path):
+    recipe = micro_recipe(vae={"steps": 3, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1})
+    assert P.train_vae(recipe, tmp_path, deadline=time.monotonic() - 1) is None
+    other = micro_recipe(vae={"steps": 3, "batch_size": 2, "lr": 1e-3, "checkpoint_every": 1})
+    with pytest.raises(ResumeError, match="different recipe"):
+        P.train_vae(other, tmp_path, deadline=None)
+
+
+def test_train_demo_end_to_end_packages_a_loadable_model(tmp_path):
+    from kfi_core.condition import prepare_clip
+    from kfi_core.executor import inpaint
+    from kfi_core.loading import load_kfi_model
+    from kfi_core.procedural import make_procedural_clip
+    from kfi_core.propagate import PropagateSettings
+    from kfi_core.train import read_train_log
+
+    recipe = micro_recipe()
+    path = P.train_demo(recipe, tmp_path / "run")
+    assert path == tmp_path / "run" / "demo_model"
+    assert len(list((tmp_path / "run" / "data").iterdir())) == 2
+    assert [e["step"] for e in read_train_log(tmp_path / "run" / "adapter" / "train_log.jsonl")] == [1, 2]
+    model = load_kfi_model(path, adapter=path / "adapter.safetensors")
+    assert model.in_channels == 12 and model.lora_rank == 4
+    assert model.scheduler_config["sigma_max"] == 80.0
+    assert model.vae.config.scaling_factor != 0.18215  # measured on the trained VAE
+    c = make_procedural_clip("removal", 4, 64, 64, seed=P.EVAL_SEED_BASE)
+    out = inpaint(model, prepare_clip(c.frames, c.masks), PropagateSettings(steps=2))
+    keep = c.masks.expand_as(c.frames) < 0.5
+    assert torch.equal(out[keep], c.frames[keep])  # unmasked pixels preserved exactly
+    # a finished run is not redone: the same call returns at once with the same package
+    before = (path / "adapter.safetensors").read_bytes()
+    assert P.train_demo(recipe, tmp_path / "run") == path
+    assert (path / "adapter.safetensors").read_bytes() == before
+
+
+def test_cli_train_demo_refuses_unknown_phase(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kfi_core", "train-demo", "--out", str(tmp_path), "--phase", "gan"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "--phase: unknown gan" in proc.stderr
