@@ -112,9 +112,9 @@ class DemoRecipe:
         if not 1 <= self.num_frames <= self.data_frames:
             raise TrainConfigError(f"num_frames {self.num_frames} / data_frames {self.data_frames}: need "
                                    "1 <= num_frames <= data_frames.")
-        if self.data_clips < 1 or self.data_clips >= EVAL_SEED_BASE:
-            raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {EVAL_SEED_BASE - 1} (seeds from "
-                                   f"{EVAL_SEED_BASE} are held out for evaluation).")
+        if self.data_clips < 1 or self.data_clips > TRAIN_SEED_LIMIT:
+            raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {TRAIN_SEED_LIMIT} (seeds from "
+                                   f"{TRAIN_SEED_LIMIT} are held out for validation and evaluation).")
         for name in ("vae", "backbone"):
             phase = getattr(self, name)
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
@@ -123,8 +123,13 @@ class DemoRecipe:
         return self
 
 
+def _without_comments(values: dict) -> dict:
+    return {k: v for k, v in values.items() if not k.startswith("_")}
+
+
 def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
-    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    """A checked recipe; keys starting with ``_`` (comments) are dropped here, at every level."""
+    data = _without_comments(data)
     known = {f.name for f in dataclasses.fields(DemoRecipe)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -132,11 +137,14 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
     phase_keys = {f.name for f in dataclasses.fields(PhaseConfig)}
     for name in ("vae", "backbone"):
         if name in data:
-            phase = {k: v for k, v in data[name].items() if not k.startswith("_")}
+            phase = _without_comments(data[name])
             bad = sorted(set(phase) - phase_keys)
             if bad:
                 raise TrainConfigError(f"{source}: {name}: unknown key(s) {', '.join(bad)}.")
             data[name] = PhaseConfig(**phase)
+    for name in ("scheduler", "vae_config"):
+        if name in data:
+            data[name] = _without_comments(data[name])
     if "resolution" in data:
         data["resolution"] = tuple(data["resolution"])
     return DemoRecipe(**data).check()
@@ -314,8 +322,7 @@ class PhaseRun:
     fingerprint: dict
 
 
-def run_phase(run: PhaseRun, deadline: float | None, callback: Callable[[str, int, int, float], None] | None = None
-              ) -> bool:
+def run_phase(run: PhaseRun, deadline: float | None) -> bool:
     """Optimise from the newest checkpoint to ``phase.steps``. Returns True when the phase is complete,
     False when ``deadline`` (time.monotonic) passed first (a checkpoint is saved; run again to resume)."""
     phase = run.phase
@@ -347,8 +354,6 @@ def run_phase(run: PhaseRun, deadline: float | None, callback: Callable[[str, in
         optimizer.step()
         step += 1
         losses.append(float(loss.detach()))
-        if callback is not None:
-            callback(run.name, step, phase.steps, float(loss))
         if step % phase.log_every == 0 or step == phase.steps:
             entry = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(phase, step - 1),
                      "s_per_step": (time.monotonic() - start) / len(losses), **extras}
@@ -372,7 +377,7 @@ def _fingerprint(recipe: DemoRecipe, phase_name: str) -> dict:
     lengthened or shortened between runs (the LR schedule follows the new length from the resumed step)."""
     return {"seed": recipe.seed, "num_frames": recipe.num_frames, "resolution": list(recipe.resolution),
             "phase": phase_name, "batch_size": getattr(recipe, phase_name).batch_size,
-            "vae_config": {k: v for k, v in recipe.vae_config.items() if not k.startswith("_")}}
+            "vae_config": recipe.vae_config}
 
 
 # --------------------------------------------------------------------------- vae
@@ -382,8 +387,7 @@ def new_components(recipe: DemoRecipe) -> dict:
     """Fresh random components of the demo architecture (kfi_core.tiny shapes, VAE widths from the recipe)."""
     from .tiny import build_tiny_components
 
-    return build_tiny_components(num_frames=recipe.num_frames, seed=recipe.seed,
-                                 vae_config={k: v for k, v in recipe.vae_config.items() if not k.startswith("_")})
+    return build_tiny_components(num_frames=recipe.num_frames, seed=recipe.seed, vae_config=recipe.vae_config)
 
 
 def vae_loss(vae, clips: torch.Tensor, generator: torch.Generator, phase: PhaseConfig) -> tuple[torch.Tensor, dict]:
@@ -427,7 +431,7 @@ def measure_latent_std(vae, recipe: DemoRecipe, clips: int = 16) -> float:
     return float(torch.cat(latents).std())
 
 
-def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None, callback=None):
+def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None):
     """Phase vae: returns the trained VAE with ``scaling_factor`` = 1 / latent std, or None if out of time."""
     from diffusers import AutoencoderKLTemporalDecoder
 
@@ -445,7 +449,7 @@ def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None, callback=No
         return loss, extras
 
     run = PhaseRun("vae", out / "vae", recipe.vae, {"vae": vae}, loss_fn, _fingerprint(recipe, "vae"))
-    if not run_phase(run, deadline, callback):
+    if not run_phase(run, deadline):
         return None
     vae.eval()
     std = measure_latent_std(vae, recipe)
@@ -502,10 +506,10 @@ def backbone_loss(unet, image_encoder, feature_extractor, inputs: dict) -> torch
 def scheduler_config(recipe: DemoRecipe) -> dict:
     from .tiny import SVD_SCHEDULER_CONFIG
 
-    return {**SVD_SCHEDULER_CONFIG, **{k: v for k, v in recipe.scheduler.items() if not k.startswith("_")}}
+    return {**SVD_SCHEDULER_CONFIG, **recipe.scheduler}
 
 
-def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None, callback=None) -> Path | None:
+def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None) -> Path | None:
     """Phase backbone: UNet + image encoder on the frozen VAE; writes ``<out>/backbone`` (diffusers folder)."""
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 
@@ -527,7 +531,7 @@ def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None, c
 
     modules = {"unet": unet, "image_encoder": image_encoder}
     run = PhaseRun("backbone", out / "backbone_train", phase, modules, loss_fn, _fingerprint(recipe, "backbone"))
-    if not run_phase(run, deadline, callback):
+    if not run_phase(run, deadline):
         return None
     for module in (unet, image_encoder):
         module.eval().requires_grad_(False)
@@ -546,7 +550,7 @@ def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None, c
 
 
 def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path):
-    from .train import config_from_dict
+    from .train import config_from_dict, list_checkpoints
 
     values = {"stages": [{"name": "demo", "steps": 1000, "resolution": list(recipe.resolution), "batch_size": 1}],
               "seed": recipe.seed, **recipe.adapter}
@@ -555,8 +559,6 @@ def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path):
             raise TrainConfigError(f"recipe adapter.{key}: set by train-demo; remove it from the recipe.")
     values.update(model=str(backbone), data=str(data), out=str(out))
     config = config_from_dict(values, source="recipe adapter")
-    from .train import list_checkpoints
-
     if list_checkpoints(out):
         config.resume = "latest"
     return config
@@ -579,7 +581,7 @@ def package(backbone: Path, adapter: Path, dest: Path) -> Path:
 
 
 def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float | None = None,
-               phases: tuple[str, ...] = PHASES, callback=None) -> Path | None:
+               phases: tuple[str, ...] = PHASES) -> Path | None:
     """Run the phases in order, resuming each from its newest checkpoint. Returns the packaged model folder (``out``
     when ``package`` is not among ``phases``), or None when ``max_minutes`` ran out first (run again to resume)."""
     from .train import train
@@ -591,12 +593,13 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
     data = out / "data"
     if "data" in phases:
         write_dataset(data, recipe)
-    vae = train_vae(recipe, out, deadline, callback) if "vae" in phases or "backbone" in phases else None
-    if vae is None and ("vae" in phases or "backbone" in phases):
-        return None
+    if "vae" in phases or "backbone" in phases:  # the backbone trains on the finished VAE
+        vae = train_vae(recipe, out, deadline)
+        if vae is None:
+            return None
     backbone = out / "backbone"
     if "backbone" in phases:
-        if train_backbone(recipe, vae, out, deadline, callback) is None:
+        if train_backbone(recipe, vae, out, deadline) is None:
             return None
     adapter_out = out / "adapter"
     if "adapter" in phases:
