@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .color_match import COLOR_MATCH_MODES
 from .errors import KfiError
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def _settings_from_args(args: argparse.Namespace):
         steps=args.steps, seed=args.seed, sampler=args.sampler, min_guidance=args.min_guidance,
         max_guidance=args.max_guidance, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
         noise_aug_strength=args.noise_aug_strength, composite=not args.no_composite, feather=args.feather,
+        color_match=args.color_match,
         decode_chunk_size=args.decode_chunk_size,
     )
 
@@ -335,6 +337,9 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-aug-strength", type=float, default=0.02, help="condition noise (default 0.02)")
     g.add_argument("--no-composite", action="store_true", help="keep generated pixels outside the mask too")
     g.add_argument("--feather", type=int, default=0, help="soft composite edge in pixels (default 0)")
+    g.add_argument("--color-match", default="none", metavar="|".join(COLOR_MATCH_MODES),
+                   help="fit the fill's colours to the input around the hole before compositing: none (default), "
+                        "mean (offset) or affine (3x3 + offset); fixes VAE colour drift")
     g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
 
 
@@ -452,9 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inpaint)
 
     p = sub.add_parser("demo", help="inpaint the bundled sample clip with the embedded default model",
-                       description="The main job on the embedded default: writes OUT/result.mp4 and OUT/preview.png.")
+                       description="The main job on the embedded default: writes OUT/result.mp4 and OUT/preview.png. "
+                                   "Colour matching defaults to affine here: the small demo VAE's colours drift.")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     _add_sampling_arguments(p)
+    p.set_defaults(color_match="affine")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("make-sample", help="regenerate the bundled procedural sample clip into a folder")

@@ -133,7 +133,7 @@ def run_schedule(
 def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, settings) -> None:
     """Store generated frames: composited into ``result`` (what later windows see), raw if asked."""
     part = ClipInputs(frames=clip.frames[frames].float(), masks=clip.masks[frames], keyframe_indices=[])
-    result[frames] = composite(part, generated, settings.feather)
+    result[frames] = composite(part, generated, settings.feather, settings.color_match)
     if raw is not None:
         raw[frames] = generated
 

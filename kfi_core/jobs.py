@@ -92,7 +92,8 @@ def inpaint_clip(
     generated = inpaint(model, work, PropagateSettings(**{**settings.__dict__, "composite": False}),
                         strategy=strategy, callback=callback, check_cancel=check_cancel)
     back = resize_frames(generated, clip.size)
-    return (composite(clip, back, settings.feather) if settings.composite else back), clip
+    return (composite(clip, back, settings.feather, settings.color_match) if settings.composite
+            else back), clip
 
 
 def preview_image(clip: ClipInputs, result: torch.Tensor, max_rows: int = 4, min_side: int = 192) -> np.ndarray:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .errors import NonFiniteError, ResumeError, TrainConfigError
+from .optim_state import load_optimizer, save_optimizer
 from .procedural import EVAL_SEED_BASE
 
 logger = logging.getLogger(__name__)
@@ -219,28 +220,6 @@ def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
 
 
 # --------------------------------------------------------------------------- checkpoints (safetensors only)
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """AdamW state as safetensors: tensors under ``<param index>.<name>``, param groups as JSON metadata."""
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    tensors = {f"{idx}.{key}": value.detach().contiguous().cpu()
-               for idx, entry in state["state"].items() for key, value in entry.items() if torch.is_tensor(value)}
-    save_file(tensors, str(path), metadata={"param_groups": json.dumps(state["param_groups"])})
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        groups = json.loads(f.metadata()["param_groups"])
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key in f.keys():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = f.get_tensor(key)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def list_phase_checkpoints(folder: Path) -> list[tuple[int, Path]]:

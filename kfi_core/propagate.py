@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .color_match import COLOR_MATCH_MODES, match_colors
 from .condition import ClipInputs, encode_frames, encode_symmetric, first_frame_for_embedding
 from .errors import InputMismatchError, KfiError, UnknownNameError, UnsupportedSizeError
 from .mask_ops import feather
@@ -53,6 +54,7 @@ class PropagateSettings:
     noise_aug_strength: float = 0.02
     composite: bool = True
     feather: int = 0
+    color_match: str = "none"  # kfi_core.color_match: none | mean | affine (applied when compositing)
     decode_chunk_size: int = 8
     encode_chunk_size: int = 8
 
@@ -78,6 +80,9 @@ class PropagateSettings:
                 f"min_guidance {self.min_guidance} is larger than max_guidance {self.max_guidance}; "
                 "guidance rises from min (first frame) to max (last frame): swap them."
             )
+        if self.color_match not in COLOR_MATCH_MODES:
+            raise UnknownNameError(f"color_match: got {self.color_match!r}; choose one of "
+                                   f"{', '.join(COLOR_MATCH_MODES)} (none keeps the model's colours).")
         aug = float(self.noise_aug_strength)
         if not math.isfinite(aug) or not 0.0 <= aug <= 10.0:
             raise InputMismatchError(f"noise_aug_strength: got {aug}; give a value from 0 to 10 (SVD: 0.02).")
@@ -236,8 +241,13 @@ def decode_window(model, latents: torch.Tensor, chunk_size: int) -> torch.Tensor
     return ((frames.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def composite(clip: ClipInputs, generated: torch.Tensor, feather_pixels: int = 0) -> torch.Tensor:
-    """Generated pixels inside the mask, the input's outside; exactly the input where the mask is 0."""
+def composite(clip: ClipInputs, generated: torch.Tensor, feather_pixels: int = 0,
+              color_match: str = "none") -> torch.Tensor:
+    """Generated pixels inside the mask, the input's outside; exactly the input where the mask is 0.
+
+    ``color_match`` (:func:`kfi_core.color_match.match_colors`) first fits the generated colours to the input on
+    known pixels around the hole."""
+    generated = match_colors(generated, clip.frames.float(), clip.masks, color_match)
     mask = clip.masks.float()
     if feather_pixels > 0:
         # soften only outwards from the hole: the feathered mask never drops below the hard one
@@ -279,4 +289,4 @@ def propagate(
     generated = decode_window(model, latents, settings.decode_chunk_size)
 
     # 7. Composite
-    return composite(clip, generated, settings.feather) if settings.composite else generated
+    return composite(clip, generated, settings.feather, settings.color_match) if settings.composite else generated

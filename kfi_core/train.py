@@ -36,7 +36,9 @@ fps 7 and motion bucket 127 (inference defaults); constant LR, no warmup.
 **Determinism.** Every random draw of a sample (sigma, noise, dropout, augmentation strength and noise)
 comes from a ``torch.Generator`` seeded by ``(seed, stage, sample number)``; the data sample by the
 same numbers (:mod:`kfi_core.data`). Nothing depends on global RNG state, so a resumed run repeats the
-uninterrupted one exactly; checkpoints still store Python's, numpy's, torch's and accelerate's RNG states.
+uninterrupted one exactly, and checkpoints need no RNG state. A checkpoint holds no pickle: the trainable
+weights and AdamW's state are safetensors (:mod:`kfi_core.optim_state`), the step, LR schedule and settings
+JSON.
 
 The script goes in stages: :func:`train` calls setup (accelerator, model, trainable parameters,
 optimizer), resume, the loop per stage (:func:`run_stage`), checkpoints, validation and the final adapter.
@@ -60,13 +62,15 @@ import numpy as np
 import torch
 
 from .errors import KfiError, ResumeError, TrainConfigError
+from .optim_state import load_optimizer, load_scheduler_state, save_optimizer, scheduler_state
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_FORMAT = "kfi-train-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2  # 1 (before 2026-12) went through accelerate's save_state, with pickles
 TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "training_state.json"  # written last: its presence marks a complete checkpoint
 LOG_FILE = "train_log.jsonl"
 ADAPTER_FILE = "adapter.safetensors"
@@ -487,7 +491,7 @@ def resolve_resume(out: Path, resume: str) -> Path:
     return path
 
 
-def read_checkpoint_state(path: Path, world_size: int) -> dict:
+def read_checkpoint_state(path: Path) -> dict:
     """Check that a checkpoint folder is complete and return its training_state.json."""
     state_file = path / STATE_FILE
     if not state_file.is_file():
@@ -500,16 +504,21 @@ def read_checkpoint_state(path: Path, world_size: int) -> dict:
     except (ValueError, KeyError, TypeError) as err:
         raise ResumeError(f"--resume {path}: {STATE_FILE} is damaged ({err!r}). Resume from an earlier "
                           "checkpoint.") from err
-    if fmt != CHECKPOINT_FORMAT or int(state.get("format_version", -1)) != CHECKPOINT_FORMAT_VERSION:
-        raise ResumeError(f"--resume {path}: format {fmt!r} v{state.get('format_version')}; this KFI reads "
+    version = state.get("format_version")
+    if fmt == CHECKPOINT_FORMAT and version == 1:
+        raise ResumeError(f"--resume {path}: a format-1 checkpoint from an older KFI, which stored the optimizer as a "
+                          "pickle; this KFI loads safetensors only. Start a new run, or finish this one with the "
+                          "KFI version that wrote it.")
+    if fmt != CHECKPOINT_FORMAT or version != CHECKPOINT_FORMAT_VERSION:
+        raise ResumeError(f"--resume {path}: format {fmt!r} v{version}; this KFI reads "
                           f"{CHECKPOINT_FORMAT} v{CHECKPOINT_FORMAT_VERSION}.")
-    needed = [TRAINABLE_FILE, "optimizer.bin"] + [f"random_states_{i}.pkl" for i in range(world_size)]
-    missing = [n for n in needed if not (path / n).is_file()]
+    missing = [n for n in (TRAINABLE_FILE, OPTIMIZER_FILE) if not (path / n).is_file()]
     if missing:
-        saved_world = state.get("world_size")
-        hint = (f" It was written by {saved_world} processes and this run has {world_size}; resume with the same "
-                "number of processes." if saved_world != world_size else " Resume from an earlier checkpoint.")
-        raise ResumeError(f"--resume {path}: missing {', '.join(missing)} (step {step}).{hint}")
+        raise ResumeError(f"--resume {path}: missing {', '.join(missing)} (step {step}). Resume from an earlier "
+                          "checkpoint.")
+    if "lr_scheduler" not in state:
+        raise ResumeError(f"--resume {path}: {STATE_FILE} is damaged (no 'lr_scheduler'). Resume from an earlier "
+                          "checkpoint.")
     return state
 
 
@@ -534,53 +543,45 @@ def check_resume_compatible(path: Path, state: dict, config: TrainConfig, world_
                           "steps configured. Raise --steps (or the stages' steps) to train further.")
 
 
-class TrainableCheckpointHooks:
-    """accelerate save/load hooks that keep only the trainable (LoRA + conv_in) weights in a checkpoint."""
+def save_trainable(unet, path: Path) -> None:
+    """Only the trainable (LoRA + conv_in) weights, fp32: the frozen UNet is the base model's."""
+    from safetensors.torch import save_file
 
-    def __init__(self, accelerator, unet) -> None:
-        self.accelerator = accelerator
-        self.unet = unet  # unwrapped
-
-    def save(self, models, weights, output_dir) -> None:
-        from safetensors.torch import save_file
-
-        if self.accelerator.is_main_process:
-            tensors = {n: p.detach().float().cpu().contiguous().clone()
-                       for n, p in trainable_state_dict(self.unet).items()}
-            save_file(tensors, str(Path(output_dir) / TRAINABLE_FILE))
-        weights.clear()  # accelerate must not write the whole frozen UNet
-
-    def load(self, models, input_dir) -> None:
-        from safetensors.torch import load_file
-
-        path = Path(input_dir) / TRAINABLE_FILE
-        tensors = load_file(str(path), device="cpu")
-        params = trainable_state_dict(self.unet)
-        if set(tensors) != set(params):
-            missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-            raise ResumeError(f"--resume {path}: the trainable weights do not match this model (missing "
-                              f"{missing[:3]}, unexpected {extra[:3]}); resume with the same base model and rank.")
-        with torch.no_grad():
-            for name, param in params.items():
-                if tuple(tensors[name].shape) != tuple(param.shape):
-                    raise ResumeError(f"--resume {path}: {name} has shape {list(tensors[name].shape)}, the model "
-                                      f"needs {list(param.shape)}; resume with the same base model and rank.")
-                param.copy_(tensors[name])
-        models.clear()
+    save_file({n: p.detach().float().cpu().contiguous().clone() for n, p in trainable_state_dict(unet).items()},
+              str(path))
 
 
-def save_checkpoint(accelerator, out: Path, step: int, state: dict, keep: int) -> Path:
-    """Write OUT/checkpoints/checkpoint-<step> atomically (temporary folder, then rename); keep the last ``keep``."""
+def load_trainable(unet, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path), device="cpu")
+    params = trainable_state_dict(unet)
+    if set(tensors) != set(params):
+        missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise ResumeError(f"--resume {path}: the trainable weights do not match this model (missing "
+                          f"{missing[:3]}, unexpected {extra[:3]}); resume with the same base model and rank.")
+    with torch.no_grad():
+        for name, param in params.items():
+            if tuple(tensors[name].shape) != tuple(param.shape):
+                raise ResumeError(f"--resume {path}: {name} has shape {list(tensors[name].shape)}, the model "
+                                  f"needs {list(param.shape)}; resume with the same base model and rank.")
+            param.copy_(tensors[name])
+
+
+def save_checkpoint(trainer: "Trainer", step: int, state: dict, keep: int) -> Path:
+    """Write OUT/checkpoints/checkpoint-<step> atomically (temporary folder, then rename); keep the last ``keep``.
+
+    The main process writes: data-parallel processes hold the same weights and optimizer state."""
+    accelerator, out = trainer.accelerator, trainer.out
     final = checkpoint_dir(out, step)
     tmp = final.parent / f".tmp-{final.name}"
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # trainable weights (hook), optimizer, scheduler, RNG states per process
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+        save_trainable(accelerator.unwrap_model(trainer.unet), tmp / TRAINABLE_FILE)
+        save_optimizer(trainer.optimizer, tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")  # last: marks completion
         if final.exists():
             shutil.rmtree(final)
@@ -739,11 +740,7 @@ def setup(config: TrainConfig):
                                   weight_decay=config.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.lr_warmup_steps))
     unet, optimizer = accelerator.prepare(model.unet, optimizer)
-    # not prepared: accelerate would step it once per process; registered so save_state keeps it
-    accelerator.register_for_checkpointing(lr_scheduler)
-    hooks = TrainableCheckpointHooks(accelerator, model.unet)
-    accelerator.register_save_state_pre_hook(hooks.save)
-    accelerator.register_load_state_pre_hook(hooks.load)
+    # the scheduler is not prepared: accelerate would step it once per process
 
     out = Path(config.out)
     if accelerator.is_main_process:
@@ -758,10 +755,12 @@ def resume(trainer: Trainer) -> None:
     """Stage 5: load a checkpoint (``config.resume``) or refuse clearly; never restart silently."""
     cfg, acc = trainer.config, trainer.accelerator
     path = resolve_resume(trainer.out, cfg.resume)
-    state = read_checkpoint_state(path, acc.num_processes)
+    state = read_checkpoint_state(path)
     check_resume_compatible(path, state, cfg, acc.num_processes)
     try:
-        acc.load_state(str(path))
+        load_trainable(acc.unwrap_model(trainer.unet), path / TRAINABLE_FILE)
+        load_optimizer(trainer.optimizer, path / OPTIMIZER_FILE)
+        load_scheduler_state(trainer.lr_scheduler, state["lr_scheduler"])
     except ResumeError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure to read is a damaged checkpoint to the user
@@ -874,7 +873,7 @@ def run_stage(trainer: Trainer, stage_index: int, stage_start: int) -> None:
 
         # 6d. checkpoint, 6e. validation video
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            save_checkpoint(acc, trainer.out, state.step, checkpoint_state(trainer, stage_index), cfg.keep_checkpoints)
+            save_checkpoint(trainer, state.step, checkpoint_state(trainer, stage_index), cfg.keep_checkpoints)
         if cfg.validate_every and state.step % cfg.validate_every == 0:
             if acc.is_main_process:
                 if validation_sample is None:
@@ -886,7 +885,7 @@ def run_stage(trainer: Trainer, stage_index: int, stage_start: int) -> None:
         # 6f. out of time (train(..., deadline=...)): checkpoint now and stop; the same command resumes
         if trainer.deadline is not None and time.monotonic() > trainer.deadline and state.step < cfg.total_steps:
             if not (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
-                save_checkpoint(acc, trainer.out, state.step, checkpoint_state(trainer, stage_index),
+                save_checkpoint(trainer, state.step, checkpoint_state(trainer, stage_index),
                                 cfg.keep_checkpoints)
             logger.info("time is up at step %d of %d: checkpoint saved; resume with --resume latest", state.step,
                         cfg.total_steps)
@@ -899,6 +898,7 @@ def checkpoint_state(trainer: Trainer, stage_index: int) -> dict:
         "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
         "step": trainer.state.step, "stage": stage_index, "samples_seen": trainer.state.samples_seen,
         "world_size": trainer.accelerator.num_processes,
+        "lr_scheduler": scheduler_state(trainer.lr_scheduler),
         "fingerprint": resume_fingerprint(trainer.config, trainer.accelerator.num_processes),
         "config": json.loads(json.dumps(trainer.config.to_dict(), default=str)),
     }

@@ -11,6 +11,7 @@ from .types import KfiCondition, KfiModel, KfiSchedule
 class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from kfi_core.color_match import COLOR_MATCH_MODES
         from kfi_core.sampling import SAMPLERS
 
         return io.Schema(
@@ -47,6 +48,10 @@ class KeyframePropagateSampler(io.ComfyNode):
                              tooltip="Soft composite edge in pixels outside the hole (0 = hard edge)."),
                 io.Int.Input("decode_chunk_size", default=8, min=1, max=128,
                              tooltip="Frames per VAE decode call: lower uses less memory."),
+                io.Combo.Input("color_match", options=list(COLOR_MATCH_MODES), default="none", optional=True,
+                               tooltip="Before compositing, fit the fill's colours to the input on known pixels "
+                                       "around the hole: none, mean (offset) or affine (3x3 + offset). Use it when "
+                                       "the fill's colours drift from the surroundings (VAE colour drift)."),
                 KfiSchedule.Input("schedule", optional=True,
                                   tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
                                           "than the model's window)."),
@@ -56,14 +61,15 @@ class KeyframePropagateSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, kfi_model, condition, seed, steps, sampler, min_guidance, max_guidance, fps, motion_bucket_id,
-                noise_aug_strength, composite, feather, decode_chunk_size, schedule=None) -> io.NodeOutput:
+                noise_aug_strength, composite, feather, decode_chunk_size, schedule=None,
+                color_match="none") -> io.NodeOutput:
         from kfi_core.executor import inpaint
         from kfi_core.propagate import PropagateSettings
 
         settings = PropagateSettings(
             steps=steps, seed=seed, sampler=sampler, min_guidance=min_guidance, max_guidance=max_guidance, fps=fps,
             motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength, composite=composite,
-            feather=feather, decode_chunk_size=decode_chunk_size,
+            feather=feather, decode_chunk_size=decode_chunk_size, color_match=color_match,
         ).check()
         with bridge.on_device(kfi_model) as model:
             frames = inpaint(model, condition, settings, schedule=schedule, callback=bridge.progress_callback(steps),

@@ -347,6 +347,8 @@ ROWS: list[Row] = [
     # ---- sampling settings
     Row("unknown_sampler", (_inp() + ["--sampler", "ddim"], (ERR, "sampler: got 'ddim'; choose one of euler")),
         (_set("s", sampler="ddim"), (ERR, "sampler: got 'ddim'; choose one of euler"))),
+    Row("unknown_color_match", (_inp() + ["--color-match", "auto"], (ERR, "color_match: got 'auto'; choose one of none")),
+        (_set("s", color_match="auto"), (ERR, "color_match: got 'auto'; choose one of none"))),
     Row("zero_steps", (_inp() + ["--steps", "0"], (ERR, "steps: got 0")), (_set("s", steps=0), (REJ, "steps"))),
     Row("negative_guidance", (_inp() + ["--min-guidance", "-1"], (ERR, "min_guidance: got -1.0")),
         (_set("s", min_guidance=-1.0), (REJ, "min_guidance"))),

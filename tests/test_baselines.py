@@ -136,6 +136,10 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     assert "kfi_core/assets/demo_model" in text and "UNTRAINED" not in text
     for row in ("KFI adapter, keyframe", "KFI adapter, no keyframe", "training-free, no keyframe"):
         assert text.count(f"| {row} |") == 2, row  # in both tasks
+    for row in ("KFI adapter, keyframe + colour match", "training-free, keyframe + colour match",
+                "VAE ceiling (reference) + colour match"):
+        assert text.count(f"| {row} |") == 2, row  # the colour-matched variants (--color-match affine by default)
     summary = text.split("## Summary, easy clips")[1].split("\n## ")[0]
     assert "Edit propagation" in summary and "against KFI without the keyframe" in summary
     assert "mean-colour fill" in summary and "ceiling" in summary
+    assert "raw model output" in summary and "with colour matching" in summary

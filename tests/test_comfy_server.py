@@ -185,8 +185,8 @@ def _sample_inputs(comfy_server):
     return frames, (masks[:, :1] > 0.5).float()
 
 
-def _removal_prompt(steps=2, keyframe_indices="", seed=0):
-    return {
+def _removal_prompt(steps=2, keyframe_indices="", seed=0, color_match=None):
+    prompt = {
         "1": {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample.mp4"}},
         "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
         "3": {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample_mask.mp4"}},
@@ -203,6 +203,10 @@ def _removal_prompt(steps=2, keyframe_indices="", seed=0):
             "composite": True, "feather": 0, "decode_chunk_size": 8}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"kfi_removal_{seed}"}},
     }
+    if color_match is not None:  # optional input: prompts from before it existed leave it out
+        prompt["8"]["inputs"]["color_match"] = color_match
+        prompt["9"]["inputs"]["filename_prefix"] += f"_{color_match}"
+    return prompt
 
 
 def _saved_frames(comfy_server, entry, node="9"):
@@ -222,6 +226,10 @@ def test_object_removal_end_to_end(comfy_server):
     # SaveImage truncates x*255 to uint8, so an exact input pixel may come back one level lower
     assert (out[keep] - frames[keep]).abs().max() <= 1 / 255 + 1e-6
     assert (out[~keep] - frames[~keep]).abs().mean() > 0.02, "the masked region is generated"
+    entry = comfy_server.run_prompt(_removal_prompt(seed=1, color_match="affine"))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
+    matched = _saved_frames(comfy_server, entry)
+    assert torch.equal(matched[keep], out[keep]) and not torch.equal(matched, out)
 
 
 def test_sampler_errors_come_back_through_the_server(comfy_server):

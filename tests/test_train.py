@@ -217,8 +217,7 @@ def test_checkpoints_are_complete_and_pruned(runs):
     found = list_checkpoints(a)
     assert [step for step, _ in found] == [4, 8]  # keep_checkpoints 2 in configs/tiny.json
     names = {p.name for p in found[-1][1].iterdir()}
-    assert {"trainable.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
-            "training_state.json"} <= names
+    assert names == {"trainable.safetensors", "optimizer.safetensors", "training_state.json"}  # no pickle
     state = json.loads((found[-1][1] / "training_state.json").read_text())
     assert (state["step"], state["samples_seen"], state["world_size"]) == (8, 8, 1)
     assert not [p for p in (a / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary folders
@@ -275,8 +274,8 @@ def test_resume_from_missing_corrupt_or_changed_checkpoint(runs, tiny_model_dir,
 
     incomplete = tmp_path / "incomplete"
     shutil.copytree(src, incomplete)
-    (incomplete / "optimizer.bin").unlink()
-    with pytest.raises(ResumeError, match=r"missing optimizer\.bin \(step 4\)"):
+    (incomplete / "optimizer.safetensors").unlink()
+    with pytest.raises(ResumeError, match=r"missing optimizer\.safetensors \(step 4\)"):
         train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "o3", steps=8, resume=str(incomplete)))
     (incomplete / "training_state.json").write_text("{not json")
     with pytest.raises(ResumeError, match="training_state.json is damaged"):
@@ -285,6 +284,21 @@ def test_resume_from_missing_corrupt_or_changed_checkpoint(runs, tiny_model_dir,
     with pytest.raises(ResumeError, match=r"settings changed.*seed: checkpoint 0, now 1"):
         train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "o5", steps=8, seed=1, resume=str(src)))
     assert not (tmp_path / "o5" / ADAPTER_FILE).exists()  # never silently restarted
+
+    old_format = tmp_path / "format1"  # written by accelerate's save_state: optimizer.bin is a pickle
+    shutil.copytree(src, old_format)
+    state = json.loads((old_format / "training_state.json").read_text())
+    (old_format / "training_state.json").write_text(json.dumps({**state, "format_version": 1}))
+    (old_format / "optimizer.bin").write_bytes(b"\x80\x04not loaded")
+    with pytest.raises(ResumeError, match="format-1 checkpoint from an older KFI.*loads safetensors only"):
+        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "o6", steps=8, resume=str(old_format)))
+
+    foreign = tmp_path / "foreign"  # an optimizer file of another model: refused by name, not by a torch error
+    shutil.copytree(src, foreign)
+    from safetensors.torch import save_file
+    save_file({"0.step": torch.zeros(())}, str(foreign / "optimizer.safetensors"))
+    with pytest.raises(ResumeError, match="not an optimizer state file"):
+        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "o7", steps=8, resume=str(foreign)))
 
 
 # --------------------------------------------------------------------------- multi-process
@@ -311,7 +325,7 @@ def test_two_process_run_writes_one_adapter_and_matches_batch_two(tiny_model_dir
     assert sorted(p.name for p in mp.iterdir()) == ["adapter.safetensors", "checkpoints", "train_config.json",
                                                      "train_log.jsonl"]
     ckpt = list_checkpoints(mp)[-1][1]
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
+    assert {p.name for p in ckpt.iterdir()} == {"trainable.safetensors", "optimizer.safetensors", "training_state.json"}
     log = read_train_log(mp / LOG_FILE)
     assert [(e["step"], e["samples_seen"]) for e in log] == [(1, 2), (2, 4), (3, 6)]
 
