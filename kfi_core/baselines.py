@@ -286,24 +286,30 @@ def get_baseline(name: str) -> Baseline:
 
 @torch.no_grad()
 def vae_ceiling(vae, ground_truth: torch.Tensor, masks: torch.Tensor, frames: torch.Tensor | None = None,
-                chunk_size: int = 8, color_match: str = "none") -> torch.Tensor:
+                chunk_size: int = 8, color_match: str = "none",
+                keyframes: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The ground truth through ``vae`` (encode to the posterior mode, decode with the temporal decoder),
     composited into the hole of ``frames`` (default: the ground truth itself).
 
     ``vae`` is a diffusers ``AutoencoderKLTemporalDecoder`` (``KfiModel.vae``). The latents are scaled
     by the VAE scaling factor and decoded exactly as sampled latents are (:func:`kfi_core.svd_stock.decode_latents`).
     ``color_match`` post-processes the reconstruction as the sampler's composite does
-    (:func:`kfi_core.color_match.match_colors`, fitted on the known pixels of ``frames``).
+    (:func:`kfi_core.color_match.match_colors`, fitted on the known pixels of ``frames``). ``keyframes``
+    ({index: [3, H, W]}) enter as the keyframe methods get them: known frames, kept exactly, which colour
+    matching mode ``keyframe`` fits on.
     """
     from .color_match import match_colors
     from .condition import encode_frames
     from .svd_stock import decode_latents
 
-    truth, m, _ = check_baseline_inputs(ground_truth, masks)
+    truth, m, kf = check_baseline_inputs(ground_truth, masks, keyframes)
     base = truth if frames is None else check_baseline_inputs(frames, masks)[0]
     if base.shape != truth.shape:
         raise InputMismatchError(f"frames {list(base.shape)} and ground_truth {list(truth.shape)} differ in shape.")
+    base, m = base.clone(), m.clone()
+    for k, image in kf.items():  # a known frame: its pixels are the keyframe's, none is generated
+        base[k], m[k] = image, False
     latents = encode_frames(vae, truth * 2.0 - 1.0, chunk_size) * vae.config.scaling_factor  # [F, 4, h, w]
     decoded = decode_latents(vae, latents[None], decode_chunk_size=chunk_size)[0]  # [F, 3, H, W] in -1..1
     recon = ((decoded.float().cpu() + 1.0) / 2.0).clamp(0, 1)
-    return _composite(base, m, match_colors(recon, base, m, color_match))
+    return _composite(base, m, match_colors(recon, base, m, color_match, keyframes=sorted(kf)))

@@ -339,7 +339,8 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feather", type=int, default=0, help="soft composite edge in pixels (default 0)")
     g.add_argument("--color-match", default="none", metavar="|".join(COLOR_MATCH_MODES),
                    help="fit the fill's colours to the input around the hole before compositing: none (default), "
-                        "mean (offset) or affine (3x3 + offset); fixes VAE colour drift")
+                        "mean (offset), affine (3x3 + offset), or keyframe (one affine fit on the keyframes, where "
+                        "the edit's true colours are known; affine without one); fixes VAE colour drift")
     g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
 
 

@@ -13,6 +13,11 @@ Modes
     ``mean``    offset only: ``b`` = mean(reference) - mean(generated) per channel, A = identity.
     ``affine``  the full 3x3 + offset fit, ridge-regularised towards the identity (weight
                 :data:`RIDGE` per pixel), so a ring with little colour variety changes little.
+    ``keyframe`` the same fit, once per clip, on the keyframes instead of the ring: a keyframe is known
+                everywhere, so where the other frames have their holes it shows the colours the fill
+                must have (an edit's new colours, which the ring around the hole never shows). The fit
+                uses the keyframes' pixels within the ring of any frame's hole and is applied to every
+                frame. Without a keyframe (or with too few pixels to fit) it is ``affine``.
 
 The module imports torch only when called, so the CLI can list the modes cheaply.
 
@@ -24,7 +29,7 @@ perfect decoder the fit is the identity and nothing changes.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import InputMismatchError, UnknownNameError
 
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLOR_MATCH_MODES = ("none", "mean", "affine")
+COLOR_MATCH_MODES = ("none", "mean", "affine", "keyframe")
 MIN_PIXELS = 64
 RIDGE = 1e-4  # weight of ||A - I||^2 per fitted pixel
 
@@ -70,11 +75,39 @@ def fit_color_transform(generated: torch.Tensor, reference: torch.Tensor, mode: 
     return torch.linalg.solve(x.T @ x + reg, x.T @ r + reg @ identity)
 
 
+def _apply(frame: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``[generated, 1] @ w`` for one frame [3, H, W]."""
+    height, width = frame.shape[-2:]
+    flat = frame.flatten(1).T  # [H*W, 3]
+    return (flat @ w[:3] + w[3]).T.reshape(3, height, width)
+
+
+def keyframe_transform(generated: torch.Tensor, reference: torch.Tensor, hole: torch.Tensor, near: torch.Tensor,
+                       keyframes: Sequence[int]) -> torch.Tensor | None:
+    """The ``keyframe`` mode's one affine fit [4, 3]: the keyframes' generated colours against their reference
+    colours, on the pixels within the ring of any frame's hole (all of each keyframe's pixels when that region is
+    too small). None when no keyframe is given or the keyframes have fewer than :data:`MIN_PIXELS` pixels."""
+    import torch
+
+    usable = [int(k) for k in keyframes if 0 <= int(k) < generated.shape[0] and not bool(hole[int(k)].any())]
+    if not usable:
+        return None
+    region = near.any(dim=0)[0]  # [H, W]: where any frame's fill goes, and its ring
+    if int(region.sum()) * len(usable) < MIN_PIXELS:
+        region = torch.ones_like(region)
+    g = torch.cat([generated[k].flatten(1)[:, region.flatten()].T for k in usable])  # [N, 3]
+    r = torch.cat([reference[k].flatten(1)[:, region.flatten()].T for k in usable])
+    if g.shape[0] < MIN_PIXELS:
+        return None
+    return fit_color_transform(g, r, "affine").to(generated.dtype)
+
+
 def match_colors(generated: torch.Tensor, reference: torch.Tensor, masks: torch.Tensor, mode: str = "affine",
-                 ring: int | None = None) -> torch.Tensor:
+                 ring: int | None = None, keyframes: Sequence[int] = ()) -> torch.Tensor:
     """Return ``generated`` [F, 3, H, W] (0..1) with each frame's colours fitted to ``reference`` (the input
     frames, same shape) on known pixels (``masks`` [F, 1, H, W] below 0.5) within ``ring`` pixels of the
-    hole (default :func:`ring_width`). Clamped to 0..1; ``mode`` ``none`` returns ``generated`` unchanged."""
+    hole (default :func:`ring_width`). Clamped to 0..1; ``mode`` ``none`` returns ``generated`` unchanged.
+    ``keyframes`` (frame indices whose mask is empty) are what mode ``keyframe`` fits on."""
     if mode not in COLOR_MATCH_MODES:
         raise UnknownNameError(f"color_match: got {mode!r}; choose one of {', '.join(COLOR_MATCH_MODES)}.")
     if mode == "none":
@@ -93,9 +126,15 @@ def match_colors(generated: torch.Tensor, reference: torch.Tensor, masks: torch.
     near = _dilate_square(hole, radius) > 0
     known = hole == 0
     out = generated.clone()
+    shared = keyframe_transform(generated, reference, hole, near, keyframes) if mode == "keyframe" else None
+    if mode == "keyframe" and shared is None:
+        logger.debug("color_match keyframe: no keyframe to fit on; fitting each frame's ring (affine)")
     for t in range(generated.shape[0]):
         if not bool(hole[t].any()):
             continue  # nothing generated is kept in this frame
+        if shared is not None:
+            out[t] = _apply(generated[t], shared)
+            continue
         pick = near[t, 0] & known[t, 0]
         if int(pick.sum()) < MIN_PIXELS:
             pick = known[t, 0]
@@ -104,7 +143,6 @@ def match_colors(generated: torch.Tensor, reference: torch.Tensor, masks: torch.
             continue  # nothing to fit on
         g = generated[t].flatten(1)[:, pick.flatten()].T  # [N, 3]
         r = reference[t].flatten(1)[:, pick.flatten()].T
-        w = fit_color_transform(g, r, mode).to(generated.dtype)  # [4, 3]
-        flat = generated[t].flatten(1).T  # [H*W, 3]
-        out[t] = (flat @ w[:3] + w[3]).T.reshape(3, height, width)
+        w = fit_color_transform(g, r, "mean" if mode == "mean" else "affine").to(generated.dtype)  # [4, 3]
+        out[t] = _apply(generated[t], w)
     return out.clamp(0.0, 1.0)

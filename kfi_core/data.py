@@ -19,6 +19,12 @@ Per sample (:meth:`ClipDataset.get`):
 3. **Masks**: :func:`kfi_core.masks.sample_masks` with ``mask_config`` (its own stream).
 4. **Keyframe**: with probability ``keyframe_prob`` one frame at a uniform random index is a known keyframe
    (the clean frame: the ground truth of the edit), else none (the removal case). Index -1 means none.
+5. **Track masks** (optional): a frame folder may hold a ``masks/`` sub-folder with one mask image per frame
+   (white = the object, same names order and size as the frames), e.g. SAM tracks of its moving objects.
+   When a sample has a keyframe, with probability ``track_mask_prob`` it uses the clip's own masks (cropped
+   with the frames) instead of synthetic ones: the hole then hides an object whose appearance only the
+   keyframe shows, which is what keyframe-guided edit propagation has to do. Without a keyframe a sample
+   never uses them (filling in an unseen object is not learnable, and would teach removal to paint objects).
 
 Decoding is lazy: a frame folder reads only the chosen files; a video is decoded up to the last chosen
 frame. ``cache=True`` keeps every decoded video in memory (per process / data-loader worker), for small
@@ -49,7 +55,8 @@ logger = logging.getLogger(__name__)
 DATASET_VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 NO_KEYFRAME = -1
 # Independent random streams of one sample: changing one setting never shifts the others' draws.
-STREAM_CLIP, STREAM_MASK, STREAM_KEYFRAME, STREAM_ORDER = 0, 1, 2, 3
+STREAM_CLIP, STREAM_MASK, STREAM_KEYFRAME, STREAM_ORDER, STREAM_TRACK = 0, 1, 2, 3, 4
+TRACK_MASK_FOLDER = "masks"  # the optional per-clip mask folder inside a frame folder
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class VideoSource:
     path: Path
     num_frames: int
     is_folder: bool
+    mask_folder: Path | None = None  # <frame folder>/masks with one mask per frame, if present
 
 
 @dataclass
@@ -71,10 +79,11 @@ class ClipSample:
     source: str
     start: int  # first source frame
     crop: tuple[int, int, int, int]  # top, left, height, width in source pixels
+    track_masks: bool = False  # True: masks are the clip's own (masks/ folder), not synthetic
 
     def as_dict(self) -> dict:
         return {"frames": self.frames, "masks": self.masks, "keyframe_index": self.keyframe_index,
-                "source": self.source, "start": self.start, "crop": self.crop}
+                "source": self.source, "start": self.start, "crop": self.crop, "track_masks": self.track_masks}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -112,15 +121,16 @@ def find_sources(root: str | os.PathLike) -> list[VideoSource]:
                            "folders.")
     entries = sorted(root.iterdir(), key=lambda p: p.name)
     videos = [p for p in entries if p.is_file() and p.suffix.lower() in DATASET_VIDEO_SUFFIXES]
-    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")
-               and any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir())]
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")
+               and not (images and p.name == TRACK_MASK_FOLDER)  # root is itself one video with its masks
+               and any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir())]
     sources: list[VideoSource] = []
     if images and not videos and not folders:
-        sources.append(VideoSource(root, len(list_frame_files(root)), True))
+        sources.append(_frame_folder_source(root))
     for path in sorted(folders + videos, key=lambda p: p.name):
         if path.is_dir():
-            sources.append(VideoSource(path, len(list_frame_files(path)), True))
+            sources.append(_frame_folder_source(path))
         else:
             sources.append(VideoSource(path, _video_frame_count(path), False))
     if not sources:
@@ -130,6 +140,20 @@ def find_sources(root: str | os.PathLike) -> list[VideoSource]:
             "video) directly inside it."
         )
     return sources
+
+
+def _frame_folder_source(path: Path) -> VideoSource:
+    """A frame folder and its optional ``masks/`` folder, which must hold one mask per frame."""
+    count = len(list_frame_files(path))
+    mask_dir = path / TRACK_MASK_FOLDER
+    if not mask_dir.is_dir():
+        return VideoSource(path, count, True)
+    masks = len(list_frame_files(mask_dir))
+    if masks != count:
+        raise DatasetError(
+            f"dataset masks {mask_dir}: {masks} mask images for {count} frames. A clip's {TRACK_MASK_FOLDER}/ "
+            "folder needs exactly one mask per frame (same order); fix or remove it.")
+    return VideoSource(path, count, True, mask_dir)
 
 
 def frames_needed(num_frames: int, frame_stride: int) -> int:
@@ -163,6 +187,20 @@ def _read_folder_frames(source: VideoSource, indices: Sequence[int]) -> np.ndarr
         raise VideoFileError(f"dataset frames {source.path}: frames have different sizes; all frames of a video "
                              "must have the same size.")
     return np.stack(arrays)  # [F, H, W, 3] uint8
+
+
+def _read_track_masks(source: VideoSource, indices: Sequence[int], frame_size: tuple[int, int]) -> np.ndarray:
+    """The clip's own masks at ``indices``: [F, H, W] float32, 1 where the image is brighter than half."""
+    from .video_io import _image_to_array
+
+    files = list_frame_files(source.mask_folder)
+    arrays = [_image_to_array(files[i], "L") for i in indices]
+    for i, a in zip(indices, arrays):
+        if a.shape[:2] != tuple(frame_size):
+            raise DatasetError(
+                f"dataset masks {files[i]}: {a.shape[1]}x{a.shape[0]} but the frames are "
+                f"{frame_size[1]}x{frame_size[0]}; a mask must have its frame's size. Resize or remove it.")
+    return (np.stack(arrays).reshape(len(arrays), *frame_size) >= 128).astype(np.float32)
 
 
 def _read_video_frames(source: VideoSource, indices: Sequence[int] | None) -> np.ndarray:
@@ -218,6 +256,16 @@ def crop_and_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: 
     return F.interpolate(crop, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
+def crop_and_resize_masks(masks: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Crop masks [F, 1, H, W] to ``box`` and resize to ``size``; a pixel is filled if any of its area is
+    (area resize, then > 0), so a mask never shrinks below its object."""
+    top, left, h, w = box
+    crop = masks[:, :, top:top + h, left:left + w]
+    if (h, w) != tuple(size):
+        crop = F.interpolate(crop, size=tuple(size), mode="area" if h >= size[0] else "nearest")
+    return (crop > 0).float()
+
+
 def draw_keyframe(rng: np.random.Generator, num_frames: int, keyframe_prob: float) -> int:
     """A keyframe index uniform in [0, num_frames) with probability ``keyframe_prob``, else NO_KEYFRAME (-1)."""
     if rng.uniform() < keyframe_prob:
@@ -248,6 +296,7 @@ class ClipDataset(torch.utils.data.Dataset):
         mask_config: MaskConfig | None = None,
         seed: int | Sequence[int] = 0,
         cache: bool = False,
+        track_mask_prob: float = 0.0,
     ) -> None:
         _check_positive_int("num_frames", num_frames)
         _check_positive_int("frame_stride", frame_stride)
@@ -267,13 +316,20 @@ class ClipDataset(torch.utils.data.Dataset):
         self.resolution = (int(resolution[0]), int(resolution[1]))
         self.frame_stride = int(frame_stride)
         self.crop_scale = (lo, hi)
+        if not 0.0 <= float(track_mask_prob) <= 1.0:
+            raise DatasetError(f"track_mask_prob: got {track_mask_prob!r}; give a probability from 0 to 1 "
+                               "(0 = synthetic masks only).")
         self.keyframe_prob = float(keyframe_prob)
+        self.track_mask_prob = float(track_mask_prob)
         self.mask_config = mask_config if mask_config is not None else MaskConfig()
         self.seed = tuple(int(s) for s in (seed if isinstance(seed, (tuple, list)) else (seed,)))
         self.cache = bool(cache)
         self._cache: dict[int, np.ndarray] = {}
         self.sources = find_sources(self.root)
         check_sources(self.sources, self.num_frames, self.frame_stride)
+        if self.track_mask_prob > 0 and not any(s.mask_folder for s in self.sources):
+            logger.warning("dataset %s: track_mask_prob is %g but no frame folder has a %s/ folder; every sample "
+                           "uses synthetic masks", self.root, self.track_mask_prob, TRACK_MASK_FOLDER)
         logger.info("dataset %s: %d videos, clips of %d frames (stride %d) at %dx%d", self.root, len(self.sources),
                     self.num_frames, self.frame_stride, self.resolution[1], self.resolution[0])
 
@@ -321,8 +377,18 @@ class ClipDataset(torch.utils.data.Dataset):
         # 3. Masks (own stream), 4. keyframe or none (own stream)
         masks = sample_masks(self.num_frames, height, width, self._rng(epoch, index, STREAM_MASK), self.mask_config)
         keyframe = draw_keyframe(self._rng(epoch, index, STREAM_KEYFRAME), self.num_frames, self.keyframe_prob)
+
+        # 5. The clip's own masks instead (own stream), only with a keyframe and only if they hide something
+        track = False
+        if (keyframe != NO_KEYFRAME and source.mask_folder is not None and self.track_mask_prob > 0
+                and self._rng(epoch, index, STREAM_TRACK).uniform() < self.track_mask_prob):
+            own = torch.from_numpy(_read_track_masks(source, indices, tuple(data.shape[1:3])))[:, None]
+            own = crop_and_resize_masks(own, box, self.resolution)  # [F, 1, H, W]
+            others = [t for t in range(self.num_frames) if t != keyframe]
+            if own[others].any():
+                masks, track = own, True
         return ClipSample(frames=frames, masks=masks, keyframe_index=keyframe, source=str(source.path),
-                          start=start, crop=box)
+                          start=start, crop=box, track_masks=track)
 
     def __getitem__(self, k: int) -> dict:
         k = int(k)

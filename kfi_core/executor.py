@@ -113,7 +113,8 @@ def run_schedule(
             generated = _run_fused_stage(model, clip, result, stage, replace(settings, seed=window_seed(settings.seed, k)),
                                          _progress(callback, done, total, s, 0), check_cancel)
             frames = sorted({f for w in stage.windows for f in w.generate})
-            _keep(clip, result, raw, frames, generated[frames], settings)
+            known = sorted({f for w in stage.windows for f, r in zip(w.frames, w.roles) if r == "known"} - set(frames))
+            _keep(clip, result, raw, frames, generated[frames], settings, known=(result[known], generated[known]))
             done += settings.steps
             k += len(stage.windows)
             continue
@@ -124,16 +125,30 @@ def run_schedule(
                 callback=_progress(callback, done, total, s, w), check_cancel=check_cancel)
             decoded = decode_window(model, latents, settings.decode_chunk_size)  # [F_w, 3, H, W]
             positions = [j for j, role in enumerate(window.roles) if role == "generate"]
-            _keep(clip, result, raw, [window.frames[j] for j in positions], decoded[positions], settings)
+            known = [j for j, role in enumerate(window.roles) if role == "known"]
+            _keep(clip, result, raw, [window.frames[j] for j in positions], decoded[positions], settings,
+                  known=(sub.frames[known], decoded[known]))
             done += settings.steps
             k += 1
     return result if settings.composite else raw
 
 
-def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, settings) -> None:
-    """Store generated frames: composited into ``result`` (what later windows see), raw if asked."""
+def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, settings,
+          known: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Store generated frames: composited into ``result`` (what later windows see), raw if asked.
+
+    ``known`` (the window's fully known frames and their decoded versions) is what colour matching mode
+    ``keyframe`` fits on; they are composited along and dropped."""
+    n = len(frames)
     part = ClipInputs(frames=clip.frames[frames].float(), masks=clip.masks[frames], keyframe_indices=[])
-    result[frames] = composite(part, generated, settings.feather, settings.color_match)
+    both = generated
+    if known is not None and settings.color_match == "keyframe" and known[0].shape[0]:
+        reference, decoded = known
+        part = ClipInputs(frames=torch.cat([part.frames, reference.float()]),
+                          masks=torch.cat([part.masks, torch.zeros_like(part.masks[:1]).expand(len(reference), -1, -1, -1)]),
+                          keyframe_indices=list(range(n, n + len(reference))))
+        both = torch.cat([generated, decoded.to(generated.dtype)])
+    result[frames] = composite(part, both, settings.feather, settings.color_match)[:n]
     if raw is not None:
         raw[frames] = generated
 

@@ -165,11 +165,16 @@ def load_recipe(path: str | os.PathLike) -> DemoRecipe:
 # --------------------------------------------------------------------------- data
 
 
-def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
-    """A procedural training clip [F, 3, H, W] in 0..1 with seed-drawn difficulty knobs.
+_DATA_VERSION = "2"  # .done content; "2": clips showing the target carry masks/ (an empty .done: version 1)
 
-    Half the clips show the target object (moving, occluding), half the clean scene; all stay
-    below :data:`EVAL_SEED_BASE` so no evaluation clip is ever trained on.
+
+def training_clip_with_masks(seed: int, num_frames: int, height: int,
+                            width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A procedural training clip [F, 3, H, W] in 0..1 with seed-drawn difficulty knobs, and the masks of
+    its moving target object [F, 1, H, W] (grown by a pixel), or None when the clip does not show it.
+
+    Half the clips show the target object (moving, occluding; in its original or edited appearance), half
+    the clean scene; all stay below :data:`EVAL_SEED_BASE` so no evaluation clip is ever trained on.
     """
     from .procedural import TEXTURES, ProceduralConfig, make_procedural_clip
 
@@ -182,7 +187,15 @@ def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.
         distractor=bool(rng.random() < 0.7), lighting_change=float(rng.uniform(0.0, 0.5)))
     task = "edit" if rng.random() < 0.5 else "removal"
     clip = make_procedural_clip(task, num_frames=num_frames, height=height, width=width, seed=int(seed), config=cfg)
-    return clip.ground_truth if rng.random() < 0.5 else clip.frames
+    truth = rng.random() < 0.5
+    if truth and task == "removal":
+        return clip.ground_truth, None  # the clean scene: nothing to track
+    return (clip.ground_truth if truth else clip.frames), clip.masks
+
+
+def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """The frames of :func:`training_clip_with_masks`."""
+    return training_clip_with_masks(seed, num_frames, height, width)[0]
 
 
 def training_batch(seed: int, stream: int, step: int, batch_size: int, num_frames: int,
@@ -200,21 +213,31 @@ def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
 
 
 def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
-    """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1). Skips finished clips."""
+    """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), each clip that shows the target
+    object with its masks in ``masks/`` (kfi_core.data's track masks). Skips finished clips; a clip finished by an
+    older version without its masks gets them (the clips are seeded, so the frames are the same)."""
     from PIL import Image
+
+    from .data import TRACK_MASK_FOLDER
+
+    def save(images: torch.Tensor, folder: Path) -> None:
+        folder.mkdir(exist_ok=True)
+        for t, image in enumerate(images):
+            pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(folder / f"{t:04d}.png")
 
     h, w = recipe.resolution
     out.mkdir(parents=True, exist_ok=True)
     for i in range(recipe.data_clips):
         folder = out / f"clip_{i:06d}"
-        if (folder / ".done").is_file():
+        done = folder / ".done"
+        if done.is_file() and done.read_text().strip() == _DATA_VERSION:
             continue
-        folder.mkdir(exist_ok=True)
-        frames = training_clip(i, recipe.data_frames, h, w)
-        for t, frame in enumerate(frames):
-            pixels = (frame.permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(folder / f"{t:04d}.png")
-        (folder / ".done").write_text("")
+        frames, masks = training_clip_with_masks(i, recipe.data_frames, h, w)
+        save(frames, folder)
+        if masks is not None:
+            save(masks, folder / TRACK_MASK_FOLDER)
+        done.write_text(_DATA_VERSION)
     logger.info("dataset: %d procedural clips in %s", recipe.data_clips, out)
     return out
 

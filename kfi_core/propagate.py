@@ -54,7 +54,7 @@ class PropagateSettings:
     noise_aug_strength: float = 0.02
     composite: bool = True
     feather: int = 0
-    color_match: str = "none"  # kfi_core.color_match: none | mean | affine (applied when compositing)
+    color_match: str = "none"  # kfi_core.color_match: none | mean | affine | keyframe (applied when compositing)
     decode_chunk_size: int = 8
     encode_chunk_size: int = 8
 
@@ -246,8 +246,8 @@ def composite(clip: ClipInputs, generated: torch.Tensor, feather_pixels: int = 0
     """Generated pixels inside the mask, the input's outside; exactly the input where the mask is 0.
 
     ``color_match`` (:func:`kfi_core.color_match.match_colors`) first fits the generated colours to the input on
-    known pixels around the hole."""
-    generated = match_colors(generated, clip.frames.float(), clip.masks, color_match)
+    known pixels around the hole (mode ``keyframe``: on the clip's keyframes)."""
+    generated = match_colors(generated, clip.frames.float(), clip.masks, color_match, keyframes=clip.keyframe_indices)
     mask = clip.masks.float()
     if feather_pixels > 0:
         # soften only outwards from the hole: the feathered mask never drops below the hard one

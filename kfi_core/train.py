@@ -131,6 +131,7 @@ class TrainConfig:
     frame_stride: int = 1
     crop_scale: tuple[float, float] = (0.8, 1.0)
     keyframe_prob: float = 0.5
+    track_mask_prob: float = 0.0  # with a keyframe: use the clip's own masks/ folder (kfi_core.data, step 5)
     mask: dict = field(default_factory=dict)  # kfi_core.masks.MaskConfig fields
     cache_data: bool = False
     num_workers: int = 0
@@ -174,7 +175,7 @@ class TrainConfig:
                                    f"{', '.join(MIXED_PRECISION)}.")
         if not self.p_std > 0:
             raise TrainConfigError(f"p_std: got {self.p_std!r}; give a positive spread of ln(sigma) (1.6).")
-        for name in ("cond_dropout_prob", "keyframe_prob"):
+        for name in ("cond_dropout_prob", "keyframe_prob", "track_mask_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise TrainConfigError(f"{name}: got {getattr(self, name)!r}; give a probability from 0 to 1.")
         if not self.masked_loss_weight > 0:
@@ -779,7 +780,8 @@ def _dataset(config: TrainConfig, model, stage_index: int, *, validation: bool =
     return ClipDataset(config.data, num_frames=model.num_frames, resolution=tuple(stage.resolution),
                        frame_stride=config.frame_stride, crop_scale=tuple(config.crop_scale),
                        keyframe_prob=config.keyframe_prob, mask_config=MaskConfig(**config.mask),
-                       seed=(config.seed, stage_index, 1 if validation else 0), cache=config.cache_data)
+                       seed=(config.seed, stage_index, 1 if validation else 0), cache=config.cache_data,
+                       track_mask_prob=config.track_mask_prob)
 
 
 def _samples_per_step(config: TrainConfig, stage_index: int, world_size: int) -> int:

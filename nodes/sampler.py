@@ -50,8 +50,9 @@ class KeyframePropagateSampler(io.ComfyNode):
                              tooltip="Frames per VAE decode call: lower uses less memory."),
                 io.Combo.Input("color_match", options=list(COLOR_MATCH_MODES), default="none", optional=True,
                                tooltip="Before compositing, fit the fill's colours to the input on known pixels "
-                                       "around the hole: none, mean (offset) or affine (3x3 + offset). Use it when "
-                                       "the fill's colours drift from the surroundings (VAE colour drift)."),
+                                       "around the hole: none, mean (offset) or affine (3x3 + offset); keyframe fits "
+                                       "once on the keyframes, which show an edit's true colours (affine without "
+                                       "one). Use it when the fill's colours drift (VAE colour drift)."),
                 KfiSchedule.Input("schedule", optional=True,
                                   tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
                                           "than the model's window)."),

@@ -90,6 +90,63 @@ def test_fit_solution_is_identity_for_uncorrelated_flat_rings():
     torch.testing.assert_close(w[3], torch.full((3,), 0.1, dtype=w.dtype), atol=1e-6, rtol=0)
 
 
+def edit_clip(n=4, h=48, w=64, keyframe=0):
+    """An edit: a square object whose colours appear nowhere around the hole, except in the keyframe (fully known)."""
+    g = torch.Generator().manual_seed(3)
+    reference = torch.rand(n, 3, h, w, generator=g) * 0.3 + 0.1  # dark, greyish background
+    masks = torch.zeros(n, 1, h, w)
+    for t in range(n):
+        x = 12 + 4 * t  # the object moves right
+        reference[t, :, 16:32, x:x + 16] = torch.tensor([0.2, 0.9, 0.3]).view(3, 1, 1) + 0.1 * torch.rand(
+            3, 16, 16, generator=g)  # a saturated green object
+        if t != keyframe:
+            masks[t, :, 16:32, x:x + 16] = 1.0
+    return reference, masks
+
+
+def test_keyframe_mode_fits_the_edit_colours_the_ring_never_shows():
+    reference, masks = edit_clip()
+    matrix = torch.tensor([[0.5, 0.3, 0.1], [0.2, 0.4, 0.2], [0.1, 0.3, 0.5]])  # drift towards grey
+    generated = distort(reference, matrix, torch.tensor([0.05, 0.02, 0.0]))
+    hole = masks.bool().expand_as(reference)
+    ring = match_colors(generated, reference, masks, "affine")
+    keyed = match_colors(generated, reference, masks, "keyframe", keyframes=[0])
+    error = {name: (out - reference)[hole].abs().mean() for name, out in
+             (("generated", generated), ("ring", ring), ("keyframe", keyed))}
+    assert error["keyframe"] < 0.01 < error["ring"] and error["keyframe"] < 0.1 * error["generated"], error
+    # one transform for the whole clip: a colour maps to the same colour in every frame
+    same = generated.clone()
+    same[1:, :, 16:32] = generated[1:2, :, 16:32]
+    keyed_same = match_colors(same, reference, masks, "keyframe", keyframes=[0])
+    for t in (2, 3):
+        torch.testing.assert_close(keyed_same[t, :, 16:32][hole[t, :, 16:32]],
+                                   match_colors(same, reference, masks, "keyframe", keyframes=[0])[t, :, 16:32][
+                                       hole[t, :, 16:32]])
+        torch.testing.assert_close(keyed_same[t, :, 16:32, 30:36], keyed_same[1, :, 16:32, 30:36])
+
+
+def test_keyframe_mode_without_a_usable_keyframe_is_affine():
+    reference, masks = edit_clip()
+    generated = reference * 0.7 + 0.1
+    affine = match_colors(generated, reference, masks, "affine")
+    torch.testing.assert_close(match_colors(generated, reference, masks, "keyframe"), affine, atol=0, rtol=0)
+    # a "keyframe" that still has a hole is not known, so it is not fitted on
+    torch.testing.assert_close(match_colors(generated, reference, masks, "keyframe", keyframes=[2]), affine,
+                               atol=0, rtol=0)
+
+
+def test_keyframe_mode_through_composite_uses_the_clip_keyframes():
+    reference, masks = edit_clip()
+    generated = distort(reference, torch.tensor([[0.5, 0.3, 0.1], [0.2, 0.4, 0.2], [0.1, 0.3, 0.5]]),
+                        torch.tensor([0.05, 0.02, 0.0]))
+    prepared = prepare_clip(reference, masks, keyframe_indices=[0])
+    out = composite(prepared, generated, color_match="keyframe")
+    keep = masks.expand_as(reference) == 0
+    assert torch.equal(out[keep], reference[keep])
+    without = composite(prepare_clip(reference, masks), generated, color_match="keyframe")  # no keyframe: the ring
+    assert (out - reference)[~keep].abs().mean() < 0.01 < (without - reference)[~keep].abs().mean()
+
+
 def test_errors_name_the_input():
     reference, masks = clip()
     with pytest.raises(UnknownNameError, match="color_match: got 'auto'; choose one of none, mean, affine"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kfi_core.data import (NO_KEYFRAME, ClipDataset, StreamSampler, collate_samples, draw_keyframe, find_sources,
                            frames_needed, random_crop_box)
@@ -153,3 +154,81 @@ def test_error_bad_settings(data_dir):
         ClipDataset(data_dir, num_frames=8, resolution=(32, 32), crop_scale=(0, 1))
     with pytest.raises(DatasetError, match="frame_stride"):
         ClipDataset(data_dir, num_frames=8, resolution=(32, 32), frame_stride=0)
+
+
+# --------------------------------------------------------------------------- track masks (masks/ folder)
+
+
+def _box_masks(n: int, h: int, w: int) -> torch.Tensor:
+    """Frame t's mask: a 10x12 box whose left edge is at 4 + 2 t (a moving object)."""
+    masks = torch.zeros(n, 1, h, w)
+    for t in range(n):
+        masks[t, :, 10:20, 4 + 2 * t:16 + 2 * t] = 1.0
+    return masks
+
+
+@pytest.fixture(scope="module")
+def track_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracks")
+    write_frames(index_clip(12), root / "tracked")
+    write_frames(_box_masks(12, 48, 80).expand(12, 3, 48, 80), root / "tracked" / "masks")
+    write_frames(index_clip(12), root / "plain")
+    return root
+
+
+def test_masks_folder_is_found_with_its_clip_and_is_not_a_video(track_dir):
+    sources = find_sources(track_dir)
+    assert [(s.path.name, s.mask_folder.name if s.mask_folder else None) for s in sources] == [
+        ("plain", None), ("tracked", "masks")]
+    # a frame folder given as the dataset root keeps its masks/ as masks, not as a second video
+    alone = find_sources(track_dir / "tracked")
+    assert len(alone) == 1 and alone[0].mask_folder is not None
+
+
+def test_track_masks_follow_the_clip_crop_and_need_a_keyframe(track_dir):
+    ds = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(48, 80), crop_scale=(1, 1),
+                     keyframe_prob=1.0, track_mask_prob=1.0)
+    for epoch in range(4):
+        s = ds.get(epoch, 0)
+        assert s.track_masks and s.keyframe_index != NO_KEYFRAME
+        assert torch.equal(s.masks, _box_masks(12, 48, 80)[s.start:s.start + 8])  # the source frames' own masks
+    # cropped and resized with the frames: the box stays on the same content
+    ds = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(24, 40), crop_scale=(0.5, 0.5),
+                     keyframe_prob=1.0, track_mask_prob=1.0)
+    s = ds.get(0, 0)
+    top, left, h, w = s.crop
+    expected = F.interpolate(_box_masks(12, 48, 80)[s.start:s.start + 8, :, top:top + h, left:left + w],
+                             size=(24, 40), mode="area") > 0
+    assert torch.equal(s.masks > 0, expected)
+    # never without a keyframe; never with probability 0
+    never = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(48, 80), keyframe_prob=0.0,
+                        track_mask_prob=1.0)
+    off = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(48, 80), keyframe_prob=1.0,
+                      track_mask_prob=0.0)
+    assert not any(d.get(e, 0).track_masks for d in (never, off) for e in range(4))
+
+
+def test_track_mask_probability_and_other_streams_unchanged(track_dir):
+    half = ClipDataset(track_dir, num_frames=8, resolution=(32, 32), keyframe_prob=1.0, track_mask_prob=0.5)
+    base = ClipDataset(track_dir, num_frames=8, resolution=(32, 32), keyframe_prob=1.0)
+    used = 0
+    for epoch in range(40):
+        for i in range(2):
+            a, b = half.get(epoch, i), base.get(epoch, i)
+            # frames, crop and keyframe are drawn from their own streams: the option changes only the masks
+            assert torch.equal(a.frames, b.frames) and a.keyframe_index == b.keyframe_index
+            if a.track_masks:
+                used += 1
+                assert a.source.endswith("tracked")
+            else:
+                assert torch.equal(a.masks, b.masks)
+    assert 10 <= used <= 30  # 40 draws of the tracked clip at p = 0.5
+
+
+def test_track_mask_errors(tmp_path):
+    write_frames(index_clip(10), tmp_path / "clip")
+    write_frames(_box_masks(9, 48, 80).expand(9, 3, 48, 80), tmp_path / "clip" / "masks")
+    with pytest.raises(DatasetError, match=r"masks.*9 mask images for 10 frames"):
+        find_sources(tmp_path)
+    with pytest.raises(DatasetError, match="track_mask_prob"):
+        ClipDataset(tmp_path / "nothing", num_frames=8, resolution=(32, 32), track_mask_prob=2.0)

@@ -96,3 +96,19 @@ def test_schedule_mismatches(model):
         run_schedule(model, clip, build_schedule("anchor", 20, 14), PropagateSettings(**FAST))
     with pytest.raises(ScheduleError, match="keyframes"):
         run_schedule(model, clip, build_schedule("anchor", 20, 8, [3]), PropagateSettings(**FAST))
+
+
+def test_keyframe_colour_matching_in_windows(model):
+    """Mode keyframe fits on each window's fully known frames: one window matches propagate's composite; on a long
+    clip every window has known frames (keyframes or anchors), so the result differs from the ring-only fit."""
+    clip = make_clip(6, keyframes=[2])
+    settings = PropagateSettings(seed=5, color_match="keyframe", **FAST)
+    torch.testing.assert_close(inpaint(model, clip, settings), propagate(model, clip, settings), atol=1e-5, rtol=0)
+    long = make_clip(20, keyframes=[0, 13])
+    for strategy in ("anchor", "multidiffusion"):
+        outs = {mode: inpaint(model, long, PropagateSettings(seed=1, color_match=mode, **FAST), strategy=strategy)
+                for mode in ("none", "affine", "keyframe")}
+        keep = (long.masks == 0).expand_as(outs["none"])
+        for out in outs.values():
+            assert torch.equal(out[keep], long.frames[keep])
+        assert not torch.equal(outs["keyframe"], outs["affine"]) and not torch.equal(outs["keyframe"], outs["none"])

@@ -188,3 +188,30 @@ def test_cli_train_demo_refuses_unknown_phase(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kfi_core", "train-demo", "--out", str(tmp_path), "--phase", "gan"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "--phase: unknown gan" in proc.stderr
+
+
+def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):
+    from kfi_core.data import ClipDataset, find_sources
+
+    recipe = micro_recipe(data_clips=8, data_frames=5)
+    P.write_dataset(tmp_path, recipe)
+    sources = {s.path.name: s for s in find_sources(tmp_path)}
+    with_masks = [name for name, s in sources.items() if s.mask_folder is not None]
+    assert 0 < len(with_masks) < 8  # the clean-scene clips have no target to track
+    for i in range(8):
+        frames, masks = P.training_clip_with_masks(i, 5, 64, 64)
+        assert torch.equal(frames, P.training_clip(i, 5, 64, 64))
+        assert (masks is not None) == (f"clip_{i:06d}" in with_masks)
+        if masks is not None:  # the masks cover the target: the clip differs from its clean scene there
+            ds = ClipDataset(tmp_path / f"clip_{i:06d}", num_frames=5, resolution=(64, 64), crop_scale=(1, 1),
+                             keyframe_prob=1.0, track_mask_prob=1.0)
+            sample = ds.get(0, 0)
+            assert sample.track_masks and torch.equal(sample.masks, masks)
+    # a dataset written before masks existed (empty .done) gets them on the next run, with the same frames
+    clip = tmp_path / with_masks[0]
+    before = (clip / "0000.png").read_bytes()
+    import shutil
+    shutil.rmtree(clip / "masks")
+    (clip / ".done").write_text("")
+    P.write_dataset(tmp_path, recipe)
+    assert (clip / "masks").is_dir() and (clip / "0000.png").read_bytes() == before

@@ -365,6 +365,8 @@ def test_config_errors(tmp_path):
         parse_resolution("64")
     with pytest.raises(TrainConfigError, match="mixed_precision"):
         config_from_dict({"mixed_precision": "fp8"}).check()
+    with pytest.raises(TrainConfigError, match="track_mask_prob"):
+        config_from_dict({"track_mask_prob": -0.1}).check()
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     with pytest.raises(TrainConfigError, match="cannot parse"):
