@@ -16,7 +16,8 @@ Tasks
 
 Scoring (kfi_core.metrics.evaluate): PSNR and SSIM (whole frame and in-mask) over every frame except
 the keyframe (keyframe methods are given its hole); warping error and flicker delta in the mask over
-the whole clip; keyframe PSNR in the mask at the keyframe. Means over clips.
+the whole clip; keyframe PSNR in the mask at the keyframe; chroma gain in the mask (kfi_core.metrics.chroma_gain:
+how much of the truth's colour the output keeps, 1 all, 0 grey). Means over clips.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ REAL_SKIP = 30  # frames skipped at the start of each video (bigbuckbunny opens 
 METRIC_COLUMNS = (
     ("psnr", "PSNR"), ("psnr_mask", "PSNR mask"), ("ssim", "SSIM"), ("ssim_mask", "SSIM mask"),
     ("warping_error_mask", "warp err mask"), ("flicker_delta", "flicker delta"), ("keyframe_psnr", "keyframe PSNR"),
+    ("chroma_gain_mask", "chroma gain mask"),
 )
 PREVIEW_FRAMES = 2  # frames per preview image (the last ones, away from the keyframe)
 
@@ -202,7 +204,8 @@ def methods_for(task: str, model, adapter_model, args) -> list[tuple[str, callab
 
 
 def score(pred: torch.Tensor, c: dict) -> dict:
-    from kfi_core.metrics import evaluate
+    from kfi_core.errors import InputMismatchError
+    from kfi_core.metrics import chroma_gain, evaluate
 
     k = c["keyframe_index"]
     full = evaluate(pred, c["ground_truth"], c["masks"], keyframes={k: c["keyframe"]})
@@ -213,6 +216,11 @@ def score(pred: torch.Tensor, c: dict) -> dict:
     # mean squared error in the mask over the same frames (the "error" the summary compares)
     m = c["masks"][others].expand_as(pred[others]) > 0.5
     out["mse_mask"] = float(((pred[others] - c["ground_truth"][others]) ** 2)[m].mean()) if m.any() else None
+    # how much of the truth's colour the fill keeps (1 all, 0 grey); None where the truth is grey in the mask
+    try:
+        out["chroma_gain_mask"] = chroma_gain(pred[others], c["ground_truth"][others], c["masks"][others])
+    except InputMismatchError:
+        out["chroma_gain_mask"] = None
     return out
 
 
@@ -298,14 +306,16 @@ GAP_NOTES = {
     "flow warp": "exact pixels carried along optical flow: unbeatable on rigid pans at 64 px, where the latent model "
                  "loses detail to its VAE. A stronger VAE, or pasting warped known pixels into the condition, would close it",
     "mean fill": "each frame's mean known colour is right on average wherever the hole's surroundings are one colour; "
-                 "the model loses to it while its fill has the wrong colour or texture. Most of the wrong colour is the "
-                 "VAE's drift, which colour matching removes (the '+ colour match' rows); the rest needs more backbone "
-                 "and adapter training",
+                 "the model loses to it while its fill has the wrong colour or texture. The wrong colour is mostly its "
+                 "VAE's: it keeps little of any colour (the chroma gain column of its ceiling row; a flat red frame comes "
+                 "back dark grey), and colour matching (the '+ colour match' rows) restores only what an affine map of "
+                 "the fill can. A VAE that keeps colour, then more backbone and adapter training, would close it",
     "training-free": "the same backbone without the adapter, re-imposing the known latents at every step: they are "
                      "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
-                     "new condition channels of a backbone trained on stock conditioning. A second adapter recipe (more "
-                     "full masks and keyframes, batch 2) did not close it (README); a larger backbone and adapter "
-                     "training closer to the paper's 50k steps would be next",
+                     "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
+                     "(more full masks and keyframes; holes that follow the moving object, README) did not close it; a "
+                     "VAE that carries the keyframe's colour, a larger backbone and training closer to the paper's 50k "
+                     "steps would be next",
 }
 
 
@@ -338,6 +348,17 @@ def _edit_lines(edit, suffix: str) -> list[str]:
             f"KFI with the keyframe reaches {kf['psnr_mask']:.2f} dB in the mask against the edited ground truth.",
             f"  - against KFI without the keyframe: {_compare(kf, nokf)}.",
             f"  - against the training-free mode with the keyframe: {_compare(kf, free)}."]
+
+
+def _colour_line(edit) -> list[str]:
+    """The edit's new colour has to pass the VAE: how much of it its own reconstruction keeps, beside KFI's."""
+    ceiling, kf = _row(edit, "VAE ceiling (reference)"), _row(edit, "KFI adapter, keyframe")
+    if ceiling is None or ceiling.get("chroma_gain_mask") is None or kf.get("chroma_gain_mask") is None:
+        return []
+    return [f"- **Colour through the VAE**: its own reconstruction of the edited ground truth keeps "
+            f"{ceiling['chroma_gain_mask']:.2f} of the colour in the mask (chroma gain: 1 all, 0 grey); KFI with the "
+            f"keyframe {kf['chroma_gain_mask']:.2f}. An edit's new colour cannot come through a VAE that drops it, "
+            "whatever the adapter learns (README, 'Demo model')."]
 
 
 def _removal_lines(removal, suffix: str, losses: dict[str, None]) -> list[str]:
@@ -377,6 +398,7 @@ def summary(results: dict[str, list], difficulty: str) -> str:
     if edit and _row(edit, "KFI adapter, keyframe"):
         for suffix in _variants(edit):
             lines += _edit_lines(edit, suffix)
+        lines += _colour_line(edit)
     if removal and _row(removal, "KFI adapter, no keyframe"):
         losses: dict[str, None] = {}  # ordered set of the baselines KFI loses to in any variant
         for suffix in _variants(removal):

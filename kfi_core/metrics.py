@@ -421,6 +421,30 @@ def flicker_delta(pred: Any, gt: Any, mask: Any = None) -> float:
     return temporal_flicker(p, m) - temporal_flicker(g, m)
 
 
+# --------------------------------------------------------------------------- colour
+
+
+def chroma_gain(pred: Any, ref: Any, mask: Any = None) -> float:
+    """How much of ``ref``'s colour ``pred`` keeps: the least-squares slope of pred's chroma on ref's.
+
+    Chroma is a pixel's RGB minus its grey (the mean of its three channels). ``sum <c_pred, c_ref> /
+    sum |c_ref|^2`` over all pixels, or with ``mask`` over the mask pixels: 1 when the colours are kept,
+    0 when pred is grey (or its colours are unrelated to ref's), 0.5 when they are half as saturated.
+    Brightness does not enter. Raises when ref has no colour there (a grey reference says nothing).
+    """
+    p, g, m = check_inputs(pred, ref, mask, {"gt": "ref"})
+    cp, cg = p - p.mean(axis=1, keepdims=True), g - g.mean(axis=1, keepdims=True)
+    if m is not None:
+        keep = np.broadcast_to(m, cg.shape)
+        cp, cg = cp[keep], cg[keep]
+    energy = float((cg * cg).sum())
+    if energy <= 1e-12:
+        raise InputMismatchError(
+            "ref: has no colour (every pixel grey) where chroma gain is measured, so the gain is undefined. "
+            "Measure it on coloured content.")
+    return float((cp * cg).sum() / energy)
+
+
 # --------------------------------------------------------------------------- keyframes
 
 

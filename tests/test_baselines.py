@@ -143,3 +143,19 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     assert "Edit propagation" in summary and "against KFI without the keyframe" in summary
     assert "mean-colour fill" in summary and "ceiling" in summary
     assert "raw model output" in summary and "with colour matching" in summary
+    assert "| chroma gain mask | s/clip |" in text
+    assert "Colour through the VAE" in summary  # the measured chroma gain of the ceiling beside KFI's
+
+
+def test_vae_colour_bench_probes_and_trains(tmp_path):
+    """bench/vae_colour.py (the README's VAE colour numbers) runs: a probe of the shipped VAE and a short fit."""
+    script = str(ROOT / "bench" / "vae_colour.py")
+    probe = subprocess.run([sys.executable, script, "--probe", str(ROOT / "kfi_core/assets/demo_model/vae"),
+                            "--frames", "2"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.stdout.count("flat (") == 5 and "channels permuted (GBR)" in probe.stdout
+    fit = subprocess.run([sys.executable, script, "--widths", "32,32", "--steps", "2", "--size", "16",
+                          "--ref-bias", "1", "--pooled-weight", "1"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "step 2: flat-colour error" in fit.stdout and "held-out PSNR" in fit.stdout

@@ -346,3 +346,27 @@ def test_cli_eval_mismatch_is_a_clear_error_with_exit_code_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"--pred {tmp_path / 'pred'} has 4 frames but --gt {tmp_path / 'gt'} has 6" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_chroma_gain_is_one_for_kept_colours_zero_for_grey_and_the_slope_between():
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(0.2, 0.8, size=(2, 3, 8, 8))
+    grey = np.repeat(ref.mean(axis=1, keepdims=True), 3, axis=1)
+    half = grey + 0.5 * (ref - grey)
+    assert metrics.chroma_gain(ref, ref) == pytest.approx(1.0)
+    assert metrics.chroma_gain(grey, ref) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.chroma_gain(half, ref) == pytest.approx(0.5)
+    # brightness does not enter: a brighter copy keeps every colour
+    assert metrics.chroma_gain(np.clip(ref + 0.1, 0, 1), ref) == pytest.approx(1.0)
+    # the mask selects the region: grey inside, exact outside
+    mask = np.zeros((2, 1, 8, 8))
+    mask[:, :, 2:5, 2:6] = 1
+    mixed = np.where(mask > 0, grey, ref)
+    assert metrics.chroma_gain(mixed, ref, mask) == pytest.approx(0.0, abs=1e-12)
+    assert 0.0 < metrics.chroma_gain(mixed, ref) < 1.0
+
+
+def test_chroma_gain_of_a_grey_reference_is_a_clear_error():
+    grey = np.full((1, 3, 4, 4), 0.5)
+    with pytest.raises(InputMismatchError, match="ref: has no colour"):
+        metrics.chroma_gain(grey, grey)
