@@ -29,11 +29,22 @@ def micro_recipe(**changes) -> P.DemoRecipe:
     return P.recipe_from_dict(data)
 
 
-def test_committed_recipe_loads():
-    recipe = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+@pytest.mark.parametrize("name", ["recipe.json", "recipe-track-masks.json"])
+def test_committed_recipes_load(name):
+    recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
     config = P.adapter_config(recipe, ROOT / "m", ROOT / "d", ROOT / "nonexistent-out")
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
+    # the shipped recipe draws no track masks; the third adapter try draws them for 70 % of keyframe samples
+    assert config.track_mask_prob == (0.7 if "track" in name else 0.0)
+
+
+def test_the_track_mask_recipe_shares_the_shipped_vae_and_backbone():
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    track = P.load_recipe(ROOT / "configs" / "demo" / "recipe-track-masks.json")
+    for phase in ("vae", "backbone"):  # so a finished run's backbone/ can be reused for its adapter phase
+        assert P._fingerprint(shipped, phase) == P._fingerprint(track, phase)
+        assert getattr(shipped, phase) == getattr(track, phase)
 
 
 @pytest.mark.parametrize("change, words", [
