@@ -80,6 +80,7 @@ class PhaseConfig:
     kl_weight: float = 1e-6
     l1_weight: float = 1.0
     mse_weight: float = 1.0
+    chroma_weight: float = 0.0  # extra MSE on chroma (RGB minus its grey): see :func:`chroma_mse`
     # backbone only
     p_mean: float = -0.5
     p_std: float = 1.4
@@ -392,6 +393,16 @@ def new_components(recipe: DemoRecipe) -> dict:
     return build_tiny_components(num_frames=recipe.num_frames, seed=recipe.seed, vae_config=recipe.vae_config)
 
 
+def chroma_mse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between the chroma of two ``[N, 3, H, W]`` images (each pixel's RGB minus the mean of its channels).
+
+    A VAE trained on L1 + MSE alone learns brightness first (most of the pixel variance) and, on a few
+    thousand CPU steps, can stall there: the demo's first VAE decoded every colour as grey. This term puts
+    the colour error's gradient back at a weight the recipe chooses (``chroma_weight``).
+    """
+    return (((recon - recon.mean(1, keepdim=True)) - (target - target.mean(1, keepdim=True))) ** 2).mean()
+
+
 def vae_loss(vae, clips: torch.Tensor, generator: torch.Generator, phase: PhaseConfig) -> tuple[torch.Tensor, dict]:
     """Reconstruction of clips [B, F, 3, H, W] in 0..1 through the temporal decoder (+ tiny KL)."""
     b, f = clips.shape[:2]
@@ -403,6 +414,8 @@ def vae_loss(vae, clips: torch.Tensor, generator: torch.Generator, phase: PhaseC
     mse = ((recon - pixels) ** 2).mean()
     kl = posterior.kl().mean() / pixels[0].numel()
     loss = phase.l1_weight * l1 + phase.mse_weight * mse + phase.kl_weight * kl
+    if phase.chroma_weight:
+        loss = loss + phase.chroma_weight * chroma_mse(recon, pixels)
     psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))  # range 2 (-1..1)
     return loss, {"psnr": psnr}
 

@@ -29,7 +29,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
     return P.recipe_from_dict(data)
 
 
-@pytest.mark.parametrize("name", ["recipe.json", "recipe-track-masks.json"])
+@pytest.mark.parametrize("name", ["recipe.json", "recipe-track-masks.json", "recipe-chroma.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -37,6 +37,35 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the shipped recipe draws no track masks; the third adapter try draws them for 70 % of keyframe samples
     assert config.track_mask_prob == (0.7 if "track" in name else 0.0)
+    # the chroma recipe weights the VAE's colour error; the others train on L1 + MSE alone
+    assert (recipe.vae.chroma_weight > 0) == ("chroma" in name)
+
+
+def test_chroma_mse_sees_colour_not_brightness():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    grey_shift = x + torch.rand(2, 1, 8, 8)  # the same chroma, other brightness
+    assert float(P.chroma_mse(grey_shift, x)) < 1e-12
+    # analytic: a pure chroma offset (+d, -d, 0) has chroma error (d^2 + d^2 + 0) / 3 per pixel
+    d = 0.3
+    shifted = x + torch.tensor([d, -d, 0.0]).view(1, 3, 1, 1)
+    assert float(P.chroma_mse(shifted, x)) == pytest.approx(2 * d * d / 3, rel=1e-5)
+
+
+def test_vae_loss_adds_the_weighted_chroma_term(tiny_components):
+    vae = tiny_components["vae"]
+    clips = torch.rand(1, 2, 3, 64, 64)
+    plain = P.PhaseConfig()
+    weighted = P.PhaseConfig(chroma_weight=5.0)
+    a, _ = P.vae_loss(vae, clips, torch.Generator().manual_seed(0), plain)
+    b, _ = P.vae_loss(vae, clips, torch.Generator().manual_seed(0), weighted)
+    pixels = clips.flatten(0, 1) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode(pixels).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(0))
+        term = P.chroma_mse(vae.decode(z, num_frames=2).sample, pixels)
+    assert float(term) > 0
+    assert float((b - a).detach()) == pytest.approx(5.0 * float(term), rel=1e-4)
 
 
 def test_the_track_mask_recipe_shares_the_shipped_vae_and_backbone():
