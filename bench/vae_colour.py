@@ -10,7 +10,8 @@ and held-out procedural clips and prints what comes back. A training run fits a 
 training clips, every other step a flat random colour with faint noise, with the demo recipe's loss (L1 + MSE,
 tiny KL, plus ``--chroma-weight`` times kfi_core.pretrain.chroma_mse); four times it prints the mean absolute
 error of decoded flat colours (0..1), the PSNR of held-out crops and their chroma gain (kfi_core.metrics: 1 =
-colours kept, 0 = grey). ``--ref-bias`` adds a constant to half of the first convs' output channels (a reference channel in each
+colours kept, 0 = grey). ``--no-flat`` leaves the flat colours out, as the recipe's VAE phase does.
+``--ref-bias`` adds a constant to half of the first convs' output channels (a reference channel in each
 GroupNorm group); ``--pooled-weight`` adds an MSE term on 8x8-pooled colours. A benchmark, not a test: nothing
 here asserts a number.
 """

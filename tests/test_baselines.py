@@ -155,7 +155,8 @@ def test_vae_colour_bench_probes_and_trains(tmp_path):
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert probe.stdout.count("flat (") == 5 and "channels permuted (GBR)" in probe.stdout
     fit = subprocess.run([sys.executable, script, "--widths", "32,32", "--steps", "2", "--size", "16",
-                          "--ref-bias", "1", "--pooled-weight", "1", "--chroma-weight", "2"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=300)
+                          "--ref-bias", "1", "--pooled-weight", "1", "--chroma-weight", "2"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "step 2: flat-colour error" in fit.stdout and "held-out PSNR" in fit.stdout and "chroma gain" in fit.stdout
+    assert "step 2: flat-colour error" in fit.stdout and "held-out PSNR" in fit.stdout
+    assert "chroma gain" in fit.stdout

@@ -62,7 +62,8 @@ def test_vae_loss_adds_the_weighted_chroma_term(tiny_components):
     pixels = clips.flatten(0, 1) * 2 - 1
     with torch.no_grad():
         posterior = vae.encode(pixels).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(0))
+        noise = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(0))
+        z = posterior.mean + posterior.std * noise
         term = P.chroma_mse(vae.decode(z, num_frames=2).sample, pixels)
     assert float(term) > 0
     assert float((b - a).detach()) == pytest.approx(5.0 * float(term), rel=1e-4)
