@@ -10,6 +10,8 @@ masked like the others. Printed per sigma: the in-mask latent MSE of D(x_t) agai
 non-keyframe frames, for both, and their ratio (without / with). A ratio near 1 means the adapter
 ignores the keyframe; well above 1 means it carries what the keyframe shows into the hole. This is the
 cheap proxy the sampler's in-mask PSNR follows (bench/results.py measures that, minutes per clip).
+A last line gives the error of the keyframe's latent pasted in place into every frame (no motion): a
+reference for how much copying alone could win.
 
 Tasks: ``edit`` (the target's appearance swapped in the keyframe and in the ground truth) and ``copy``
 (the removal scene's frames with the target, the hole on the target: only the keyframe shows it).
@@ -88,6 +90,18 @@ def probe_clip(model, clip_frames, masks, truth, keyframe, kf: int, sigmas, seed
     return out
 
 
+def paste_error(model, truth, masks, keyframe, kf: int) -> float:
+    """In-mask latent MSE (non-keyframe frames) of the keyframe's latent pasted into every frame: what a
+    denoiser that copies the keyframe in place, with no motion, would score at any sigma."""
+    scaling = float(model.vae.config.scaling_factor)
+    x0 = encode_frames(model.vae, truth * 2.0 - 1.0, 8).float() * scaling
+    key = encode_frames(model.vae, keyframe[None] * 2.0 - 1.0, 8).float() * scaling
+    lmask = latent_masks(masks, model.vae_scale_factor)[0]
+    keep = [t for t in range(x0.shape[0]) if t != kf]
+    err = ((key - x0) ** 2 * lmask)[keep].sum() / (lmask[keep].sum() * x0.shape[1]).clamp_min(1.0)
+    return float(err)
+
+
 @torch.no_grad()
 def main(argv=None) -> int:
     from kfi_core.loading import load_kfi_model
@@ -104,6 +118,7 @@ def main(argv=None) -> int:
         model = load_kfi_model(args.model, adapter=args.adapter or str(Path(args.model) / "adapter.safetensors"))
     sigmas = [float(s) for s in args.sigmas.split(",")]
     totals = {s: [0.0, 0.0] for s in sigmas}
+    pasted = 0.0
     for i in range(args.clips):
         seed = EVAL_SEED_BASE + i
         task = "edit" if args.task == "edit" else "removal"
@@ -122,11 +137,14 @@ def main(argv=None) -> int:
         for s, (w, wo) in probe_clip(model, frames, clip.masks, truth, keyframe, kf, sigmas, seed).items():
             totals[s][0] += w / args.clips
             totals[s][1] += wo / args.clips
-    print(f"{args.task} ({'static' if args.static else args.difficulty}, {args.clips} clips), in-mask latent MSE of D(x_t) vs x0")
+        pasted += paste_error(model, truth, clip.masks, keyframe, kf) / args.clips
+    scene = "static" if args.static else args.difficulty
+    print(f"{args.task} ({scene}, {args.clips} clips), in-mask latent MSE of D(x_t) vs x0")
     print(f"{'sigma':>7} {'with kf':>9} {'without':>9} {'ratio':>7}")
     for s in sigmas:
         w, wo = totals[s]
         print(f"{s:7.2f} {w:9.4f} {wo:9.4f} {wo / max(w, 1e-12):7.3f}")
+    print(f"keyframe latent pasted in place (any sigma): {pasted:.4f}")
     return 0
 
 

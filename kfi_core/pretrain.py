@@ -87,6 +87,8 @@ class PhaseConfig:
     noise_aug_mean: float = -3.0
     noise_aug_std: float = 0.5
     cond_dropout_prob: float = 0.1
+    # the image latent on frame 0 only (zeros on the others) for this fraction of samples: see backbone_inputs
+    first_frame_only_prob: float = 0.0
     fps: int = 7
     motion_bucket_id: int = 127
     train_image_encoder: bool = True
@@ -122,6 +124,9 @@ class DemoRecipe:
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
                 raise TrainConfigError(f"{name}: steps >= 0, batch_size >= 1, lr > 0 and checkpoint_every >= 1 "
                                        f"are needed; got {dataclasses.asdict(phase)}.")
+            for prob in ("cond_dropout_prob", "first_frame_only_prob"):
+                if not 0.0 <= getattr(phase, prob) <= 1.0:
+                    raise TrainConfigError(f"{name}.{prob}: got {getattr(phase, prob)}; give a probability from 0 to 1.")
         return self
 
 
@@ -485,7 +490,12 @@ def clip_embedding(image_encoder, feature_extractor, images: torch.Tensor) -> to
 
 
 def backbone_inputs(vae, clips: torch.Tensor, phase: PhaseConfig, generator: torch.Generator) -> dict:
-    """Stock SVD img2vid training inputs for clips [B, F, 3, H, W] (no gradients; the VAE is frozen)."""
+    """Stock SVD img2vid training inputs for clips [B, F, 3, H, W] (no gradients; the VAE is frozen).
+
+    With ``phase.first_frame_only_prob`` > 0 that fraction of samples gets the first frame's latent on frame 0
+    alone (zeros elsewhere) instead of on every frame, so the temporal layers must carry its appearance to the
+    other frames: what KFI asks of them, where a keyframe's latent sits on its own frame only.
+    """
     from .denoiser import scale_model_input, sigma_to_timestep
 
     b, f = clips.shape[:2]
@@ -499,6 +509,11 @@ def backbone_inputs(vae, clips: torch.Tensor, phase: PhaseConfig, generator: tor
         cond = vae.encode(first).latent_dist.mode()[:, None].expand(-1, f, -1, -1, -1)  # not scaled, as SVD
         keep = (torch.rand(b, generator=generator) >= phase.cond_dropout_prob).float()
         cond = cond * keep.reshape(b, 1, 1, 1, 1)
+        if phase.first_frame_only_prob > 0:  # drawn only then, so older recipes see the same numbers
+            only = torch.rand(b, generator=generator) < phase.first_frame_only_prob
+            frames = torch.ones(b, f, 1, 1, 1)
+            frames[only, 1:] = 0.0
+            cond = cond * frames
         sigma = torch.exp(phase.p_mean + phase.p_std * torch.randn(b, generator=generator))
         x_t = x0 + sigma.reshape(b, 1, 1, 1, 1) * torch.randn(x0.shape, generator=generator)
         model_in = torch.cat([scale_model_input(x_t, sigma.reshape(b, 1, 1, 1, 1)), cond], dim=2)

@@ -160,3 +160,13 @@ def test_vae_colour_bench_probes_and_trains(tmp_path):
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "step 2: flat-colour error" in fit.stdout and "held-out PSNR" in fit.stdout
     assert "chroma gain" in fit.stdout
+
+
+def test_edit_summary_calls_only_a_clear_margin_a_carried_edit():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import CLEAR_GAIN_DB, edit_verdict
+
+    assert edit_verdict(14.0, 13.0, 13.2) == "carries the edit"
+    assert edit_verdict(14.0, 13.9, 13.2).startswith("does NOT yet carry the edit: ahead of both, by less than")
+    assert edit_verdict(14.0, 14.1, 13.0) == "does NOT yet carry the edit"
+    assert edit_verdict(14.0, 14.0 - CLEAR_GAIN_DB, 14.0 - CLEAR_GAIN_DB) == "carries the edit"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 import sys
@@ -29,14 +31,18 @@ def micro_recipe(**changes) -> P.DemoRecipe:
     return P.recipe_from_dict(data)
 
 
-@pytest.mark.parametrize("name", ["recipe.json", "recipe-track-masks.json", "recipe-chroma.json"])
+@pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
+                                  "recipe-chroma.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
     config = P.adapter_config(recipe, ROOT / "m", ROOT / "d", ROOT / "nonexistent-out")
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
-    # the shipped recipe draws no track masks; the third adapter try draws them for 70 % of keyframe samples
-    assert config.track_mask_prob == (0.7 if "track" in name else 0.0)
+    # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
+    # 70 % of keyframe samples
+    assert config.track_mask_prob == (0.7 if name in ("recipe.json", "recipe-track-masks.json") else 0.0)
+    # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
+    assert recipe.backbone.first_frame_only_prob == (0.5 if name == "recipe.json" else 0.0)
     # the chroma recipe weights the VAE's colour error; the others train on L1 + MSE alone
     assert (recipe.vae.chroma_weight > 0) == ("chroma" in name)
 
@@ -69,8 +75,8 @@ def test_vae_loss_adds_the_weighted_chroma_term(tiny_components):
     assert float((b - a).detach()) == pytest.approx(5.0 * float(term), rel=1e-4)
 
 
-def test_the_track_mask_recipe_shares_the_shipped_vae_and_backbone():
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+def test_the_track_mask_recipe_shares_the_stock_vae_and_backbone():
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-stock.json")
     track = P.load_recipe(ROOT / "configs" / "demo" / "recipe-track-masks.json")
     for phase in ("vae", "backbone"):  # so a finished run's backbone/ can be reused for its adapter phase
         assert P._fingerprint(shipped, phase) == P._fingerprint(track, phase)
@@ -83,6 +89,7 @@ def test_the_track_mask_recipe_shares_the_shipped_vae_and_backbone():
     ({"data_clips": P.EVAL_SEED_BASE}, "held out"),
     ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
     ({"num_frames": 9}, "num_frames"),
+    ({"backbone": {"steps": 1, "first_frame_only_prob": 1.5}}, "backbone.first_frame_only_prob"),
 ])
 def test_recipe_errors_name_the_problem(change, words):
     with pytest.raises(TrainConfigError, match=words):
@@ -144,6 +151,27 @@ def test_clip_embedding_matches_the_stock_encoder_and_trains(tiny_components):
     emb.sum().backward()
     assert enc.visual_projection.weight.grad is not None
     enc.zero_grad(set_to_none=True)
+
+
+def test_the_shipped_recipe_keeps_the_stock_vae():
+    """The shipped VAE was trained by recipe-stock.json; the shipped recipe differs in the backbone's
+    first_frame_only_prob (and the adapter), not in the VAE phase."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-stock.json")
+    temporal = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    assert P._fingerprint(shipped, "vae") == P._fingerprint(temporal, "vae") and shipped.vae == temporal.vae
+    assert dataclasses.replace(temporal.backbone, first_frame_only_prob=0.0) == shipped.backbone
+
+
+def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_components):
+    vae = tiny_components["vae"]
+    clips = P.training_batch(0, 1, 0, 3, 4, 64, 64)
+    stock = P.backbone_inputs(vae, clips, P.PhaseConfig(cond_dropout_prob=0.0), P.step_generator(0, 1, 0))
+    only = P.backbone_inputs(vae, clips, P.PhaseConfig(cond_dropout_prob=0.0, first_frame_only_prob=1.0),
+                             P.step_generator(0, 1, 0))
+    cond, cond_stock = only["model_in"][:, :, 4:], stock["model_in"][:, :, 4:]
+    # the same draws up to the condition: frame 0 carries the stock latent, the others nothing
+    torch.testing.assert_close(cond[:, 0], cond_stock[:, 0])
+    assert cond[:, 0].abs().sum() > 0 and cond[:, 1:].abs().sum() == 0
 
 
 def test_backbone_inputs_follow_stock_svd_conditioning(tiny_components):
