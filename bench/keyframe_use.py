@@ -32,11 +32,11 @@ import torch  # noqa: E402
 from kfi_core.condition import encode_frames, encode_symmetric, first_frame_for_embedding, prepare_clip  # noqa: E402
 from kfi_core.denoiser import denoised_from_v, scale_model_input, sigma_to_timestep  # noqa: E402
 from kfi_core.procedural import EVAL_SEED_BASE, ProceduralConfig, make_procedural_clip  # noqa: E402
-from kfi_core.propagate import latent_masks  # noqa: E402
+from kfi_core.propagate import PropagateSettings, latent_masks  # noqa: E402
 from kfi_core.svd_stock import encode_image_clip  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "kfi_core" / "assets" / "demo_model"
-NOISE_AUG = 0.02  # the sampler's default condition noise augmentation
+SETTINGS = PropagateSettings()  # the sampler's defaults: condition noise augmentation, fps, motion bucket
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,25 +56,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _latents(model, pixels: torch.Tensor) -> torch.Tensor:
+    """[F, 3, H, W] in 0..1 -> scaled latents [F, 4, h, w], as the sampler's x0."""
+    return encode_frames(model.vae, pixels * 2.0 - 1.0, 8).float() * float(model.vae.config.scaling_factor)
+
+
+def _hole_mse(pred: torch.Tensor, x0: torch.Tensor, lmask: torch.Tensor, kf: int) -> float:
+    """Latent MSE inside the latent mask [F, 1, h, w], over every frame but the keyframe ``kf``."""
+    keep = [t for t in range(x0.shape[0]) if t != kf]
+    err = ((pred - x0) ** 2 * lmask)[keep].sum() / (lmask[keep].sum() * x0.shape[1]).clamp_min(1.0)
+    return float(err)
+
+
 def probe_clip(model, clip_frames, masks, truth, keyframe, kf: int, sigmas, seed: int) -> dict[float, tuple]:
     """{sigma: (mse with keyframe, mse without)} for one clip."""
-    scaling = float(model.vae.config.scaling_factor)
-    gen = torch.Generator().manual_seed(seed)
-    x0 = encode_frames(model.vae, truth * 2.0 - 1.0, 8).float() * scaling  # [F, 4, h, w]
-    noise = torch.randn(x0.shape, generator=gen)
+    x0 = _latents(model, truth)  # [F, 4, h, w]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     cases = {
         "with": prepare_clip(clip_frames, masks, keyframes=keyframe[None], keyframe_indices=[kf]),
         "without": prepare_clip(clip_frames, masks),
     }
     conds, embs = {}, {}
     for name, clip in cases.items():
-        conds[name] = encode_symmetric(model.vae, clip, noise_aug_strength=NOISE_AUG,
+        conds[name] = encode_symmetric(model.vae, clip, noise_aug_strength=SETTINGS.noise_aug_strength,
                                        generator=torch.Generator().manual_seed(seed + 1))
         embs[name] = encode_image_clip(model.image_encoder, model.feature_extractor,
                                        first_frame_for_embedding(clip)[None].float())
     lmask = latent_masks(masks, model.vae_scale_factor)[0]  # [F, 1, h, w]
-    keep = [t for t in range(x0.shape[0]) if t != kf]
-    ids = torch.tensor([[6.0, 127.0, NOISE_AUG]])
+    ids = torch.tensor([[SETTINGS.fps - 1, SETTINGS.motion_bucket_id, SETTINGS.noise_aug_strength]],
+                       dtype=torch.float32)
     out = {}
     for sigma in sigmas:
         x_t = (x0 + sigma * noise)[None]
@@ -83,9 +93,7 @@ def probe_clip(model, clip_frames, masks, truth, keyframe, kf: int, sigmas, seed
             model_in = torch.cat([scale_model_input(x_t, sigma), conds[name]], dim=2)
             v = model.unet(model_in, sigma_to_timestep(torch.tensor([sigma])), encoder_hidden_states=embs[name],
                            added_time_ids=ids, return_dict=False)[0]
-            d = denoised_from_v(v, x_t, sigma)[0]
-            err = ((d - x0) ** 2 * lmask)[keep].sum() / (lmask[keep].sum() * x0.shape[1]).clamp_min(1.0)
-            mse[name] = float(err)
+            mse[name] = _hole_mse(denoised_from_v(v, x_t, sigma)[0], x0, lmask, kf)
         out[sigma] = (mse["with"], mse["without"])
     return out
 
@@ -93,13 +101,8 @@ def probe_clip(model, clip_frames, masks, truth, keyframe, kf: int, sigmas, seed
 def paste_error(model, truth, masks, keyframe, kf: int) -> float:
     """In-mask latent MSE (non-keyframe frames) of the keyframe's latent pasted into every frame: what a
     denoiser that copies the keyframe in place, with no motion, would score at any sigma."""
-    scaling = float(model.vae.config.scaling_factor)
-    x0 = encode_frames(model.vae, truth * 2.0 - 1.0, 8).float() * scaling
-    key = encode_frames(model.vae, keyframe[None] * 2.0 - 1.0, 8).float() * scaling
-    lmask = latent_masks(masks, model.vae_scale_factor)[0]
-    keep = [t for t in range(x0.shape[0]) if t != kf]
-    err = ((key - x0) ** 2 * lmask)[keep].sum() / (lmask[keep].sum() * x0.shape[1]).clamp_min(1.0)
-    return float(err)
+    return _hole_mse(_latents(model, keyframe[None]), _latents(model, truth),
+                     latent_masks(masks, model.vae_scale_factor)[0], kf)
 
 
 @torch.no_grad()
