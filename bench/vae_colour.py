@@ -2,18 +2,22 @@
 
     .venv/bin/python bench/vae_colour.py --probe kfi_core/assets/demo_model/vae
     .venv/bin/python bench/vae_colour.py --widths 64,64,64 --steps 400 [--lr 2e-3] [--ref-bias 10]
-        [--pooled-weight 10] [--chroma-weight 4] [--flat-only] [--batch 4] [--deterministic]
+        [--pooled-weight 10] [--chroma-weight 4] [--norm-ref 10] [--anchor-weight 10] [--flat-only]
+        [--batch 4] [--deterministic]
 
 The numbers behind the README's "Why the keyframe cannot help yet" paragraph. A probe decodes flat colours
-and held-out procedural clips and prints what comes back. A training run fits a fresh
+and held-out procedural clips and prints what comes back, then how much colour the latent itself holds (a
+linear probe from latents to pooled colours: the encoder's share of the loss). A training run fits a fresh
 ``AutoencoderKLTemporalDecoder`` (kfi_core.tiny shapes, the given widths) on 4-frame 32x32 crops of procedural
 training clips, every other step a flat random colour with faint noise, with the demo recipe's loss (L1 + MSE,
 tiny KL, plus ``--chroma-weight`` times kfi_core.pretrain.chroma_mse); four times it prints the mean absolute
 error of decoded flat colours (0..1), the PSNR of held-out crops and their chroma gain (kfi_core.metrics: 1 =
 colours kept, 0 = grey). ``--no-flat`` leaves the flat colours out, as the recipe's VAE phase does.
 ``--ref-bias`` adds a constant to half of the first convs' output channels (a reference channel in each
-GroupNorm group); ``--pooled-weight`` adds an MSE term on 8x8-pooled colours. A benchmark, not a test: nothing
-here asserts a number.
+GroupNorm group); ``--norm-ref`` does so before the encoder's and decoder's last GroupNorms instead
+(kfi_core.pretrain.add_norm_reference); ``--anchor-weight`` pulls the latent toward the pooled colours
+(kfi_core.pretrain.colour_anchor_mse); ``--pooled-weight`` adds an MSE term on 8x8-pooled colours.
+A benchmark, not a test: nothing here asserts a number.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ref-bias", type=float, default=0.0)
     p.add_argument("--pooled-weight", type=float, default=0.0)
     p.add_argument("--chroma-weight", type=float, default=0.0, help="the VAE phase's chroma_weight")
+    p.add_argument("--norm-ref", type=float, default=0.0,
+                   help="add this to every other channel feeding the encoder's and decoder's last GroupNorm")
+    p.add_argument("--anchor-weight", type=float, default=0.0, help="the VAE phase's anchor_weight")
     p.add_argument("--no-flat", action="store_true", help="train on procedural crops only (as the recipe does)")
     p.add_argument("--deterministic", action="store_true", help="decode the posterior mean, no sampling noise")
     p.add_argument("--flat-only", action="store_true", help="train on flat colours only")
@@ -91,6 +98,36 @@ def held_out(vae, frames: int, size: int) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def latent_colour_r2(vae, frames: int, train_seeds=range(40), test_seeds=range(100, 110)) -> tuple[list, list]:
+    """How much colour the latent holds, whatever the decoder makes of it: a least-squares map from each
+    latent cell's 3x3 neighbourhood to the 4x4-pooled pixels below it is fitted on training clips and scored on
+    others. Returns (held-out R^2 of the pooled chroma, of the pooled RGB), per channel; R^2 near 0 for chroma
+    means no decoder can bring the colour back."""
+    from kfi_core.pretrain import training_clip
+
+    def cells(seeds):
+        xs, chroma, rgb = [], [], []
+        for seed in seeds:
+            x = training_clip(seed, frames, 64, 64) * 2 - 1
+            z = vae.encode(x).latent_dist.mode()
+            xs.append(torch.nn.functional.unfold(z, 3, padding=1).transpose(1, 2).flatten(0, 1))
+            pooled = torch.nn.functional.adaptive_avg_pool2d(x, z.shape[-2:]).flatten(2).transpose(1, 2).flatten(0, 1)
+            rgb.append(pooled)
+            chroma.append(pooled - pooled.mean(1, keepdim=True))
+        xs = torch.cat(xs)
+        return torch.cat([xs, torch.ones(len(xs), 1)], 1), torch.cat(chroma), torch.cat(rgb)
+
+    train_x, *train_y = cells(train_seeds)
+    test_x, *test_y = cells(test_seeds)
+    scores = []
+    for y, yt in zip(train_y, test_y):
+        w = torch.linalg.lstsq(train_x, y).solution
+        r2 = 1 - ((test_x @ w - yt) ** 2).sum(0) / ((yt - yt.mean(0)) ** 2).sum(0)
+        scores.append([round(float(v), 3) for v in r2])
+    return scores[0], scores[1]
+
+
+@torch.no_grad()
 def probe(path: str, frames: int) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
@@ -109,12 +146,14 @@ def probe(path: str, frames: int) -> None:
             means = ", ".join(f"{float(v):.2f}" for v in x.mean((0, 2, 3)))
             got = ", ".join(f"{float(v):.2f}" for v in out.mean((0, 2, 3)))
             print(f"clip {i} {name}: PSNR {psnr:.2f} dB, mean colour ({means}) -> ({got})")
+    chroma, rgb = latent_colour_r2(vae, frames)
+    print(f"latent -> pooled colour, linear, held-out R^2 per channel: chroma {chroma}, RGB {rgb}")
 
 
 def train(args) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from kfi_core.pretrain import chroma_mse
+    from kfi_core.pretrain import add_norm_reference, chroma_mse, colour_anchor_mse
     from kfi_core.tiny import TINY_VAE_CONFIG
 
     torch.manual_seed(0)
@@ -127,6 +166,8 @@ def train(args) -> None:
         if args.ref_bias:
             vae.encoder.conv_in.bias[::2] += args.ref_bias
             vae.decoder.conv_in.bias[::2] += args.ref_bias
+        if args.norm_ref:
+            add_norm_reference(vae, args.norm_ref)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(1)
     f, s = args.frames, args.size
@@ -148,6 +189,8 @@ def train(args) -> None:
         loss = (r - x).abs().mean() + ((r - x) ** 2).mean() + 1e-6 * posterior.kl().mean() / x[0].numel()
         if args.chroma_weight:
             loss = loss + args.chroma_weight * chroma_mse(r, x)
+        if args.anchor_weight:
+            loss = loss + args.anchor_weight * colour_anchor_mse(posterior.mean, x)
         if args.pooled_weight:
             pool = torch.nn.functional.avg_pool2d
             loss = loss + args.pooled_weight * ((pool(r, 8) - pool(x, 8)) ** 2).mean()

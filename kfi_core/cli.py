@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly (checkpoint saved) after this many minutes; run again to resume")
     p.add_argument("--phase", action="append", default=[], metavar="NAME",
-                   help="run only these phases (repeatable); default all: data vae backbone adapter package")
+                   help="run only these phases (repeatable); default all: data vae decoder backbone adapter package")
     p.set_defaults(func=_cmd_train_demo)
 
     return parser

@@ -50,13 +50,13 @@ from .procedural import EVAL_SEED_BASE
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("data", "vae", "backbone", "adapter", "package")
+PHASES = ("data", "vae", "decoder", "backbone", "adapter", "package")
 # Training steps draw procedural seeds below TRAIN_SEED_LIMIT; the seeds from there up to EVAL_SEED_BASE are the
 # VAE's validation clips and latent-statistics clips; EVAL_SEED_BASE and above are held out for docs/RESULTS.md.
 TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
-_DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM = 11, 12, 13
+_DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM = 11, 12, 13, 14
 
 
 # --------------------------------------------------------------------------- recipe
@@ -81,6 +81,10 @@ class PhaseConfig:
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     chroma_weight: float = 0.0  # extra MSE on chroma (RGB minus its grey): see :func:`chroma_mse`
+    anchor_weight: float = 0.0  # latent channels 0-2 pulled toward the pooled RGB: see :func:`colour_anchor_mse`
+    norm_reference: float = 0.0  # initialisation shift before the last GroupNorms: see :func:`add_norm_reference`
+    crop_size: int = 0  # train on random square crops of this size (0 = whole frames): see :func:`random_crops`
+    crop_frames: int = 0  # ... and this many consecutive frames (0 = all)
     # backbone only
     p_mean: float = -0.5
     p_std: float = 1.4
@@ -105,6 +109,8 @@ class DemoRecipe:
     data_frames: int = 12  # frames per written clip (the adapter phase crops num_frames of them)
     vae: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=1500, lr=1e-3))
     backbone: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=3000, batch_size=2, lr=5e-4))
+    # the VAE's decoder alone, encoder frozen (steps 0 = skip): see :func:`train_decoder`
+    decoder: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
     adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
     vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
@@ -119,7 +125,7 @@ class DemoRecipe:
         if self.data_clips < 1 or self.data_clips > TRAIN_SEED_LIMIT:
             raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {TRAIN_SEED_LIMIT} (seeds from "
                                    f"{TRAIN_SEED_LIMIT} are held out for validation and evaluation).")
-        for name in ("vae", "backbone"):
+        for name in ("vae", "decoder", "backbone"):
             phase = getattr(self, name)
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
                 raise TrainConfigError(f"{name}: steps >= 0, batch_size >= 1, lr > 0 and checkpoint_every >= 1 "
@@ -127,6 +133,23 @@ class DemoRecipe:
             for prob in ("cond_dropout_prob", "first_frame_only_prob"):
                 if not 0.0 <= getattr(phase, prob) <= 1.0:
                     raise TrainConfigError(f"{name}.{prob}: got {getattr(phase, prob)}; give a probability from 0 to 1.")
+            h, w = self.resolution
+            if phase.crop_size and not (phase.crop_size % 8 == 0 and 8 <= phase.crop_size <= min(h, w)):
+                raise TrainConfigError(f"{name}.crop_size: got {phase.crop_size}; give 0 (whole frames) or a "
+                                       f"multiple of 8 from 8 to {min(h, w)}.")
+            if not 0 <= phase.crop_frames <= self.num_frames:
+                raise TrainConfigError(f"{name}.crop_frames: got {phase.crop_frames}; give 0 (all) or 1 to "
+                                       f"num_frames ({self.num_frames}).")
+            if name == "decoder" and (phase.anchor_weight or phase.norm_reference):
+                raise TrainConfigError("decoder.anchor_weight / norm_reference: the decoder phase keeps the encoder "
+                                       "frozen and starts from the trained decoder; set them in the vae phase.")
+            if name == "backbone" and (phase.crop_size or phase.crop_frames):
+                raise TrainConfigError("backbone.crop_size / crop_frames: only the vae phase trains on crops; "
+                                       "the backbone needs whole clips.")
+            for weight in ("chroma_weight", "anchor_weight"):
+                if getattr(phase, weight) < 0:
+                    raise TrainConfigError(f"{name}.{weight}: got {getattr(phase, weight)}; give a weight >= 0 "
+                                           "(0 turns the term off).")
         return self
 
 
@@ -142,7 +165,7 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
     if unknown:
         raise TrainConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
     phase_keys = {f.name for f in dataclasses.fields(PhaseConfig)}
-    for name in ("vae", "backbone"):
+    for name in ("vae", "decoder", "backbone"):
         if name in data:
             phase = _without_comments(data[name])
             bad = sorted(set(phase) - phase_keys)
@@ -211,6 +234,20 @@ def training_batch(seed: int, stream: int, step: int, batch_size: int, num_frame
     base = np.random.SeedSequence([int(seed), int(stream), int(step)]).generate_state(1)[0]
     seeds = [int((int(base) + i * 7919) % TRAIN_SEED_LIMIT) for i in range(batch_size)]
     return torch.stack([training_clip(s, num_frames, height, width) for s in seeds])
+
+
+def random_crops(clips: torch.Tensor, size: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crops ``[B, frames, 3, size, size]`` of clips ``[B, F, 3, H, W]``: consecutive frames and a square
+    window, drawn per clip from ``generator``; 0 keeps that axis whole. The VAE is convolutional, so it trains
+    on crops several times faster and then encodes whole frames (the temporal decoder sees fewer frames)."""
+    b, f, _, h, w = clips.shape
+    size_h, size_w, frames = size or h, size or w, frames or f
+    out = []
+    for i in range(b):
+        t0, y0, x0 = (int(torch.randint(0, n + 1, (1,), generator=generator))
+                      for n in (f - frames, h - size_h, w - size_w))
+        out.append(clips[i, t0:t0 + frames, :, y0:y0 + size_h, x0:x0 + size_w])
+    return torch.stack(out)
 
 
 def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
@@ -408,6 +445,37 @@ def chroma_mse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (((recon - recon.mean(1, keepdim=True)) - (target - target.mean(1, keepdim=True))) ** 2).mean()
 
 
+def colour_anchor_mse(latent_mean: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """MSE between the first three latent channels of ``[N, C, h, w]`` and ``[N, 3, H, W]`` pixels (-1..1)
+    average-pooled to ``h x w``.
+
+    Anchors the latent to hold each cell's mean colour from the first step, so the decoder learns to read
+    colour there instead of settling on brightness (README, 'Why the keyframe cannot help yet'); the
+    remaining channels stay free for detail. The anchor also makes the latent a small image, which is what
+    the backbone's diffusion then models.
+    """
+    if latent_mean.shape[1] < 3:
+        raise ValueError(f"colour_anchor_mse: the latent has {latent_mean.shape[1]} channels; it needs 3 or more")
+    pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_mean.shape[-2:])
+    return ((latent_mean[:, :3] - pooled) ** 2).mean()
+
+
+@torch.no_grad()
+def add_norm_reference(vae, value: float) -> None:
+    """Initialisation: shift every other channel that feeds the encoder's and the decoder's last GroupNorm by
+    ``value``, through the conv2 biases of their last residual blocks (the diffusers classes unchanged).
+
+    GroupNorm(32) over 64 channels normalises 2 channels per group over the frame, so a flat region's absolute
+    colour is divided away; with one channel of each group near ``value`` the group's spread is about
+    ``value / 2`` whatever the frame holds, and colour passes through the norm almost linearly.
+    """
+    encoder_last = vae.encoder.mid_block.resnets[-1]
+    encoder_last.conv2.bias[::2] += value * encoder_last.output_scale_factor
+    decoder_last = vae.decoder.up_blocks[-1].resnets[-1]
+    # the spatial block's shift passes through the temporal block's residual and the mixer (a convex mix)
+    decoder_last.spatial_res_block.conv2.bias[::2] += value * decoder_last.spatial_res_block.output_scale_factor
+
+
 def vae_loss(vae, clips: torch.Tensor, generator: torch.Generator, phase: PhaseConfig) -> tuple[torch.Tensor, dict]:
     """Reconstruction of clips [B, F, 3, H, W] in 0..1 through the temporal decoder (+ tiny KL)."""
     b, f = clips.shape[:2]
@@ -421,6 +489,8 @@ def vae_loss(vae, clips: torch.Tensor, generator: torch.Generator, phase: PhaseC
     loss = phase.l1_weight * l1 + phase.mse_weight * mse + phase.kl_weight * kl
     if phase.chroma_weight:
         loss = loss + phase.chroma_weight * chroma_mse(recon, pixels)
+    if phase.anchor_weight:
+        loss = loss + phase.anchor_weight * colour_anchor_mse(posterior.mean, pixels)
     psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))  # range 2 (-1..1)
     return loss, {"psnr": psnr}
 
@@ -451,6 +521,52 @@ def measure_latent_std(vae, recipe: DemoRecipe, clips: int = 16) -> float:
     return float(torch.cat(latents).std())
 
 
+def _vae_loss_fn(vae, recipe: DemoRecipe, phase_name: str, stream: int):
+    """step -> (loss, extras) of the vae or decoder phase: the step's clips (random crops if the phase asks),
+    :func:`vae_loss`, and the validation PSNR every 4 log intervals."""
+    phase = getattr(recipe, phase_name)
+    h, w = recipe.resolution
+
+    def loss_fn(step: int):
+        clips = training_batch(recipe.seed, stream, step, phase.batch_size, recipe.num_frames, h, w)
+        generator = step_generator(recipe.seed, stream, step)
+        if phase.crop_size or phase.crop_frames:
+            clips = random_crops(clips, phase.crop_size, phase.crop_frames, generator)
+        loss, extras = vae_loss(vae, clips, generator, phase)
+        if (step + 1) % (4 * phase.log_every) == 0:
+            extras["val_psnr"] = validation_psnr(vae, recipe)
+        return loss, extras
+
+    return loss_fn
+
+
+def train_decoder(recipe: DemoRecipe, vae, out: Path, deadline: float | None):
+    """Phase decoder: the VAE's decoder alone, its encoder frozen (``recipe.decoder``; 0 steps = the VAE as it is).
+
+    The latents, and so everything the backbone and the adapter learn on them, stay exactly as the vae phase
+    left them; only how they are decoded improves. The demo VAE needs it for colour: trained jointly, its
+    encoder learns to keep colour (bench/vae_colour.py's linear probe) well before its decoder shows it.
+    Returns the VAE with the new decoder (saved to ``<out>/vae/decoder_final``), or None if out of time."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    if recipe.decoder.steps == 0:
+        return vae
+    final = out / "vae" / "decoder_final"
+    if (final / "config.json").is_file():
+        return AutoencoderKLTemporalDecoder.from_pretrained(final, use_safetensors=True)
+    vae.train()
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    run = PhaseRun("decoder", out / "vae" / "decoder", recipe.decoder, {"decoder": vae.decoder},
+                   _vae_loss_fn(vae, recipe, "decoder", _DECODER_STREAM), _fingerprint(recipe, "decoder"))
+    if not run_phase(run, deadline):
+        return None
+    vae.eval().requires_grad_(True)
+    vae.save_pretrained(final, safe_serialization=True)  # scaling_factor unchanged: the latents are the same
+    logger.info("decoder: saved %s", final)
+    return vae
+
+
 def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None):
     """Phase vae: returns the trained VAE with ``scaling_factor`` = 1 / latent std, or None if out of time."""
     from diffusers import AutoencoderKLTemporalDecoder
@@ -459,16 +575,11 @@ def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None):
     if (final / "config.json").is_file():
         return AutoencoderKLTemporalDecoder.from_pretrained(final, use_safetensors=True)
     vae = new_components(recipe)["vae"].train()
-    h, w = recipe.resolution
+    if recipe.vae.norm_reference:
+        add_norm_reference(vae, recipe.vae.norm_reference)  # a resumed checkpoint overwrites it, as it should
 
-    def loss_fn(step: int):
-        clips = training_batch(recipe.seed, _VAE_STREAM, step, recipe.vae.batch_size, recipe.num_frames, h, w)
-        loss, extras = vae_loss(vae, clips, step_generator(recipe.seed, _VAE_STREAM, step), recipe.vae)
-        if (step + 1) % (4 * recipe.vae.log_every) == 0:
-            extras["val_psnr"] = validation_psnr(vae, recipe)
-        return loss, extras
-
-    run = PhaseRun("vae", out / "vae", recipe.vae, {"vae": vae}, loss_fn, _fingerprint(recipe, "vae"))
+    run = PhaseRun("vae", out / "vae", recipe.vae, {"vae": vae}, _vae_loss_fn(vae, recipe, "vae", _VAE_STREAM),
+                   _fingerprint(recipe, "vae"))
     if not run_phase(run, deadline):
         return None
     vae.eval()
@@ -623,10 +734,14 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
     data = out / "data"
     if "data" in phases:
         write_dataset(data, recipe)
-    if "vae" in phases or "backbone" in phases:  # the backbone trains on the finished VAE
+    if {"vae", "decoder", "backbone"} & set(phases):  # the backbone trains on (and saves) the finished VAE
         vae = train_vae(recipe, out, deadline)
         if vae is None:
             return None
+        if "decoder" in phases or "backbone" in phases:
+            vae = train_decoder(recipe, vae, out, deadline)
+            if vae is None:
+                return None
     backbone = out / "backbone"
     if "backbone" in phases:
         if train_backbone(recipe, vae, out, deadline) is None:

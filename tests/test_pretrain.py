@@ -31,7 +31,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
-                                  "recipe-chroma.json"])
+                                  "recipe-chroma.json", "recipe-colour.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -39,11 +39,14 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    assert config.track_mask_prob == (0.7 if name in ("recipe.json", "recipe-track-masks.json") else 0.0)
+    temporal = name in ("recipe.json", "recipe-colour.json")
+    assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
-    assert recipe.backbone.first_frame_only_prob == (0.5 if name == "recipe.json" else 0.0)
-    # the chroma recipe weights the VAE's colour error; the others train on L1 + MSE alone
-    assert (recipe.vae.chroma_weight > 0) == ("chroma" in name)
+    assert recipe.backbone.first_frame_only_prob == (0.5 if temporal else 0.0)
+    # the chroma and colour recipes weight the VAE's colour error; the others train on L1 + MSE alone
+    assert (recipe.vae.chroma_weight > 0) == (name in ("recipe-chroma.json", "recipe-colour.json"))
+    # only the colour recipe anchors the latent to the pooled colours and adds the GroupNorm reference
+    assert (recipe.vae.anchor_weight > 0) == (recipe.vae.norm_reference > 0) == (name == "recipe-colour.json")
 
 
 def test_chroma_mse_sees_colour_not_brightness():
@@ -74,6 +77,72 @@ def test_vae_loss_adds_the_weighted_chroma_term(tiny_components):
     assert float((b - a).detach()) == pytest.approx(5.0 * float(term), rel=1e-4)
 
 
+def test_colour_anchor_mse_is_zero_on_the_pooled_image_and_analytic_off_it():
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    pooled = torch.nn.functional.avg_pool2d(pixels, 4)  # a 4x-down latent's cells
+    latent = torch.cat([pooled, torch.randn(2, 1, 4, 4)], 1)  # channel 3 is free: it must not count
+    assert float(P.colour_anchor_mse(latent, pixels)) < 1e-12
+    # analytic: latent channel 0 off by d everywhere -> mean over 3 channels of (d^2, 0, 0)
+    d = 0.5
+    latent[:, 0] += d
+    assert float(P.colour_anchor_mse(latent, pixels)) == pytest.approx(d * d / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="3 or more"):
+        P.colour_anchor_mse(latent[:, :2], pixels)
+
+
+def test_vae_loss_adds_the_weighted_anchor_term(tiny_components):
+    vae = tiny_components["vae"]
+    clips = torch.rand(1, 2, 3, 64, 64)
+    a, _ = P.vae_loss(vae, clips, torch.Generator().manual_seed(0), P.PhaseConfig())
+    b, _ = P.vae_loss(vae, clips, torch.Generator().manual_seed(0), P.PhaseConfig(anchor_weight=3.0))
+    pixels = clips.flatten(0, 1) * 2 - 1
+    with torch.no_grad():
+        term = P.colour_anchor_mse(vae.encode(pixels).latent_dist.mean, pixels)
+    assert float(term) > 0
+    assert float((b - a).detach()) == pytest.approx(3.0 * float(term), rel=1e-4)
+
+
+def test_random_crops_are_windows_of_the_clip_drawn_by_the_generator():
+    clips = torch.rand(2, 8, 3, 64, 64)
+    a = P.random_crops(clips, 32, 4, torch.Generator().manual_seed(3))
+    b = P.random_crops(clips, 32, 4, torch.Generator().manual_seed(3))
+    assert a.shape == (2, 4, 3, 32, 32) and torch.equal(a, b)
+    for i in range(2):  # each crop is an exact window of its own clip
+        hits = [(t, y, x) for t in range(5) for y in range(33) for x in range(33)
+                if torch.equal(clips[i, t:t + 4, :, y:y + 32, x:x + 32], a[i])]
+        assert len(hits) == 1
+    assert torch.equal(P.random_crops(clips, 0, 0, torch.Generator()), clips)  # 0 keeps an axis whole
+
+
+def _last_norm_inputs(vae, pixels):
+    seen = {}
+    hooks = [vae.encoder.conv_norm_out.register_forward_pre_hook(lambda m, a: seen.__setitem__("enc", a[0])),
+             vae.decoder.conv_norm_out.register_forward_pre_hook(lambda m, a: seen.__setitem__("dec", a[0]))]
+    with torch.no_grad():
+        vae.decode(vae.encode(pixels).latent_dist.mode(), num_frames=pixels.shape[0])
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_norm_reference_shifts_every_other_channel_before_the_last_group_norms():
+    import copy
+
+    vae = P.new_components(micro_recipe())["vae"].eval()
+    shifted = copy.deepcopy(vae)
+    P.add_norm_reference(shifted, 10.0)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    a, b = _last_norm_inputs(vae, pixels), _last_norm_inputs(shifted, pixels)
+    # encoder: the shift is the last residual block's bias, so it arrives exactly (the latent differs after it)
+    diff = b["enc"] - a["enc"]
+    assert torch.allclose(diff[:, ::2], torch.full_like(diff[:, ::2], 10.0), atol=1e-4)
+    assert torch.allclose(diff[:, 1::2], torch.zeros_like(diff[:, 1::2]), atol=1e-4)
+    # decoder: it passes the temporal residual block and the mixer, whose own outputs change a little with it
+    dec = b["dec"]
+    assert float(dec[:, ::2].mean() - dec[:, 1::2].mean()) == pytest.approx(10.0, abs=2.0)
+
+
 def test_the_track_mask_recipe_shares_the_stock_vae_and_backbone():
     shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-stock.json")
     track = P.load_recipe(ROOT / "configs" / "demo" / "recipe-track-masks.json")
@@ -89,6 +158,12 @@ def test_the_track_mask_recipe_shares_the_stock_vae_and_backbone():
     ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
     ({"num_frames": 9}, "num_frames"),
     ({"backbone": {"steps": 1, "first_frame_only_prob": 1.5}}, "backbone.first_frame_only_prob"),
+    ({"vae": {"steps": 1, "anchor_weight": -1}}, "vae.anchor_weight"),
+    ({"vae": {"steps": 1, "crop_size": 36}}, "vae.crop_size"),
+    ({"vae": {"steps": 1, "crop_frames": 9}}, "vae.crop_frames"),
+    ({"backbone": {"steps": 1, "crop_size": 32}}, "only the vae phase"),
+    ({"decoder": {"steps": 1, "anchor_weight": 1.0}}, "decoder.anchor_weight"),
+    ({"decoder": {"steps": 1, "bogus": 1}}, "decoder: unknown key"),
 ])
 def test_recipe_errors_name_the_problem(change, words):
     with pytest.raises(TrainConfigError, match=words):
@@ -200,9 +275,12 @@ def test_backbone_inputs_follow_stock_svd_conditioning(tiny_components):
     assert torch.all(aug > 0) and torch.equal(inputs["added_time_ids"][:, 0], torch.full((b,), 6.0))
 
 
-def test_vae_phase_resumes_exactly(tmp_path):
-    """Stopped after every step and resumed must give the weights of one uninterrupted run."""
-    recipe = micro_recipe(vae={"steps": 3, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1})
+@pytest.mark.parametrize("colour", [{}, {"chroma_weight": 8.0, "anchor_weight": 10.0, "norm_reference": 10.0,
+                                          "crop_size": 32, "crop_frames": 1}], ids=["plain", "colour-crops"])
+def test_vae_phase_resumes_exactly(tmp_path, colour):
+    """Stopped after every step and resumed must give the weights of one uninterrupted run (random crops too)."""
+    recipe = micro_recipe(vae={"steps": 3, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1,
+                               **colour})
     whole = P.train_vae(recipe, tmp_path / "a", deadline=None)
     parts = None
     for _ in range(4):
@@ -215,6 +293,34 @@ def test_vae_phase_resumes_exactly(tmp_path):
     for (name, a), (_, b) in zip(whole.state_dict().items(), parts.state_dict().items()):
         assert torch.equal(a, b), name
     assert whole.config.scaling_factor == parts.config.scaling_factor != 0.18215
+
+
+def test_decoder_phase_trains_the_decoder_alone_and_resumes_exactly(tmp_path):
+    decoder = {"steps": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1,
+               "chroma_weight": 4.0, "crop_size": 32, "crop_frames": 2}
+    recipe = micro_recipe(vae={"steps": 1, "lr": 1e-3, "warmup_steps": 0, "log_every": 1}, decoder=decoder)
+    vae = P.train_vae(recipe, tmp_path / "a", deadline=None)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    tuned = P.train_decoder(recipe, vae, tmp_path / "a", deadline=None)
+    after = tuned.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)  # the latents are exactly the vae phase's
+    assert tuned.config.scaling_factor == vae.config.scaling_factor
+    # stopped after every step and resumed: the same decoder as one uninterrupted run
+    P.train_vae(recipe, tmp_path / "b", deadline=None)
+    parts = None
+    for _ in range(3):
+        parts = P.train_decoder(recipe, P.train_vae(recipe, tmp_path / "b", deadline=None), tmp_path / "b",
+                                deadline=time.monotonic() - 1)
+        if parts is not None:
+            break
+    assert parts is not None
+    for (name, a), (_, b) in zip(after.items(), parts.state_dict().items()):
+        assert torch.equal(a, b), name
+    # finished: read back from decoder_final, and 0 steps leaves the VAE as it is
+    again = P.train_decoder(recipe, vae, tmp_path / "a", deadline=None)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.items())
+    assert P.train_decoder(micro_recipe(), vae, tmp_path / "c", deadline=None) is vae
 
 
 def test_resume_refuses_another_recipe(tmp_path):
