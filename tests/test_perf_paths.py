@@ -46,7 +46,10 @@ def test_channels_last_matches_default(tiny_model_dir, reference):
     conv = model.unet.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     out = propagate(model, _clip(), SETTINGS)
-    torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
+    # the same result up to float rounding, which the sampler's steps carry along: channels-last convolutions
+    # take other CPU kernels (an AVX2-only machine differed by 1.5e-4 in 11 of 98,304 values), so the bound is a
+    # quarter of one 8-bit level; a wrong memory layout errs by whole levels
+    torch.testing.assert_close(out, reference, atol=1e-3, rtol=0)
 
 
 def test_compile_failure_falls_back_with_warning(tiny_model_dir, reference, monkeypatch, caplog):
