@@ -57,6 +57,7 @@ TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
 _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM = 11, 12, 13, 14
+_PHASE_FIELDS = ("vae", "decoder", "backbone")  # the DemoRecipe fields that are PhaseConfigs
 
 
 # --------------------------------------------------------------------------- recipe
@@ -125,7 +126,7 @@ class DemoRecipe:
         if self.data_clips < 1 or self.data_clips > TRAIN_SEED_LIMIT:
             raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {TRAIN_SEED_LIMIT} (seeds from "
                                    f"{TRAIN_SEED_LIMIT} are held out for validation and evaluation).")
-        for name in ("vae", "decoder", "backbone"):
+        for name in _PHASE_FIELDS:
             phase = getattr(self, name)
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
                 raise TrainConfigError(f"{name}: steps >= 0, batch_size >= 1, lr > 0 and checkpoint_every >= 1 "
@@ -133,7 +134,6 @@ class DemoRecipe:
             for prob in ("cond_dropout_prob", "first_frame_only_prob"):
                 if not 0.0 <= getattr(phase, prob) <= 1.0:
                     raise TrainConfigError(f"{name}.{prob}: got {getattr(phase, prob)}; give a probability from 0 to 1.")
-            h, w = self.resolution
             if phase.crop_size and not (phase.crop_size % 8 == 0 and 8 <= phase.crop_size <= min(h, w)):
                 raise TrainConfigError(f"{name}.crop_size: got {phase.crop_size}; give 0 (whole frames) or a "
                                        f"multiple of 8 from 8 to {min(h, w)}.")
@@ -165,7 +165,7 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
     if unknown:
         raise TrainConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
     phase_keys = {f.name for f in dataclasses.fields(PhaseConfig)}
-    for name in ("vae", "decoder", "backbone"):
+    for name in _PHASE_FIELDS:
         if name in data:
             phase = _without_comments(data[name])
             bad = sorted(set(phase) - phase_keys)
@@ -455,7 +455,8 @@ def colour_anchor_mse(latent_mean: torch.Tensor, pixels: torch.Tensor) -> torch.
     the backbone's diffusion then models.
     """
     if latent_mean.shape[1] < 3:
-        raise ValueError(f"colour_anchor_mse: the latent has {latent_mean.shape[1]} channels; it needs 3 or more")
+        raise TrainConfigError(f"anchor_weight: the latent has {latent_mean.shape[1]} channels; the colour anchor "
+                               "needs 3 or more (vae_config latent_channels), or set anchor_weight to 0.")
     pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_mean.shape[-2:])
     return ((latent_mean[:, :3] - pooled) ** 2).mean()
 

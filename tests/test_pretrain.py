@@ -87,7 +87,7 @@ def test_colour_anchor_mse_is_zero_on_the_pooled_image_and_analytic_off_it():
     d = 0.5
     latent[:, 0] += d
     assert float(P.colour_anchor_mse(latent, pixels)) == pytest.approx(d * d / 3, rel=1e-5)
-    with pytest.raises(ValueError, match="3 or more"):
+    with pytest.raises(TrainConfigError, match="3 or more"):
         P.colour_anchor_mse(latent[:, :2], pixels)
 
 
