@@ -170,14 +170,18 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
             phase = _without_comments(data[name])
             bad = sorted(set(phase) - phase_keys)
             if bad:
-                raise TrainConfigError(f"{source}: {name}: unknown key(s) {', '.join(bad)}.")
+                raise TrainConfigError(f"{source}: {name}: unknown key(s) {', '.join(bad)}; known: "
+                                       f"{', '.join(sorted(k for k in phase_keys if not k.startswith('_')))}.")
             data[name] = PhaseConfig(**phase)
     for name in ("scheduler", "vae_config"):
         if name in data:
             data[name] = _without_comments(data[name])
     if "resolution" in data:
         data["resolution"] = tuple(data["resolution"])
-    return DemoRecipe(**data).check()
+    try:
+        return DemoRecipe(**data).check()
+    except TrainConfigError as err:  # name the file: the checks only know the setting
+        raise TrainConfigError(f"{source}: {err}") from None
 
 
 def load_recipe(path: str | os.PathLike) -> DemoRecipe:

@@ -111,6 +111,15 @@ def make_inputs(d: Path, model_dir: Path) -> dict[str, Path]:
         meta = dict(fh.metadata())
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     save_file(tensors, str(d / "adapter_rank8.safetensors"), metadata={**meta, "kfi.lora_rank": "8"})
+    # training recipes (train-demo --config): a typo'd phase key, broken JSON, a vae-only lever on the decoder
+    recipe = json.loads((ROOT / "configs" / "demo" / "recipe.json").read_text())
+    typo = json.loads(json.dumps(recipe))
+    typo["vae"]["stpes"] = typo["vae"].pop("steps")
+    (d / "recipe_typo.json").write_text(json.dumps(typo))
+    (d / "recipe_broken.json").write_text(json.dumps(recipe)[:-40])
+    decoder = json.loads(json.dumps(recipe))
+    decoder["decoder"] = {"steps": 10, "anchor_weight": 10.0}
+    (d / "recipe_decoder_anchor.json").write_text(json.dumps(decoder))
     return {p.name: p for p in d.iterdir()}
 
 
@@ -365,6 +374,14 @@ ROWS: list[Row] = [
     Row("bad_schedule_option", (["schedule", "--frames", "40", "--window", "8", "-o", "strides=[15,"],
                                 (ERR, "schedule 'anchor': unknown options ['strides']")), None,
         why="the schedule node has no free-form options"),
+    # ---- training recipes (train-demo; checked before anything is written)
+    Row("recipe_unknown_key", (["train-demo", "--config", "@recipe_typo.json"],
+                               (ERR, "vae: unknown key(s) stpes")), None, why="training runs from the CLI only"),
+    Row("recipe_bad_json", (["train-demo", "--config", "@recipe_broken.json"], (ERR, "not valid JSON")), None,
+        why="training runs from the CLI only"),
+    Row("recipe_decoder_anchor", (["train-demo", "--config", "@recipe_decoder_anchor.json"],
+                                  (ERR, "decoder.anchor_weight / norm_reference: the decoder phase keeps the encoder")),
+        None, why="training runs from the CLI only"),
     Row("bad_schedule_json", None, None, why="schedules travel as objects in both paths; only the library reads JSON",
         lib=lambda: __import__("kfi_core.schedules", fromlist=["x"]).Schedule.from_json("{not json"),
         lib_expect="schedule: not valid JSON"),
@@ -413,11 +430,10 @@ print(json.dumps(results))
 def _argv(row: Row, d: Path, model: Path, out: Path) -> list[str]:
     args, _ = row.cli
     argv = [str(d / a[1:]) if isinstance(a, str) and a.startswith("@") else str(a) for a in args]
-    if argv[0] == "inpaint":
-        if "--model" not in argv:
-            argv += ["--model", str(model)]
-        if "--out" not in argv:
-            argv += ["--out", str(out / row.id)]
+    if argv[0] == "inpaint" and "--model" not in argv:
+        argv += ["--model", str(model)]
+    if argv[0] in ("inpaint", "train-demo") and "--out" not in argv:
+        argv += ["--out", str(out / row.id)]
     return argv
 
 
