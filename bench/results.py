@@ -307,16 +307,16 @@ GAP_NOTES = {
     "flow warp": "exact pixels carried along optical flow: unbeatable on rigid pans at 64 px, where the latent model "
                  "loses detail to its VAE. A stronger VAE, or pasting warped known pixels into the condition, would close it",
     "mean fill": "each frame's mean known colour is right on average wherever the hole's surroundings are one colour; "
-                 "the model loses to it while its fill has the wrong colour or texture. The wrong colour is mostly its "
-                 "VAE's: it keeps little of any colour (the chroma gain column of its ceiling row; a flat red frame comes "
-                 "back dark grey), and colour matching (the '+ colour match' rows) restores only what an affine map of "
-                 "the fill can. A VAE that keeps colour, then more backbone and adapter training, would close it",
+                 "the model loses to it while its fill has the wrong colour or texture. Its VAE keeps part of the "
+                 "colour (the chroma gain column of its ceiling row), its fill less (the KFI rows), and colour matching "
+                 "(the '+ colour match' rows) restores only what an affine map of the fill can. More backbone and "
+                 "adapter training, and a VAE with more latent detail, would close it",
     "training-free": "the same backbone without the adapter, re-imposing the known latents at every step: they are "
                      "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
                      "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
-                     "(more full masks and keyframes; holes that follow the moving object, README) did not close it; a "
-                     "VAE that carries the keyframe's colour, a larger backbone and training closer to the paper's 50k "
-                     "steps would be next",
+                     "(more full masks and keyframes; holes that follow the moving object, README) and a VAE that keeps "
+                     "colour did not close it; adapter training that keeps what the backbone carries across frames, a "
+                     "larger backbone and training closer to the paper's 50k steps would be next",
 }
 
 
@@ -369,8 +369,8 @@ def _colour_line(edit) -> list[str]:
         return []
     return [f"- **Colour through the VAE**: its own reconstruction of the edited ground truth keeps "
             f"{ceiling['chroma_gain_mask']:.2f} of the colour in the mask (chroma gain: 1 all, 0 grey); KFI with the "
-            f"keyframe {kf['chroma_gain_mask']:.2f}. An edit's new colour cannot come through a VAE that drops it, "
-            "whatever the adapter learns (README, 'Demo model')."]
+            f"keyframe {kf['chroma_gain_mask']:.2f}. An edit's new colour reaches the output only as far as the VAE "
+            "lets it through (README, 'Demo model')."]
 
 
 def _removal_lines(removal, suffix: str, losses: dict[str, None]) -> list[str]:

@@ -31,7 +31,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
-                                  "recipe-chroma.json", "recipe-colour.json"])
+                                  "recipe-chroma.json", "recipe-temporal.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -39,14 +39,14 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    temporal = name in ("recipe.json", "recipe-colour.json")
+    temporal = name in ("recipe.json", "recipe-temporal.json")
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
     assert recipe.backbone.first_frame_only_prob == (0.5 if temporal else 0.0)
     # the chroma and colour recipes weight the VAE's colour error; the others train on L1 + MSE alone
-    assert (recipe.vae.chroma_weight > 0) == (name in ("recipe-chroma.json", "recipe-colour.json"))
-    # only the colour recipe anchors the latent to the pooled colours and adds the GroupNorm reference
-    assert (recipe.vae.anchor_weight > 0) == (recipe.vae.norm_reference > 0) == (name == "recipe-colour.json")
+    assert (recipe.vae.chroma_weight > 0) == (name in ("recipe-chroma.json", "recipe.json"))
+    # only the shipped (colour) recipe anchors the latent to the pooled colours and adds the GroupNorm reference
+    assert (recipe.vae.anchor_weight > 0) == (recipe.vae.norm_reference > 0) == (name == "recipe.json")
 
 
 def test_chroma_mse_sees_colour_not_brightness():
@@ -227,13 +227,23 @@ def test_clip_embedding_matches_the_stock_encoder_and_trains(tiny_components):
     enc.zero_grad(set_to_none=True)
 
 
-def test_the_shipped_recipe_keeps_the_stock_vae():
-    """The shipped VAE was trained by recipe-stock.json; the shipped recipe differs in the backbone's
+def test_the_temporal_recipe_keeps_the_stock_vae():
+    """recipe-temporal.json's VAE was trained by recipe-stock.json; it differs in the backbone's
     first_frame_only_prob (and the adapter), not in the VAE phase."""
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-stock.json")
-    temporal = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
-    assert P._fingerprint(shipped, "vae") == P._fingerprint(temporal, "vae") and shipped.vae == temporal.vae
-    assert dataclasses.replace(temporal.backbone, first_frame_only_prob=0.0) == shipped.backbone
+    stock = P.load_recipe(ROOT / "configs" / "demo" / "recipe-stock.json")
+    temporal = P.load_recipe(ROOT / "configs" / "demo" / "recipe-temporal.json")
+    assert P._fingerprint(stock, "vae") == P._fingerprint(temporal, "vae") and stock.vae == temporal.vae
+    assert dataclasses.replace(temporal.backbone, first_frame_only_prob=0.0) == stock.backbone
+
+
+def test_the_shipped_recipe_is_the_temporal_one_with_the_colour_vae():
+    """recipe.json (the shipped model) changes only the VAE phases of recipe-temporal.json, the model it replaced,
+    so the two models' differences come from the VAE (README, 'The encoder, not the decoder, was dropping colour')."""
+    temporal = P.load_recipe(ROOT / "configs" / "demo" / "recipe-temporal.json")
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    assert shipped.backbone == temporal.backbone and shipped.adapter == temporal.adapter
+    assert shipped.vae != temporal.vae and shipped.decoder.steps > 0 and temporal.decoder.steps == 0
+    assert dataclasses.replace(shipped, vae=temporal.vae, decoder=temporal.decoder) == temporal
 
 
 def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_components):
