@@ -171,7 +171,7 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
             bad = sorted(set(phase) - phase_keys)
             if bad:
                 raise TrainConfigError(f"{source}: {name}: unknown key(s) {', '.join(bad)}; known: "
-                                       f"{', '.join(sorted(k for k in phase_keys if not k.startswith('_')))}.")
+                                       f"{', '.join(sorted(phase_keys))}.")
             data[name] = PhaseConfig(**phase)
     for name in ("scheduler", "vae_config"):
         if name in data:

@@ -112,12 +112,12 @@ def make_inputs(d: Path, model_dir: Path) -> dict[str, Path]:
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     save_file(tensors, str(d / "adapter_rank8.safetensors"), metadata={**meta, "kfi.lora_rank": "8"})
     # training recipes (train-demo --config): a typo'd phase key, broken JSON, a vae-only lever on the decoder
-    recipe = json.loads((ROOT / "configs" / "demo" / "recipe.json").read_text())
-    typo = json.loads(json.dumps(recipe))
+    text = (ROOT / "configs" / "demo" / "recipe.json").read_text()
+    typo = json.loads(text)
     typo["vae"]["stpes"] = typo["vae"].pop("steps")
     (d / "recipe_typo.json").write_text(json.dumps(typo))
-    (d / "recipe_broken.json").write_text(json.dumps(recipe)[:-40])
-    decoder = json.loads(json.dumps(recipe))
+    (d / "recipe_broken.json").write_text(text[: len(text) // 2])
+    decoder = json.loads(text)
     decoder["decoder"] = {"steps": 10, "anchor_weight": 10.0}
     (d / "recipe_decoder_anchor.json").write_text(json.dumps(decoder))
     return {p.name: p for p in d.iterdir()}
