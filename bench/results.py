@@ -315,8 +315,9 @@ GAP_NOTES = {
                      "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
                      "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
                      "(more full masks and keyframes; holes that follow the moving object, README) and a VAE that keeps "
-                     "colour did not close it; adapter training that keeps what the backbone carries across frames, a "
-                     "larger backbone and training closer to the paper's 50k steps would be next",
+                     "colour did not close it; a backbone and adapter that carry appearance along the object's motion "
+                     "(README, 'The colour model ships'), a larger backbone and training closer to the paper's 50k "
+                     "steps would be next",
 }
 
 

@@ -76,8 +76,8 @@ LOG_FILE = "train_log.jsonl"
 ADAPTER_FILE = "adapter.safetensors"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that shape the trajectory: resuming with other values would not continue the same run.
-RESUME_FINGERPRINT_KEYS = ("seed", "rank", "lora_alpha", "p_mean", "p_std", "frame_stride", "keyframe_prob",
-                           "cond_dropout_prob", "masked_loss_weight", "repeat_noise_every")
+RESUME_FINGERPRINT_KEYS = ("seed", "rank", "lora_alpha", "lora_lr", "p_mean", "p_std", "frame_stride",
+                           "keyframe_prob", "cond_dropout_prob", "masked_loss_weight", "repeat_noise_every")
 
 
 # --------------------------------------------------------------------------- config
@@ -110,6 +110,7 @@ class TrainConfig:
     lora_alpha: float | None = None  # None = rank (scale 1)
     # optimizer (paper: AdamW, lr 5e-5, betas 0.9 / 0.999)
     lr: float = 5e-5
+    lora_lr: float | None = None  # the LoRA weights' learning rate; None = lr (conv_in always trains at lr)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     weight_decay: float = 1e-2
@@ -170,6 +171,9 @@ class TrainConfig:
         _pos_int("rank", self.rank)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainConfigError(f"lr: got {self.lr!r}; give a positive learning rate (5e-5 is the paper's).")
+        if self.lora_lr is not None and not (self.lora_lr > 0 and math.isfinite(self.lora_lr)):
+            raise TrainConfigError(f"lora_lr: got {self.lora_lr!r}; give a positive learning rate for the LoRA "
+                                   "weights, or leave it out to train them at lr.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise TrainConfigError(f"mixed_precision: got {self.mixed_precision!r}; choose one of "
                                    f"{', '.join(MIXED_PRECISION)}.")
@@ -336,6 +340,17 @@ def check_trainable(unet) -> None:
     if wrong:
         raise AssertionError(f"trainable parameters: {len(wrong)} parameters have the wrong requires_grad, e.g. "
                              f"{wrong[:3]}; only LoRA and conv_in may train")
+
+
+def optimizer_groups(unet, config: TrainConfig) -> list[dict]:
+    """AdamW parameter groups: every trainable parameter at ``lr``, or, with ``lora_lr`` set, conv_in at ``lr``
+    and the LoRA weights at ``lora_lr`` (a slower LoRA keeps more of what the frozen UNet does)."""
+    params = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    if config.lora_lr is None:
+        return [{"params": [p for _, p in params]}]
+    conv = [p for n, p in params if n.startswith("conv_in.")]
+    lora = [p for n, p in params if not n.startswith("conv_in.")]
+    return [{"params": conv, "lr": config.lr}, {"params": lora, "lr": config.lora_lr}]
 
 
 def trainable_state_dict(unet) -> dict[str, torch.Tensor]:
@@ -736,8 +751,7 @@ def setup(config: TrainConfig):
                 model.variant, accelerator.num_processes, str(accelerator.device))
 
     # 4. Optimizer (AdamW) and LR schedule (constant after linear warmup), both per optimizer step
-    params = [p for p in model.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
+    optimizer = torch.optim.AdamW(optimizer_groups(model.unet, config), lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
                                   weight_decay=config.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.lr_warmup_steps))
     unet, optimizer = accelerator.prepare(model.unet, optimizer)

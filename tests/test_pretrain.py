@@ -31,7 +31,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
-                                  "recipe-chroma.json", "recipe-temporal.json"])
+                                  "recipe-chroma.json", "recipe-temporal.json", "recipe-longvae.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -39,14 +39,15 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    temporal = name in ("recipe.json", "recipe-temporal.json")
+    colour = name in ("recipe.json", "recipe-longvae.json")
+    temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
     assert recipe.backbone.first_frame_only_prob == (0.5 if temporal else 0.0)
     # the chroma and colour recipes weight the VAE's colour error; the others train on L1 + MSE alone
-    assert (recipe.vae.chroma_weight > 0) == (name in ("recipe-chroma.json", "recipe.json"))
-    # only the shipped (colour) recipe anchors the latent to the pooled colours and adds the GroupNorm reference
-    assert (recipe.vae.anchor_weight > 0) == (recipe.vae.norm_reference > 0) == (name == "recipe.json")
+    assert (recipe.vae.chroma_weight > 0) == (colour or name == "recipe-chroma.json")
+    # only the colour recipes anchor the latent to the pooled colours and add the GroupNorm reference
+    assert (recipe.vae.anchor_weight > 0) == (recipe.vae.norm_reference > 0) == colour
 
 
 def test_chroma_mse_sees_colour_not_brightness():
@@ -244,6 +245,17 @@ def test_the_shipped_recipe_is_the_temporal_one_with_the_colour_vae():
     assert shipped.backbone == temporal.backbone and shipped.adapter == temporal.adapter
     assert shipped.vae != temporal.vae and shipped.decoder.steps > 0 and temporal.decoder.steps == 0
     assert dataclasses.replace(shipped, vae=temporal.vae, decoder=temporal.decoder) == temporal
+
+
+def test_the_long_vae_candidate_is_the_shipped_recipe_with_longer_vae_phases():
+    """recipe-longvae.json (README, 'A longer VAE phase') lengthens the shipped recipe's VAE and decoder phases and
+    changes nothing else, so its model's differences come from the VAE's training length."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    longer = P.load_recipe(ROOT / "configs" / "demo" / "recipe-longvae.json")
+    assert longer.vae.steps > shipped.vae.steps and longer.decoder.steps > shipped.decoder.steps
+    assert dataclasses.replace(longer.vae, steps=shipped.vae.steps) == shipped.vae
+    assert dataclasses.replace(longer.decoder, steps=shipped.decoder.steps) == shipped.decoder
+    assert dataclasses.replace(longer, vae=shipped.vae, decoder=shipped.decoder) == shipped
 
 
 def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_components):

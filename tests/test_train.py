@@ -18,7 +18,8 @@ from kfi_core.errors import ResumeError, TrainConfigError, UnsupportedSizeError
 from kfi_core.sample import make_sample_clip
 from kfi_core.train import (ADAPTER_FILE, LOG_FILE, TrainLog, apply_overrides, build_unet_inputs, compute_loss,
                             config_from_dict, kfi_loss, list_checkpoints, load_train_config, parse_resolution,
-                            read_train_log, sample_generator, setup_trainable_unet, stage_at, train)
+                            optimizer_groups, read_train_log, sample_generator, setup_trainable_unet, stage_at,
+                            train)
 from kfi_core.video_io import read_frames, write_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,31 @@ def test_only_lora_and_conv_in_receive_gradients(trainable_model, one_clip_data)
     assert unet.conv_in.weight.grad[:, 8:].abs().sum() > 0  # the white-filled condition channels learn
     assert not any(p.requires_grad for n, p in unet.named_parameters() if n not in with_grad)
     unet.zero_grad(set_to_none=True)
+
+
+def test_lora_lr_moves_the_lora_weights_at_their_own_rate(trainable_model):
+    """AdamW's first step moves every weight by its group's lr (times sign of the gradient, no weight decay):
+    with lora_lr the LoRA weights move at lora_lr and conv_in at lr; without it everything at lr."""
+    unet = trainable_model.unet
+    for lora_lr, expected_lora in ((1e-4, 1e-4), (None, 1e-2)):
+        cfg = config_from_dict({"lr": 1e-2, "lora_lr": lora_lr, "weight_decay": 0.0})
+        groups = optimizer_groups(unet, cfg)
+        assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in unet.parameters())
+        before = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.grad = torch.ones_like(p)
+        optimizer.step()
+        with torch.no_grad():
+            for n, p in unet.named_parameters():
+                if n in before:
+                    step = float((before[n] - p).abs().max())
+                    assert step == pytest.approx(1e-2 if n.startswith("conv_in.") else expected_lora, rel=1e-3), n
+                    p.copy_(before[n])
+                    p.grad = None
+    with pytest.raises(TrainConfigError, match="lora_lr: got -1"):
+        config_from_dict({"lora_lr": -1}).check()
 
 
 def test_training_inputs_are_what_inference_feeds(trainable_model, one_clip_data):
