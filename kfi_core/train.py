@@ -169,9 +169,9 @@ class TrainConfig:
         if self.total_steps < 1:
             raise TrainConfigError("stages: every stage has 0 steps; give at least one step.")
         _pos_int("rank", self.rank)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if not _positive_finite(self.lr):
             raise TrainConfigError(f"lr: got {self.lr!r}; give a positive learning rate (5e-5 is the paper's).")
-        if self.lora_lr is not None and not (self.lora_lr > 0 and math.isfinite(self.lora_lr)):
+        if self.lora_lr is not None and not _positive_finite(self.lora_lr):
             raise TrainConfigError(f"lora_lr: got {self.lora_lr!r}; give a positive learning rate for the LoRA "
                                    "weights, or leave it out to train them at lr.")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -195,6 +195,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _positive_finite(value: Any) -> bool:
+    return value > 0 and math.isfinite(value)
 
 
 def _pos_int(name: str, value: Any, zero_ok: bool = False) -> None:
@@ -345,12 +349,14 @@ def check_trainable(unet) -> None:
 def optimizer_groups(unet, config: TrainConfig) -> list[dict]:
     """AdamW parameter groups: every trainable parameter at ``lr``, or, with ``lora_lr`` set, conv_in at ``lr``
     and the LoRA weights at ``lora_lr`` (a slower LoRA keeps more of what the frozen UNet does)."""
+    from .lora import is_lora_parameter
+
     params = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
     if config.lora_lr is None:
         return [{"params": [p for _, p in params]}]
-    conv = [p for n, p in params if n.startswith("conv_in.")]
-    lora = [p for n, p in params if not n.startswith("conv_in.")]
-    return [{"params": conv, "lr": config.lr}, {"params": lora, "lr": config.lora_lr}]
+    lora = [p for n, p in params if is_lora_parameter(n)]
+    others = [p for n, p in params if not is_lora_parameter(n)]  # conv_in (check_trainable allows nothing else)
+    return [{"params": others, "lr": config.lr}, {"params": lora, "lr": config.lora_lr}]
 
 
 def trainable_state_dict(unet) -> dict[str, torch.Tensor]:
@@ -751,8 +757,8 @@ def setup(config: TrainConfig):
                 model.variant, accelerator.num_processes, str(accelerator.device))
 
     # 4. Optimizer (AdamW) and LR schedule (constant after linear warmup), both per optimizer step
-    optimizer = torch.optim.AdamW(optimizer_groups(model.unet, config), lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(optimizer_groups(model.unet, config), lr=config.lr, betas=tuple(config.adam_betas),
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.lr_warmup_steps))
     unet, optimizer = accelerator.prepare(model.unet, optimizer)
     # the scheduler is not prepared: accelerate would step it once per process
