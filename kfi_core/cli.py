@@ -17,6 +17,8 @@ from pathlib import Path
 from . import __version__
 from .color_match import COLOR_MATCH_MODES
 from .errors import KfiError
+from .propagate import BLEND_KNOWN_MODES
+from .sample import DEMO_SAMPLING
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def _settings_from_args(args: argparse.Namespace):
         steps=args.steps, seed=args.seed, sampler=args.sampler, min_guidance=args.min_guidance,
         max_guidance=args.max_guidance, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
         noise_aug_strength=args.noise_aug_strength, composite=not args.no_composite, feather=args.feather,
-        color_match=args.color_match,
+        color_match=args.color_match, blend_known=args.blend_known,
         decode_chunk_size=args.decode_chunk_size,
     )
 
@@ -330,17 +332,20 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--sampler", default="euler", help="euler (default) or heun")
-    g.add_argument("--min-guidance", type=float, default=1.0, help="guidance at the first frame (default 1.0)")
-    g.add_argument("--max-guidance", type=float, default=3.0, help="guidance at the last frame (default 3.0)")
+    g.add_argument("--min-guidance", type=float, default=1.0, help="guidance at the first frame (default %(default)s)")
+    g.add_argument("--max-guidance", type=float, default=3.0, help="guidance at the last frame (default %(default)s)")
     g.add_argument("--fps", type=int, default=7, help="fps conditioning (default 7)")
     g.add_argument("--motion-bucket-id", type=int, default=127, help="motion conditioning (default 127)")
     g.add_argument("--noise-aug-strength", type=float, default=0.02, help="condition noise (default 0.02)")
     g.add_argument("--no-composite", action="store_true", help="keep generated pixels outside the mask too")
     g.add_argument("--feather", type=int, default=0, help="soft composite edge in pixels (default 0)")
     g.add_argument("--color-match", default="none", metavar="|".join(COLOR_MATCH_MODES),
-                   help="fit the fill's colours to the input around the hole before compositing: none (default), "
-                        "mean (offset), affine (3x3 + offset), or keyframe (one affine fit on the keyframes, where "
+                   help="fit the fill's colours to the input around the hole before compositing (default "
+                        "%(default)s): none, mean (offset), affine (3x3 + offset), or keyframe (one affine fit on the keyframes, where "
                         "the edit's true colours are known; affine without one); fixes VAE colour drift")
+    g.add_argument("--blend-known", default="auto", metavar="|".join(BLEND_KNOWN_MODES),
+                   help="replace the denoised estimate outside the hole by the input's clean latents at every step: "
+                        "auto (default: on in the training-free mode, off with a KFI adapter), on, off")
     g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
 
 
@@ -459,10 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="inpaint the bundled sample clip with the embedded default model",
                        description="The main job on the embedded default: writes OUT/result.mp4 and OUT/preview.png. "
-                                   "Colour matching defaults to affine here: the small demo VAE's colours drift.")
+                                   "Colour matching defaults to affine here (the small demo VAE's colours drift) and "
+                                   "guidance to 1.0 on every frame (the demo model fills better without classifier-"
+                                   "free guidance; README, 'Sampler settings for the demo model').")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     _add_sampling_arguments(p)
-    p.set_defaults(color_match="affine")
+    p.set_defaults(**DEMO_SAMPLING)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("make-sample", help="regenerate the bundled procedural sample clip into a folder")

@@ -40,6 +40,19 @@ MAX_SEED = 2**64 - 1
 ProgressCallback = Callable[[dict], Any]
 
 
+# Latent blending of the known region (RePaint-style replacement of every denoised estimate outside the hole by the
+# clean latents of the input, keyframe frames included). "auto": on in the training-free mode, which needs it to see
+# the known pixels at all, off with a KFI adapter, which reads them from its condition as the paper trains it.
+BLEND_KNOWN_MODES = ("auto", "on", "off")
+
+
+def blends_known(settings: "PropagateSettings", in_channels: int) -> bool:
+    """Whether the sampler blends the known latents for a UNet of ``in_channels`` (8 training-free, 12 KFI)."""
+    if settings.blend_known == "auto":
+        return in_channels == 8
+    return settings.blend_known == "on"
+
+
 @dataclass
 class PropagateSettings:
     """Sampling knobs; defaults are SVD's (25 Euler steps, guidance 1 -> 3, fps 7, motion 127, aug 0.02)."""
@@ -55,6 +68,7 @@ class PropagateSettings:
     composite: bool = True
     feather: int = 0
     color_match: str = "none"  # kfi_core.color_match: none | mean | affine | keyframe (applied when compositing)
+    blend_known: str = "auto"  # latent blending of the known region: auto (on training-free, off KFI) | on | off
     decode_chunk_size: int = 8
     encode_chunk_size: int = 8
 
@@ -83,6 +97,9 @@ class PropagateSettings:
         if self.color_match not in COLOR_MATCH_MODES:
             raise UnknownNameError(f"color_match: got {self.color_match!r}; choose one of "
                                    f"{', '.join(COLOR_MATCH_MODES)} (none keeps the model's colours).")
+        if self.blend_known not in BLEND_KNOWN_MODES:
+            raise UnknownNameError(f"blend_known: got {self.blend_known!r}; choose one of {', '.join(BLEND_KNOWN_MODES)} "
+                                   "(auto blends in the training-free mode only).")
         aug = float(self.noise_aug_strength)
         if not math.isfinite(aug) or not 0.0 <= aug <= 10.0:
             raise InputMismatchError(f"noise_aug_strength: got {aug}; give a value from 0 to 10 (SVD: 0.02).")
@@ -135,8 +152,8 @@ class WindowDenoiser:
     """``denoise(x, sigma)`` for one window: its condition, image embedding and guidance (steps 2 and 4).
 
     Builds the condition latents first, drawing the noise augmentation from ``generator`` (the
-    first draws, as SVD). In the training-free mode (8-channel UNet) it blends the denoised
-    estimate with the clean input latents outside the latent mask. With ``resident=False`` the
+    first draws, as SVD). Where ``settings.blend_known`` says so (by default in the training-free mode, 8-channel
+    UNet, only) it blends the denoised estimate with the clean input latents outside the latent mask. With ``resident=False`` the
     window's tensors stay on the host and visit the device only during a call (MultiDiffusion
     keeps many windows at once and must not hold them all on the device).
     """
@@ -150,22 +167,23 @@ class WindowDenoiser:
         if model.in_channels == 12:
             condition = encode_symmetric(model.vae, clip, noise_aug_strength=settings.noise_aug_strength,
                                          generator=generator, chunk_size=settings.encode_chunk_size)
-            self.known_latents = self.known_mask = None
         elif model.in_channels == 8:
             # training-free: stock first-frame condition, repeated over frames
             image = first_frame_for_embedding(clip)[None].float() * 2.0 - 1.0  # [1, 3, H, W]
             aug = torch.randn(image.shape, generator=generator, dtype=torch.float32)
             cond = encode_frames(model.vae, image + settings.noise_aug_strength * aug, 1)  # [1, 4, h, w]
             condition = cond[:, None].repeat(1, num_frames, 1, 1, 1)  # [1, 4, h, w] -> [1, F, 4, h, w]
-            # clean latents of the known content, in the diffusion's (scaled) latent space
-            known = encode_frames(model.vae, clip.frames.float() * 2.0 - 1.0, settings.encode_chunk_size)
-            self.known_latents = (known.float() * model.vae.config.scaling_factor)[None].cpu()  # [1, F, 4, h, w]
-            self.known_mask = latent_masks(clip.masks, model.vae_scale_factor)  # [1, F, 1, h, w], 1 = fill
         else:
             raise InputMismatchError(
                 f"model: the UNet takes {model.in_channels} input channels; KFI runs 8 (stock SVD, training-free) "
                 "or 12 (with a KFI adapter). Load a stock SVD model, optionally with a KFI adapter."
             )
+        self.known_latents = self.known_mask = None
+        if blends_known(settings, model.in_channels):
+            # clean latents of the known content (keyframes included), in the diffusion's (scaled) latent space
+            known = encode_frames(model.vae, clip.frames.float() * 2.0 - 1.0, settings.encode_chunk_size)
+            self.known_latents = (known.float() * model.vae.config.scaling_factor)[None].cpu()  # [1, F, 4, h, w]
+            self.known_mask = latent_masks(clip.masks, model.vae_scale_factor)  # [1, F, 1, h, w], 1 = fill
         self.condition = condition.cpu()
         self.embedding = _image_embedding(model, clip).cpu()
         self.added_time_ids = torch.tensor(

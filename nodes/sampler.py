@@ -12,6 +12,7 @@ class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         from kfi_core.color_match import COLOR_MATCH_MODES
+        from kfi_core.propagate import BLEND_KNOWN_MODES
         from kfi_core.sampling import SAMPLERS
 
         return io.Schema(
@@ -53,6 +54,10 @@ class KeyframePropagateSampler(io.ComfyNode):
                                        "around the hole: none, mean (offset) or affine (3x3 + offset); keyframe fits "
                                        "once on the keyframes, which show an edit's true colours (affine without "
                                        "one). Use it when the fill's colours drift (VAE colour drift)."),
+                io.Combo.Input("blend_known", options=list(BLEND_KNOWN_MODES), default="auto", optional=True,
+                               tooltip="Replace the denoised estimate outside the hole by the input's clean latents "
+                                       "at every step: auto (on in the training-free mode, which needs it; off with "
+                                       "a KFI adapter, which reads the known pixels from its condition), on, off."),
                 KfiSchedule.Input("schedule", optional=True,
                                   tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
                                           "than the model's window)."),
@@ -63,7 +68,7 @@ class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def execute(cls, kfi_model, condition, seed, steps, sampler, min_guidance, max_guidance, fps, motion_bucket_id,
                 noise_aug_strength, composite, feather, decode_chunk_size, schedule=None,
-                color_match="none") -> io.NodeOutput:
+                color_match="none", blend_known="auto") -> io.NodeOutput:
         from kfi_core.executor import inpaint
         from kfi_core.propagate import PropagateSettings
 
@@ -71,6 +76,7 @@ class KeyframePropagateSampler(io.ComfyNode):
             steps=steps, seed=seed, sampler=sampler, min_guidance=min_guidance, max_guidance=max_guidance, fps=fps,
             motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength, composite=composite,
             feather=feather, decode_chunk_size=decode_chunk_size, color_match=color_match,
+            blend_known=blend_known,
         ).check()
         with bridge.on_device(kfi_model) as model:
             frames = inpaint(model, condition, settings, schedule=schedule, callback=bridge.progress_callback(steps),

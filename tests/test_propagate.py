@@ -84,20 +84,42 @@ def test_progress_callback_and_cancel(kfi_model):
     assert calls["n"] == 2, "cancel is checked between steps and stops within one step"
 
 
-def test_training_free_mode_known_region_follows_the_input_latents(base_model):
-    """Latent blending: with no adapter the sampled latents outside the (latent) mask equal the
-    input's clean latents, and a mid-clip keyframe is known throughout."""
+@pytest.mark.parametrize("which, blend", [("base_model", "auto"), ("base_model", "on"), ("kfi_model", "on")])
+def test_latent_blending_keeps_the_known_region_on_the_input_latents(request, which, blend):
+    """Latent blending (the training-free mode's default, opt-in with an adapter): the sampled latents outside
+    the (latent) mask equal the input's clean latents, and a mid-clip keyframe is known throughout."""
     from kfi_core.condition import encode_frames
-    from kfi_core.propagate import PropagateSettings, latent_masks, sample_window_latents
+    from kfi_core.propagate import latent_masks, sample_window_latents
 
+    model = request.getfixturevalue(which)
     frames, masks = make_clip()
     clip = prepare_clip(frames, masks, keyframe_indices=[4])
-    lat = sample_window_latents(base_model, clip, PropagateSettings(steps=3).check())
-    known = encode_frames(base_model.vae, clip.frames * 2 - 1, 8)[None] * base_model.vae.config.scaling_factor
-    keep = (latent_masks(clip.masks, base_model.vae_scale_factor) == 0).expand_as(lat)
+    lat = sample_window_latents(model, clip, PropagateSettings(steps=3, blend_known=blend).check())
+    known = encode_frames(model.vae, clip.frames * 2 - 1, 8)[None] * model.vae.config.scaling_factor
+    keep = (latent_masks(clip.masks, model.vae_scale_factor) == 0).expand_as(lat)
     torch.testing.assert_close(lat[keep], known[keep], atol=1e-5, rtol=1e-5)
     assert keep[0, 4].all(), "the keyframe is fully known"
     assert not torch.allclose(lat[~keep], known[~keep], atol=1e-3)
+
+
+@pytest.mark.parametrize("which, blend", [("kfi_model", "auto"), ("kfi_model", "off"), ("base_model", "off")])
+def test_without_latent_blending_the_known_region_is_sampled(request, which, blend):
+    """Off (the adapter's default, or asked for): the known latents are the model's own, not the input's, and the
+    composite still restores every known pixel exactly."""
+    from kfi_core.condition import encode_frames
+    from kfi_core.propagate import latent_masks, sample_window_latents
+
+    model = request.getfixturevalue(which)
+    frames, masks = make_clip()
+    clip = prepare_clip(frames, masks, keyframe_indices=[4])
+    settings = PropagateSettings(steps=3, blend_known=blend).check()
+    lat = sample_window_latents(model, clip, settings)
+    known = encode_frames(model.vae, clip.frames * 2 - 1, 8)[None] * model.vae.config.scaling_factor
+    keep = (latent_masks(clip.masks, model.vae_scale_factor) == 0).expand_as(lat)
+    assert not torch.allclose(lat[keep], known[keep], atol=1e-3)
+    out = propagate(model, clip, settings)
+    known_px = clip.masks.expand_as(out) == 0
+    assert torch.equal(out[known_px], clip.frames[known_px])
 
 
 def test_composite_off_and_feather(kfi_model):
@@ -121,6 +143,7 @@ def test_composite_off_and_feather(kfi_model):
     (dict(seed=-5), InputMismatchError, "seed: got -5"),
     (dict(seed=2**64), InputMismatchError, "seed"),
     (dict(noise_aug_strength=float("nan")), InputMismatchError, "noise_aug_strength"),
+    (dict(blend_known="yes"), UnknownNameError, "blend_known: got 'yes'; choose one of auto, on, off"),
 ])
 def test_bad_settings(settings, error, match):
     with pytest.raises(error, match=match):

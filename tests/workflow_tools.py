@@ -208,8 +208,10 @@ def ui_to_api(workflow: dict, schemas: dict) -> dict:
         linked = {inp["name"]: inp["link"] for inp in node.get("inputs", []) if inp.get("link") is not None}
         values = list(node.get("widgets_values") or [])
         inputs = {}
-        for name, spec, _required in schema_inputs(schema):
+        for name, spec, required in schema_inputs(schema):
             if is_widget(spec):
+                if not values and not required:
+                    continue  # saved before this optional widget existed: the frontend keeps its default
                 if not values:
                     raise WorkflowError(f"node {node['id']} ({node['type']}): no widget value left for {name!r}")
                 inputs[name] = values.pop(0)
