@@ -199,6 +199,7 @@ def methods_for(task: str, model, adapter_model, args) -> list[tuple[str, callab
     rows = [("mean fill (per frame)", baseline(B.mean_fill, False)),
             ("Telea (per frame)", baseline(B.telea_fill, False)),
             ("keyframe paste", baseline(B.keyframe_paste, True)),
+            ("keyframe colour fill", baseline(B.keyframe_colour_fill, True)),
             (f"flow warp ({flow_region} region)", baseline(lambda f, m, k: B.flow_warp(f, m, k, region=flow_region), True))]
     variants = [("", "none")] + ([(CM, args.color_match)] if args.color_match != "none" else [])
     for suffix, mode in variants:
@@ -319,6 +320,10 @@ GAP_NOTES = {
     "keyframe paste": "the true keyframe pixels, right wherever the camera and background barely move; the model "
                       "re-synthesises them through its VAE and cannot beat the VAE ceiling. A stronger VAE and longer "
                       "adapter training (the paper trains 50k steps at 576x1024) would close it",
+    "keyframe colour fill": "the keyframe's mean colour where it was edited or cleaned, in every hole: right wherever "
+                            "the hole holds one colour that only the keyframe shows; the model has to carry that "
+                            "colour from the keyframe's frame to the others, which its adapter has not learned "
+                            "(README, 'Carrying the keyframe into the hole')",
     "flow warp": "exact pixels carried along optical flow: unbeatable on rigid pans at 64 px, where the latent model "
                  "loses detail to its VAE. A stronger VAE, or pasting warped known pixels into the condition, would close it",
     "mean fill": "each frame's mean known colour is right on average wherever the hole's surroundings are one colour; "
@@ -378,6 +383,22 @@ def _edit_lines(edit, suffix: str) -> list[str]:
             f"  - against the training-free mode with the keyframe: {_compare(kf, free)}."]
 
 
+def _room_line(edit) -> list[str]:
+    """How much the keyframe could give at all: its colour alone (keyframe colour fill) and the VAE's reconstruction
+    of the answer (ceiling), each against KFI without the keyframe; the edit verdict needs CLEAR_GAIN_DB of it."""
+    nokf, colour = _row(edit, "KFI adapter, no keyframe"), _row(edit, "keyframe colour fill")
+    ceiling = _row(edit, "VAE ceiling (reference)")
+    if nokf is None or colour is None or ceiling is None:
+        return []
+    return [f"- **Room the keyframe leaves**: filling every hole with the keyframe's mean colour in its edited region "
+            f"(keyframe colour fill, no texture, no motion) reaches {colour['psnr_mask']:.2f} dB in the mask, "
+            f"{colour['psnr_mask'] - nokf['psnr_mask']:+.2f} dB over KFI without the keyframe; the VAE's own "
+            f"reconstruction of the answer {ceiling['psnr_mask']:.2f} dB "
+            f"({ceiling['psnr_mask'] - nokf['psnr_mask']:+.2f} dB). A model that carried the edit's colour but not its "
+            "texture would gain about the first; the 'carries the edit' verdict needs "
+            f"{CLEAR_GAIN_DB:g} dB."]
+
+
 def _colour_line(edit) -> list[str]:
     """The edit's new colour has to pass the VAE: how much of it its own reconstruction keeps, beside KFI's."""
     ceiling, kf = _row(edit, "VAE ceiling (reference)"), _row(edit, "KFI adapter, keyframe")
@@ -426,7 +447,7 @@ def summary(results: dict[str, list], difficulty: str) -> str:
     if edit and _row(edit, "KFI adapter, keyframe"):
         for suffix in _variants(edit):
             lines += _edit_lines(edit, suffix)
-        lines += _colour_line(edit)
+        lines += _room_line(edit) + _colour_line(edit)
     if removal and _row(removal, "KFI adapter, no keyframe"):
         losses: dict[str, None] = {}  # ordered set of the baselines KFI loses to in any variant
         for suffix in _variants(removal):

@@ -16,6 +16,10 @@ Definitions
                      on the 8-bit frame, radius ``TELEA_RADIUS``; the result is composited in float.
     keyframe_paste   the hole of frame t is the same pixels of the keyframe nearest in time (ties go
                      to the earlier keyframe): right for a static camera and static content only.
+    keyframe_colour_fill
+                     the hole of frame t is one colour: the mean of the nearest keyframe's pixels inside that
+                     keyframe frame's own mask (where it was edited or cleaned), or under frame t's hole where that
+                     mask is empty. No texture, no motion: how much a fill gains from the keyframe's colours alone.
     flow_warp        the hole of frame t is the nearest keyframe k warped by dense optical flow from
                      frame t to frame k (OpenCV DIS, medium preset, or Farneback), chained through the
                      frames between them (t -> t-1 -> ... -> k), and bilinear sampling (backward
@@ -153,6 +157,21 @@ def keyframe_paste(frames: torch.Tensor, masks: torch.Tensor,
     return _composite(frames, m, fill)
 
 
+def keyframe_colour_fill(frames: torch.Tensor, masks: torch.Tensor,
+                         keyframes: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """The hole of every frame holds one colour: the nearest keyframe's mean inside its own frame's mask (else under
+    the frame's hole; else the whole keyframe's mean)."""
+    frames, m, kf = check_baseline_inputs(frames, masks, keyframes)
+    _require_keyframes(kf, "keyframe_colour_fill")
+    fill = torch.empty_like(frames)
+    for t in range(frames.shape[0]):
+        k = nearest_keyframe(t, list(kf))
+        region = m[k, 0] if m[k].any() else m[t, 0]
+        colour = kf[k][:, region].mean(dim=1) if region.any() else kf[k].mean(dim=(1, 2))
+        fill[t] = colour[:, None, None]
+    return _with_keyframes(frames, m, _composite(frames, m, fill), kf)
+
+
 def _flow_fn(method: str):
     # smaller windows than the metrics' defaults: the baselines track small objects on small frames
     from .metrics import optical_flow_fn
@@ -270,6 +289,7 @@ BASELINES: dict[str, tuple[Baseline, bool]] = {
     "mean_fill": (mean_fill, False),
     "telea": (telea_fill, False),
     "keyframe_paste": (keyframe_paste, True),
+    "keyframe_colour": (keyframe_colour_fill, True),
     "flow_warp_known": (partial(flow_warp, region="known"), True),
     "flow_warp_whole": (partial(flow_warp, region="whole"), True),
 }

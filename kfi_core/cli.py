@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .color_match import COLOR_MATCH_MODES
-from .errors import KfiError
+from .errors import KfiError, ModelFileError
 from .propagate import BLEND_KNOWN_MODES
 from .sample import DEMO_SAMPLING
 
@@ -182,17 +182,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .video_io import read_frames, read_masks
 
     out = Path(args.out)
-    if demo_model_available():
-        model = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_ADAPTER)
-    else:
+    if args.tiny:  # the pipeline on random weights, asked for by name: shows the steps, not a meaningful fill
         from .tiny import build_tiny_pipeline_folder
 
         model_dir = out / "model"
-        logger.warning("the trained demo model is missing from %s (a partial checkout?): using a tiny random-weight "
-                       "SVD instead, which shows the pipeline but not a meaningful fill", DEMO_MODEL_DIR)
         if not (model_dir / "model_index.json").is_file():
             build_tiny_pipeline_folder(model_dir)
         model = load_kfi_model(model_dir)
+    elif demo_model_available():
+        model = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_ADAPTER)
+    else:
+        raise ModelFileError(
+            f"demo: the trained demo model is missing from {DEMO_MODEL_DIR} (it needs model_index.json and "
+            f"{DEMO_ADAPTER.name}; a partial checkout or an install that left out package data?). Restore the folder "
+            "(git checkout -- kfi_core/assets/demo_model, or reinstall the pack), or run `demo --tiny` to see the "
+            "pipeline on a tiny random-weight model.")
     bar = _StepBar("demo")
     try:
         result = inpaint_files(model, video=SAMPLE_DIR / "frames", mask=SAMPLE_DIR / "masks",
@@ -468,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "guidance to 1.0 on every frame (the demo model fills better without classifier-"
                                    "free guidance; README, 'Sampler settings for the demo model').")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--tiny", action="store_true",
+                   help="use a tiny random-weight model (written to OUT/model) instead of the trained demo model: "
+                        "shows the pipeline, not a meaningful fill")
     _add_sampling_arguments(p)
     p.set_defaults(**DEMO_SAMPLING)
     p.set_defaults(func=_cmd_demo)
@@ -572,9 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train-demo",
         help="train the demo model from scratch on procedural clips (VAE, backbone, then the KFI adapter)",
         description=(
-            "Phases data, vae, backbone (UNet + image encoder, stock img2vid conditioning), adapter (kfi_core.train: "
-            "LoRA + input conv only) and package (OUT/demo_model). Each phase checkpoints; running the same command "
-            "again resumes. See configs/demo/recipe.json and docs/RESULTS.md."
+            "Phases data, vae, decoder, backbone (UNet + image encoder, stock img2vid conditioning), tune (the "
+            "backbone trained further, where the recipe gives it steps), adapter (kfi_core.train: LoRA + input conv "
+            "only) and package (OUT/demo_model). Each phase checkpoints; running the same command again resumes. "
+            "See configs/demo/recipe.json and docs/RESULTS.md."
         ),
     )
     p.add_argument("--config", default="configs/demo/recipe.json", help="recipe JSON (default configs/demo/recipe.json)")
@@ -582,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly (checkpoint saved) after this many minutes; run again to resume")
     p.add_argument("--phase", action="append", default=[], metavar="NAME",
-                   help="run only these phases (repeatable); default all: data vae decoder backbone adapter package")
+                   help="run only these phases (repeatable); default all: data vae decoder backbone tune adapter "
+                        "package")
     p.set_defaults(func=_cmd_train_demo)
 
     return parser

@@ -20,6 +20,10 @@ Phases
               every frame, its CLIP embedding as cross-attention context, added time ids
               [fps - 1, motion bucket, noise strength], 10 % of samples unconditional (zero embedding and
               condition), EDM v-prediction. Written as a diffusers StableVideoDiffusionPipeline folder.
+    tune      (where the recipe gives it steps) the backbone phase's UNet and image encoder trained further
+              with the ``tune`` settings, from its weights (a fresh optimizer): a run can change how the
+              backbone is conditioned without training it again from scratch. Written to ``<out>/backbone_tuned``,
+              which the adapter and the package then use.
     adapter   :func:`kfi_core.train.train` on that folder and the data folder.
     package   backbone folder + ``adapter.safetensors`` in ``<out>/demo_model``, size checked.
 
@@ -50,14 +54,16 @@ from .procedural import EVAL_SEED_BASE
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("data", "vae", "decoder", "backbone", "adapter", "package")
+PHASES = ("data", "vae", "decoder", "backbone", "tune", "adapter", "package")
 # Training steps draw procedural seeds below TRAIN_SEED_LIMIT; the seeds from there up to EVAL_SEED_BASE are the
 # VAE's validation clips and latent-statistics clips; EVAL_SEED_BASE and above are held out for docs/RESULTS.md.
 TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
-_DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM = 11, 12, 13, 14
-_PHASE_FIELDS = ("vae", "decoder", "backbone")  # the DemoRecipe fields that are PhaseConfigs
+_DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11, 12, 13, 14, 15
+_PHASE_FIELDS = ("vae", "decoder", "backbone", "tune")  # the DemoRecipe fields that are PhaseConfigs
+_BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
+FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
 
 
 # --------------------------------------------------------------------------- recipe
@@ -65,7 +71,7 @@ _PHASE_FIELDS = ("vae", "decoder", "backbone")  # the DemoRecipe fields that are
 
 @dataclass
 class PhaseConfig:
-    """One from-scratch phase (vae or backbone)."""
+    """One phase's settings (vae, decoder, backbone or tune)."""
 
     steps: int = 1000
     batch_size: int = 1
@@ -86,7 +92,7 @@ class PhaseConfig:
     norm_reference: float = 0.0  # initialisation shift before the last GroupNorms: see :func:`add_norm_reference`
     crop_size: int = 0  # train on random square crops of this size (0 = whole frames): see :func:`random_crops`
     crop_frames: int = 0  # ... and this many consecutive frames (0 = all)
-    # backbone only
+    # backbone and tune only
     p_mean: float = -0.5
     p_std: float = 1.4
     noise_aug_mean: float = -3.0
@@ -94,6 +100,9 @@ class PhaseConfig:
     cond_dropout_prob: float = 0.1
     # the image latent on frame 0 only (zeros on the others) for this fraction of samples: see backbone_inputs
     first_frame_only_prob: float = 0.0
+    # what the other frames' condition holds in those samples: "zeros", or "black" (the latent of a black frame,
+    # which is what KFI's black-filled condition holds wherever a frame is masked): see backbone_inputs
+    first_frame_only_fill: str = "zeros"
     fps: int = 7
     motion_bucket_id: int = 127
     train_image_encoder: bool = True
@@ -112,6 +121,8 @@ class DemoRecipe:
     backbone: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=3000, batch_size=2, lr=5e-4))
     # the VAE's decoder alone, encoder frozen (steps 0 = skip): see :func:`train_decoder`
     decoder: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
+    # the backbone trained further from the backbone phase's weights (steps 0 = skip): see :func:`tune_backbone`
+    tune: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
     adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
     vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
@@ -131,6 +142,9 @@ class DemoRecipe:
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
                 raise TrainConfigError(f"{name}: steps >= 0, batch_size >= 1, lr > 0 and checkpoint_every >= 1 "
                                        f"are needed; got {dataclasses.asdict(phase)}.")
+            if phase.first_frame_only_fill not in FIRST_FRAME_ONLY_FILLS:
+                raise TrainConfigError(f"{name}.first_frame_only_fill: got {phase.first_frame_only_fill!r}; choose "
+                                       f"one of {', '.join(FIRST_FRAME_ONLY_FILLS)}.")
             for prob in ("cond_dropout_prob", "first_frame_only_prob"):
                 if not 0.0 <= getattr(phase, prob) <= 1.0:
                     raise TrainConfigError(f"{name}.{prob}: got {getattr(phase, prob)}; give a probability from 0 to 1.")
@@ -143,8 +157,8 @@ class DemoRecipe:
             if name == "decoder" and (phase.anchor_weight or phase.norm_reference):
                 raise TrainConfigError("decoder.anchor_weight / norm_reference: the decoder phase keeps the encoder "
                                        "frozen and starts from the trained decoder; set them in the vae phase.")
-            if name == "backbone" and (phase.crop_size or phase.crop_frames):
-                raise TrainConfigError("backbone.crop_size / crop_frames: only the vae phase trains on crops; "
+            if name in ("backbone", "tune") and (phase.crop_size or phase.crop_frames):  # whole clips only
+                raise TrainConfigError(f"{name}.crop_size / crop_frames: only the vae phase trains on crops; "
                                        "the backbone needs whole clips.")
             for weight in ("chroma_weight", "anchor_weight"):
                 if getattr(phase, weight) < 0:
@@ -609,8 +623,11 @@ def backbone_inputs(vae, clips: torch.Tensor, phase: PhaseConfig, generator: tor
     """Stock SVD img2vid training inputs for clips [B, F, 3, H, W] (no gradients; the VAE is frozen).
 
     With ``phase.first_frame_only_prob`` > 0 that fraction of samples gets the first frame's latent on frame 0
-    alone (zeros elsewhere) instead of on every frame, so the temporal layers must carry its appearance to the
-    other frames: what KFI asks of them, where a keyframe's latent sits on its own frame only.
+    alone instead of on every frame, so the temporal layers must carry its appearance to the other frames: what
+    KFI asks of them, where a keyframe's latent sits on its own frame only. The other frames hold zeros
+    (``first_frame_only_fill`` "zeros") or the latent of a black frame, noise-augmented like the first ("black"):
+    KFI's black-filled condition holds exactly that wherever a frame is masked, so the backbone learns to carry
+    the keyframe's appearance into what KFI will show it as a hole. Unconditional samples stay all zeros.
     """
     from .denoiser import scale_model_input, sigma_to_timestep
 
@@ -629,7 +646,12 @@ def backbone_inputs(vae, clips: torch.Tensor, phase: PhaseConfig, generator: tor
             only = torch.rand(b, generator=generator) < phase.first_frame_only_prob
             frames = torch.ones(b, f, 1, 1, 1)
             frames[only, 1:] = 0.0
-            cond = cond * frames
+            absent = torch.zeros_like(cond)
+            if phase.first_frame_only_fill == "black":  # drawn only then, as above
+                black = -1.0 + aug.reshape(b, 1, 1, 1) * torch.randn(first.shape, generator=generator)
+                absent = vae.encode(black).latent_dist.mode()[:, None].expand(-1, f, -1, -1, -1)
+                absent = absent * keep.reshape(b, 1, 1, 1, 1)
+            cond = cond * frames + absent * (1.0 - frames)
         sigma = torch.exp(phase.p_mean + phase.p_std * torch.randn(b, generator=generator))
         x_t = x0 + sigma.reshape(b, 1, 1, 1, 1) * torch.randn(x0.shape, generator=generator)
         model_in = torch.cat([scale_model_input(x_t, sigma.reshape(b, 1, 1, 1, 1)), cond], dim=2)
@@ -655,28 +677,28 @@ def scheduler_config(recipe: DemoRecipe) -> dict:
     return {**SVD_SCHEDULER_CONFIG, **recipe.scheduler}
 
 
-def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None) -> Path | None:
-    """Phase backbone: UNet + image encoder on the frozen VAE; writes ``<out>/backbone`` (diffusers folder)."""
+def _fit_backbone(recipe: DemoRecipe, name: str, parts: dict, vae, out: Path, deadline: float | None) -> Path | None:
+    """Train ``parts``' UNet and image encoder with the ``name`` phase's settings (``backbone`` or ``tune``); write
+    the pipeline folder (``<out>/backbone`` or ``<out>/backbone_tuned``), or return None if out of time."""
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 
-    folder = out / "backbone"
-    if (folder / "model_index.json").is_file():
-        return folder
-    parts = new_components(recipe)
+    folder = out / _BACKBONE_FOLDERS[name]
+    phase = getattr(recipe, name)
+    stream = _BACKBONE_STREAM if name == "backbone" else _TUNE_STREAM
     unet, image_encoder, fe = parts["unet"].train(), parts["image_encoder"], parts["feature_extractor"]
-    image_encoder.train(recipe.backbone.train_image_encoder)
-    image_encoder.requires_grad_(recipe.backbone.train_image_encoder)
+    image_encoder.train(phase.train_image_encoder)
+    image_encoder.requires_grad_(phase.train_image_encoder)
+    unet.requires_grad_(True)
     vae.eval().requires_grad_(False)
     h, w = recipe.resolution
-    phase = recipe.backbone
 
     def loss_fn(step: int):
-        clips = training_batch(recipe.seed, _BACKBONE_STREAM, step, phase.batch_size, recipe.num_frames, h, w)
-        inputs = backbone_inputs(vae, clips, phase, step_generator(recipe.seed, _BACKBONE_STREAM, step))
+        clips = training_batch(recipe.seed, stream, step, phase.batch_size, recipe.num_frames, h, w)
+        inputs = backbone_inputs(vae, clips, phase, step_generator(recipe.seed, stream, step))
         return backbone_loss(unet, image_encoder, fe, inputs), {}
 
     modules = {"unet": unet, "image_encoder": image_encoder}
-    run = PhaseRun("backbone", out / "backbone_train", phase, modules, loss_fn, _fingerprint(recipe, "backbone"))
+    run = PhaseRun(name, out / f"{folder.name}_train", phase, modules, loss_fn, _fingerprint(recipe, name))
     if not run_phase(run, deadline):
         return None
     for module in (unet, image_encoder):
@@ -688,8 +710,43 @@ def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None) -
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     tmp.rename(folder)
-    logger.info("backbone: wrote %s", folder)
+    logger.info("%s: wrote %s", name, folder)
     return folder
+
+
+def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None) -> Path | None:
+    """Phase backbone: UNet + image encoder on the frozen VAE; writes ``<out>/backbone`` (diffusers folder)."""
+    folder = out / _BACKBONE_FOLDERS["backbone"]
+    if (folder / "model_index.json").is_file():
+        return folder
+    return _fit_backbone(recipe, "backbone", new_components(recipe), vae, out, deadline)
+
+
+def tune_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None) -> Path | None:
+    """Phase tune: the finished backbone (``<out>/backbone``) trained further with ``recipe.tune`` (a fresh AdamW;
+    the LR schedule of its own steps). Returns the folder the adapter trains on: ``<out>/backbone`` itself when
+    the recipe gives the phase no steps, else ``<out>/backbone_tuned``; None if out of time."""
+    from diffusers import UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    backbone = out / _BACKBONE_FOLDERS["backbone"]
+    if recipe.tune.steps == 0:
+        return backbone
+    folder = out / _BACKBONE_FOLDERS["tune"]
+    if (folder / "model_index.json").is_file():
+        return folder
+    if not (backbone / "model_index.json").is_file():
+        raise TrainConfigError(f"tune: {backbone} is not a finished backbone; run the backbone phase first.")
+    parts = {"unet": UNetSpatioTemporalConditionModel.from_pretrained(backbone / "unet", use_safetensors=True),
+             "image_encoder": CLIPVisionModelWithProjection.from_pretrained(backbone / "image_encoder",
+                                                                            use_safetensors=True),
+             "feature_extractor": CLIPImageProcessor.from_pretrained(backbone / "feature_extractor")}
+    return _fit_backbone(recipe, "tune", parts, vae, out, deadline)
+
+
+def trained_backbone(recipe: DemoRecipe, out: Path) -> Path:
+    """The backbone folder the adapter and the package use: the tuned one where the recipe tunes."""
+    return out / _BACKBONE_FOLDERS["tune" if recipe.tune.steps else "backbone"]
 
 
 # --------------------------------------------------------------------------- adapter and package
@@ -739,18 +796,21 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
     data = out / "data"
     if "data" in phases:
         write_dataset(data, recipe)
-    if {"vae", "decoder", "backbone"} & set(phases):  # the backbone trains on (and saves) the finished VAE
+    if {"vae", "decoder", "backbone", "tune"} & set(phases):  # the backbone trains on (and saves) the finished VAE
         vae = train_vae(recipe, out, deadline)
         if vae is None:
             return None
-        if "decoder" in phases or "backbone" in phases:
+        if {"decoder", "backbone", "tune"} & set(phases):
             vae = train_decoder(recipe, vae, out, deadline)
             if vae is None:
                 return None
-    backbone = out / "backbone"
     if "backbone" in phases:
         if train_backbone(recipe, vae, out, deadline) is None:
             return None
+    if "tune" in phases:
+        if tune_backbone(recipe, vae, out, deadline) is None:
+            return None
+    backbone = trained_backbone(recipe, out)
     adapter_out = out / "adapter"
     if "adapter" in phases:
         if not (adapter_out / "adapter.safetensors").is_file():

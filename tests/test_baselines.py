@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.baselines import (BASELINES, flow_warp, keyframe_paste, mean_fill, nearest_keyframe, telea_fill,
-                                vae_ceiling)
+from kfi_core.baselines import (BASELINES, flow_warp, keyframe_colour_fill, keyframe_paste, mean_fill,
+                                nearest_keyframe, telea_fill, vae_ceiling)
 from kfi_core.errors import InputMismatchError, KeyframeError, UnknownNameError
 from kfi_core.metrics import psnr
 from kfi_core.procedural import ProceduralConfig, make_procedural_clip
@@ -62,6 +62,43 @@ def test_keyframe_paste_reproduces_the_keyframe_at_its_index_and_nearest_elsewhe
     hole4 = c.masks[4, 0] == 1
     assert torch.equal(out2[4][:, hole4], second[:, hole4])  # frame 4 is nearer to 5 than to 0
     assert nearest_keyframe(2, [0, 4]) == 0 and nearest_keyframe(3, [0, 4]) == 4
+
+
+def test_keyframe_colour_fill_puts_the_keyframes_colour_in_every_hole():
+    """Analytic: a flat object of colour a moves over a random background; the keyframe (frame 0) shows it recoloured
+    to b. Every hole (the object's, grown) is filled with the keyframe's mean inside its own frame's mask, exactly;
+    with that mask empty, the keyframe's mean under the frame's own hole; the nearest keyframe wins."""
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 5, 24, 32
+    frames = torch.rand(n, 3, h, w, generator=g)
+    masks = torch.zeros(n, 1, h, w)
+    a, b = torch.tensor([0.9, 0.1, 0.2]), torch.tensor([0.1, 0.3, 0.8])
+    for t in range(n):
+        masks[t, :, 6:14, 2 + 3 * t: 10 + 3 * t] = 1
+        frames[t][:, masks[t, 0] == 1] = a[:, None]
+    keyframe = frames[0].clone()
+    keyframe[:, masks[0, 0] == 1] = b[:, None]
+    out = keyframe_colour_fill(frames, masks, {0: keyframe})
+    for t in range(n):
+        hole = masks[t, 0] == 1
+        torch.testing.assert_close(out[t][:, hole], b[:, None].expand(3, int(hole.sum())))
+        assert torch.equal(out[t][:, ~hole], frames[t][:, ~hole])
+    assert torch.equal(out[0], keyframe)  # the keyframe frame is the keyframe
+    # the keyframe's frame unmasked (a keyframe the user gave where nothing was masked): its pixels under each hole
+    empty = masks.clone()
+    empty[0] = 0
+    out = keyframe_colour_fill(frames, empty, {0: keyframe})
+    for t in range(1, n):
+        hole = empty[t, 0] == 1
+        expected = keyframe[:, hole].mean(dim=1)
+        torch.testing.assert_close(out[t][:, hole], expected[:, None].expand(3, int(hole.sum())))
+    # two keyframes: frame 4 takes the nearer one's colour
+    other = frames[4].clone()
+    other[:, masks[4, 0] == 1] = a[:, None] * 0.5
+    out = keyframe_colour_fill(frames, masks, {0: keyframe, 4: other})
+    torch.testing.assert_close(out[3][:, masks[3, 0] == 1], (a * 0.5)[:, None].expand(3, 64))
+    with pytest.raises(KeyframeError, match="keyframe_colour_fill: needs at least one keyframe"):
+        keyframe_colour_fill(frames, masks, None)
 
 
 @pytest.mark.parametrize("texture", ["stripes", "noise", "mixed"])
@@ -145,6 +182,9 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     assert "raw model output" in summary and "with colour matching" in summary
     assert "| chroma gain mask | s/clip |" in text
     assert "Colour through the VAE" in summary  # the measured chroma gain of the ceiling beside KFI's
+    assert text.count("| keyframe colour fill |") == 2
+    # the edit's headroom, computed: the keyframe colour fill and the ceiling against KFI without the keyframe
+    assert "Room the keyframe leaves" in summary and "over KFI without the keyframe" in summary
 
 
 def test_vae_colour_bench_probes_and_trains(tmp_path):

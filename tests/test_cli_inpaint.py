@@ -103,3 +103,22 @@ def test_demo_writes_video_and_preview(tmp_path):
 
     preview = np.asarray(Image.open(tmp_path / "demo" / "preview.png"))
     assert preview.shape[1] == 2 * preview.shape[0] // 4 and preview.shape[2] == 3
+
+
+def test_demo_without_its_model_says_how_to_restore_it(tmp_path, monkeypatch, capsys):
+    """A partial checkout without kfi_core/assets/demo_model is an error naming the folder and the fixes, not a
+    silent fall back to random weights; --tiny asks for those weights by name and runs the pipeline on them."""
+    import kfi_core.sample as sample
+    from kfi_core import cli
+
+    missing = tmp_path / "no_demo_model"
+    monkeypatch.setattr(sample, "DEMO_MODEL_DIR", missing)
+    monkeypatch.setattr(sample, "DEMO_ADAPTER", missing / "adapter.safetensors")
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "git checkout -- kfi_core/assets/demo_model" in err and "--tiny" in err
+    assert not (tmp_path / "demo" / "result.mp4").exists()
+    assert cli.main(["demo", "--tiny", "--out", str(tmp_path / "demo"), "--steps", "1"]) == 0
+    frames, _ = read_frames(tmp_path / "demo" / "result.mp4")
+    assert frames.shape == (8, 3, 64, 64)
+    assert (tmp_path / "demo" / "model" / "model_index.json").is_file()

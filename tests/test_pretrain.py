@@ -31,7 +31,8 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
-                                  "recipe-chroma.json", "recipe-temporal.json", "recipe-longvae.json"])
+                                  "recipe-chroma.json", "recipe-temporal.json", "recipe-longvae.json",
+                                  "recipe-black.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -39,7 +40,7 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-longvae.json")
+    colour = name in ("recipe.json", "recipe-longvae.json", "recipe-black.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
@@ -258,6 +259,17 @@ def test_the_long_vae_candidate_is_the_shipped_recipe_with_longer_vae_phases():
     assert dataclasses.replace(longer, vae=shipped.vae, decoder=shipped.decoder) == shipped
 
 
+def test_the_black_fill_recipe_is_the_shipped_recipe_plus_a_tune_phase():
+    """So a finished recipe.json run continues with --phase tune (its vae, decoder and backbone are reused)."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    black = P.load_recipe(ROOT / "configs" / "demo" / "recipe-black.json")
+    assert shipped.tune.steps == 0 and black.tune.steps > 0
+    assert black.tune.first_frame_only_fill == "black" and black.tune.first_frame_only_prob > 0.5
+    assert dataclasses.replace(black, tune=shipped.tune) == shipped
+    for phase in ("vae", "decoder", "backbone"):
+        assert P._fingerprint(shipped, phase) == P._fingerprint(black, phase)
+
+
 def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_components):
     vae = tiny_components["vae"]
     clips = P.training_batch(0, 1, 0, 3, 4, 64, 64)
@@ -268,6 +280,37 @@ def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_compon
     # the same draws up to the condition: frame 0 carries the stock latent, the others nothing
     torch.testing.assert_close(cond[:, 0], cond_stock[:, 0])
     assert cond[:, 0].abs().sum() > 0 and cond[:, 1:].abs().sum() == 0
+
+
+def test_first_frame_only_black_fill_holds_the_black_frame_latent(tiny_components):
+    """With first_frame_only_fill "black" the other frames hold the latent of a black frame, noise-augmented like
+    the first: what KFI's black-filled condition holds on a fully masked frame. Unconditional samples stay zero."""
+    vae = tiny_components["vae"]
+    clips = P.training_batch(0, 1, 0, 4, 3, 64, 64)
+    # noise augmentation ~ exp(-20): the black frame's latent is then encode(black) to float precision
+    phase = P.PhaseConfig(cond_dropout_prob=0.5, first_frame_only_prob=1.0, first_frame_only_fill="black",
+                          noise_aug_mean=-20.0, noise_aug_std=0.1)
+    inputs = P.backbone_inputs(vae, clips, phase, P.step_generator(0, 1, 0))
+    zeros = P.backbone_inputs(vae, clips, dataclasses.replace(phase, first_frame_only_fill="zeros"),
+                              P.step_generator(0, 1, 0))
+    cond, keep = inputs["model_in"][:, :, 4:], inputs["keep"]
+    # the same draws up to the condition: frame 0 is the zeros-fill frame 0
+    torch.testing.assert_close(cond[:, 0], zeros["model_in"][:, 0, 4:])
+    assert 0 < keep.sum() < 4, "the seed should give conditional and unconditional samples"
+    with torch.no_grad():
+        black = vae.encode(-torch.ones(1, 3, 64, 64)).latent_dist.mode()[0]
+    for i in range(4):
+        if keep[i] == 0:
+            assert cond[i].abs().sum() == 0
+            continue
+        assert torch.equal(cond[i, 1], cond[i, 2])  # one black latent for every other frame
+        torch.testing.assert_close(cond[i, 1], black, atol=1e-5, rtol=1e-5)
+        assert (cond[i, 1] - cond[i, 0]).abs().mean() > 0.1 * black.abs().mean()
+
+
+def test_first_frame_only_fill_must_be_known():
+    with pytest.raises(TrainConfigError, match="backbone.first_frame_only_fill.*zeros, black"):
+        micro_recipe(backbone={"steps": 1, "first_frame_only_fill": "grey"})
 
 
 def test_backbone_inputs_follow_stock_svd_conditioning(tiny_components):
@@ -378,6 +421,39 @@ def test_train_demo_end_to_end_packages_a_loadable_model(tmp_path):
     before = (path / "adapter.safetensors").read_bytes()
     assert P.train_demo(recipe, tmp_path / "run") == path
     assert (path / "adapter.safetensors").read_bytes() == before
+
+
+def test_tune_phase_trains_the_finished_backbone_further_and_the_adapter_uses_it(tmp_path, tiny_components):
+    from safetensors.torch import load_file
+
+    vae = tiny_components["vae"]
+    tune = {"steps": 2, "batch_size": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1,
+            "first_frame_only_prob": 1.0, "first_frame_only_fill": "black"}
+    recipe = micro_recipe(tune=tune)
+    out = tmp_path / "run"
+    with pytest.raises(TrainConfigError, match="run the backbone phase first"):
+        P.tune_backbone(recipe, vae, out, deadline=None)
+    backbone = P.train_backbone(recipe, vae, out, deadline=None)
+    assert P.tune_backbone(micro_recipe(), vae, out, deadline=None) == backbone  # no tune steps: the backbone
+    assert P.trained_backbone(micro_recipe(), out) == backbone
+    # out of time after the first step: a checkpoint, no folder; the same call resumes and finishes
+    assert P.tune_backbone(recipe, vae, out, deadline=time.monotonic() - 1) is None
+    assert [s for s, _ in P.list_phase_checkpoints(out / "backbone_tuned_train")] == [1]
+    tuned = P.tune_backbone(recipe, vae, out, deadline=None)
+    assert tuned == out / "backbone_tuned" == P.trained_backbone(recipe, out)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(backbone / weights)), load_file(str(tuned / weights))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained from the backbone's weights
+    # the backbone phase's own folder is left as it was, so a run can be tuned again with other settings
+    assert load_file(str(backbone / weights)).keys() == before.keys()
+    log = [json.loads(line) for line in (out / "backbone_tuned_train" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2]
+
+
+def test_tune_phase_refuses_crops():
+    with pytest.raises(TrainConfigError, match="tune.crop_size"):
+        micro_recipe(tune={"steps": 1, "crop_size": 32})
 
 
 def test_cli_train_demo_refuses_unknown_phase(tmp_path):
