@@ -767,6 +767,20 @@ def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path):
     return config
 
 
+def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
+    """Refuse to continue or package an adapter that was trained on the other backbone folder of this run (the
+    ``tune`` phase turned on or off between runs): it would pair LoRA weights with a UNet they were not trained on."""
+    saved = adapter_out / "train_config.json"
+    if not saved.is_file():
+        return
+    trained_on = Path(str(json.loads(saved.read_text()).get("model", ""))).name
+    if trained_on and trained_on != backbone.name:
+        raise ResumeError(
+            f"adapter: {adapter_out} was trained on {trained_on}/, but this recipe's adapter needs {backbone.name}/ "
+            "(the tune phase was turned on or off). Move that folder aside to train a new adapter, or use the recipe "
+            "that made it.")
+
+
 def package(backbone: Path, adapter: Path, dest: Path) -> Path:
     """Copy the backbone folder and the adapter into ``dest``; refuse above :data:`MAX_PACKAGE_MB`."""
     tmp = dest.with_name(dest.name + ".tmp")
@@ -812,6 +826,8 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
             return None
     backbone = trained_backbone(recipe, out)
     adapter_out = out / "adapter"
+    if {"adapter", "package"} & set(phases):
+        check_adapter_backbone(adapter_out, backbone)
     if "adapter" in phases:
         if not (adapter_out / "adapter.safetensors").is_file():
             if train(adapter_config(recipe, backbone, data, adapter_out), deadline=deadline) is None:

@@ -451,6 +451,21 @@ def test_tune_phase_trains_the_finished_backbone_further_and_the_adapter_uses_it
     assert [e["step"] for e in log] == [1, 2]
 
 
+def test_an_adapter_trained_on_the_other_backbone_folder_is_refused(tmp_path):
+    """recipe.json's finished run continued with a tuned recipe (or the reverse) must not reuse, resume or package
+    the adapter trained on the other backbone; train_demo checks before the adapter and package phases."""
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    P.check_adapter_backbone(adapter, tmp_path / "run" / "backbone_tuned")  # nothing trained yet: fine
+    (adapter / "train_config.json").write_text(json.dumps({"model": "elsewhere/run/backbone"}))
+    P.check_adapter_backbone(adapter, tmp_path / "run" / "backbone")  # the same folder, wherever the run moved
+    with pytest.raises(ResumeError, match="trained on backbone/, but this recipe's adapter needs backbone_tuned/"):
+        P.check_adapter_backbone(adapter, tmp_path / "run" / "backbone_tuned")
+    recipe = micro_recipe(tune={"steps": 1, "batch_size": 2})
+    with pytest.raises(ResumeError, match="Move that folder aside"):
+        P.train_demo(recipe, tmp_path / "run", phases=("package",))
+
+
 def test_tune_phase_refuses_crops():
     with pytest.raises(TrainConfigError, match="tune.crop_size"):
         micro_recipe(tune={"steps": 1, "crop_size": 32})
