@@ -729,12 +729,10 @@ def tune_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None) ->
     from diffusers import UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    backbone = out / _BACKBONE_FOLDERS["backbone"]
-    if recipe.tune.steps == 0:
-        return backbone
-    folder = out / _BACKBONE_FOLDERS["tune"]
-    if (folder / "model_index.json").is_file():
+    folder = trained_backbone(recipe, out)
+    if recipe.tune.steps == 0 or (folder / "model_index.json").is_file():
         return folder
+    backbone = out / _BACKBONE_FOLDERS["backbone"]
     if not (backbone / "model_index.json").is_file():
         raise TrainConfigError(f"tune: {backbone} is not a finished backbone; run the backbone phase first.")
     parts = {"unet": UNetSpatioTemporalConditionModel.from_pretrained(backbone / "unet", use_safetensors=True),
