@@ -86,6 +86,7 @@ def main() -> int:
     for size in ("tiny", "mid"):
         run("lora_speed.py", "--size", size, "--reps", "5" if args.quick else "11")
     run("schedules.py", "--memory", "--frames", "25", "100", "250")
+    run("mask_grow.py", "--frames", "4", "--reps", "3" if args.quick else "5")
     run("comfy_startup.py", "--rounds", "1" if args.quick else "4")
     run("gpu_fullsize.py", "--dry-run")
     return 0

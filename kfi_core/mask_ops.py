@@ -50,6 +50,28 @@ def _disk(radius: int, device, dtype) -> torch.Tensor:
     return disk.to(dtype)[None, None]
 
 
+def _dilate_disk(src: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of bool ``src`` [..., H, W] by :func:`_disk` (pixels outside the frame are 0).
+
+    The disk is split into its rows: row ``dy`` is a horizontal run of half-width ``k(dy)``, so the dilation
+    is the union over ``dy`` of a horizontal dilation by ``k(dy)`` shifted ``dy`` rows. Each horizontal
+    dilation is a windowed count from one cumulative sum, so the cost is O(radius) per pixel, not the
+    O(radius^2) of a convolution with the disk (the same result: tests/test_mask_ops.py checks it against one).
+    """
+    height, width = src.shape[-2:]
+    half = (_disk(radius, "cpu", torch.int64)[0, 0].sum(dim=1) // 2).tolist()  # half-width of each row
+    # counts[..., j] = source pixels left of padded column j (radius zero columns padded on both sides)
+    counts = F.pad(F.pad(src.to(torch.float32), (radius, radius)).cumsum(dim=-1), (1, 0))
+    out = torch.zeros_like(src)
+    for dy in range(min(radius, height - 1) + 1):  # the disk's rows dy and -dy have the same half-width
+        k = int(half[radius + dy])
+        # any source pixel within k columns of x, same row: counts over padded columns x+r-k .. x+r+k
+        run = counts[..., radius + k + 1: radius + k + 1 + width] > counts[..., radius - k: radius - k + width]
+        out[..., : height - dy, :] |= run[..., dy:, :]  # output row y reads source row y + dy
+        out[..., dy:, :] |= run[..., : height - dy, :]  # and source row y - dy
+    return out
+
+
 def grow(masks: torch.Tensor, pixels: int) -> torch.Tensor:
     """Dilate (``pixels`` > 0) or erode (``pixels`` < 0) binary masks with a disk of that radius.
 
@@ -59,13 +81,9 @@ def grow(masks: torch.Tensor, pixels: int) -> torch.Tensor:
     """
     if pixels == 0:
         return masks.clone()
-    radius = abs(int(pixels))
-    kernel = _disk(radius, masks.device, torch.float32)
-    src = masks.float() if pixels > 0 else 1.0 - masks.float()
-    # [F, 1, H, W] -> [F, 1, H, W]; conv counts disk pixels inside the region
-    hit = F.conv2d(F.pad(src, (radius,) * 4, value=0.0), kernel) > 0.5
-    out = hit.float() if pixels > 0 else 1.0 - hit.float()
-    return out.to(masks.dtype)
+    src = masks > 0.5 if pixels > 0 else masks <= 0.5  # [F, 1, H, W] bool: the region to dilate
+    hit = _dilate_disk(src, abs(int(pixels)))
+    return (hit if pixels > 0 else ~hit).to(masks.dtype)
 
 
 def feather(masks: torch.Tensor, pixels: int) -> torch.Tensor:

@@ -23,6 +23,28 @@ def test_grow_single_pixel_gives_a_disk_of_that_radius():
     assert torch.equal(out.bool(), disk)
 
 
+def _grow_by_convolution(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The direct definition: count the disk's pixels of the region under each output pixel (O(r^2))."""
+    import torch.nn.functional as F
+
+    r = abs(pixels)
+    ax = torch.arange(-r, r + 1, dtype=torch.float32)
+    disk = ((ax[None, :] ** 2 + ax[:, None] ** 2) <= r * r + 0.5).float()[None, None]
+    src = masks if pixels > 0 else 1.0 - masks
+    hit = F.conv2d(F.pad(src, (r,) * 4, value=0.0), disk) > 0.5
+    return hit.float() if pixels > 0 else 1.0 - hit.float()
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 37, 53), (2, 1, 5, 40), (1, 1, 64, 9)])
+def test_grow_matches_the_disk_convolution(shape):
+    gen = torch.Generator().manual_seed(sum(shape))
+    for density in (0.003, 0.05, 0.5, 0.97):
+        masks = (torch.rand(shape, generator=gen) < density).float()
+        for pixels in (1, 2, 3, 5, 8, 13, 41, -1, -2, -4, -7, -19):
+            want = _grow_by_convolution(masks, pixels)
+            assert torch.equal(grow(masks, pixels), want), (density, pixels)
+
+
 def test_erode_undoes_grow_on_a_square_and_shrinks_it():
     sq = torch.zeros(1, 1, 30, 30)
     sq[..., 10:20, 10:20] = 1
