@@ -58,9 +58,11 @@ PHASES = ("data", "vae", "decoder", "backbone", "tune", "adapter", "package")
 # Training steps draw procedural seeds below TRAIN_SEED_LIMIT; the seeds from there up to EVAL_SEED_BASE are the
 # VAE's validation clips and latent-statistics clips; EVAL_SEED_BASE and above are held out for docs/RESULTS.md.
 TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
+EASY_SEED_BASE = TRAIN_SEED_LIMIT // 2  # seeds of the easy clips (data_easy_clips): seed EASY_SEED_BASE + i
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
 _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11, 12, 13, 14, 15
+_EASY_DATA_STREAM = 16
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
@@ -117,6 +119,8 @@ class DemoRecipe:
     resolution: tuple[int, int] = (64, 64)
     data_clips: int = 600
     data_frames: int = 12  # frames per written clip (the adapter phase crops num_frames of them)
+    # extra clips at the benchmark's "easy" preset, each showing its target with masks (see training_easy_clip)
+    data_easy_clips: int = 0
     vae: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=1500, lr=1e-3))
     backbone: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=3000, batch_size=2, lr=5e-4))
     # the VAE's decoder alone, encoder frozen (steps 0 = skip): see :func:`train_decoder`
@@ -137,6 +141,9 @@ class DemoRecipe:
         if self.data_clips < 1 or self.data_clips > TRAIN_SEED_LIMIT:
             raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {TRAIN_SEED_LIMIT} (seeds from "
                                    f"{TRAIN_SEED_LIMIT} are held out for validation and evaluation).")
+        if not 0 <= self.data_easy_clips <= TRAIN_SEED_LIMIT - EASY_SEED_BASE:
+            raise TrainConfigError(f"data_easy_clips: got {self.data_easy_clips}; give 0 .. "
+                                   f"{TRAIN_SEED_LIMIT - EASY_SEED_BASE}.")
         for name in _PHASE_FIELDS:
             phase = getattr(self, name)
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
@@ -240,6 +247,21 @@ def training_clip_with_masks(seed: int, num_frames: int, height: int,
     return (clip.ground_truth if truth else clip.frames), clip.masks
 
 
+def training_easy_clip(seed: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip of the benchmark's ``easy`` preset (slow target, little pan, constant light) that always shows the
+    target, in its original or edited appearance, and the target's masks: what teaches the adapter to carry a
+    keyframe's appearance into the hole, which on the random clips of :func:`training_clip_with_masks` (mostly
+    moving fast, under pans) it does not learn in a CPU run (README, 'Teaching the adapter to read the keyframe')."""
+    from .procedural import make_procedural_clip
+
+    if not 0 <= seed < TRAIN_SEED_LIMIT:
+        raise TrainConfigError(f"training seed {seed}: must be below {TRAIN_SEED_LIMIT} (held-out seeds above).")
+    rng = np.random.default_rng([int(seed), _EASY_DATA_STREAM])
+    clip = make_procedural_clip("edit", num_frames=num_frames, height=height, width=width, seed=int(seed),
+                                difficulty="easy")
+    return (clip.ground_truth if rng.random() < 0.5 else clip.frames), clip.masks
+
+
 def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
     """The frames of :func:`training_clip_with_masks`."""
     return training_clip_with_masks(seed, num_frames, height, width)[0]
@@ -274,7 +296,8 @@ def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
 
 
 def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
-    """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), each clip that shows the target
+    """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), then ``recipe.data_easy_clips``
+    easy ones (``easy_NNNNNN``, seeds from :data:`EASY_SEED_BASE`), each clip that shows the target
     object with its masks in ``masks/`` (kfi_core.data's track masks). Skips finished clips; a clip finished by an
     older version without its masks gets them (the clips are seeded, so the frames are the same)."""
     from PIL import Image
@@ -289,17 +312,21 @@ def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
 
     h, w = recipe.resolution
     out.mkdir(parents=True, exist_ok=True)
-    for i in range(recipe.data_clips):
-        folder = out / f"clip_{i:06d}"
+    clips = [(f"clip_{i:06d}", lambda i=i: training_clip_with_masks(i, recipe.data_frames, h, w))
+             for i in range(recipe.data_clips)]
+    clips += [(f"easy_{i:06d}", lambda i=i: training_easy_clip(EASY_SEED_BASE + i, recipe.data_frames, h, w))
+              for i in range(recipe.data_easy_clips)]
+    for name, make in clips:
+        folder = out / name
         done = folder / ".done"
         if done.is_file() and done.read_text().strip() == _DATA_VERSION:
             continue
-        frames, masks = training_clip_with_masks(i, recipe.data_frames, h, w)
+        frames, masks = make()
         save(frames, folder)
         if masks is not None:
             save(masks, folder / TRACK_MASK_FOLDER)
         done.write_text(_DATA_VERSION)
-    logger.info("dataset: %d procedural clips in %s", recipe.data_clips, out)
+    logger.info("dataset: %d procedural clips (%d easy) in %s", len(clips), recipe.data_easy_clips, out)
     return out
 
 

@@ -14,6 +14,9 @@ the attention Q/K/V/out projections train; AdamW (beta 0.9 / 0.999) at lr 5e-5; 
     loss = mean over B, F, C, h, w of  W * w(sigma) * (D - x0)^2,   w(sigma) = (sigma^2 + 1) / sigma^2
 
 with ``W = 1 + (masked_loss_weight - 1) * latent_mask`` (region-aware weighting; 1 everywhere by default).
+Samples with a keyframe may draw ``ln(sigma)`` from their own ``N(keyframe_p_mean, keyframe_p_std^2)``
+(each defaults to P_mean, P_std):
+the keyframe decides the hole's content only where the noise hides it, at high sigma.
 Since ``w(sigma) = 1 / c_out^2``, this is exactly the v-MSE ``W * (v - v_target)^2`` with
 ``v_target = (x0 - c_skip * x_t) / c_out`` (= ``(n - sigma * x0) / sqrt(sigma^2 + 1)``); the code computes
 this form, which stays well conditioned at small sigma (:func:`v_target`, :func:`kfi_loss`).
@@ -77,7 +80,8 @@ ADAPTER_FILE = "adapter.safetensors"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that shape the trajectory: resuming with other values would not continue the same run.
 RESUME_FINGERPRINT_KEYS = ("seed", "rank", "lora_alpha", "lora_lr", "p_mean", "p_std", "frame_stride",
-                           "keyframe_prob", "cond_dropout_prob", "masked_loss_weight", "repeat_noise_every")
+                           "keyframe_prob", "cond_dropout_prob", "masked_loss_weight", "repeat_noise_every",
+                           "keyframe_p_mean", "keyframe_p_std")
 
 
 # --------------------------------------------------------------------------- config
@@ -120,6 +124,8 @@ class TrainConfig:
     # objective
     p_mean: float = 0.7
     p_std: float = 1.6
+    keyframe_p_mean: float | None = None  # ln(sigma) mean for samples with a keyframe; None = p_mean
+    keyframe_p_std: float | None = None  # ln(sigma) spread for samples with a keyframe; None = p_std
     noise_aug_mean: float = -3.0  # ln(noise_aug_strength) ~ N(mean, std^2)
     noise_aug_std: float = 0.5
     noise_aug_strength: float | None = None  # a fixed strength instead of the log-normal draw
@@ -177,8 +183,14 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise TrainConfigError(f"mixed_precision: got {self.mixed_precision!r}; choose one of "
                                    f"{', '.join(MIXED_PRECISION)}.")
-        if not self.p_std > 0:
-            raise TrainConfigError(f"p_std: got {self.p_std!r}; give a positive spread of ln(sigma) (1.6).")
+        for name in ("p_mean", "keyframe_p_mean"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainConfigError(f"{name}: got {value!r}; give a finite mean of ln(sigma) (0.7).")
+        for name in ("p_std", "keyframe_p_std"):
+            value = getattr(self, name)
+            if value is not None and not float(value) > 0:
+                raise TrainConfigError(f"{name}: got {value!r}; give a positive spread of ln(sigma) (1.6).")
         for name in ("cond_dropout_prob", "keyframe_prob", "track_mask_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise TrainConfigError(f"{name}: got {getattr(self, name)!r}; give a probability from 0 to 1.")
@@ -424,7 +436,11 @@ def build_unet_inputs(model, batch: dict, config: TrainConfig, generators: list[
         kf = int(batch["keyframe_index"][b])
         clip = prepare_clip(batch["frames"][b], batch["masks"][b], keyframe_indices=[kf] if kf >= 0 else [])
         # draws in a fixed order from the sample's own generator
-        sigma = torch.exp(config.p_mean + config.p_std * torch.randn((), generator=gen))
+        p_mean, p_std = config.p_mean, config.p_std
+        if kf >= 0:
+            p_mean = p_mean if config.keyframe_p_mean is None else config.keyframe_p_mean
+            p_std = p_std if config.keyframe_p_std is None else config.keyframe_p_std
+        sigma = torch.exp(p_mean + p_std * torch.randn((), generator=gen))
         if config.noise_aug_strength is None:
             aug = float(torch.exp(config.noise_aug_mean + config.noise_aug_std * torch.randn((), generator=gen)))
         else:

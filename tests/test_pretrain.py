@@ -157,6 +157,7 @@ def test_the_track_mask_recipe_shares_the_stock_vae_and_backbone():
     ({"colour": 1}, "unknown key"),
     ({"resolution": [60, 64]}, "multiples of 64"),
     ({"data_clips": P.EVAL_SEED_BASE}, "held out"),
+    ({"data_easy_clips": -1}, "data_easy_clips"),
     ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
     ({"num_frames": 9}, "num_frames"),
     ({"backbone": {"steps": 1, "first_frame_only_prob": 1.5}}, "backbone.first_frame_only_prob"),
@@ -475,6 +476,28 @@ def test_cli_train_demo_refuses_unknown_phase(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kfi_core", "train-demo", "--out", str(tmp_path), "--phase", "gan"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "--phase: unknown gan" in proc.stderr
+
+
+def test_easy_clips_show_the_target_at_the_easy_preset_with_its_masks(tmp_path):
+    from kfi_core.data import find_sources
+    from kfi_core.procedural import make_procedural_clip
+
+    recipe = micro_recipe(data_clips=2, data_frames=5, data_easy_clips=6)
+    P.write_dataset(tmp_path, recipe)
+    sources = {s.path.name: s for s in find_sources(tmp_path)}
+    assert sorted(sources) == [f"clip_{i:06d}" for i in range(2)] + [f"easy_{i:06d}" for i in range(6)]
+    appearances = set()
+    for i in range(6):
+        assert sources[f"easy_{i:06d}"].mask_folder is not None
+        seed = P.EASY_SEED_BASE + i
+        frames, masks = P.training_easy_clip(seed, 5, 64, 64)
+        clip = make_procedural_clip("edit", num_frames=5, height=64, width=64, seed=seed, difficulty="easy")
+        assert torch.equal(masks, clip.masks) and masks.sum() > 0
+        edited = torch.equal(frames, clip.ground_truth)
+        assert edited or torch.equal(frames, clip.frames)
+        appearances.add(edited)
+    assert appearances == {True, False}  # both the original and the edited target are trained on
+    assert P.EVAL_SEED_BASE > P.TRAIN_SEED_LIMIT > P.EASY_SEED_BASE + recipe.data_easy_clips
 
 
 def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):

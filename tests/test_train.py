@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -170,6 +171,27 @@ def test_region_weight_inside_latent_mask(trainable_model, one_clip_data):
     inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data, keyframe_prob=0.0), cfg,
                                [sample_generator(0, 0, 0)], torch.device("cpu"))
     assert set(torch.unique(inputs.weight).tolist()) == {1.0, 4.0}
+
+
+def test_keyframe_p_mean_and_std_set_the_noise_levels_of_keyframe_samples_only(trainable_model, one_clip_data):
+    def sigma(keyframe_prob, **settings):
+        inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data, keyframe_prob=keyframe_prob),
+                                   config_from_dict({"p_mean": 0.3, **settings}), [sample_generator(0, 0, 3)],
+                                   torch.device("cpu"))
+        return float(inputs.sigma[0])
+
+    assert sigma(1.0, keyframe_p_mean=2.3) == pytest.approx(sigma(1.0) * math.exp(2.0), rel=1e-5)  # same draw
+    assert sigma(0.0, keyframe_p_mean=2.3) == sigma(0.0)  # removal samples keep p_mean
+    assert sigma(1.0, keyframe_p_mean=None) == sigma(1.0)
+    # ln(sigma) = p_mean + p_std * z with the same z: the spread scales the draw's distance from the mean
+    z = math.log(sigma(1.0)) - 0.3
+    assert math.log(sigma(1.0, keyframe_p_mean=2.3, keyframe_p_std=0.3)) == pytest.approx(2.3 + 0.3 * z / 1.6,
+                                                                                         rel=1e-5)
+    assert sigma(0.0, keyframe_p_std=0.3) == sigma(0.0)
+    with pytest.raises(TrainConfigError, match="keyframe_p_mean"):
+        config_from_dict({"keyframe_p_mean": float("nan")}).check()
+    with pytest.raises(TrainConfigError, match="keyframe_p_std"):
+        config_from_dict({"keyframe_p_std": 0.0}).check()
 
 
 # --------------------------------------------------------------------------- learning
