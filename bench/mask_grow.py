@@ -15,6 +15,8 @@ from common import interleave, ratio_line, timed
 
 
 def grow_by_convolution(masks, pixels: int):
+    """The direct definition, and what ``grow`` did before: count the disk's pixels of the region under each
+    output pixel, O(r^2) per pixel. tests/test_mask_ops.py takes it as the oracle."""
     import torch
     import torch.nn.functional as F
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from kfi_core.errors import InputMismatchError, KeyframeError
 from kfi_core.keyframes import check_frame_index, insert_keyframes, parse_indices, select_frame
 from kfi_core.mask_ops import binarize, expand_masks, feather, grow, prepare_masks, temporal_dilate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from mask_grow import grow_by_convolution  # noqa: E402
 
 
 def dot(size=21, at=(10, 10)):
@@ -23,25 +29,13 @@ def test_grow_single_pixel_gives_a_disk_of_that_radius():
     assert torch.equal(out.bool(), disk)
 
 
-def _grow_by_convolution(masks: torch.Tensor, pixels: int) -> torch.Tensor:
-    """The direct definition: count the disk's pixels of the region under each output pixel (O(r^2))."""
-    import torch.nn.functional as F
-
-    r = abs(pixels)
-    ax = torch.arange(-r, r + 1, dtype=torch.float32)
-    disk = ((ax[None, :] ** 2 + ax[:, None] ** 2) <= r * r + 0.5).float()[None, None]
-    src = masks if pixels > 0 else 1.0 - masks
-    hit = F.conv2d(F.pad(src, (r,) * 4, value=0.0), disk) > 0.5
-    return hit.float() if pixels > 0 else 1.0 - hit.float()
-
-
 @pytest.mark.parametrize("shape", [(3, 1, 37, 53), (2, 1, 5, 40), (1, 1, 64, 9)])
 def test_grow_matches_the_disk_convolution(shape):
     gen = torch.Generator().manual_seed(sum(shape))
     for density in (0.003, 0.05, 0.5, 0.97):
         masks = (torch.rand(shape, generator=gen) < density).float()
         for pixels in (1, 2, 3, 5, 8, 13, 41, -1, -2, -4, -7, -19):
-            want = _grow_by_convolution(masks, pixels)
+            want = grow_by_convolution(masks, pixels)  # the direct O(r^2) definition
             assert torch.equal(grow(masks, pixels), want), (density, pixels)
 
 
