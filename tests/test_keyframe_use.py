@@ -53,3 +53,32 @@ def test_cli_prints_a_row_per_sigma(tiny_model_dir, tmp_path):
     rows = [line.split() for line in run.stdout.splitlines() if line.strip() and line.split()[0] in ("1.00", "8.00")]
     assert [r[0] for r in rows] == ["1.00", "8.00"]
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+
+
+def test_keyframe_pairs_trains_a_fresh_adapter_and_probes_it(tiny_model_dir):
+    """bench/keyframe_pairs.py on the tiny model: two samples per clip that differ only in the keyframe and the
+    hole, a few optimizer steps, then a probe row per clip set and sigma."""
+    run = subprocess.run([sys.executable, "bench/keyframe_pairs.py", "--model", str(tiny_model_dir), "--clips", "2",
+                          "--steps", "3", "--eval-clips", "1", "--random-keyframe"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "4 samples, 3 steps" in run.stdout
+    rows = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in (["training"], ["held-out"])]
+    assert [(r[0], r[1]) for r in rows] == [("training", "5.0"), ("training", "15.0"), ("held-out", "5.0"),
+                                            ("held-out", "15.0")]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_keyframe_pairs_differ_only_in_the_keyframe_and_the_hole(tiny_model_dir):
+    import argparse
+
+    from keyframe_pairs import pair_samples
+    from kfi_core.loading import load_kfi_model
+
+    model = load_kfi_model(tiny_model_dir)
+    args = argparse.Namespace(clips=1, frames=8, difficulty="easy", random_keyframe=False)
+    original, edited = pair_samples(model, args)
+    assert torch.equal(original["lmask"], edited["lmask"])
+    assert not torch.equal(original["x0"], edited["x0"])  # the truths differ (in the hole)
+    assert not torch.equal(original["cond"][:, 0], edited["cond"][:, 0])  # the keyframes differ
+    assert torch.equal(original["cond"][:, 1:], edited["cond"][:, 1:])  # every other frame's condition is the same
