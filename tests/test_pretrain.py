@@ -32,7 +32,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-longvae.json",
-                                  "recipe-black.json"])
+                                  "recipe-black.json", "recipe-easy.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -40,7 +40,7 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-longvae.json", "recipe-black.json")
+    colour = name in ("recipe.json", "recipe-longvae.json", "recipe-black.json", "recipe-easy.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
@@ -269,6 +269,18 @@ def test_the_black_fill_recipe_is_the_shipped_recipe_plus_a_tune_phase():
     assert dataclasses.replace(black, tune=shipped.tune) == shipped
     for phase in ("vae", "decoder", "backbone"):
         assert P._fingerprint(shipped, phase) == P._fingerprint(black, phase)
+
+
+def test_the_easy_recipe_is_the_shipped_recipe_plus_easy_clips_and_its_adapter_settings():
+    """So a finished recipe.json run continues with --phase data --phase adapter (vae, decoder, backbone reused)."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    easy = P.load_recipe(ROOT / "configs" / "demo" / "recipe-easy.json")
+    assert shipped.data_easy_clips == 0 and easy.data_easy_clips > 0
+    changed = {k for k in set(shipped.adapter) | set(easy.adapter) if shipped.adapter.get(k) != easy.adapter.get(k)}
+    assert changed == {"_doc", "lr", "masked_loss_weight", "keyframe_p_mean", "keyframe_p_std"}
+    assert dataclasses.replace(easy, data_easy_clips=0, adapter=shipped.adapter) == shipped
+    for phase in ("vae", "decoder", "backbone"):
+        assert P._fingerprint(shipped, phase) == P._fingerprint(easy, phase)
 
 
 def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_components):
