@@ -59,6 +59,13 @@ def _cmd_init_adapter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_adapter(args: argparse.Namespace) -> int:
+    from .train import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.out, model=args.model, num_frames=args.frames))
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert_sgm import save_single_file
     from .loading import load_kfi_model
@@ -574,6 +581,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute UNet blocks in the backward pass (all stages; less memory, slower)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "export-adapter",
+        help="write a training checkpoint as an adapter file, to try it before the run ends",
+        description=(
+            "Write the LoRA and input conv of CHECKPOINT (OUT/checkpoints/checkpoint-NNNNNNNN of a `train` or "
+            "`train-demo` run) as an adapter .safetensors, the file the run would have written had it ended at that "
+            "step. Loads like any adapter (--adapter, the ComfyUI loader). The run itself is not touched."
+        ),
+    )
+    p.add_argument("checkpoint", help="checkpoint folder of a training run")
+    p.add_argument("out", help="adapter file to write (.safetensors)")
+    p.add_argument("--model", default=None,
+                   help="the base model the run trained on (default: the one the checkpoint's settings name)")
+    p.add_argument("--frames", type=int, default=None, help="frame count of a single-file base model")
+    p.set_defaults(func=_cmd_export_adapter)
 
     p = sub.add_parser(
         "train-demo",

@@ -393,11 +393,9 @@ def load_phase_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optim
 
 def lr_at(phase: PhaseConfig, step: int) -> float:
     """Linear warmup, constant, then a linear decay to 10 % over the last ``decay_fraction`` of steps."""
-    scale = min(1.0, (step + 1) / phase.warmup_steps) if phase.warmup_steps > 0 else 1.0
-    decay_start = phase.steps * (1.0 - phase.decay_fraction)
-    if phase.decay_fraction > 0 and step >= decay_start:
-        scale *= 1.0 - 0.9 * (step - decay_start) / max(1.0, phase.steps - decay_start)
-    return phase.lr * scale
+    from .train import lr_scale
+
+    return phase.lr * lr_scale(step, phase.steps, phase.warmup_steps, phase.decay_fraction)
 
 
 @dataclass

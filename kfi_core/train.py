@@ -119,6 +119,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 1e-2
     lr_warmup_steps: int = 0
+    lr_decay_fraction: float = 0.0  # linear decay to 10 % of lr over this last fraction of the steps (0 = constant)
     max_grad_norm: float = 1.0  # 0 = no clipping
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate autocast; always fp32 on CPU)
     # objective
@@ -194,6 +195,9 @@ class TrainConfig:
         for name in ("cond_dropout_prob", "keyframe_prob", "track_mask_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise TrainConfigError(f"{name}: got {getattr(self, name)!r}; give a probability from 0 to 1.")
+        if not 0.0 <= float(self.lr_decay_fraction) <= 1.0:
+            raise TrainConfigError(f"lr_decay_fraction: got {self.lr_decay_fraction!r}; give the last fraction of "
+                                   "the steps (0 to 1) over which the learning rate decays to 10 %, or 0 for none.")
         if not self.masked_loss_weight > 0:
             raise TrainConfigError(f"masked_loss_weight: got {self.masked_loss_weight!r}; give a positive weight "
                                    "(1 = no region weighting).")
@@ -529,33 +533,34 @@ def resolve_resume(out: Path, resume: str) -> Path:
     return path
 
 
-def read_checkpoint_state(path: Path) -> dict:
-    """Check that a checkpoint folder is complete and return its training_state.json."""
+def read_checkpoint_state(path: Path, what: str = "--resume") -> dict:
+    """Check that a checkpoint folder is complete and return its training_state.json (``what`` names the argument
+    that gave the folder, in errors)."""
     state_file = path / STATE_FILE
     if not state_file.is_file():
-        raise ResumeError(f"--resume {path}: no {STATE_FILE}; the checkpoint is incomplete or not a KFI training "
+        raise ResumeError(f"{what} {path}: no {STATE_FILE}; the checkpoint is incomplete or not a KFI training "
                           "checkpoint. Resume from an earlier checkpoint (or 'latest').")
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
         step = int(state["step"])
         fmt = state["format"]
     except (ValueError, KeyError, TypeError) as err:
-        raise ResumeError(f"--resume {path}: {STATE_FILE} is damaged ({err!r}). Resume from an earlier "
+        raise ResumeError(f"{what} {path}: {STATE_FILE} is damaged ({err!r}). Resume from an earlier "
                           "checkpoint.") from err
     version = state.get("format_version")
     if fmt == CHECKPOINT_FORMAT and version == 1:
-        raise ResumeError(f"--resume {path}: a format-1 checkpoint from an older KFI, which stored the optimizer as a "
+        raise ResumeError(f"{what} {path}: a format-1 checkpoint from an older KFI, which stored the optimizer as a "
                           "pickle; this KFI loads safetensors only. Start a new run, or finish this one with the "
                           "KFI version that wrote it.")
     if fmt != CHECKPOINT_FORMAT or version != CHECKPOINT_FORMAT_VERSION:
-        raise ResumeError(f"--resume {path}: format {fmt!r} v{version}; this KFI reads "
+        raise ResumeError(f"{what} {path}: format {fmt!r} v{version}; this KFI reads "
                           f"{CHECKPOINT_FORMAT} v{CHECKPOINT_FORMAT_VERSION}.")
     missing = [n for n in (TRAINABLE_FILE, OPTIMIZER_FILE) if not (path / n).is_file()]
     if missing:
-        raise ResumeError(f"--resume {path}: missing {', '.join(missing)} (step {step}). Resume from an earlier "
+        raise ResumeError(f"{what} {path}: missing {', '.join(missing)} (step {step}). Resume from an earlier "
                           "checkpoint.")
     if "lr_scheduler" not in state:
-        raise ResumeError(f"--resume {path}: {STATE_FILE} is damaged (no 'lr_scheduler'). Resume from an earlier "
+        raise ResumeError(f"{what} {path}: {STATE_FILE} is damaged (no 'lr_scheduler'). Resume from an earlier "
                           "checkpoint.")
     return state
 
@@ -589,19 +594,19 @@ def save_trainable(unet, path: Path) -> None:
               str(path))
 
 
-def load_trainable(unet, path: Path) -> None:
+def load_trainable(unet, path: Path, what: str = "--resume") -> None:
     from safetensors.torch import load_file
 
     tensors = load_file(str(path), device="cpu")
     params = trainable_state_dict(unet)
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise ResumeError(f"--resume {path}: the trainable weights do not match this model (missing "
+        raise ResumeError(f"{what} {path}: the trainable weights do not match this model (missing "
                           f"{missing[:3]}, unexpected {extra[:3]}); resume with the same base model and rank.")
     with torch.no_grad():
         for name, param in params.items():
             if tuple(tensors[name].shape) != tuple(param.shape):
-                raise ResumeError(f"--resume {path}: {name} has shape {list(tensors[name].shape)}, the model "
+                raise ResumeError(f"{what} {path}: {name} has shape {list(tensors[name].shape)}, the model "
                                   f"needs {list(param.shape)}; resume with the same base model and rank.")
             param.copy_(tensors[name])
 
@@ -727,8 +732,20 @@ class Trainer:
     stopped: bool = False
 
 
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def lr_scale(step: int, total: int, warmup: int, decay_fraction: float) -> float:
+    """The learning rate's factor at optimizer step ``step`` (0-based) of ``total``: linear warmup over ``warmup``
+    steps, constant, then a linear decay to 10 % over the last ``decay_fraction`` of the steps (annealing: the
+    weights settle instead of ending wherever the last constant-rate steps left them)."""
+    scale = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    decay_start = total * (1.0 - decay_fraction)
+    if decay_fraction > 0 and step >= decay_start:
+        scale *= 1.0 - 0.9 * min(1.0, (step - decay_start) / max(1.0, total - decay_start))
+    return scale
+
+
+def _lr_lambda(config: TrainConfig):
+    total, warmup, decay = config.total_steps, config.lr_warmup_steps, float(config.lr_decay_fraction)
+    return lambda step: lr_scale(step, total, warmup, decay)
 
 
 def setup(config: TrainConfig):
@@ -772,10 +789,10 @@ def setup(config: TrainConfig):
     logger.info("training %d parameters (LoRA rank %d + conv_in) of %s on %d process(es), %s", count, config.rank,
                 model.variant, accelerator.num_processes, str(accelerator.device))
 
-    # 4. Optimizer (AdamW) and LR schedule (constant after linear warmup), both per optimizer step
+    # 4. Optimizer (AdamW) and LR schedule (linear warmup, constant, lr_decay_fraction's decay), per optimizer step
     optimizer = torch.optim.AdamW(optimizer_groups(model.unet, config), lr=config.lr, betas=tuple(config.adam_betas),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.lr_warmup_steps))
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     unet, optimizer = accelerator.prepare(model.unet, optimizer)
     # the scheduler is not prepared: accelerate would step it once per process
 
@@ -956,6 +973,39 @@ def save_final_adapter(trainer: Trainer) -> Path | None:
                             training_resolution=tuple(int(v) for v in trainer.config.final_resolution))
     acc.wait_for_everyone()
     return path
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
+                      num_frames: int | None = None) -> Path:
+    """Write a training checkpoint's LoRA and conv_in as an adapter file, the ``adapter.safetensors`` the run would
+    have written had it ended at that step: to try a checkpoint while (or after) a long run trains.
+
+    ``model`` is the base model the run trained on; by default the one its saved settings name."""
+    from .adapter import save_adapter
+    from .loading import load_kfi_model
+
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise ResumeError(f"checkpoint {path}: no such folder. Give a checkpoint folder of a training run, such as "
+                          f"OUT/checkpoints/{CHECKPOINT_PREFIX}00001000.")
+    state = read_checkpoint_state(path, what="checkpoint")
+    if not isinstance(state.get("config"), dict):
+        raise ResumeError(f"checkpoint {path}: {STATE_FILE} holds no training settings; export needs the run's "
+                          "LoRA rank and resolution. Use a checkpoint written by this KFI version.")
+    config = config_from_dict(state["config"], source=f"{path / STATE_FILE} config")
+    base = model or config.model
+    if not base:
+        raise TrainConfigError(f"checkpoint {path}: its settings name no base model; give --model.")
+    kfi = load_kfi_model(base, num_frames=num_frames)
+    if kfi.in_channels != 8:
+        raise TrainConfigError(f"--model {base}: the UNet takes {kfi.in_channels} input channels; give the stock "
+                               "SVD img2vid model (8 channels) the run trained on.")
+    setup_trainable_unet(kfi.unet, config.rank, config.lora_alpha)
+    load_trainable(kfi.unet, path / TRAINABLE_FILE, what="checkpoint")
+    written = save_adapter(kfi.unet, out, base_variant=kfi.variant, num_frames=kfi.num_frames,
+                           training_resolution=tuple(int(v) for v in config.final_resolution))
+    logger.info("exported %s (step %d) to %s", path, int(state["step"]), written)
+    return written
 
 
 def train(config: TrainConfig, deadline: float | None = None) -> Path | None:

@@ -212,6 +212,24 @@ def test_loss_goes_down_on_one_clip(tiny_model_dir, one_clip_data, tmp_path):
     assert last < 0.6 * first, (first, last)
 
 
+def test_lr_decay_fraction_anneals_the_last_steps(tiny_model_dir, one_clip_data, tmp_path):
+    """Analytic: with lr_decay_fraction 0.5 of 8 steps the rate holds for 4 steps, then falls linearly to 10 %; the
+    training log's lr (the rate after each step's scheduler update) follows lr_scale exactly. 0 keeps it constant."""
+    from kfi_core.train import lr_scale
+
+    assert [lr_scale(k, 8, 0, 0.5) for k in range(1, 9)] == pytest.approx([1, 1, 1, 1, 0.775, 0.55, 0.325, 0.1])
+    assert [lr_scale(k, 8, 0, 0.0) for k in range(8)] == [1.0] * 8
+    assert lr_scale(0, 100, 10, 0.2) == pytest.approx(0.1) and lr_scale(100, 100, 10, 0.2) == pytest.approx(0.1)
+    cfg = tiny_config(tiny_model_dir, one_clip_data, tmp_path, steps=8, lr=1e-3, lr_decay_fraction=0.5,
+                      checkpoint_every=0)
+    train(cfg)
+    logged = [e["lr"] for e in read_train_log(tmp_path / LOG_FILE)]
+    assert logged == pytest.approx([1e-3 * lr_scale(k, 8, 0, 0.5) for k in range(1, 9)])
+    assert logged[-1] == pytest.approx(1e-4)
+    with pytest.raises(TrainConfigError, match=r"lr_decay_fraction: got 1.5; give the last fraction"):
+        config_from_dict({"lr_decay_fraction": 1.5}).check()
+
+
 # --------------------------------------------------------------------------- resume, adapter, validation
 
 
@@ -296,6 +314,34 @@ def test_adapter_loads_and_inpaints(runs, tiny_model_dir, tmp_path):
     args = ["inpaint", "--model", str(tiny_model_dir), "--adapter", str(runs["a"] / ADAPTER_FILE), "--video",
             str(tmp_path / "in"), "--mask", str(tmp_path / "mask"), "--out", str(tmp_path / "out.mp4"), "--steps", "2"]
     assert cli.main(args) == 0 and (tmp_path / "out.mp4").is_file()
+
+
+def test_export_adapter_writes_what_the_run_wrote_at_that_step(runs, tiny_model_dir, tmp_path):
+    """Oracle: run A's last checkpoint (step 8), exported, is the run's own adapter.safetensors, tensors and
+    metadata; the step-4 checkpoint exports to other weights that load and differ from the step-8 ones."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from kfi_core.loading import load_kfi_model
+    from kfi_core.train import export_checkpoint
+
+    a = runs["a"]
+    (_, at4), (_, at8) = list_checkpoints(a)
+    assert cli.main(["export-adapter", str(at8), str(tmp_path / "8.safetensors")]) == 0  # base model from settings
+    ref, got = load_file(str(a / ADAPTER_FILE)), load_file(str(tmp_path / "8.safetensors"))
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    with safe_open(str(a / ADAPTER_FILE), "pt") as f, safe_open(str(tmp_path / "8.safetensors"), "pt") as g:
+        assert f.metadata() == g.metadata()
+    export_checkpoint(at4, tmp_path / "4.safetensors", model=str(tiny_model_dir))
+    early = load_file(str(tmp_path / "4.safetensors"))
+    assert early.keys() == ref.keys() and not all(torch.equal(early[k], ref[k]) for k in ref)
+    assert load_kfi_model(tiny_model_dir, adapter=tmp_path / "4.safetensors").in_channels == 12
+
+    with pytest.raises(ResumeError, match=r"checkpoint .*absent: no such folder"):
+        export_checkpoint(tmp_path / "absent", tmp_path / "x.safetensors")
+    with pytest.raises(ResumeError, match=r"^checkpoint .*: no training_state.json"):
+        export_checkpoint(tmp_path, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 # --------------------------------------------------------------------------- resume errors
