@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import time
@@ -31,8 +32,8 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
-                                  "recipe-chroma.json", "recipe-temporal.json", "recipe-longvae.json",
-                                  "recipe-black.json", "recipe-easy.json"])
+                                  "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
+                                  "recipe-longvae.json", "recipe-black.json", "recipe-easy.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -40,7 +41,8 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-longvae.json", "recipe-black.json", "recipe-easy.json")
+    colour = name in ("recipe.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
+                      "recipe-easy.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
@@ -239,20 +241,21 @@ def test_the_temporal_recipe_keeps_the_stock_vae():
     assert dataclasses.replace(temporal.backbone, first_frame_only_prob=0.0) == stock.backbone
 
 
-def test_the_shipped_recipe_is_the_temporal_one_with_the_colour_vae():
-    """recipe.json (the shipped model) changes only the VAE phases of recipe-temporal.json, the model it replaced,
-    so the two models' differences come from the VAE (README, 'The encoder, not the decoder, was dropping colour')."""
+def test_the_colour_recipe_is_the_temporal_one_with_the_colour_vae():
+    """recipe-colour.json (shipped 2026-12-03 to 05) changes only the VAE phases of recipe-temporal.json, the model it
+    replaced, so the two models' differences come from the VAE (README, 'The encoder, not the decoder, was dropping
+    colour')."""
     temporal = P.load_recipe(ROOT / "configs" / "demo" / "recipe-temporal.json")
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-colour.json")
     assert shipped.backbone == temporal.backbone and shipped.adapter == temporal.adapter
     assert shipped.vae != temporal.vae and shipped.decoder.steps > 0 and temporal.decoder.steps == 0
     assert dataclasses.replace(shipped, vae=temporal.vae, decoder=temporal.decoder) == temporal
 
 
-def test_the_long_vae_candidate_is_the_shipped_recipe_with_longer_vae_phases():
-    """recipe-longvae.json (README, 'A longer VAE phase') lengthens the shipped recipe's VAE and decoder phases and
-    changes nothing else, so its model's differences come from the VAE's training length."""
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+def test_the_long_vae_candidate_is_the_colour_recipe_with_longer_vae_phases():
+    """recipe-longvae.json (README, 'A longer VAE phase') lengthens the VAE and decoder phases of recipe-colour.json
+    (then shipped) and changes nothing else, so its model's differences come from the VAE's training length."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-colour.json")
     longer = P.load_recipe(ROOT / "configs" / "demo" / "recipe-longvae.json")
     assert longer.vae.steps > shipped.vae.steps and longer.decoder.steps > shipped.decoder.steps
     assert dataclasses.replace(longer.vae, steps=shipped.vae.steps) == shipped.vae
@@ -260,9 +263,9 @@ def test_the_long_vae_candidate_is_the_shipped_recipe_with_longer_vae_phases():
     assert dataclasses.replace(longer, vae=shipped.vae, decoder=shipped.decoder) == shipped
 
 
-def test_the_black_fill_recipe_is_the_shipped_recipe_plus_a_tune_phase():
-    """So a finished recipe.json run continues with --phase tune (its vae, decoder and backbone are reused)."""
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+def test_the_black_fill_recipe_is_the_colour_recipe_plus_a_tune_phase():
+    """So a finished recipe-colour.json run continues with --phase tune (its vae, decoder and backbone are reused)."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-colour.json")
     black = P.load_recipe(ROOT / "configs" / "demo" / "recipe-black.json")
     assert shipped.tune.steps == 0 and black.tune.steps > 0
     assert black.tune.first_frame_only_fill == "black" and black.tune.first_frame_only_prob > 0.5
@@ -271,9 +274,10 @@ def test_the_black_fill_recipe_is_the_shipped_recipe_plus_a_tune_phase():
         assert P._fingerprint(shipped, phase) == P._fingerprint(black, phase)
 
 
-def test_the_easy_recipe_is_the_shipped_recipe_plus_easy_clips_and_its_adapter_settings():
-    """So a finished recipe.json run continues with --phase data --phase adapter (vae, decoder, backbone reused)."""
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+def test_the_easy_recipe_is_the_colour_recipe_plus_easy_clips_and_its_adapter_settings():
+    """So a finished recipe-colour.json run continues with --phase data --phase adapter (vae, decoder, backbone
+    reused)."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-colour.json")
     easy = P.load_recipe(ROOT / "configs" / "demo" / "recipe-easy.json")
     assert shipped.data_easy_clips == 0 and easy.data_easy_clips > 0
     changed = {k for k in set(shipped.adapter) | set(easy.adapter) if shipped.adapter.get(k) != easy.adapter.get(k)}
@@ -281,6 +285,25 @@ def test_the_easy_recipe_is_the_shipped_recipe_plus_easy_clips_and_its_adapter_s
     assert dataclasses.replace(easy, data_easy_clips=0, adapter=shipped.adapter) == shipped
     for phase in ("vae", "decoder", "backbone"):
         assert P._fingerprint(shipped, phase) == P._fingerprint(easy, phase)
+
+
+def test_the_shipped_recipe_is_the_easy_one_run_longer_and_annealed():
+    """recipe.json (shipped 2026-12-05) is recipe-easy.json's adapter run for 9,000 steps instead of 2,000, the rate
+    decayed over the last 2,000 (from step 7,000: the run it ships resumed the constant-rate one there); data, VAE,
+    decoder and backbone are recipe-colour.json's, so its backbone is the model it replaced's."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    easy = P.load_recipe(ROOT / "configs" / "demo" / "recipe-easy.json")
+    colour = P.load_recipe(ROOT / "configs" / "demo" / "recipe-colour.json")
+    changed = {k for k in set(shipped.adapter) | set(easy.adapter) if shipped.adapter.get(k) != easy.adapter.get(k)}
+    assert changed == {"_doc", "stages", "lr_decay_fraction"}
+    assert [s["steps"] for s in shipped.adapter["stages"]] == [9000]
+    assert [s["steps"] for s in easy.adapter["stages"]] == [2000]
+    config = P.adapter_config(shipped, ROOT / "m", ROOT / "d", ROOT / "nonexistent-out")
+    assert config.total_steps == 9000 and math.floor(9000 * (1 - config.lr_decay_fraction)) == 7000
+    assert dataclasses.replace(shipped, adapter=easy.adapter) == easy
+    assert shipped.data_easy_clips == 600
+    for phase in ("vae", "decoder", "backbone"):
+        assert P._fingerprint(shipped, phase) == P._fingerprint(colour, phase)
 
 
 def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_components):
