@@ -15,8 +15,8 @@ the attention Q/K/V/out projections train; AdamW (beta 0.9 / 0.999) at lr 5e-5; 
 
 with ``W = 1 + (masked_loss_weight - 1) * latent_mask`` (region-aware weighting; 1 everywhere by default).
 Samples with a keyframe may draw ``ln(sigma)`` from their own ``N(keyframe_p_mean, keyframe_p_std^2)``
-(each defaults to P_mean, P_std):
-the keyframe decides the hole's content only where the noise hides it, at high sigma.
+(each defaults to P_mean, P_std), because the keyframe decides the hole's content only where the noise hides
+it, at high sigma.
 Since ``w(sigma) = 1 / c_out^2``, this is exactly the v-MSE ``W * (v - v_target)^2`` with
 ``v_target = (x0 - c_skip * x_t) / c_out`` (= ``(n - sigma * x0) / sqrt(sigma^2 + 1)``); the code computes
 this form, which stays well conditioned at small sigma (:func:`v_target`, :func:`kfi_loss`).
@@ -34,7 +34,9 @@ SVD image-to-video fine-tuning setting used by the community SVD fine-tuning scr
 ``train_svd.py``; more noise than EDM's image default -1.2 / 1.2, as video needs);
 noise augmentation ``ln(aug) ~ N(-3.0, 0.5^2)`` (sgm's SVD training, median 0.05; inference uses 0.02);
 ``cond_dropout_prob = 0.1``; weight decay 0.01 (torch's AdamW default); gradient clipping at norm 1.0;
-fps 7 and motion bucket 127 (inference defaults); constant LR, no warmup.
+fps 7 and motion bucket 127 (inference defaults); constant LR, no warmup (``lr_warmup_steps`` and
+``lr_decay_fraction``, a linear decay to 10 % at the end, are opt-in; the demo recipe anneals its last 2,000
+steps, README 'Longer adapter runs').
 
 **Determinism.** Every random draw of a sample (sigma, noise, dropout, augmentation strength and noise)
 comes from a ``torch.Generator`` seeded by ``(seed, stage, sample number)``; the data sample by the
