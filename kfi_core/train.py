@@ -745,6 +745,17 @@ def lr_scale(step: int, total: int, warmup: int, decay_fraction: float) -> float
     return scale
 
 
+def load_base_model(path, num_frames: int | None = None):
+    """The stock SVD img2vid model (8-channel UNet) an adapter trains on; refuse any other."""
+    from .loading import load_kfi_model
+
+    model = load_kfi_model(path, num_frames=num_frames)
+    if model.in_channels != 8:
+        raise TrainConfigError(f"--model {path}: the UNet takes {model.in_channels} input channels; training "
+                               "starts from a stock SVD img2vid model (8 channels).")
+    return model
+
+
 def _lr_lambda(config: TrainConfig):
     total, warmup, decay = config.total_steps, config.lr_warmup_steps, float(config.lr_decay_fraction)
     return lambda step: lr_scale(step, total, warmup, decay)
@@ -755,7 +766,7 @@ def setup(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .loading import load_kfi_model, place_model
+    from .loading import place_model
     from .propagate import check_size
 
     for name in ("model", "data", "out"):
@@ -774,10 +785,7 @@ def setup(config: TrainConfig):
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
 
     # 2. Model: frozen VAE (fp32: SVD's VAE overflows in fp16) and CLIP; UNet frozen except the adapter
-    model = load_kfi_model(config.model)
-    if model.in_channels != 8:
-        raise TrainConfigError(f"--model {config.model}: the UNet takes {model.in_channels} input channels; training "
-                               "starts from a stock SVD img2vid model (8 channels).")
+    model = load_base_model(config.model)
     for stage in config.stages:
         check_size(model, *stage.resolution)
     place_model(model, dtype=weight_dtype, vae_dtype=torch.float32, device=accelerator.device)
@@ -961,18 +969,23 @@ def checkpoint_state(trainer: Trainer, stage_index: int) -> dict:
     }
 
 
-def save_final_adapter(trainer: Trainer) -> Path | None:
-    """Stage 7: OUT/adapter.safetensors (main process), loadable by load_kfi_model(..., adapter=...)."""
+def save_run_adapter(unet, model, config: TrainConfig, path) -> Path:
+    """The adapter file of a run with ``config`` on base ``model``: what the run writes at its end, and what
+    :func:`export_checkpoint` writes for a checkpoint."""
     from .adapter import save_adapter
 
+    return save_adapter(unet, path, base_variant=model.variant, num_frames=model.num_frames,
+                        training_resolution=tuple(int(v) for v in config.final_resolution))
+
+
+def save_final_adapter(trainer: Trainer) -> Path | None:
+    """Stage 7: OUT/adapter.safetensors (main process), loadable by load_kfi_model(..., adapter=...)."""
     acc = trainer.accelerator
     acc.wait_for_everyone()
     path = None
     if acc.is_main_process:
-        unet = acc.unwrap_model(trainer.unet)
-        path = save_adapter(unet, trainer.out / ADAPTER_FILE, base_variant=trainer.model.variant,
-                            num_frames=trainer.model.num_frames,
-                            training_resolution=tuple(int(v) for v in trainer.config.final_resolution))
+        path = save_run_adapter(acc.unwrap_model(trainer.unet), trainer.model, trainer.config,
+                                trainer.out / ADAPTER_FILE)
     acc.wait_for_everyone()
     return path
 
@@ -983,9 +996,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     have written had it ended at that step: to try a checkpoint while (or after) a long run trains.
 
     ``model`` is the base model the run trained on; by default the one its saved settings name."""
-    from .adapter import save_adapter
-    from .loading import load_kfi_model
-
     path = Path(checkpoint)
     if not path.is_dir():
         raise ResumeError(f"checkpoint {path}: no such folder. Give a checkpoint folder of a training run, such as "
@@ -998,14 +1008,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     base = model or config.model
     if not base:
         raise TrainConfigError(f"checkpoint {path}: its settings name no base model; give --model.")
-    kfi = load_kfi_model(base, num_frames=num_frames)
-    if kfi.in_channels != 8:
-        raise TrainConfigError(f"--model {base}: the UNet takes {kfi.in_channels} input channels; give the stock "
-                               "SVD img2vid model (8 channels) the run trained on.")
+    kfi = load_base_model(base, num_frames=num_frames)
     setup_trainable_unet(kfi.unet, config.rank, config.lora_alpha)
     load_trainable(kfi.unet, path / TRAINABLE_FILE, what="checkpoint")
-    written = save_adapter(kfi.unet, out, base_variant=kfi.variant, num_frames=kfi.num_frames,
-                           training_resolution=tuple(int(v) for v in config.final_resolution))
+    written = save_run_adapter(kfi.unet, kfi, config, out)
     logger.info("exported %s (step %d) to %s", path, int(state["step"]), written)
     return written
 
