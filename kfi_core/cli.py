@@ -315,7 +315,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resolution=None if args.resolution is None else parse_resolution(args.resolution),
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, rank=args.rank, seed=args.seed,
         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every, resume=args.resume,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=True if args.gradient_checkpointing else None,
+        from_adapter=args.from_adapter, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=True if args.gradient_checkpointing else None,
     )
     path = train(config)
     if path is not None:  # the main process
@@ -576,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a validation video every N steps (0 = never)")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
                    help="continue from the newest checkpoint in OUT ('latest') or from a checkpoint folder")
+    p.add_argument("--from-adapter", default=None, metavar="ADAPTER.safetensors",
+                   help="fine-tune: start LoRA and the input conv from this adapter file instead of fresh weights")
     p.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
                    help="autocast on GPU (CPU always trains in fp32)")
     p.add_argument("--gradient-checkpointing", action="store_true",

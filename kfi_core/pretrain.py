@@ -59,10 +59,12 @@ PHASES = ("data", "vae", "decoder", "backbone", "tune", "adapter", "package")
 # VAE's validation clips and latent-statistics clips; EVAL_SEED_BASE and above are held out for docs/RESULTS.md.
 TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
 EASY_SEED_BASE = TRAIN_SEED_LIMIT // 2  # seeds of the easy clips (data_easy_clips): seed EASY_SEED_BASE + i
+# seeds of the recoloured clips (data_recolour_clips): seed RECOLOUR_SEED_BASE + i
+RECOLOUR_SEED_BASE = EASY_SEED_BASE + (TRAIN_SEED_LIMIT - EASY_SEED_BASE) // 2
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
 _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11, 12, 13, 14, 15
-_EASY_DATA_STREAM = 16
+_EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM = 16, 17
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
@@ -121,6 +123,8 @@ class DemoRecipe:
     data_frames: int = 12  # frames per written clip (the adapter phase crops num_frames of them)
     # extra clips at the benchmark's "easy" preset, each showing its target with masks (see training_easy_clip)
     data_easy_clips: int = 0
+    # extra clips of the easy or medium preset whose target is shown as it is or recoloured (training_recolour_clip)
+    data_recolour_clips: int = 0
     vae: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=1500, lr=1e-3))
     backbone: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=3000, batch_size=2, lr=5e-4))
     # the VAE's decoder alone, encoder frozen (steps 0 = skip): see :func:`train_decoder`
@@ -141,9 +145,12 @@ class DemoRecipe:
         if self.data_clips < 1 or self.data_clips > TRAIN_SEED_LIMIT:
             raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {TRAIN_SEED_LIMIT} (seeds from "
                                    f"{TRAIN_SEED_LIMIT} are held out for validation and evaluation).")
-        if not 0 <= self.data_easy_clips <= TRAIN_SEED_LIMIT - EASY_SEED_BASE:
+        if not 0 <= self.data_easy_clips <= RECOLOUR_SEED_BASE - EASY_SEED_BASE:
             raise TrainConfigError(f"data_easy_clips: got {self.data_easy_clips}; give 0 .. "
-                                   f"{TRAIN_SEED_LIMIT - EASY_SEED_BASE}.")
+                                   f"{RECOLOUR_SEED_BASE - EASY_SEED_BASE}.")
+        if not 0 <= self.data_recolour_clips <= TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE:
+            raise TrainConfigError(f"data_recolour_clips: got {self.data_recolour_clips}; give 0 .. "
+                                   f"{TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE}.")
         for name in _PHASE_FIELDS:
             phase = getattr(self, name)
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
@@ -262,6 +269,22 @@ def training_easy_clip(seed: int, num_frames: int, height: int, width: int) -> t
     return (clip.ground_truth if rng.random() < 0.5 else clip.frames), clip.masks
 
 
+def training_recolour_clip(seed: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip of the ``easy`` or ``medium`` preset (seed-chosen) that always shows the target, as it is or recoloured
+    (the edit task's ``recolour`` pattern: its stripes in two new colours), and the target's masks. Unlike the
+    checker of :func:`training_easy_clip`'s edited targets, which at 64x64 is finer than the latent keeps, a
+    recoloured target is something the VAE holds, so copying it from the keyframe pays in the loss."""
+    from .procedural import ProceduralConfig, make_procedural_clip, with_config
+
+    if not 0 <= seed < TRAIN_SEED_LIMIT:
+        raise TrainConfigError(f"training seed {seed}: must be below {TRAIN_SEED_LIMIT} (held-out seeds above).")
+    rng = np.random.default_rng([int(seed), _RECOLOUR_DATA_STREAM])
+    preset = "easy" if rng.random() < 0.5 else "medium"
+    cfg = with_config(ProceduralConfig.preset(preset), edit_pattern="recolour")
+    clip = make_procedural_clip("edit", num_frames=num_frames, height=height, width=width, seed=int(seed), config=cfg)
+    return (clip.ground_truth if rng.random() < 0.5 else clip.frames), clip.masks
+
+
 def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
     """The frames of :func:`training_clip_with_masks`."""
     return training_clip_with_masks(seed, num_frames, height, width)[0]
@@ -297,7 +320,8 @@ def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
 
 def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
     """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), then ``recipe.data_easy_clips``
-    easy ones (``easy_NNNNNN``, seeds from :data:`EASY_SEED_BASE`), each clip that shows the target
+    easy ones (``easy_NNNNNN``, seeds from :data:`EASY_SEED_BASE`) and ``recipe.data_recolour_clips`` recoloured ones
+    (``recolour_NNNNNN``, seeds from :data:`RECOLOUR_SEED_BASE`), each clip that shows the target
     object with its masks in ``masks/`` (kfi_core.data's track masks). Skips finished clips; a clip finished by an
     older version without its masks gets them (the clips are seeded, so the frames are the same)."""
     from PIL import Image
@@ -316,6 +340,9 @@ def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
              for i in range(recipe.data_clips)]
     clips += [(f"easy_{i:06d}", lambda i=i: training_easy_clip(EASY_SEED_BASE + i, recipe.data_frames, h, w))
               for i in range(recipe.data_easy_clips)]
+    clips += [(f"recolour_{i:06d}",
+               lambda i=i: training_recolour_clip(RECOLOUR_SEED_BASE + i, recipe.data_frames, h, w))
+              for i in range(recipe.data_recolour_clips)]
     for name, make in clips:
         folder = out / name
         done = folder / ".done"
@@ -326,7 +353,8 @@ def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
         if masks is not None:
             save(masks, folder / TRACK_MASK_FOLDER)
         done.write_text(_DATA_VERSION)
-    logger.info("dataset: %d procedural clips (%d easy) in %s", len(clips), recipe.data_easy_clips, out)
+    logger.info("dataset: %d procedural clips (%d easy, %d recoloured) in %s", len(clips), recipe.data_easy_clips,
+                recipe.data_recolour_clips, out)
     return out
 
 

@@ -19,9 +19,11 @@ Tasks (both share the scene of a seed):
   ``masks`` are the target's visible region grown by ``mask_grow`` pixels. Outside the masks
   ``ground_truth`` equals ``frames`` exactly. ``keyframe`` is ``ground_truth[keyframe_index]``
   (one frame cleaned by hand, for keyframe-guided removal).
-- ``edit``: the target's appearance is swapped (other colours, checker instead of stripes);
-  ``ground_truth`` shows the edited target in every frame, ``keyframe`` is the edited frame at
-  ``keyframe_index``. ``ground_truth`` differs from ``frames`` only inside ``object_masks``.
+- ``edit``: the target's appearance is changed; ``ground_truth`` shows the edited target in every frame,
+  ``keyframe`` is the edited frame at ``keyframe_index``. ``ground_truth`` differs from ``frames`` only inside
+  ``object_masks``. ``edit_pattern`` says how: ``checker`` (the default) swaps colours and texture (a checker
+  instead of stripes, about as fine as the stripes: at 64x64 finer than a 4x-down latent keeps); ``recolour``
+  keeps the stripes and swaps only their two colours (a recolour, the change a keyframe edit most often makes).
 
 Every random draw comes from ``numpy.random.default_rng([seed, stream])``; rendering is pure torch
 (float32, CPU), so a seed gives the same clip on any machine.
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 TASKS = ("removal", "edit")
 TEXTURES = ("mixed", "stripes", "checker", "noise")
+EDIT_PATTERNS = ("checker", "recolour")
 DIFFICULTIES = ("easy", "medium", "hard")
 _SCENE_STREAM = 0  # scene layout, colours, motion
 _EDIT_STREAM = 1  # the edited appearance
@@ -71,10 +74,14 @@ class ProceduralConfig:
     lighting_change: float = 0.3
     mask_grow: int = 1
     keyframe_index: int = 0
+    edit_pattern: str = "checker"  # the edit task's change: see EDIT_PATTERNS and the module docstring
 
     def check(self) -> "ProceduralConfig":
         if self.texture not in TEXTURES:
             raise UnknownNameError(f"texture: got {self.texture!r}; choose one of {', '.join(TEXTURES)}.")
+        if self.edit_pattern not in EDIT_PATTERNS:
+            raise UnknownNameError(
+                f"edit_pattern: got {self.edit_pattern!r}; choose one of {', '.join(EDIT_PATTERNS)}.")
         if not self.texture_period >= 2.0:
             raise InputMismatchError(f"texture_period: got {self.texture_period}; give at least 2 pixels.")
         if self.pan is not None and len(self.pan) != 2:
@@ -270,7 +277,10 @@ def _render(p: dict, edit: dict | None, cfg: ProceduralConfig, num_frames: int, 
         t_tex = _mix(tc[0], tc[1], _stripes(tlx, tly, o["tex_period"], o["tex_angle"]))
         if edit is not None:
             ec = edit["colours"]
-            e_tex = _mix(ec[0], ec[1], _checker(tlx, tly, o["tex_period"] * edit["checker_scale"]))
+            if cfg.edit_pattern == "recolour":
+                e_tex = _mix(ec[0], ec[1], _stripes(tlx, tly, o["tex_period"], o["tex_angle"]))
+            else:
+                e_tex = _mix(ec[0], ec[1], _checker(tlx, tly, o["tex_period"] * edit["checker_scale"]))
         else:
             e_tex = t_tex
         front = p["distractor_in_front"]

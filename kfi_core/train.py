@@ -45,6 +45,10 @@ uninterrupted one exactly, and checkpoints need no RNG state. A checkpoint holds
 weights and AdamW's state are safetensors (:mod:`kfi_core.optim_state`), the step, LR schedule and settings
 JSON.
 
+**Fine-tuning.** ``from_adapter`` starts LoRA and conv_in from an adapter file (checked as any adapter load is,
+:func:`kfi_core.adapter.load_adapter`) instead of LoRA B = 0 and zero new conv_in channels; the optimizer starts
+fresh. The file is read only when the run starts; a resumed run takes its weights from the checkpoint.
+
 The script goes in stages: :func:`train` calls setup (accelerator, model, trainable parameters,
 optimizer), resume, the loop per stage (:func:`run_stage`), checkpoints, validation and the final adapter.
 """
@@ -114,6 +118,7 @@ class TrainConfig:
     # adapter
     rank: int = 32
     lora_alpha: float | None = None  # None = rank (scale 1)
+    from_adapter: str | None = None  # start from this adapter file's LoRA and conv_in (fine-tuning); None = fresh
     # optimizer (paper: AdamW, lr 5e-5, betas 0.9 / 0.999)
     lr: float = 5e-5
     lora_lr: float | None = None  # the LoRA weights' learning rate; None = lr (conv_in always trains at lr)
@@ -348,6 +353,30 @@ def setup_trainable_unet(unet, rank: int, alpha: float | None = None) -> int:
     count = mark_trainable(unet)
     check_trainable(unet)
     return count
+
+
+def start_from_adapter(model, config: TrainConfig) -> None:
+    """Start the trainable weights from ``config.from_adapter`` (fine-tuning an adapter): the file is checked as any
+    adapter load is (base model, frames, rank, keys, shapes; kfi_core.adapter.load_adapter) and its LoRA and conv_in
+    tensors replace the fresh ones; a resumed run then overwrites them with its checkpoint's."""
+    from .adapter import load_adapter, read_adapter_metadata
+    from .errors import AdapterMismatchError
+
+    path = Path(config.from_adapter)
+    if not path.is_file():
+        raise TrainConfigError(f"from_adapter: {path}: no such file. Give an adapter .safetensors (a run's "
+                               "adapter.safetensors, or export-adapter's output), or leave it unset for a fresh adapter.")
+    alpha = float(config.lora_alpha if config.lora_alpha is not None else config.rank)
+    file_settings = read_adapter_metadata(path).lora_settings
+    if (file_settings.rank, float(file_settings.alpha)) != (config.rank, alpha):
+        raise TrainConfigError(f"from_adapter: {path} has LoRA rank {file_settings.rank} alpha {file_settings.alpha:g}, "
+                               f"this run rank {config.rank} alpha {alpha:g}; set rank and lora_alpha to the file's.")
+    try:
+        load_adapter(model.unet, path, base_variant=model.variant, num_frames=model.num_frames, rank=config.rank)
+    except AdapterMismatchError as err:
+        raise TrainConfigError(f"from_adapter: {err}") from err
+    check_trainable(model.unet)
+    logger.info("trainable weights start from adapter %s", path)
 
 
 def is_trainable_name(name: str) -> bool:
@@ -792,6 +821,8 @@ def setup(config: TrainConfig):
 
     # 3. Trainable parameters: 12-channel conv_in + LoRA, in fp32 even when the frozen weights are half
     count = setup_trainable_unet(model.unet, config.rank, config.lora_alpha)
+    if config.from_adapter:
+        start_from_adapter(model, config)
     for param in model.unet.parameters():
         if param.requires_grad:
             param.data = param.data.float()

@@ -158,9 +158,11 @@ def test_results_script_smoke(tmp_path):
     assert "UNTRAINED" in text and "Seeds 1000000..1000000" in text
     for row in ("mean fill", "Telea", "keyframe paste", "flow warp", "training-free, keyframe", "VAE ceiling"):
         assert row in text
-    assert text.count("| method |") == 2
-    for task in ("removal", "edit"):
-        assert (tmp_path / "results" / f"{task}-medium.png").stat().st_size > 1000
+    assert text.count("| method |") == 3  # removal, and the edit as a recolour and as a texture swap
+    assert "## Edit propagation, recolour (procedural, medium)" in text
+    assert "## Edit propagation, texture swap (procedural, medium)" in text
+    for name in ("removal", "edit-recolour", "edit-checker"):
+        assert (tmp_path / "results" / f"{name}-medium.png").stat().st_size > 1000
 
 
 def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
@@ -172,19 +174,21 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     text = out.read_text()
     assert "kfi_core/assets/demo_model" in text and "UNTRAINED" not in text
     for row in ("KFI adapter, keyframe", "KFI adapter, no keyframe", "training-free, no keyframe"):
-        assert text.count(f"| {row} |") == 2, row  # in both tasks
+        assert text.count(f"| {row} |") == 3, row  # in every task: removal, recolour, texture swap
     for row in ("KFI adapter, keyframe + colour match", "training-free, keyframe + colour match",
                 "VAE ceiling (reference) + colour match"):
-        assert text.count(f"| {row} |") == 2, row  # the colour-matched variants (--color-match affine by default)
+        assert text.count(f"| {row} |") == 3, row  # the colour-matched variants (--color-match affine by default)
     summary = text.split("## Summary, easy clips")[1].split("\n## ")[0]
-    assert "Edit propagation" in summary and "against KFI without the keyframe" in summary
+    assert "Edit propagation (recolour)" in summary and "Edit propagation (texture swap)" in summary
+    assert "against KFI without the keyframe" in summary
     assert "mean-colour fill" in summary and "ceiling" in summary
     assert "raw model output" in summary and "with colour matching" in summary
     assert "| chroma gain mask | s/clip |" in text
     assert "Colour through the VAE" in summary  # the measured chroma gain of the ceiling beside KFI's
-    assert text.count("| keyframe colour fill |") == 2
+    assert text.count("| keyframe colour fill |") == 3  # in every task
     # the edit's headroom, computed: the keyframe colour fill and the ceiling against KFI without the keyframe
-    assert "Room the keyframe leaves" in summary and "over KFI without the keyframe" in summary
+    assert "Room the keyframe leaves (recolour)" in summary and "over KFI without the keyframe" in summary
+    assert "Room the keyframe leaves (texture swap)" in summary
 
 
 def test_vae_colour_bench_probes_and_trains(tmp_path):
@@ -200,6 +204,21 @@ def test_vae_colour_bench_probes_and_trains(tmp_path):
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "step 2: flat-colour error" in fit.stdout and "held-out PSNR" in fit.stdout
     assert "chroma gain" in fit.stdout
+
+
+def test_results_script_task_and_pattern_choices(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import parse_args, procedural_sections
+
+    args = parse_args(["--tasks", "edit", "--edit-patterns", "checker"])
+    assert [(key, task, pattern) for key, task, pattern, _, _ in procedural_sections(args)] == [
+        ("edit/checker", "edit", "checker")]
+    args = parse_args([])
+    assert [key for key, *_ in procedural_sections(args)] == ["removal", "edit/recolour", "edit/checker"]
+    for flag, value, name in (("--edit-patterns", "plaid", "--edit-patterns"), ("--tasks", "paint", "--tasks")):
+        with pytest.raises(SystemExit):
+            parse_args([flag, value])
+        assert f"{name}: got {value!r}" in capsys.readouterr().err
 
 
 def test_edit_summary_calls_only_a_clear_margin_a_carried_edit():

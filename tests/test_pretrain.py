@@ -160,6 +160,8 @@ def test_the_track_mask_recipe_shares_the_stock_vae_and_backbone():
     ({"resolution": [60, 64]}, "multiples of 64"),
     ({"data_clips": P.EVAL_SEED_BASE}, "held out"),
     ({"data_easy_clips": -1}, "data_easy_clips"),
+    ({"data_easy_clips": P.RECOLOUR_SEED_BASE - P.EASY_SEED_BASE + 1}, "data_easy_clips"),
+    ({"data_recolour_clips": P.TRAIN_SEED_LIMIT - P.RECOLOUR_SEED_BASE + 1}, "data_recolour_clips"),
     ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
     ({"num_frames": 9}, "num_frames"),
     ({"backbone": {"steps": 1, "first_frame_only_prob": 1.5}}, "backbone.first_frame_only_prob"),
@@ -533,6 +535,33 @@ def test_easy_clips_show_the_target_at_the_easy_preset_with_its_masks(tmp_path):
         appearances.add(edited)
     assert appearances == {True, False}  # both the original and the edited target are trained on
     assert P.EVAL_SEED_BASE > P.TRAIN_SEED_LIMIT > P.EASY_SEED_BASE + recipe.data_easy_clips
+
+
+def test_recoloured_clips_show_the_target_as_it_is_or_recoloured_with_its_masks(tmp_path):
+    from kfi_core.data import find_sources
+    from kfi_core.procedural import ProceduralConfig, make_procedural_clip, with_config
+
+    recipe = micro_recipe(data_clips=1, data_frames=5, data_recolour_clips=16)
+    P.write_dataset(tmp_path, recipe)
+    sources = {s.path.name: s for s in find_sources(tmp_path)}
+    assert sorted(sources) == ["clip_000000"] + [f"recolour_{i:06d}" for i in range(16)]
+    seen = set()
+    for i in range(16):
+        assert sources[f"recolour_{i:06d}"].mask_folder is not None
+        seed = P.RECOLOUR_SEED_BASE + i
+        frames, masks = P.training_recolour_clip(seed, 5, 64, 64)
+        matches = []
+        for preset in ("easy", "medium"):
+            cfg = with_config(ProceduralConfig.preset(preset), edit_pattern="recolour")
+            clip = make_procedural_clip("edit", num_frames=5, height=64, width=64, seed=seed, config=cfg)
+            for shown, ref in (("recoloured", clip.ground_truth), ("as it is", clip.frames)):
+                if torch.equal(frames, ref) and torch.equal(masks, clip.masks):
+                    matches.append((preset, shown))
+        assert len(matches) == 1, matches  # exactly one preset and appearance, with that clip's masks
+        assert masks.sum() > 0
+        seen.add(matches[0])
+    assert {p for p, _ in seen} == {"easy", "medium"} and {a for _, a in seen} == {"recoloured", "as it is"}
+    assert P.EASY_SEED_BASE < P.RECOLOUR_SEED_BASE < P.TRAIN_SEED_LIMIT < P.EVAL_SEED_BASE
 
 
 def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):

@@ -55,6 +55,35 @@ def test_edit_differs_only_inside_the_object(seed):
     assert not torch.equal(c.keyframe, c.frames[c.keyframe_index])
 
 
+def _affine_residual(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Largest residual of the best per-channel fit y ~ a * x + b over the pixels given ([N, 3] each)."""
+    worst = 0.0
+    for ch in range(3):
+        design = torch.stack([x[:, ch], torch.ones_like(x[:, ch])], dim=1).double()
+        coef = torch.linalg.lstsq(design, y[:, ch:ch + 1].double()).solution
+        worst = max(worst, float((design @ coef - y[:, ch:ch + 1].double()).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_recolour_edit_keeps_the_stripes_and_changes_their_colours(seed):
+    # constant light (easy preset): each object pixel is mix(colour 0, colour 1, stripe weight), so a recolour is a
+    # per-channel affine map of the original pixels inside the object; the checker swap is not
+    cfg = ProceduralConfig.preset("easy")
+    recol = make_procedural_clip("edit", 6, 64, 64, seed=seed, config=with_config(cfg, edit_pattern="recolour"))
+    swap = make_procedural_clip("edit", 6, 64, 64, seed=seed, config=cfg)
+    assert torch.equal(recol.frames, swap.frames) and torch.equal(recol.masks, swap.masks)
+    inside = recol.object_masks.bool().expand_as(recol.frames)
+    orig = recol.frames.permute(0, 2, 3, 1)[inside[:, 0]]
+    new = recol.ground_truth.permute(0, 2, 3, 1)[inside[:, 0]]
+    swapped = swap.ground_truth.permute(0, 2, 3, 1)[inside[:, 0]]
+    assert _affine_residual(orig, new) < 1e-4
+    assert _affine_residual(orig, swapped) > 0.05
+    assert float((new - orig).abs().amax(dim=1).mean()) > 0.1  # the colours did change
+    diff = (recol.frames - recol.ground_truth).abs().amax(dim=1, keepdim=True)
+    assert float(diff[recol.object_masks == 0].max()) == 0.0
+
+
 def _high_frequency_energy(frames: torch.Tensor) -> float:
     """Mean squared difference of horizontal and vertical pixel neighbours (0 for a flat image)."""
     dx = frames[..., :, 1:] - frames[..., :, :-1]
@@ -113,6 +142,8 @@ def test_bad_knobs_raise():
         make_procedural_clip(num_frames=4, config=ProceduralConfig(keyframe_index=4))
     with pytest.raises(UnknownNameError, match="difficulty"):
         make_procedural_clip(difficulty="brutal")
+    with pytest.raises(UnknownNameError, match="edit_pattern"):
+        make_procedural_clip("edit", config=ProceduralConfig(edit_pattern="plaid"))
 
 
 def test_presets_are_ordered_by_difficulty():

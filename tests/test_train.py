@@ -344,6 +344,33 @@ def test_export_adapter_writes_what_the_run_wrote_at_that_step(runs, tiny_model_
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_from_adapter_starts_from_the_file(runs, tiny_model_dir, one_clip_data, tmp_path):
+    """Fine-tuning: a run given run A's adapter starts from its weights. With a learning rate of 1e-12 one step
+    leaves them where they began, so the run's adapter equals A's (a fresh start would give LoRA B = 0 and a zero
+    new conv_in); its first loss, on the same seeded first sample as A's first step, is the trained adapter's, not
+    the fresh one's. A file of another rank, or none, is refused before any training, naming from_adapter."""
+    from safetensors.torch import load_file
+
+    a = runs["a"]
+    out = tmp_path / "ft"
+    assert cli.main(train_args(tiny_model_dir, one_clip_data, out, "--steps", "1", "--lr", "1e-12",
+                               "--from-adapter", str(a / ADAPTER_FILE))) == 0
+    ref, got = load_file(str(a / ADAPTER_FILE)), load_file(str(out / ADAPTER_FILE))
+    assert ref.keys() == got.keys()
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-8)
+    assert losses(out)[0] != losses(a)[0]
+    assert float(ref["conv_in.weight"][:, 8:].abs().max()) > 0  # the start is not the fresh one
+
+    with pytest.raises(TrainConfigError, match=r"from_adapter: .* rank 4 alpha 4, this run rank 8"):
+        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "r8", steps=1, rank=8,
+                          from_adapter=str(a / ADAPTER_FILE)))
+    with pytest.raises(TrainConfigError, match=r"from_adapter: .*missing.safetensors: no such file"):
+        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "none", steps=1,
+                          from_adapter=str(tmp_path / "missing.safetensors")))
+    assert not (tmp_path / "r8" / ADAPTER_FILE).exists()
+
+
 # --------------------------------------------------------------------------- resume errors
 
 
