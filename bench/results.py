@@ -45,7 +45,7 @@ import torch  # noqa: E402
 logger = logging.getLogger("bench.results")
 
 from kfi_core.color_match import COLOR_MATCH_MODES  # noqa: E402
-from kfi_core.procedural import EDIT_PATTERNS, EVAL_SEED_BASE, TASKS  # noqa: E402  held-out seeds: training draws below
+from kfi_core.procedural import DIFFICULTIES, EDIT_PATTERNS, EVAL_SEED_BASE, TASKS  # noqa: E402  held-out seeds: training draws below
 from kfi_core.propagate import BLEND_KNOWN_MODES  # noqa: E402
 from kfi_core.sample import DEMO_SAMPLING  # noqa: E402
 REAL_MASK_SEED_BASE = 2_000_000
@@ -64,6 +64,15 @@ EDIT_NOTES = {"checker": "The target's colours and texture are swapped (a checke
 EDIT_TITLES = {"recolour": "recolour", "checker": "texture swap"}
 CLEAR_GAIN_DB = 0.5  # in-mask PSNR margin the edit summary calls a clear win (edit_verdict)
 PREVIEW_FRAMES = 2  # frames per preview image (the last ones, away from the keyframe)
+
+
+def _comma_list(p: argparse.ArgumentParser, flag: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+    """The names of a comma-separated option; exits with a message naming ``flag`` unless each is in ``allowed``."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names or any(v not in allowed for v in names):
+        choices = f"{', '.join(allowed[:-1])} and/or {allowed[-1]}"
+        p.error(f"{flag}: got {value!r}; give {choices}, comma-separated")
+    return names
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,16 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.height, args.width = h, w
     if args.clips < 1 or args.frames < 2 or args.steps < 1:
         p.error("--clips and --steps must be >= 1 and --frames >= 2")
-    args.difficulties = [d.strip() for d in args.difficulty.split(",") if d.strip()]
-    bad = [d for d in args.difficulties if d not in ("easy", "medium", "hard")]
-    if bad or not args.difficulties:
-        p.error(f"--difficulty: got {args.difficulty!r}; give easy, medium and/or hard, comma-separated")
-    args.patterns = [t.strip() for t in args.edit_patterns.split(",") if t.strip()]
-    if not args.patterns or any(t not in EDIT_PATTERNS for t in args.patterns):
-        p.error(f"--edit-patterns: got {args.edit_patterns!r}; give {' and/or '.join(EDIT_PATTERNS)}, comma-separated")
-    args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not args.task_list or any(t not in TASKS for t in args.task_list):
-        p.error(f"--tasks: got {args.tasks!r}; give {' and/or '.join(TASKS)}, comma-separated")
+    args.difficulties = _comma_list(p, "--difficulty", args.difficulty, DIFFICULTIES)
+    args.patterns = _comma_list(p, "--edit-patterns", args.edit_patterns, EDIT_PATTERNS)
+    args.task_list = _comma_list(p, "--tasks", args.tasks, TASKS)
     if not 0 <= args.keyframe_index < args.frames:
         p.error(f"--keyframe-index must be in 0..{args.frames - 1}")
     return args

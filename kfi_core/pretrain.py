@@ -254,19 +254,26 @@ def training_clip_with_masks(seed: int, num_frames: int, height: int,
     return (clip.ground_truth if truth else clip.frames), clip.masks
 
 
+def _target_shown_either_way(seed: int, rng: np.random.Generator, num_frames: int, height: int, width: int,
+                             **clip_options) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edit clip of training ``seed`` (``clip_options`` go to make_procedural_clip), its target shown edited or
+    as it is by one draw of ``rng``, and the target's masks: the extra clips of :func:`write_dataset`."""
+    from .procedural import make_procedural_clip
+
+    if not 0 <= seed < TRAIN_SEED_LIMIT:
+        raise TrainConfigError(f"training seed {seed}: must be below {TRAIN_SEED_LIMIT} (held-out seeds above).")
+    clip = make_procedural_clip("edit", num_frames=num_frames, height=height, width=width, seed=int(seed),
+                                **clip_options)
+    return (clip.ground_truth if rng.random() < 0.5 else clip.frames), clip.masks
+
+
 def training_easy_clip(seed: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A clip of the benchmark's ``easy`` preset (slow target, little pan, constant light) that always shows the
     target, in its original or edited appearance, and the target's masks: what teaches the adapter to carry a
     keyframe's appearance into the hole, which on the random clips of :func:`training_clip_with_masks` (mostly
     moving fast, under pans) it does not learn in a CPU run (README, 'Teaching the adapter to read the keyframe')."""
-    from .procedural import make_procedural_clip
-
-    if not 0 <= seed < TRAIN_SEED_LIMIT:
-        raise TrainConfigError(f"training seed {seed}: must be below {TRAIN_SEED_LIMIT} (held-out seeds above).")
     rng = np.random.default_rng([int(seed), _EASY_DATA_STREAM])
-    clip = make_procedural_clip("edit", num_frames=num_frames, height=height, width=width, seed=int(seed),
-                                difficulty="easy")
-    return (clip.ground_truth if rng.random() < 0.5 else clip.frames), clip.masks
+    return _target_shown_either_way(seed, rng, num_frames, height, width, difficulty="easy")
 
 
 def training_recolour_clip(seed: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,15 +281,12 @@ def training_recolour_clip(seed: int, num_frames: int, height: int, width: int) 
     (the edit task's ``recolour`` pattern: its stripes in two new colours), and the target's masks. Unlike the
     checker of :func:`training_easy_clip`'s edited targets, which at 64x64 is finer than the latent keeps, a
     recoloured target is something the VAE holds, so copying it from the keyframe pays in the loss."""
-    from .procedural import ProceduralConfig, make_procedural_clip, with_config
+    from .procedural import ProceduralConfig, with_config
 
-    if not 0 <= seed < TRAIN_SEED_LIMIT:
-        raise TrainConfigError(f"training seed {seed}: must be below {TRAIN_SEED_LIMIT} (held-out seeds above).")
     rng = np.random.default_rng([int(seed), _RECOLOUR_DATA_STREAM])
     preset = "easy" if rng.random() < 0.5 else "medium"
     cfg = with_config(ProceduralConfig.preset(preset), edit_pattern="recolour")
-    clip = make_procedural_clip("edit", num_frames=num_frames, height=height, width=width, seed=int(seed), config=cfg)
-    return (clip.ground_truth if rng.random() < 0.5 else clip.frames), clip.masks
+    return _target_shown_either_way(seed, rng, num_frames, height, width, config=cfg)
 
 
 def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
