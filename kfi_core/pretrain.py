@@ -25,6 +25,10 @@ Phases
               backbone is conditioned without training it again from scratch. Written to ``<out>/backbone_tuned``,
               which the adapter and the package then use.
     adapter   :func:`kfi_core.train.train` on that folder and the data folder.
+    decoder_tune  (where the recipe gives it steps) the finished decoder trained further, encoder frozen (a fresh
+              optimizer, its own data stream): the latents, and so the backbone and the adapter trained on them,
+              stay exactly as they are; only how latents become pixels improves. Written to
+              ``<out>/vae/decoder_tuned``, which the package then ships as its VAE.
     package   backbone folder + ``adapter.safetensors`` in ``<out>/demo_model``, size checked.
 
 Where the seeds are silent (written down here and in ``configs/demo/recipe.json``): the noise level
@@ -54,7 +58,7 @@ from .procedural import EVAL_SEED_BASE
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("data", "vae", "decoder", "backbone", "tune", "adapter", "package")
+PHASES = ("data", "vae", "decoder", "backbone", "tune", "adapter", "decoder_tune", "package")
 # Training steps draw procedural seeds below TRAIN_SEED_LIMIT; the seeds from there up to EVAL_SEED_BASE are the
 # VAE's validation clips and latent-statistics clips; EVAL_SEED_BASE and above are held out for docs/RESULTS.md.
 TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
@@ -64,8 +68,8 @@ RECOLOUR_SEED_BASE = EASY_SEED_BASE + (TRAIN_SEED_LIMIT - EASY_SEED_BASE) // 2
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
 _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11, 12, 13, 14, 15
-_EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM = 16, 17
-_PHASE_FIELDS = ("vae", "decoder", "backbone", "tune")  # the DemoRecipe fields that are PhaseConfigs
+_EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
+_PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
 
@@ -75,7 +79,7 @@ FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
 
 @dataclass
 class PhaseConfig:
-    """One phase's settings (vae, decoder, backbone or tune)."""
+    """One phase's settings (vae, decoder, backbone, tune or decoder_tune)."""
 
     steps: int = 1000
     batch_size: int = 1
@@ -96,6 +100,9 @@ class PhaseConfig:
     norm_reference: float = 0.0  # initialisation shift before the last GroupNorms: see :func:`add_norm_reference`
     crop_size: int = 0  # train on random square crops of this size (0 = whole frames): see :func:`random_crops`
     crop_frames: int = 0  # ... and this many consecutive frames (0 = all)
+    # decoder phases only: each sample's latent gets Gaussian noise of std u * latent_noise (u ~ U(0, 1), in units of
+    # the diffusion's scaled latents), so the decoder learns to decode imperfect latents: see :func:`vae_loss`
+    latent_noise: float = 0.0
     # backbone and tune only
     p_mean: float = -0.5
     p_std: float = 1.4
@@ -131,6 +138,8 @@ class DemoRecipe:
     decoder: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
     # the backbone trained further from the backbone phase's weights (steps 0 = skip): see :func:`tune_backbone`
     tune: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
+    # the finished decoder trained further, encoder frozen (steps 0 = skip): see :func:`tune_decoder`
+    decoder_tune: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
     adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
     vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
@@ -168,8 +177,11 @@ class DemoRecipe:
             if not 0 <= phase.crop_frames <= self.num_frames:
                 raise TrainConfigError(f"{name}.crop_frames: got {phase.crop_frames}; give 0 (all) or 1 to "
                                        f"num_frames ({self.num_frames}).")
-            if name == "decoder" and (phase.anchor_weight or phase.norm_reference):
-                raise TrainConfigError("decoder.anchor_weight / norm_reference: the decoder phase keeps the encoder "
+            if phase.latent_noise < 0 or (phase.latent_noise and name not in ("decoder", "decoder_tune")):
+                raise TrainConfigError(f"{name}.latent_noise: got {phase.latent_noise}; give a std >= 0, in the "
+                                       "decoder or decoder_tune phase only (the vae phase's latents are not final).")
+            if name in ("decoder", "decoder_tune") and (phase.anchor_weight or phase.norm_reference):
+                raise TrainConfigError(f"{name}.anchor_weight / norm_reference: the {name} phase keeps the encoder "
                                        "frozen and starts from the trained decoder; set them in the vae phase.")
             if name in ("backbone", "tune") and (phase.crop_size or phase.crop_frames):  # whole clips only
                 raise TrainConfigError(f"{name}.crop_size / crop_frames: only the vae phase trains on crops; "
@@ -558,6 +570,11 @@ def vae_loss(vae, clips: torch.Tensor, generator: torch.Generator, phase: PhaseC
     pixels = clips.flatten(0, 1) * 2.0 - 1.0
     posterior = vae.encode(pixels).latent_dist
     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+    if phase.latent_noise:  # drawn only then, so older recipes see the same numbers
+        # sampled latents are never exact: per sample a noise level u * latent_noise in scaled-latent units
+        level = torch.rand(b, generator=generator).repeat_interleave(f) * phase.latent_noise
+        noise = torch.randn(z.shape, generator=generator)
+        z = z + (level / vae.config.scaling_factor).view(-1, 1, 1, 1) * noise
     recon = vae.decode(z, num_frames=f).sample
     l1 = (recon - pixels).abs().mean()
     mse = ((recon - pixels) ** 2).mean()
@@ -623,24 +640,53 @@ def train_decoder(recipe: DemoRecipe, vae, out: Path, deadline: float | None):
     left them; only how they are decoded improves. The demo VAE needs it for colour: trained jointly, its
     encoder learns to keep colour (bench/vae_colour.py's linear probe) well before its decoder shows it.
     Returns the VAE with the new decoder (saved to ``<out>/vae/decoder_final``), or None if out of time."""
-    from diffusers import AutoencoderKLTemporalDecoder
-
     if recipe.decoder.steps == 0:
         return vae
-    final = out / "vae" / "decoder_final"
+    return _fit_decoder(recipe, "decoder", vae, out / "vae" / "decoder_final", _DECODER_STREAM, deadline)
+
+
+def _fit_decoder(recipe: DemoRecipe, name: str, vae, final: Path, stream: int, deadline: float | None):
+    """Train ``vae``'s decoder alone with the ``name`` phase's settings (encoder and quant_conv frozen, so every
+    latent stays as it was) and save the VAE to ``final``; the saved one if ``final`` exists, None if out of time."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
     if (final / "config.json").is_file():
         return AutoencoderKLTemporalDecoder.from_pretrained(final, use_safetensors=True)
     vae.train()
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
-    run = PhaseRun("decoder", out / "vae" / "decoder", recipe.decoder, {"decoder": vae.decoder},
-                   _vae_loss_fn(vae, recipe, "decoder", _DECODER_STREAM), _fingerprint(recipe, "decoder"))
+    run = PhaseRun(name, final.parent / name, getattr(recipe, name), {"decoder": vae.decoder},
+                   _vae_loss_fn(vae, recipe, name, stream), _fingerprint(recipe, name))
     if not run_phase(run, deadline):
         return None
     vae.eval().requires_grad_(True)
     vae.save_pretrained(final, safe_serialization=True)  # scaling_factor unchanged: the latents are the same
-    logger.info("decoder: saved %s", final)
+    logger.info("%s: saved %s", name, final)
     return vae
+
+
+def finished_vae_folder(recipe: DemoRecipe, out: Path) -> Path:
+    """Where the vae (and decoder) phases left the VAE the backbone was trained on."""
+    return out / "vae" / ("decoder_final" if recipe.decoder.steps else "final")
+
+
+def tune_decoder(recipe: DemoRecipe, out: Path, deadline: float | None) -> Path | None:
+    """Phase decoder_tune: the finished VAE's decoder trained further with ``recipe.decoder_tune`` (a fresh AdamW,
+    its own data stream), the encoder frozen. Any time after the decoder phase: the latents, and everything the
+    backbone and the adapter learned on them, stay exactly as they are. Returns ``<out>/vae/decoder_tuned``, or
+    None if out of time."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    final = out / "vae" / "decoder_tuned"
+    if (final / "config.json").is_file():
+        return final
+    source = finished_vae_folder(recipe, out)
+    if not (source / "config.json").is_file():
+        raise TrainConfigError(f"decoder_tune: {source} holds no finished VAE; run the vae and decoder phases first.")
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(source, use_safetensors=True)
+    if _fit_decoder(recipe, "decoder_tune", vae, final, _DECODER_TUNE_STREAM, deadline) is None:
+        return None
+    return final
 
 
 def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None):
@@ -836,11 +882,33 @@ def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
             "that made it.")
 
 
-def package(backbone: Path, adapter: Path, dest: Path) -> Path:
-    """Copy the backbone folder and the adapter into ``dest``; refuse above :data:`MAX_PACKAGE_MB`."""
+def check_same_encoder(vae_folder: Path, backbone: Path) -> None:
+    """Refuse a VAE whose encoder (or quant_conv) differs from the one the backbone was trained on: its latents would
+    not be the ones the UNet and the adapter learned."""
+    from safetensors.torch import load_file
+
+    def encoder_side(folder: Path) -> dict:
+        weights = load_file(folder / "diffusion_pytorch_model.safetensors")
+        return {k: v for k, v in weights.items() if k.startswith(("encoder.", "quant_conv."))}
+
+    ours, theirs = encoder_side(vae_folder), encoder_side(backbone / "vae")
+    if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
+        raise TrainConfigError(f"package: the encoder of {vae_folder} is not the one {backbone} was trained on; a "
+                               "decoder_tune phase must start from this run's finished VAE (move the folder aside "
+                               "and rerun decoder_tune).")
+
+
+def package(backbone: Path, adapter: Path, dest: Path, vae: Path | None = None) -> Path:
+    """Copy the backbone folder and the adapter into ``dest`` (with ``vae``'s folder as its VAE where given: the
+    decoder_tune phase's, checked to share the backbone's encoder); refuse above :data:`MAX_PACKAGE_MB`."""
+    if vae is not None:
+        check_same_encoder(vae, backbone)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(backbone, tmp)
+    if vae is not None:
+        shutil.rmtree(tmp / "vae")
+        shutil.copytree(vae, tmp / "vae")
     shutil.copy2(adapter, tmp / "adapter.safetensors")
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 2**20
     if size > MAX_PACKAGE_MB:
@@ -887,8 +955,19 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
         if not (adapter_out / "adapter.safetensors").is_file():
             if train(adapter_config(recipe, backbone, data, adapter_out), deadline=deadline) is None:
                 return None
+    tuned_vae = None
+    if recipe.decoder_tune.steps:
+        if "decoder_tune" in phases:
+            tuned_vae = tune_decoder(recipe, out, deadline)
+            if tuned_vae is None:
+                return None
+        elif "package" in phases:
+            tuned_vae = out / "vae" / "decoder_tuned"
+            if not (tuned_vae / "config.json").is_file():
+                raise TrainConfigError(f"package: the recipe tunes the decoder but {tuned_vae} is not finished; "
+                                       "run the decoder_tune phase first.")
     if "package" in phases:
-        return package(backbone, adapter_out / "adapter.safetensors", out / "demo_model")
+        return package(backbone, adapter_out / "adapter.safetensors", out / "demo_model", vae=tuned_vae)
     return out
 
 

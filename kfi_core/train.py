@@ -87,7 +87,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that shape the trajectory: resuming with other values would not continue the same run.
 RESUME_FINGERPRINT_KEYS = ("seed", "rank", "lora_alpha", "lora_lr", "p_mean", "p_std", "frame_stride",
                            "keyframe_prob", "cond_dropout_prob", "masked_loss_weight", "repeat_noise_every",
-                           "keyframe_p_mean", "keyframe_p_std")
+                           "keyframe_p_mean", "keyframe_p_std", "latent_channel_weights")
 
 
 # --------------------------------------------------------------------------- config
@@ -141,6 +141,9 @@ class TrainConfig:
     motion_bucket_id: int = 127
     cond_dropout_prob: float = 0.1
     masked_loss_weight: float = 1.0  # loss weight inside the (latent) mask; 1 = plain loss
+    # loss weight per latent channel (None = 1 each, as SVD trains): a VAE whose channels differ in spread (the demo
+    # VAE's colour channels 0-2 have about a twelfth of channel 3's) otherwise trains on its widest channel alone
+    latent_channel_weights: tuple[float, ...] | None = None
     repeat_noise_every: int = 0  # >0: sample numbers repeat with this period in optimizer steps (tests, probes)
     # data
     frame_stride: int = 1
@@ -205,6 +208,11 @@ class TrainConfig:
         if not 0.0 <= float(self.lr_decay_fraction) <= 1.0:
             raise TrainConfigError(f"lr_decay_fraction: got {self.lr_decay_fraction!r}; give the last fraction of "
                                    "the steps (0 to 1) over which the learning rate decays to 10 %, or 0 for none.")
+        if self.latent_channel_weights is not None and (
+                not self.latent_channel_weights or not all(float(w) >= 0 for w in self.latent_channel_weights)
+                or not any(float(w) > 0 for w in self.latent_channel_weights)):
+            raise TrainConfigError(f"latent_channel_weights: got {self.latent_channel_weights!r}; give one weight >= 0 "
+                                   "per latent channel (4 for SVD), not all 0, or null for 1 each.")
         if not self.masked_loss_weight > 0:
             raise TrainConfigError(f"masked_loss_weight: got {self.masked_loss_weight!r}; give a positive weight "
                                    "(1 = no region weighting).")
@@ -258,8 +266,8 @@ def config_from_dict(data: dict, source: str = "config") -> TrainConfig:
             stage["resolution"] = tuple(stage["resolution"])
             stages.append(StageConfig(**stage))
         kwargs["stages"] = stages
-    for name in ("adam_betas", "crop_scale"):
-        if name in kwargs:
+    for name in ("adam_betas", "crop_scale", "latent_channel_weights"):
+        if kwargs.get(name) is not None:
             kwargs[name] = tuple(kwargs[name])
     try:
         return TrainConfig(**kwargs)
@@ -451,7 +459,7 @@ class UNetInputs:
     x0: torch.Tensor  # [B, F, 4, h, w]
     x_t: torch.Tensor  # [B, F, 4, h, w]
     sigma: torch.Tensor  # [B]
-    weight: torch.Tensor | None  # [B, F, 1, h, w] region weight, or None
+    weight: torch.Tensor | None  # region [B, F, 1, h, w] and/or channel [1, 1, C, 1, 1] loss weight, or None
     dropped: torch.Tensor  # [B] bool: conditioning dropped (unconditional)
 
 
@@ -510,6 +518,13 @@ def build_unet_inputs(model, batch: dict, config: TrainConfig, generators: list[
     if config.masked_loss_weight != 1.0:
         lmask = torch.stack(items["lmask"]).to(device)  # [B, F, 1, h, w]
         weight = 1.0 + (config.masked_loss_weight - 1.0) * lmask
+    if config.latent_channel_weights is not None:
+        if len(config.latent_channel_weights) != latent_channels:
+            raise TrainConfigError(f"latent_channel_weights: got {len(config.latent_channel_weights)} weights but the "
+                                   f"model's VAE has {latent_channels} latent channels; give one per channel.")
+        per_channel = torch.tensor(config.latent_channel_weights, dtype=torch.float32, device=device)
+        per_channel = per_channel.view(1, 1, latent_channels, 1, 1)  # [C] -> [1, 1, C, 1, 1]
+        weight = per_channel if weight is None else weight * per_channel  # [B, F, C, h, w] or broadcastable
     return UNetInputs(
         model_in=model_in, timestep=sigma_to_timestep(sigma), encoder_hidden_states=torch.stack(items["emb"]).to(device),
         added_time_ids=torch.stack(items["ids"]).to(device), x0=x0, x_t=x_t, sigma=sigma, weight=weight,

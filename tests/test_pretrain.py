@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -33,7 +34,8 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
-                                  "recipe-longvae.json", "recipe-black.json", "recipe-easy.json"])
+                                  "recipe-longvae.json", "recipe-black.json", "recipe-easy.json",
+                                  "recipe-decoder.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -42,7 +44,7 @@ def test_committed_recipes_load(name):
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
     colour = name in ("recipe.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
-                      "recipe-easy.json")
+                      "recipe-easy.json", "recipe-decoder.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
@@ -79,6 +81,29 @@ def test_vae_loss_adds_the_weighted_chroma_term(tiny_components):
         term = P.chroma_mse(vae.decode(z, num_frames=2).sample, pixels)
     assert float(term) > 0
     assert float((b - a).detach()) == pytest.approx(5.0 * float(term), rel=1e-4)
+
+
+def test_vae_loss_latent_noise_perturbs_each_sample_by_its_own_level(tiny_components):
+    """latent_noise: per sample a level u * latent_noise (u ~ U(0, 1)) in scaled-latent units, shared by the
+    sample's frames, drawn after the posterior's noise; 0 leaves the loss exactly as before."""
+    vae = copy.deepcopy(tiny_components["vae"])  # the session's components stay as they are
+    vae.register_to_config(scaling_factor=0.5)
+    clips = torch.rand(2, 2, 3, 64, 64)
+    plain, _ = P.vae_loss(vae, clips, torch.Generator().manual_seed(0), P.PhaseConfig())
+    same, _ = P.vae_loss(vae, clips, torch.Generator().manual_seed(0), P.PhaseConfig(latent_noise=0.0))
+    noisy, _ = P.vae_loss(vae, clips, torch.Generator().manual_seed(0), P.PhaseConfig(latent_noise=2.0))
+    assert torch.equal(plain, same) and not torch.equal(plain, noisy)
+    pixels = clips.flatten(0, 1) * 2 - 1
+    with torch.no_grad():  # the same draws by hand: the loss is L1 + MSE (+ tiny KL) of this z's decode
+        g = torch.Generator().manual_seed(0)
+        posterior = vae.encode(pixels).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        level = torch.rand(2, generator=g) * 2.0
+        z = z + (level.repeat_interleave(2) / 0.5).view(-1, 1, 1, 1) * torch.randn(z.shape, generator=g)
+        recon = vae.decode(z, num_frames=2).sample
+        kl = posterior.kl().mean() / pixels[0].numel()
+        expected = (recon - pixels).abs().mean() + ((recon - pixels) ** 2).mean() + 1e-6 * kl
+    assert float(noisy.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_colour_anchor_mse_is_zero_on_the_pooled_image_and_analytic_off_it():
@@ -171,6 +196,9 @@ def test_the_track_mask_recipe_shares_the_stock_vae_and_backbone():
     ({"backbone": {"steps": 1, "crop_size": 32}}, "only the vae phase"),
     ({"decoder": {"steps": 1, "anchor_weight": 1.0}}, "decoder.anchor_weight"),
     ({"decoder": {"steps": 1, "bogus": 1}}, "decoder: unknown key"),
+    ({"decoder_tune": {"steps": 1, "norm_reference": 10.0}}, "decoder_tune.anchor_weight / norm_reference"),
+    ({"vae": {"steps": 1, "latent_noise": 0.5}}, "vae.latent_noise"),
+    ({"decoder_tune": {"steps": 1, "latent_noise": -0.1}}, "decoder_tune.latent_noise"),
 ])
 def test_recipe_errors_name_the_problem(change, words):
     with pytest.raises(TrainConfigError, match=words):
@@ -398,6 +426,14 @@ def test_vae_phase_resumes_exactly(tmp_path, colour):
     assert whole.config.scaling_factor == parts.config.scaling_factor != 0.18215
 
 
+def test_the_decoder_candidate_is_the_shipped_recipe_plus_a_decoder_tune_phase():
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    candidate = P.load_recipe(ROOT / "configs" / "demo" / "recipe-decoder.json")
+    assert shipped.decoder_tune.steps == 0 and candidate.decoder_tune.steps == 2500
+    assert dataclasses.replace(candidate, decoder_tune=shipped.decoder_tune) == shipped
+    assert candidate.decoder_tune.latent_noise == 0.0
+
+
 def test_decoder_phase_trains_the_decoder_alone_and_resumes_exactly(tmp_path):
     decoder = {"steps": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1,
                "chroma_weight": 4.0, "crop_size": 32, "crop_frames": 2}
@@ -424,6 +460,47 @@ def test_decoder_phase_trains_the_decoder_alone_and_resumes_exactly(tmp_path):
     again = P.train_decoder(recipe, vae, tmp_path / "a", deadline=None)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.items())
     assert P.train_decoder(micro_recipe(), vae, tmp_path / "c", deadline=None) is vae
+
+
+def test_decoder_tune_phase_trains_only_the_decoder_and_the_package_ships_it(tmp_path):
+    """decoder_tune (after the adapter) trains the finished decoder further; every latent, so the backbone and the
+    adapter, stays as it was: the packaged VAE has the backbone's encoder, bit for bit, and the tuned decoder."""
+    from safetensors.torch import load_file, save_file
+
+    from kfi_core.loading import load_kfi_model
+
+    tune = {"steps": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1, "crop_size": 32,
+            "crop_frames": 2}
+    recipe = micro_recipe(decoder_tune=tune)
+    out = tmp_path / "run"
+    with pytest.raises(TrainConfigError, match="run the vae and decoder phases first"):
+        P.tune_decoder(recipe, out, deadline=None)
+    with pytest.raises(TrainConfigError, match="run the decoder_tune phase first"):
+        P.train_demo(recipe, out, phases=("package",))
+    # out of time after the first step: a checkpoint and no package; the same command resumes and finishes
+    assert P.train_demo(recipe, out, phases=P.PHASES[:P.PHASES.index("decoder_tune")]) == out
+    assert P.tune_decoder(recipe, out, deadline=time.monotonic() - 1) is None
+    assert [s for s, _ in P.list_phase_checkpoints(out / "vae" / "decoder_tune")] == [1]
+    path = P.train_demo(recipe, out)
+    assert path == out / "demo_model" and (out / "vae" / "decoder_tuned" / "config.json").is_file()
+    weights = "diffusion_pytorch_model.safetensors"
+    shipped, backbone = load_file(str(path / "vae" / weights)), load_file(str(out / "backbone" / "vae" / weights))
+    assert shipped.keys() == backbone.keys()
+    changed = {k for k in shipped if not torch.equal(shipped[k], backbone[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)
+    model = load_kfi_model(path, adapter=path / "adapter.safetensors")
+    assert model.vae.config.scaling_factor == json.loads((out / "backbone" / "vae" / "config.json").read_text())[
+        "scaling_factor"]
+    # a tuned VAE whose encoder is not the backbone's is refused
+    bad = tmp_path / "bad_vae"
+    P.shutil.copytree(out / "vae" / "decoder_tuned", bad)
+    tensors = load_file(str(bad / weights))
+    key = next(k for k in tensors if k.startswith("encoder."))
+    tensors[key] = tensors[key] + 1.0
+    save_file(tensors, str(bad / weights))
+    with pytest.raises(TrainConfigError, match="is not the one .* was trained on"):
+        P.package(out / "backbone", out / "adapter" / "adapter.safetensors", tmp_path / "pkg", vae=bad)
+    assert not (tmp_path / "pkg").exists()
 
 
 def test_resume_refuses_another_recipe(tmp_path):

@@ -173,6 +173,29 @@ def test_region_weight_inside_latent_mask(trainable_model, one_clip_data):
     assert set(torch.unique(inputs.weight).tolist()) == {1.0, 4.0}
 
 
+def test_latent_channel_weights_split_the_loss_by_channel(trainable_model, one_clip_data):
+    """Invariant: with the same draws, the losses weighted by each channel alone add up to the plain loss (the loss is
+    a mean over channels), and they combine with the region weight; a count other than the VAE's is refused."""
+    def loss(**settings):
+        inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data, keyframe_prob=0.0),
+                                   config_from_dict(settings), [sample_generator(0, 0, 1)], torch.device("cpu"))
+        with torch.no_grad():
+            return float(compute_loss(trainable_model.unet, inputs))
+
+    for region in ({}, {"masked_loss_weight": 4.0}):
+        whole = loss(**region)
+        parts = [loss(latent_channel_weights=[float(c == k) for c in range(4)], **region) for k in range(4)]
+        assert all(p > 0 for p in parts)
+        assert sum(parts) == pytest.approx(whole, rel=1e-5)
+        assert loss(latent_channel_weights=[2.0, 0.0, 0.0, 0.5], **region) == pytest.approx(
+            2.0 * parts[0] + 0.5 * parts[3], rel=1e-5)
+    with pytest.raises(TrainConfigError, match="got 3 weights but the model's VAE has 4 latent channels"):
+        loss(latent_channel_weights=[1.0, 1.0, 1.0])
+    for bad in ([1.0, -1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], []):
+        with pytest.raises(TrainConfigError, match="latent_channel_weights: got"):
+            config_from_dict({"latent_channel_weights": bad}).check()
+
+
 def test_keyframe_p_mean_and_std_set_the_noise_levels_of_keyframe_samples_only(trainable_model, one_clip_data):
     def sigma(keyframe_prob, **settings):
         inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data, keyframe_prob=keyframe_prob),
