@@ -33,6 +33,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +194,9 @@ CM = " + colour match"  # label suffix of the rows post-processed by kfi_core.co
 
 def methods_for(task: str, model, adapter_model, args) -> list[tuple[str, callable]]:
     """[(label, fn(clip) -> frames)] for one task. The '+ colour match' rows reuse their model row's sample (the
-    colour matching is a post-process of the composite), so their s/clip is the post-process alone."""
+    colour matching is a post-process of the composite), so their s/clip is the post-process alone; in mode
+    ``keyframe`` a keyframe row samples again through ``inpaint``'s own composite (the same sample), which alone sees the
+    decoded keyframe the fit needs."""
     from kfi_core import baselines as B
     from kfi_core.condition import prepare_clip
     from kfi_core.executor import inpaint
@@ -213,6 +216,11 @@ def methods_for(task: str, model, adapter_model, args) -> list[tuple[str, callab
                                     keyframe_indices=[k] if with_keyframe else [])
                 samples[key] = clip, inpaint(m, clip, sampling_settings(args))
             clip, raw = samples[key]
+            if color_match == "keyframe" and with_keyframe:
+                # the keyframe fit compares the decoded keyframe with the given one; the raw output holds the given
+                # keyframe (it is known, not generated), so only the executor's own composite sees the decoded one.
+                # Same seed and settings: the same sample as the raw row.
+                return inpaint(m, clip, replace(sampling_settings(args), composite=True, color_match="keyframe"))
             return composite(clip, raw, 0, color_match)
         return run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,36 @@ def test_results_script_task_and_pattern_choices(capsys):
         with pytest.raises(SystemExit):
             parse_args([flag, value])
         assert f"{name}: got {value!r}" in capsys.readouterr().err
+
+
+def test_results_keyframe_colour_match_rows_fit_on_the_decoded_keyframe(tiny_model_dir):
+    """--color-match keyframe: a keyframe row's colour-matched output is the executor's own (inpaint with composite and
+    colour matching on), which fits the decoded keyframe to the given one; the raw output holds the given keyframe,
+    on which that fit would be the identity. Without a keyframe the mode falls back to the ring fit of the raw row."""
+    from conftest import load_with_random_adapter
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import methods_for, parse_args, sampling_settings
+
+    from kfi_core.condition import prepare_clip
+    from kfi_core.executor import inpaint
+    from kfi_core.loading import load_kfi_model
+
+    args = parse_args(["--steps", "1", "--color-match", "keyframe"])
+    model, adapter = load_kfi_model(tiny_model_dir), load_with_random_adapter(tiny_model_dir)
+    c = make_procedural_clip("edit", 8, 64, 64, seed=2)
+    clip = {"name": "c", "frames": c.frames, "masks": c.masks, "ground_truth": c.ground_truth, "keyframe_index": 0,
+            "keyframe": c.keyframe}
+    rows = dict(methods_for("edit", model, adapter, args))
+    for m, label in ((model, "training-free, keyframe"), (adapter, "KFI adapter, keyframe")):
+        matched, raw = rows[f"{label} + colour match"](clip), rows[label](clip)
+        inputs = prepare_clip(c.frames, c.masks, keyframes=c.keyframe[None], keyframe_indices=[0])
+        expected = inpaint(m, inputs, replace(sampling_settings(args), composite=True, color_match="keyframe"))
+        assert torch.equal(matched, expected), label
+        assert not torch.equal(matched, raw), label  # the random model's decoder drifts: the fit is not the identity
+        keep = c.masks.expand_as(c.frames) < 0.5
+        assert torch.equal(matched[keep], c.frames[keep])  # outside the hole the input, exactly
+    assert rows["KFI adapter, no keyframe + colour match"](clip).shape == c.frames.shape
 
 
 def test_edit_summary_calls_only_a_clear_margin_a_carried_edit():
