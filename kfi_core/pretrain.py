@@ -71,6 +71,7 @@ _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11,
 _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
+_VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "decoder_tune": "decoder_tuned"}  # under <out>/vae/
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
 
 
@@ -642,7 +643,7 @@ def train_decoder(recipe: DemoRecipe, vae, out: Path, deadline: float | None):
     Returns the VAE with the new decoder (saved to ``<out>/vae/decoder_final``), or None if out of time."""
     if recipe.decoder.steps == 0:
         return vae
-    return _fit_decoder(recipe, "decoder", vae, out / "vae" / "decoder_final", _DECODER_STREAM, deadline)
+    return _fit_decoder(recipe, "decoder", vae, vae_folder(out, "decoder"), _DECODER_STREAM, deadline)
 
 
 def _fit_decoder(recipe: DemoRecipe, name: str, vae, final: Path, stream: int, deadline: float | None):
@@ -665,9 +666,14 @@ def _fit_decoder(recipe: DemoRecipe, name: str, vae, final: Path, stream: int, d
     return vae
 
 
+def vae_folder(out: Path, phase_name: str) -> Path:
+    """Where the ``vae``, ``decoder`` or ``decoder_tune`` phase saves its finished VAE."""
+    return out / "vae" / _VAE_FOLDERS[phase_name]
+
+
 def finished_vae_folder(recipe: DemoRecipe, out: Path) -> Path:
     """Where the vae (and decoder) phases left the VAE the backbone was trained on."""
-    return out / "vae" / ("decoder_final" if recipe.decoder.steps else "final")
+    return vae_folder(out, "decoder" if recipe.decoder.steps else "vae")
 
 
 def tune_decoder(recipe: DemoRecipe, out: Path, deadline: float | None) -> Path | None:
@@ -677,7 +683,7 @@ def tune_decoder(recipe: DemoRecipe, out: Path, deadline: float | None) -> Path 
     None if out of time."""
     from diffusers import AutoencoderKLTemporalDecoder
 
-    final = out / "vae" / "decoder_tuned"
+    final = vae_folder(out, "decoder_tune")
     if (final / "config.json").is_file():
         return final
     source = finished_vae_folder(recipe, out)
@@ -693,7 +699,7 @@ def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None):
     """Phase vae: returns the trained VAE with ``scaling_factor`` = 1 / latent std, or None if out of time."""
     from diffusers import AutoencoderKLTemporalDecoder
 
-    final = out / "vae" / "final"
+    final = vae_folder(out, "vae")
     if (final / "config.json").is_file():
         return AutoencoderKLTemporalDecoder.from_pretrained(final, use_safetensors=True)
     vae = new_components(recipe)["vae"].train()
@@ -962,7 +968,7 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
             if tuned_vae is None:
                 return None
         elif "package" in phases:
-            tuned_vae = out / "vae" / "decoder_tuned"
+            tuned_vae = vae_folder(out, "decoder_tune")
             if not (tuned_vae / "config.json").is_file():
                 raise TrainConfigError(f"package: the recipe tunes the decoder but {tuned_vae} is not finished; "
                                        "run the decoder_tune phase first.")
