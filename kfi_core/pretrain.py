@@ -14,7 +14,10 @@ Phases
               adapter phase, which reads datasets from disk like any user's.
     vae       the VAE alone: L1 + MSE reconstruction of 8-frame clips through the temporal decoder, a
               tiny KL term. Then the latent standard deviation is measured and ``scaling_factor`` set to
-              its inverse: EDM assumes unit-variance data.
+              its inverse: EDM assumes unit-variance data. (decoder, where the recipe gives it steps: the
+              decoder alone, encoder frozen.) With ``balance_latents`` the finished VAE's latent channels are then
+              scaled to one spread (:func:`balance_vae`, an exact reparametrisation; no training), saved to
+              ``<out>/vae/balanced``, which the backbone and everything after it use.
     backbone  UNet and image encoder together, VAE frozen, with SVD's stock image-to-video conditioning:
               the first frame's latent (noise-augmented, log-normal strength, not scaled) concatenated to
               every frame, its CLIP embedding as cross-attention context, added time ids
@@ -71,7 +74,8 @@ _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11,
 _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
-_VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "decoder_tune": "decoder_tuned"}  # under <out>/vae/
+# under <out>/vae/; "balance" is not a phase but the finished VAE with its latent channels balanced (balance_latents)
+_VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "balance": "balanced", "decoder_tune": "decoder_tuned"}
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
 
 
@@ -144,6 +148,9 @@ class DemoRecipe:
     adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
     vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
+    # after the decoder phase, scale each latent channel to the same spread (an exact reparametrisation of the VAE)
+    # before the backbone trains on it: see :func:`balance_latent_channels`
+    balance_latents: bool = False
 
     def check(self) -> "DemoRecipe":
         h, w = self.resolution
@@ -508,9 +515,12 @@ def run_phase(run: PhaseRun, deadline: float | None) -> bool:
 def _fingerprint(recipe: DemoRecipe, phase_name: str) -> dict:
     """What a checkpoint must share with the recipe that resumes it. ``steps`` is not part of it: a phase may be
     lengthened or shortened between runs (the LR schedule follows the new length from the resumed step)."""
-    return {"seed": recipe.seed, "num_frames": recipe.num_frames, "resolution": list(recipe.resolution),
-            "phase": phase_name, "batch_size": getattr(recipe, phase_name).batch_size,
-            "vae_config": recipe.vae_config}
+    values = {"seed": recipe.seed, "num_frames": recipe.num_frames, "resolution": list(recipe.resolution),
+              "phase": phase_name, "batch_size": getattr(recipe, phase_name).batch_size,
+              "vae_config": recipe.vae_config}
+    if phase_name not in ("vae", "decoder"):  # the phases that train on the (balanced or plain) finished latents
+        values["balance_latents"] = recipe.balance_latents  # checkpoints from before the setting lack it and resume
+    return values
 
 
 # --------------------------------------------------------------------------- vae
@@ -606,13 +616,61 @@ def validation_psnr(vae, recipe: DemoRecipe, clips: int = 4) -> float:
 
 
 @torch.no_grad()
-def measure_latent_std(vae, recipe: DemoRecipe, clips: int = 16) -> float:
+def statistics_latents(vae, recipe: DemoRecipe, clips: int = 16) -> torch.Tensor:
+    """The unscaled latents ``[N, C, h, w]`` of the clips the VAE's statistics are measured on (seeds that no training
+    step draws)."""
     h, w = recipe.resolution
     latents = []
     for i in range(clips):
         frames = training_clip(EVAL_SEED_BASE - 1 - i, recipe.num_frames, h, w)
         latents.append(vae.encode(frames * 2.0 - 1.0).latent_dist.mode())
-    return float(torch.cat(latents).std())
+    return torch.cat(latents)
+
+
+def measure_latent_std(vae, recipe: DemoRecipe, clips: int = 16) -> float:
+    return float(statistics_latents(vae, recipe, clips).std())
+
+
+@torch.no_grad()
+def balance_latent_channels(vae, gains: torch.Tensor) -> None:
+    """Multiply latent channel ``c`` by ``gains[c]`` in place, an exact reparametrisation of the VAE: the encoder's
+    ``quant_conv`` scales the posterior's mean by the gain (and its std, through the log-variance), the decoder's
+    ``conv_in`` divides its input weights by it, so every decoded frame stays as it was.
+
+    Why: one ``scaling_factor`` (all SVD supports) leaves channels of different spreads unequal, and the diffusion
+    loss and noise see them so. The demo VAE's colour anchor makes channels 0-2 the pooled colours, about 12x
+    narrower than channel 3 (README, 'A sharper decoder shows what the adapter gets wrong'): noise drowns them at a
+    small sigma and the loss barely weighs them.
+    """
+    c = vae.config.latent_channels
+    if gains.shape != (c,) or not bool(torch.all(gains > 0)):
+        raise TrainConfigError(f"balance_latent_channels: gains must be {c} positive numbers; got {gains.tolist()}.")
+    gains = gains.to(vae.quant_conv.weight.dtype)
+    vae.quant_conv.weight[:c] *= gains.view(-1, 1, 1, 1)
+    vae.quant_conv.bias[:c] *= gains
+    vae.quant_conv.bias[c:] += 2.0 * torch.log(gains)  # log-variance: the std scales with the mean
+    vae.decoder.conv_in.weight /= gains.view(1, -1, 1, 1)
+
+
+def balance_vae(recipe: DemoRecipe, vae, out: Path):
+    """The finished VAE with every latent channel scaled to the widest channel's std on the statistics clips
+    (:func:`balance_latent_channels`) and ``scaling_factor`` = 1 / the balanced latents' std; saved to
+    ``<out>/vae/balanced`` (loaded from there when it exists). Deterministic: no training, no random draw."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    final = vae_folder(out, "balance")
+    if (final / "config.json").is_file():
+        return AutoencoderKLTemporalDecoder.from_pretrained(final, use_safetensors=True)
+    vae.eval()
+    std = statistics_latents(vae, recipe).transpose(0, 1).flatten(1).std(dim=1)
+    gains = std.max() / std
+    balance_latent_channels(vae, gains)
+    scaled = measure_latent_std(vae, recipe)
+    vae.register_to_config(scaling_factor=1.0 / scaled)
+    vae.save_pretrained(final, safe_serialization=True)
+    logger.info("balance: latent std per channel %s -> gains %s, scaling_factor %.4f; saved %s",
+                [round(float(v), 4) for v in std], [round(float(g), 3) for g in gains], 1.0 / scaled, final)
+    return vae
 
 
 def _vae_loss_fn(vae, recipe: DemoRecipe, phase_name: str, stream: int):
@@ -672,7 +730,10 @@ def vae_folder(out: Path, phase_name: str) -> Path:
 
 
 def finished_vae_folder(recipe: DemoRecipe, out: Path) -> Path:
-    """Where the vae (and decoder) phases left the VAE the backbone was trained on."""
+    """Where the vae (and decoder) phases, and the balancing where the recipe asks, left the VAE the backbone was
+    trained on."""
+    if recipe.balance_latents:
+        return vae_folder(out, "balance")
     return vae_folder(out, "decoder" if recipe.decoder.steps else "vae")
 
 
@@ -888,7 +949,9 @@ def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
             "that made it.")
 
 
-def check_same_encoder(vae_folder: Path, backbone: Path) -> None:
+def check_same_encoder(vae_folder: Path, backbone: Path,
+                       fix: str = "a decoder_tune phase must start from this run's finished VAE (move the folder "
+                                  "aside and rerun decoder_tune)", what: str = "package") -> None:
     """Refuse a VAE whose encoder (or quant_conv) differs from the one the backbone was trained on: its latents would
     not be the ones the UNet and the adapter learned."""
     from safetensors.torch import load_file
@@ -899,9 +962,8 @@ def check_same_encoder(vae_folder: Path, backbone: Path) -> None:
 
     ours, theirs = encoder_side(vae_folder), encoder_side(backbone / "vae")
     if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
-        raise TrainConfigError(f"package: the encoder of {vae_folder} is not the one {backbone} was trained on; a "
-                               "decoder_tune phase must start from this run's finished VAE (move the folder aside "
-                               "and rerun decoder_tune).")
+        raise TrainConfigError(f"{what}: the encoder of {vae_folder} is not the one {backbone} was trained on; "
+                               f"{fix}.")
 
 
 def package(backbone: Path, adapter: Path, dest: Path, vae: Path | None = None) -> Path:
@@ -947,6 +1009,13 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
             vae = train_decoder(recipe, vae, out, deadline)
             if vae is None:
                 return None
+            if recipe.balance_latents:
+                vae = balance_vae(recipe, vae, out)
+                backbone = out / _BACKBONE_FOLDERS["backbone"]
+                if (backbone / "model_index.json").is_file():  # finished before balance_latents was turned on
+                    check_same_encoder(vae_folder(out, "balance"), backbone, what="balance_latents",
+                                       fix="that backbone was trained on the unbalanced latents; move it (and the "
+                                           "tune and adapter folders) aside to train them on the balanced ones")
     if "backbone" in phases:
         if train_backbone(recipe, vae, out, deadline) is None:
             return None

@@ -124,8 +124,8 @@ def test_colour_matching_fixes_the_demo_vaes_colour_drift(demo_model):
 def test_demo_backbone_carries_the_first_frame_across_frames():
     """The shipped backbone (recipe.json: first_frame_only_prob 0.5) reads a keyframe through its temporal layers
     even under a fresh adapter (zero LoRA, zero new conv_in channels): one denoiser call at sigma 15 on held-out edit
-    clips errs clearly less in the hole with the keyframe than without (1.22x; the model before it 1.3x and more at
-    sigma 5). A stock-conditioned backbone scores 0.88-1.03 here (README, 'Why the keyframe is hard to use')."""
+    clips errs clearly less in the hole with the keyframe than without (the backbone shipped 2026-12-05 to 06: 1.22x;
+    the one before it 1.3x and more at sigma 5). A stock-conditioned backbone scores 0.88-1.03 here (README, 'Why the keyframe is hard to use')."""
     import sys
 
     from kfi_core.loading import load_kfi_model

@@ -35,7 +35,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
                                   "recipe-longvae.json", "recipe-black.json", "recipe-easy.json",
-                                  "recipe-decoder.json"])
+                                  "recipe-decoder.json", "recipe-annealed.json"])
 def test_committed_recipes_load(name):
     recipe = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert recipe.resolution == (64, 64) and recipe.vae.steps > 0 and recipe.backbone.steps > 0
@@ -44,7 +44,7 @@ def test_committed_recipes_load(name):
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
     colour = name in ("recipe.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
-                      "recipe-easy.json", "recipe-decoder.json")
+                      "recipe-easy.json", "recipe-decoder.json", "recipe-annealed.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
     # the shipped recipe's backbone sees the image latent on frame 0 alone for half its samples
@@ -317,11 +317,11 @@ def test_the_easy_recipe_is_the_colour_recipe_plus_easy_clips_and_its_adapter_se
         assert P._fingerprint(shipped, phase) == P._fingerprint(easy, phase)
 
 
-def test_the_shipped_recipe_is_the_easy_one_run_longer_and_annealed():
-    """recipe.json (shipped 2026-12-05) is recipe-easy.json's adapter run for 9,000 steps instead of 2,000, the rate
-    decayed over the last 2,000 (from step 7,000: the run it ships resumed the constant-rate one there); data, VAE,
-    decoder and backbone are recipe-colour.json's, so its backbone is the model it replaced's."""
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+def test_the_annealed_recipe_is_the_easy_one_run_longer_and_annealed():
+    """recipe-annealed.json (shipped 2026-12-05 to 06) is recipe-easy.json's adapter run for 9,000 steps instead of
+    2,000, the rate decayed over the last 2,000 (from step 7,000: the run it ships resumed the constant-rate one there);
+    data, VAE, decoder and backbone are recipe-colour.json's, so its backbone is the model it replaced's."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-annealed.json")
     easy = P.load_recipe(ROOT / "configs" / "demo" / "recipe-easy.json")
     colour = P.load_recipe(ROOT / "configs" / "demo" / "recipe-colour.json")
     changed = {k for k in set(shipped.adapter) | set(easy.adapter) if shipped.adapter.get(k) != easy.adapter.get(k)}
@@ -426,8 +426,8 @@ def test_vae_phase_resumes_exactly(tmp_path, colour):
     assert whole.config.scaling_factor == parts.config.scaling_factor != 0.18215
 
 
-def test_the_decoder_candidate_is_the_shipped_recipe_plus_a_decoder_tune_phase():
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+def test_the_decoder_candidate_is_the_annealed_recipe_plus_a_decoder_tune_phase():
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-annealed.json")
     candidate = P.load_recipe(ROOT / "configs" / "demo" / "recipe-decoder.json")
     assert shipped.decoder_tune.steps == 0 and candidate.decoder_tune.steps == 2500
     assert dataclasses.replace(candidate, decoder_tune=shipped.decoder_tune) == shipped
@@ -666,3 +666,78 @@ def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):
     (clip / ".done").write_text("")
     P.write_dataset(tmp_path, recipe)
     assert (clip / "masks").is_dir() and (clip / "0000.png").read_bytes() == before
+
+
+def test_balance_latent_channels_is_an_exact_reparametrisation(tiny_components):
+    vae = copy.deepcopy(tiny_components["vae"]).eval()
+    pixels = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2.0 - 1.0
+    gains = torch.tensor([3.0, 0.5, 7.0, 1.0])
+    with torch.no_grad():
+        before = vae.encode(pixels).latent_dist
+        decoded = vae.decode(before.mode(), num_frames=4).sample
+        P.balance_latent_channels(vae, gains)
+        after = vae.encode(pixels).latent_dist
+        again = vae.decode(after.mode(), num_frames=4).sample
+    assert not torch.allclose(after.mean, before.mean, atol=1e-3)
+    assert torch.allclose(after.mean, before.mean * gains.view(1, -1, 1, 1), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(after.std, before.std * gains.view(1, -1, 1, 1), rtol=1e-4)
+    assert torch.allclose(again, decoded, atol=1e-5)  # every decoded frame as it was
+    for bad in (torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 2.0])):
+        with pytest.raises(TrainConfigError, match="4 positive numbers"):
+            P.balance_latent_channels(vae, bad)
+
+
+def test_balanced_recipe_trains_the_backbone_on_latents_of_equal_spread(tmp_path):
+    from diffusers import AutoencoderKLTemporalDecoder
+    from safetensors.torch import load_file
+
+    from kfi_core.loading import load_kfi_model
+
+    recipe = micro_recipe(balance_latents=True)
+    out = tmp_path / "run"
+    path = P.train_demo(recipe, out)
+    balanced = out / "vae" / "balanced"
+    weights = "diffusion_pytorch_model.safetensors"
+    ours, backbone = load_file(str(balanced / weights)), load_file(str(out / "backbone" / "vae" / weights))
+    assert ours.keys() == backbone.keys() and all(torch.equal(ours[k], backbone[k]) for k in ours)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(balanced, use_safetensors=True)
+    latents = P.statistics_latents(vae, recipe)
+    std = latents.transpose(0, 1).flatten(1).std(dim=1)
+    assert torch.allclose(std, std.max().expand_as(std), rtol=1e-4)
+    assert vae.config.scaling_factor == pytest.approx(1.0 / float(latents.std()), rel=1e-5)
+    plain = AutoencoderKLTemporalDecoder.from_pretrained(out / "vae" / "final", use_safetensors=True)
+    plain_std = P.statistics_latents(plain, recipe).transpose(0, 1).flatten(1).std(dim=1)
+    assert not torch.allclose(plain_std, plain_std.max().expand_as(plain_std), rtol=1e-2)
+    pixels = P.training_clip(1, recipe.num_frames, 64, 64) * 2.0 - 1.0
+    with torch.no_grad():
+        a = plain.decode(plain.encode(pixels).latent_dist.mode(), num_frames=recipe.num_frames).sample
+        b = vae.decode(vae.encode(pixels).latent_dist.mode(), num_frames=recipe.num_frames).sample
+    assert torch.allclose(a, b, atol=1e-5)
+    model = load_kfi_model(path, adapter=path / "adapter.safetensors")
+    assert model.vae.config.scaling_factor == vae.config.scaling_factor
+    # the phases on the balanced latents say so in their checkpoints; the phases before them do not
+    assert P._fingerprint(recipe, "backbone")["balance_latents"] is True
+    assert P._fingerprint(micro_recipe(), "backbone")["balance_latents"] is False
+    assert "balance_latents" not in P._fingerprint(recipe, "vae") | P._fingerprint(recipe, "decoder")
+    with pytest.raises(ResumeError, match="different recipe"):  # a balanced backbone checkpoint, a plain recipe
+        other = tmp_path / "other"
+        assert P.train_backbone(recipe, vae, other, deadline=time.monotonic() - 1) is None
+        P.train_backbone(micro_recipe(), plain, other, deadline=None)
+    # balance_latents turned on after a plain run finished its backbone: refused, not paired with the wrong latents
+    plain_run = tmp_path / "plain"
+    P.train_demo(micro_recipe(), plain_run, phases=("data", "vae", "backbone"))
+    with pytest.raises(TrainConfigError, match="trained on the unbalanced latents"):
+        P.train_demo(recipe, plain_run, phases=("vae", "backbone"))
+
+
+def test_the_shipped_recipe_is_the_annealed_one_with_balanced_latents():
+    """recipe.json (shipped 2026-12-06) changes nothing but balance_latents from recipe-annealed.json, the model it
+    replaced: the same data, VAE and decoder (their checkpoints are shared), the backbone and adapter retrained with the
+    same settings on the balanced latents (their checkpoints are refused across the two)."""
+    annealed = P.load_recipe(ROOT / "configs" / "demo" / "recipe-annealed.json")
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    assert not annealed.balance_latents and shipped.balance_latents
+    assert dataclasses.replace(shipped, balance_latents=False) == annealed
+    for phase in ("vae", "decoder"):
+        assert P._fingerprint(shipped, phase) == P._fingerprint(annealed, phase)
+    assert P._fingerprint(shipped, "backbone") != P._fingerprint(annealed, "backbone")
