@@ -333,6 +333,7 @@ def run_task(task: str, clips: list[dict], model, adapter_model, args, image_dir
                 preview.append((label, pred))
         means = {key: (None if any(v[key] is None for v in values) else float(np.mean([v[key] for v in values])))
                  for key in [k for k, _ in METRIC_COLUMNS] + ["mse_mask"]}
+        means["psnr_mask_clips"] = [v["psnr_mask"] for v in values]  # per clip, for the summary's paired counts
         rows.append((label, means, seconds / len(clips)))
         logger.info("%s / %s: PSNR mask %s", task, label, fmt(means["psnr_mask"]))
     image = image_dir / f"{image_name or task}.png"
@@ -379,7 +380,21 @@ def _compare(a: dict, b: dict) -> str:
     d = a["psnr_mask"] - b["psnr_mask"]
     ratio = b["mse_mask"] / a["mse_mask"] if a.get("mse_mask") and b.get("mse_mask") else float("nan")
     factor = f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
-    return f"{d:+.2f} dB; in-mask MSE {a['mse_mask']:.4f} against {b['mse_mask']:.4f} ({factor})"
+    text = f"{d:+.2f} dB; in-mask MSE {a['mse_mask']:.4f} against {b['mse_mask']:.4f} ({factor})"
+    return text + _paired(a.get("psnr_mask_clips"), b.get("psnr_mask_clips"))
+
+
+def _paired(a: list[float] | None, b: list[float] | None) -> str:
+    """'; higher on k of N clips, per-clip difference +m +- s dB' (mean and its standard error) of a against b, clip by
+    clip on the same clips: how much of a mean difference is one clip's luck."""
+    if not a or not b or len(a) != len(b) or any(v is None for v in (*a, *b)):
+        return ""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if not np.isfinite(diff).all():  # an exact clip (inf dB) has no finite difference to average
+        return ""
+    wins = int((diff > 0).sum())
+    spread = f" +- {diff.std(ddof=1) / np.sqrt(diff.size):.2f}" if diff.size > 1 else ""
+    return f"; higher on {wins} of {diff.size} clips, per-clip difference {diff.mean():+.2f}{spread} dB (mean +- standard error)"
 
 
 def _variants(rows) -> list[str]:
@@ -583,7 +598,9 @@ inside the mask; flow warping error (Lai et al. 2018) inside the mask, lower is 
 prediction's frame-to-frame change minus the ground truth's inside the mask (0 is ideal); keyframe PSNR in the
 mask at the keyframe (100 = exact); chroma gain in the mask = how much of the ground truth's colour the output
 keeps (kfi_core.metrics.chroma_gain: 1 all, 0 grey, brightness aside). Baselines: see kfi_core/baselines.py. The VAE ceiling is the ground truth
-through the model's VAE: no latent model with that VAE can beat it. Rows ending in "+ colour match" are the rows
+through the model's VAE: no latent model with that VAE can beat it. The summaries' comparisons also count the clips on
+which each side is higher and give the mean per-clip difference with its standard error (same clips, paired): a
+margin within about two standard errors of zero may be the luck of a clip or two. Rows ending in "+ colour match" are the rows
 of the same name post-processed by kfi_core.color_match ({{color_match}}: the fill's colours fitted to the input on
 known pixels around the hole, per frame; keyframe: one fit on the keyframe, which shows the true colours where the
 other frames have holes, for the rows that have a keyframe), the same samples, so their s/clip is the post-process

@@ -260,3 +260,21 @@ def test_edit_summary_calls_only_a_clear_margin_a_carried_edit():
     assert edit_verdict(14.0, 13.9, 13.2).startswith("does NOT yet carry the edit: ahead of both, by less than")
     assert edit_verdict(14.0, 14.1, 13.0) == "does NOT yet carry the edit"
     assert edit_verdict(14.0, 14.0 - CLEAR_GAIN_DB, 14.0 - CLEAR_GAIN_DB) == "carries the edit"
+
+
+def test_edit_summary_counts_the_clips_each_side_wins():
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import _compare, _paired
+
+    # per-clip differences +1, +2, -0.5: two wins of three, mean +0.83, standard error std(ddof=1)/sqrt(3)
+    text = _paired([11.0, 12.0, 9.5], [10.0, 10.0, 10.0])
+    expected_se = float(np.std([1.0, 2.0, -0.5], ddof=1) / np.sqrt(3))
+    assert "higher on 2 of 3 clips" in text and "+0.83" in text and f"+- {expected_se:.2f} dB" in text
+    assert _paired([1.0], [2.0]) == "; higher on 0 of 1 clips, per-clip difference -1.00 dB (mean +- standard error)"
+    assert _paired(None, [1.0]) == "" and _paired([1.0, 2.0], [1.0]) == ""  # no per-clip data or mismatched clips
+    assert _paired([1.0, None], [1.0, 2.0]) == "" and _paired([float("inf"), 2.0], [1.0, 2.0]) == ""
+    a = {"psnr_mask": 12.0, "mse_mask": 0.01, "psnr_mask_clips": [11.0, 13.0]}
+    b = {"psnr_mask": 11.0, "mse_mask": 0.02, "psnr_mask_clips": [12.0, 10.0]}
+    assert _compare(a, b).startswith("+1.00 dB; in-mask MSE 0.0100 against 0.0200 (2.00x lower); higher on 1 of 2")
