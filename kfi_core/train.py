@@ -87,7 +87,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that shape the trajectory: resuming with other values would not continue the same run.
 RESUME_FINGERPRINT_KEYS = ("seed", "rank", "lora_alpha", "lora_lr", "p_mean", "p_std", "frame_stride",
                            "keyframe_prob", "cond_dropout_prob", "masked_loss_weight", "repeat_noise_every",
-                           "keyframe_p_mean", "keyframe_p_std", "latent_channel_weights")
+                           "keyframe_p_mean", "keyframe_p_std", "latent_channel_weights", "reference_attention")
 
 
 # --------------------------------------------------------------------------- config
@@ -119,6 +119,9 @@ class TrainConfig:
     rank: int = 32
     lora_alpha: float | None = None  # None = rank (scale 1)
     from_adapter: str | None = None  # start from this adapter file's LoRA and conv_in (fine-tuning); None = fresh
+    # spatial self-attention also attends to the fully known frames (kfi_core.reference_attention; not in the paper);
+    # recorded in the adapter file, which turns it on wherever the adapter loads
+    reference_attention: bool = False
     # optimizer (paper: AdamW, lr 5e-5, betas 0.9 / 0.999)
     lr: float = 5e-5
     lora_lr: float | None = None  # the LoRA weights' learning rate; None = lr (conv_in always trains at lr)
@@ -220,6 +223,8 @@ class TrainConfig:
             _pos_int(name, getattr(self, name), zero_ok=True)
         for name in ("keep_checkpoints", "validation_steps", "log_every", "frame_stride", "encode_chunk_size"):
             _pos_int(name, getattr(self, name))
+        if not isinstance(self.reference_attention, bool):
+            raise TrainConfigError(f"reference_attention: got {self.reference_attention!r}; give true or false.")
         if self.resume is not None and not str(self.resume).strip():
             raise TrainConfigError("resume: got an empty value; give 'latest' or a checkpoint folder.")
         return self
@@ -620,6 +625,7 @@ def resume_fingerprint(config: TrainConfig, world_size: int) -> dict:
 
 def check_resume_compatible(path: Path, state: dict, config: TrainConfig, world_size: int) -> None:
     saved, now = state.get("fingerprint", {}), resume_fingerprint(config, world_size)
+    saved = {"reference_attention": False, **saved}  # checkpoints from before the option trained without it
     if saved.get("stages") and now["stages"][:len(saved["stages"])] == saved["stages"]:
         saved = {**saved, "stages": now["stages"]}  # stages may be appended, not changed
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]]
@@ -812,6 +818,7 @@ def setup(config: TrainConfig):
 
     from .loading import place_model
     from .propagate import check_size
+    from .reference_attention import enable_reference_attention, reference_attention_enabled
 
     for name in ("model", "data", "out"):
         if not getattr(config, name):
@@ -838,6 +845,12 @@ def setup(config: TrainConfig):
     count = setup_trainable_unet(model.unet, config.rank, config.lora_alpha)
     if config.from_adapter:
         start_from_adapter(model, config)
+    if config.reference_attention:
+        enable_reference_attention(model.unet)
+    elif reference_attention_enabled(model.unet):  # from_adapter was trained with it
+        raise TrainConfigError(f"from_adapter: {config.from_adapter} was trained with reference attention and this "
+                               "run is set without it; set reference_attention true to fine-tune it, or leave "
+                               "from_adapter unset for a fresh adapter.")
     for param in model.unet.parameters():
         if param.requires_grad:
             param.data = param.data.float()
@@ -1057,6 +1070,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     kfi = load_base_model(base, num_frames=num_frames)
     setup_trainable_unet(kfi.unet, config.rank, config.lora_alpha)
     load_trainable(kfi.unet, path / TRAINABLE_FILE, what="checkpoint")
+    if config.reference_attention:
+        from .reference_attention import enable_reference_attention
+
+        enable_reference_attention(kfi.unet)
     written = save_run_adapter(kfi.unet, kfi, config, out)
     logger.info("exported %s (step %d) to %s", path, int(state["step"]), written)
     return written

@@ -241,8 +241,8 @@ def test_plain_safetensors_without_metadata_is_not_an_adapter(adapter_path, tmp_
 
 
 def test_newer_format_version_is_refused(adapter_path, tmp_path):
-    bad = rewrite(adapter_path, tmp_path / "v2.safetensors", metadata=lambda m: {**m, "kfi.format_version": "2"})
-    with pytest.raises(AdapterMismatchError, match=r"format version 2 is newer than this KFI reads \(version 1\).*"
+    bad = rewrite(adapter_path, tmp_path / "v3.safetensors", metadata=lambda m: {**m, "kfi.format_version": "3"})
+    with pytest.raises(AdapterMismatchError, match=r"format version 3 is newer than this KFI reads \(version 2\).*"
                                                    r"Update KFI"):
         read_adapter_metadata(bad)
 

@@ -222,6 +222,28 @@ def test_results_script_task_and_pattern_choices(capsys):
         assert f"{name}: got {value!r}" in capsys.readouterr().err
 
 
+def test_results_texture_period_overrides_the_presets(capsys):
+    """--texture-period P: every procedural clip is the preset's with texture_period P (background and target), the
+    same clip make_procedural_clip gives for that config; without it, the preset's own; below 2 px it is refused."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import EVAL_SEED_BASE, parse_args, procedural_clips
+
+    from kfi_core.procedural import with_config
+
+    args = parse_args(["--clips", "1", "--texture-period", "24"])
+    clip = procedural_clips("edit", "easy", args, "recolour")[0]
+    cfg = with_config(ProceduralConfig.preset("easy"), keyframe_index=0, edit_pattern="recolour", texture_period=24.0)
+    want = make_procedural_clip("edit", 8, 64, 64, seed=EVAL_SEED_BASE, config=cfg)
+    assert torch.equal(clip["frames"], want.frames) and torch.equal(clip["ground_truth"], want.ground_truth)
+    default = procedural_clips("edit", "easy", parse_args(["--clips", "1"]), "recolour")[0]
+    assert ProceduralConfig.preset("easy").texture_period != 24.0
+    assert not torch.equal(default["frames"], clip["frames"])  # the option changes the clips
+    for value in ("1.5", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["--texture-period", value])
+        assert "--texture-period: got" in capsys.readouterr().err
+
+
 def test_results_keyframe_colour_match_rows_fit_on_the_decoded_keyframe(tiny_model_dir):
     """--color-match keyframe: a keyframe row's colour-matched output is the executor's own (inpaint with composite and
     colour matching on), which fits the decoded keyframe to the given one; the raw output holds the given keyframe,

@@ -394,6 +394,38 @@ def test_from_adapter_starts_from_the_file(runs, tiny_model_dir, one_clip_data, 
     assert not (tmp_path / "r8" / ADAPTER_FILE).exists()
 
 
+def test_reference_attention_trains_and_is_written_into_the_adapter(tiny_model_dir, one_clip_data, tmp_path):
+    """reference_attention true: the UNet trains with it (the first loss, on the same seeded keyframe sample, differs
+    from a run without it), the adapter and an exported checkpoint say so and turn it on where they load; a run that
+    resumes or fine-tunes it without the option is refused, naming the setting."""
+    from safetensors.torch import load_file
+
+    from kfi_core.adapter import read_adapter_metadata
+    from kfi_core.loading import load_kfi_model
+    from kfi_core.reference_attention import reference_attention_enabled
+    from kfi_core.train import export_checkpoint
+
+    common = dict(steps=2, keyframe_prob=1.0, cond_dropout_prob=0.0, checkpoint_every=1)
+    train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "off", **common))
+    train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "on", reference_attention=True, **common))
+    assert losses(tmp_path / "on")[0] != losses(tmp_path / "off")[0]
+    assert read_adapter_metadata(tmp_path / "on" / ADAPTER_FILE).reference_attention
+    assert not read_adapter_metadata(tmp_path / "off" / ADAPTER_FILE).reference_attention
+    assert reference_attention_enabled(load_kfi_model(tiny_model_dir, adapter=tmp_path / "on" / ADAPTER_FILE).unet)
+    (_, last), = list_checkpoints(tmp_path / "on")[-1:]
+    exported = export_checkpoint(last, tmp_path / "exported.safetensors")
+    assert read_adapter_metadata(exported).reference_attention
+    ref, got = load_file(str(tmp_path / "on" / ADAPTER_FILE)), load_file(str(exported))
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+    with pytest.raises(ResumeError, match=r"reference_attention: checkpoint True, now False"):
+        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "on", resume="latest", **{**common, "steps": 3}))
+    with pytest.raises(TrainConfigError, match=r"from_adapter: .* trained with reference attention .* set "
+                                               r"reference_attention true"):
+        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "ft", steps=1,
+                          from_adapter=str(tmp_path / "on" / ADAPTER_FILE)))
+
+
 # --------------------------------------------------------------------------- resume errors
 
 
