@@ -374,9 +374,11 @@ GAP_NOTES = {
                      "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
                      "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
                      "(more full masks and keyframes; holes that follow the moving object, README) and a VAE that keeps "
-                     "colour did not close it; a backbone and adapter that carry appearance along the object's motion "
-                     "(README, 'The colour model ships'), a larger backbone and training closer to the paper's 50k "
-                     "steps would be next",
+                     "colour did not close it, nor did balanced latent channels, a VAE that keeps the textures "
+                     "(--texture-period 24) or reference attention to the keyframe (README, 'What limits the edit's "
+                     "margin'): at this scale the adapter reads the keyframe about as well as SVD's stock image "
+                     "conditioning does. A larger backbone and training closer to the paper's 50k steps at higher "
+                     "resolution would be next",
 }
 
 
