@@ -35,7 +35,7 @@ _LATENT = 4  # KFI's input: 4 noisy, 4 black-filled, 4 white-filled condition ch
 # fully known: the two condition halves agree to this fraction of their size (bitwise equal in practice: the same
 # pixels through the same encoder; the tolerance covers backends whose kernels are not run-to-run deterministic)
 _EQUAL_RTOL = 1e-4
-_HOOK_ATTR = "_kfi_reference_attention"
+_HOOK_ATTR = "_kfi_reference_attention"  # on the UNet: (its pre-hook's handle, the processors it replaced)
 
 
 class ReferenceAttentionError(KfiError):
@@ -130,14 +130,14 @@ def enable_reference_attention(unet) -> None:
         return
     modules = dict(unet.named_modules())
     state = _State()
-    processors = {}
+    processors, replaced = {}, {}
     for name, processor in unet.attn_processors.items():
         if _spatial_self_attention(name):
             _check_layer(name, modules[name.rsplit(".processor", 1)[0]])
-            processors[name] = ReferenceAttnProcessor(state)
+            processors[name], replaced[name] = ReferenceAttnProcessor(state), processor
         else:
             processors[name] = processor
-    if not any(isinstance(p, ReferenceAttnProcessor) for p in processors.values()):
+    if not replaced:
         raise ReferenceAttentionError("reference attention: the UNet has no spatial self-attention layers "
                                       "(transformer_blocks.*.attn1); give an SVD UNet.")
 
@@ -148,22 +148,19 @@ def enable_reference_attention(unet) -> None:
 
     unet.set_attn_processor(processors)
     handle = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    setattr(unet, _HOOK_ATTR, handle)
-    logger.debug("reference attention on %d layers", sum(isinstance(p, ReferenceAttnProcessor)
-                                                         for p in processors.values()))
+    setattr(unet, _HOOK_ATTR, (handle, replaced))
+    logger.debug("reference attention on %d layers", len(replaced))
 
 
 def disable_reference_attention(unet) -> None:
-    """Undo :func:`enable_reference_attention` (stock processors on those layers); a no-op where it is off."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    handle = getattr(unet, _HOOK_ATTR, None)
-    if handle is None:
+    """Undo :func:`enable_reference_attention` (the processors it replaced back in place); a no-op where it is off."""
+    installed = getattr(unet, _HOOK_ATTR, None)
+    if installed is None:
         return
+    handle, replaced = installed
     handle.remove()
     delattr(unet, _HOOK_ATTR)
-    unet.set_attn_processor({name: AttnProcessor2_0() if isinstance(p, ReferenceAttnProcessor) else p
-                             for name, p in unet.attn_processors.items()})
+    unet.set_attn_processor({name: replaced.get(name, p) for name, p in unet.attn_processors.items()})
 
 
 def reference_attention_enabled(unet) -> bool:

@@ -116,6 +116,9 @@ def test_only_spatial_self_attention_changes(kfi_unet):
     assert changed and all(".transformer_blocks." in n and n.endswith(".attn1.processor") for n in changed)
     assert not any("temporal" in n for n in changed)
     assert len({id(after[n].state) for n in changed}) == 1  # one shared per-call state
+    disable_reference_attention(kfi_unet)
+    restored = kfi_unet.attn_processors
+    assert all(restored[n] is before[n] for n in before)  # the very processors it replaced, back in place
 
 
 def test_the_adapter_file_carries_it(kfi_unet, base_unet_factory, tmp_path):
