@@ -607,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Phases data, vae, decoder, backbone (UNet + image encoder, stock img2vid conditioning), tune (the "
             "backbone trained further, where the recipe gives it steps), adapter (kfi_core.train: LoRA + input conv "
-            "only), decoder_tune (the decoder trained further, encoder frozen, where the recipe gives it steps) and "
+            "only), adapter_tune (that adapter fine-tuned further, where the recipe has an adapter_tune section), "
+            "decoder_tune (the decoder trained further, encoder frozen, where the recipe gives it steps) and "
             "package (OUT/demo_model). Each phase checkpoints; running the same command again resumes. "
             "See configs/demo/recipe.json and docs/RESULTS.md."
         ),
@@ -618,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop cleanly (checkpoint saved) after this many minutes; run again to resume")
     p.add_argument("--phase", action="append", default=[], metavar="NAME",
                    help="run only these phases (repeatable); default all: data vae decoder backbone tune adapter "
-                        "decoder_tune package")
+                        "adapter_tune decoder_tune package")
     p.set_defaults(func=_cmd_train_demo)
 
     return parser

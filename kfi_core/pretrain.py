@@ -28,6 +28,10 @@ Phases
               backbone is conditioned without training it again from scratch. Written to ``<out>/backbone_tuned``,
               which the adapter and the package then use.
     adapter   :func:`kfi_core.train.train` on that folder and the data folder.
+    adapter_tune  (where the recipe has an ``adapter_tune`` section) the finished adapter fine-tuned further
+              (``from_adapter``; the adapter phase's settings with that section's changes) on the data folder's
+              clips plus ``adapter_tune_recolour_clips`` recoloured ones, written to ``<out>/data_tune``; its
+              adapter, in ``<out>/adapter_tuned``, is the one the package ships.
     decoder_tune  (where the recipe gives it steps) the finished decoder trained further, encoder frozen (a fresh
               optimizer, its own data stream): the latents, and so the backbone and the adapter trained on them,
               stay exactly as they are; only how latents become pixels improves. Written to
@@ -61,7 +65,7 @@ from .procedural import EVAL_SEED_BASE
 
 logger = logging.getLogger(__name__)
 
-PHASES = ("data", "vae", "decoder", "backbone", "tune", "adapter", "decoder_tune", "package")
+PHASES = ("data", "vae", "decoder", "backbone", "tune", "adapter", "adapter_tune", "decoder_tune", "package")
 # Training steps draw procedural seeds below TRAIN_SEED_LIMIT; the seeds from there up to EVAL_SEED_BASE are the
 # VAE's validation clips and latent-statistics clips; EVAL_SEED_BASE and above are held out for docs/RESULTS.md.
 TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
@@ -146,6 +150,11 @@ class DemoRecipe:
     # the finished decoder trained further, encoder frozen (steps 0 = skip): see :func:`tune_decoder`
     decoder_tune: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
     adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
+    # the finished adapter fine-tuned further (empty = skip): TrainConfig fields that change the adapter phase's
+    # settings (model/data/out/from_adapter are set here), trained on the data clips plus adapter_tune_recolour_clips
+    # recoloured ones (:func:`tune_dataset`, :func:`adapter_config` with ``tune_from``)
+    adapter_tune: dict = field(default_factory=dict)
+    adapter_tune_recolour_clips: int = 0
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
     vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
     # after the decoder phase, scale each latent channel to the same spread (an exact reparametrisation of the VAE)
@@ -168,6 +177,20 @@ class DemoRecipe:
         if not 0 <= self.data_recolour_clips <= TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE:
             raise TrainConfigError(f"data_recolour_clips: got {self.data_recolour_clips}; give 0 .. "
                                    f"{TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE}.")
+        room = TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE - self.data_recolour_clips
+        if not 0 <= self.adapter_tune_recolour_clips <= room:
+            raise TrainConfigError(f"adapter_tune_recolour_clips: got {self.adapter_tune_recolour_clips}; give 0 .. "
+                                   f"{room} (the recoloured seeds left after data_recolour_clips).")
+        if self.adapter_tune:
+            from .train import TrainConfig
+
+            bad = sorted(set(self.adapter_tune) - {f.name for f in dataclasses.fields(TrainConfig)})
+            if bad:
+                raise TrainConfigError(f"adapter_tune: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
+                                       "(TrainConfig fields).")
+        if self.adapter_tune_recolour_clips and not self.adapter_tune:
+            raise TrainConfigError("adapter_tune_recolour_clips: set, but the recipe has no adapter_tune section to "
+                                   "train on them; add one (kfi_core.train settings) or set it to 0.")
         for name in _PHASE_FIELDS:
             phase = getattr(self, name)
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
@@ -221,7 +244,7 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
                 raise TrainConfigError(f"{source}: {name}: unknown key(s) {', '.join(bad)}; known: "
                                        f"{', '.join(sorted(phase_keys))}.")
             data[name] = PhaseConfig(**phase)
-    for name in ("scheduler", "vae_config"):
+    for name in ("scheduler", "vae_config", "adapter_tune"):
         if name in data:
             data[name] = _without_comments(data[name])
     if "resolution" in data:
@@ -920,19 +943,39 @@ def trained_backbone(recipe: DemoRecipe, out: Path) -> Path:
 # --------------------------------------------------------------------------- adapter and package
 
 
-def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path):
+def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tune_from: Path | None = None):
+    """The adapter phase's kfi_core.train config; with ``tune_from`` (an adapter file) the adapter_tune phase's: the
+    same settings with ``recipe.adapter_tune``'s changes, starting from that file."""
     from .train import config_from_dict, list_checkpoints
 
+    section = "adapter" if tune_from is None else "adapter_tune"
     values = {"stages": [{"name": "demo", "steps": 1000, "resolution": list(recipe.resolution), "batch_size": 1}],
               "seed": recipe.seed, **recipe.adapter}
-    for key in ("model", "data", "out", "resume"):
-        if key in values:
-            raise TrainConfigError(f"recipe adapter.{key}: set by train-demo; remove it from the recipe.")
+    set_here = ("model", "data", "out", "resume") + (() if tune_from is None else ("from_adapter",))
+    for key in set_here:
+        if key in getattr(recipe, section):
+            raise TrainConfigError(f"recipe {section}.{key}: set by train-demo; remove it from the recipe.")
+    if tune_from is not None:
+        values.update(recipe.adapter_tune, from_adapter=str(tune_from))
     values.update(model=str(backbone), data=str(data), out=str(out))
-    config = config_from_dict(values, source="recipe adapter")
+    config = config_from_dict(values, source=f"recipe {section}")
     if list_checkpoints(out):
         config.resume = "latest"
     return config
+
+
+def tune_dataset(recipe: DemoRecipe, out: Path) -> Path:
+    """Write the adapter_tune phase's data, ``<out>/data_tune``: the data folder's clips plus
+    ``recipe.adapter_tune_recolour_clips`` recoloured ones (the next recoloured seeds), so the tuned adapter still sees
+    every clip the adapter phase did."""
+    extra = dataclasses.replace(recipe, data_recolour_clips=recipe.data_recolour_clips
+                                + recipe.adapter_tune_recolour_clips)
+    return write_dataset(out / "data_tune", extra)
+
+
+def trained_adapter(recipe: DemoRecipe, out: Path) -> Path:
+    """The adapter file the package ships: the adapter_tune phase's where the recipe has one."""
+    return out / ("adapter_tuned" if recipe.adapter_tune else "adapter") / "adapter.safetensors"
 
 
 def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
@@ -1024,12 +1067,22 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
             return None
     backbone = trained_backbone(recipe, out)
     adapter_out = out / "adapter"
-    if {"adapter", "package"} & set(phases):
+    tuned_adapter_out = out / "adapter_tuned"
+    if {"adapter", "adapter_tune", "package"} & set(phases):
         check_adapter_backbone(adapter_out, backbone)
+        check_adapter_backbone(tuned_adapter_out, backbone)
     if "adapter" in phases:
         if not (adapter_out / "adapter.safetensors").is_file():
             if train(adapter_config(recipe, backbone, data, adapter_out), deadline=deadline) is None:
                 return None
+    if "adapter_tune" in phases and recipe.adapter_tune and not (tuned_adapter_out / "adapter.safetensors").is_file():
+        if not (adapter_out / "adapter.safetensors").is_file():
+            raise TrainConfigError(f"adapter_tune: {adapter_out} has no finished adapter.safetensors; run the adapter "
+                                   "phase first.")
+        config = adapter_config(recipe, backbone, tune_dataset(recipe, out), tuned_adapter_out,
+                                tune_from=adapter_out / "adapter.safetensors")
+        if train(config, deadline=deadline) is None:
+            return None
     tuned_vae = None
     if recipe.decoder_tune.steps:
         if "decoder_tune" in phases:
@@ -1042,7 +1095,11 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
                 raise TrainConfigError(f"package: the recipe tunes the decoder but {tuned_vae} is not finished; "
                                        "run the decoder_tune phase first.")
     if "package" in phases:
-        return package(backbone, adapter_out / "adapter.safetensors", out / "demo_model", vae=tuned_vae)
+        adapter = trained_adapter(recipe, out)
+        if not adapter.is_file():
+            raise TrainConfigError(f"package: {adapter} is not finished; run the "
+                                   f"{'adapter_tune' if recipe.adapter_tune else 'adapter'} phase first.")
+        return package(backbone, adapter, out / "demo_model", vae=tuned_vae)
     return out
 
 

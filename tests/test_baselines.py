@@ -244,6 +244,43 @@ def test_results_texture_period_overrides_the_presets(capsys):
         assert "--texture-period: got" in capsys.readouterr().err
 
 
+def test_results_verdict_clips_judge_the_edit_on_more_clips(tmp_path, capsys):
+    """--verdict-clips N: the edit summary's verdict compares its three rows on N clips (the table's first), each row's
+    number the mean over those clips of the same method scored one clip at a time; the table keeps its own clips."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results import methods_for, parse_args, procedural_clips, score
+
+    from kfi_core.loading import load_kfi_model
+    from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR
+
+    out = tmp_path / "RESULTS.md"
+    argv = ["--clips", "1", "--verdict-clips", "3", "--steps", "1", "--no-real", "--difficulty", "easy", "--tasks",
+            "edit", "--edit-patterns", "recolour", "--color-match", "none", "--out", str(out)]
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), *argv], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "**Verdict clips**" in text and "seeds 1000000..1000002" in text
+    line = next(x for x in text.splitlines() if x.startswith("- **Edit propagation (recolour), raw model output"))
+    assert line.startswith("- **Edit propagation (recolour), raw model output, 3 clips**")
+    verdict_kf = float(re.search(r"reaches ([0-9.]+) dB", line).group(1))
+    table_kf = float(re.search(r"\| KFI adapter, keyframe \| [^|]+\| ([0-9.]+) \|", text).group(1))
+
+    args = parse_args(argv)
+    model, adapter = load_kfi_model(DEMO_MODEL_DIR), load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_ADAPTER)
+    run = dict(methods_for("edit", model, adapter, args))["KFI adapter, keyframe"]
+    clips = procedural_clips("edit", "easy", args, "recolour", count=3)
+    values = [score(run(c).float().clamp(0, 1), c)["psnr_mask"] for c in clips]
+    assert verdict_kf == pytest.approx(sum(values) / 3, abs=0.006)
+    assert table_kf == pytest.approx(values[0], abs=0.006)  # the table: its one clip, the verdict's first
+    assert text.count("of 3 clips") == 2  # both comparisons of the raw verdict, paired over the 3 clips
+    with pytest.raises(SystemExit):
+        parse_args(["--clips", "6", "--verdict-clips", "6"])
+    assert "--verdict-clips: got 6 with --clips 6" in capsys.readouterr().err
+
+
 def test_results_keyframe_colour_match_rows_fit_on_the_decoded_keyframe(tiny_model_dir):
     """--color-match keyframe: a keyframe row's colour-matched output is the executor's own (inpaint with composite and
     colour matching on), which fits the decoded keyframe to the given one; the raw output holds the given keyframe,

@@ -32,7 +32,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
     return P.recipe_from_dict(data)
 
 
-@pytest.mark.parametrize("name", ["recipe.json", "recipe-stock.json", "recipe-track-masks.json",
+@pytest.mark.parametrize("name", ["recipe.json", "recipe-balanced.json", "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
                                   "recipe-longvae.json", "recipe-black.json", "recipe-easy.json",
                                   "recipe-decoder.json", "recipe-annealed.json"])
@@ -43,7 +43,7 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
+    colour = name in ("recipe.json", "recipe-balanced.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
                       "recipe-easy.json", "recipe-decoder.json", "recipe-annealed.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
@@ -730,14 +730,86 @@ def test_balanced_recipe_trains_the_backbone_on_latents_of_equal_spread(tmp_path
         P.train_demo(recipe, plain_run, phases=("vae", "backbone"))
 
 
-def test_the_shipped_recipe_is_the_annealed_one_with_balanced_latents():
-    """recipe.json (shipped 2026-12-06) changes nothing but balance_latents from recipe-annealed.json, the model it
-    replaced: the same data, VAE and decoder (their checkpoints are shared), the backbone and adapter retrained with the
-    same settings on the balanced latents (their checkpoints are refused across the two)."""
+def test_the_balanced_recipe_is_the_annealed_one_with_balanced_latents():
+    """recipe-balanced.json (shipped 2026-12-06) changes nothing but balance_latents from recipe-annealed.json, the model
+    it replaced: the same data, VAE and decoder (their checkpoints are shared), the backbone and adapter retrained with
+    the same settings on the balanced latents (their checkpoints are refused across the two)."""
     annealed = P.load_recipe(ROOT / "configs" / "demo" / "recipe-annealed.json")
-    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe-balanced.json")
     assert not annealed.balance_latents and shipped.balance_latents
     assert dataclasses.replace(shipped, balance_latents=False) == annealed
     for phase in ("vae", "decoder"):
         assert P._fingerprint(shipped, phase) == P._fingerprint(annealed, phase)
     assert P._fingerprint(shipped, "backbone") != P._fingerprint(annealed, "backbone")
+
+
+def test_the_shipped_recipe_is_the_balanced_one_plus_an_adapter_tune_phase():
+    """recipe.json (shipped 2026-12-06, evening) is recipe-balanced.json plus its adapter_tune phase: every other phase's
+    checkpoints are shared; the tune trains the adapter phase's settings with its changes, from that adapter."""
+    balanced = P.load_recipe(ROOT / "configs" / "demo" / "recipe-balanced.json")
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    assert dataclasses.replace(shipped, adapter_tune={}, adapter_tune_recolour_clips=0) == balanced
+    assert shipped.adapter_tune_recolour_clips == 1200 and shipped.data_recolour_clips == 0
+    for phase in ("vae", "decoder", "backbone"):
+        assert P._fingerprint(shipped, phase) == P._fingerprint(balanced, phase)
+    run = ROOT / "nonexistent-run"
+    base = P.adapter_config(shipped, run / "backbone", run / "data", run / "adapter")
+    tuned = P.adapter_config(shipped, run / "backbone", run / "data_tune", run / "adapter_tuned",
+                             tune_from=run / "adapter" / "adapter.safetensors")
+    assert base == P.adapter_config(balanced, run / "backbone", run / "data", run / "adapter")
+    assert tuned.from_adapter == str(run / "adapter" / "adapter.safetensors") and base.from_adapter is None
+    assert (tuned.lr, tuned.seed, tuned.total_steps, tuned.keyframe_prob) == (1e-3, 5, 4000, 0.9)
+    changed = {"stages", "seed", "lr", "lr_warmup_steps", "lr_decay_fraction", "keyframe_prob", "track_mask_prob",
+               "from_adapter", "data", "out"}
+    assert {k for k, v in dataclasses.asdict(tuned).items() if v != getattr(base, k)} == changed
+    assert P.trained_adapter(shipped, run) == run / "adapter_tuned" / "adapter.safetensors"
+    assert P.trained_adapter(balanced, run) == run / "adapter" / "adapter.safetensors"
+
+
+def test_adapter_tune_phase_fine_tunes_the_finished_adapter_and_the_package_ships_it(tmp_path):
+    """adapter_tune: kfi_core.train from the adapter phase's file on data_tune (the data clips plus the recoloured
+    ones), resumable; the package ships its adapter, not the adapter phase's; the recipe refuses what it sets."""
+    from safetensors.torch import load_file
+
+    from kfi_core.data import find_sources
+    from kfi_core.train import read_train_log
+
+    tune = {"stages": [{"steps": 2, "resolution": [64, 64], "batch_size": 1}], "lr": 5e-3, "seed": 9}
+    recipe = micro_recipe(adapter_tune=tune, adapter_tune_recolour_clips=2)
+    out = tmp_path / "run"
+    with pytest.raises(TrainConfigError, match="run the adapter phase first"):
+        P.train_demo(recipe, out, phases=("adapter_tune",))
+    assert P.train_demo(micro_recipe(), out) == out / "demo_model"  # every phase but the tune
+    plain = load_file(str(out / "demo_model" / "adapter.safetensors"))
+    with pytest.raises(TrainConfigError, match="adapter_tuned/adapter.safetensors is not finished"):
+        P.train_demo(recipe, out, phases=("package",))
+    # out of time: the phase stops (checkpointed) and the same call resumes it
+    assert P.train_demo(recipe, out, phases=("adapter_tune",), max_minutes=1e-9) is None
+    assert P.train_demo(recipe, out, phases=("adapter_tune", "package")) == out / "demo_model"
+    names = [s.path.name for s in find_sources(out / "data_tune")]
+    assert names == [s.path.name for s in find_sources(out / "data")] + ["recolour_000000", "recolour_000001"]
+    saved = json.loads((out / "adapter_tuned" / "train_config.json").read_text())
+    assert saved["from_adapter"] == str(out / "adapter" / "adapter.safetensors")
+    assert (saved["lr"], saved["seed"], saved["data"]) == (5e-3, 9, str(out / "data_tune"))
+    assert saved["rank"] == 4 and saved["encode_chunk_size"] == 4  # the adapter phase's settings, kept
+    assert [e["step"] for e in read_train_log(out / "adapter_tuned" / "train_log.jsonl")][-1] == 2
+    shipped = load_file(str(out / "demo_model" / "adapter.safetensors"))
+    tuned = load_file(str(out / "adapter_tuned" / "adapter.safetensors"))
+    assert shipped.keys() == tuned.keys() == plain.keys()
+    assert all(torch.equal(shipped[k], tuned[k]) for k in shipped)
+    assert any(not torch.equal(shipped[k], plain[k]) for k in shipped)  # it trained from the adapter's weights
+    for bad, words in (({"from_adapter": "x.safetensors"}, "adapter_tune.from_adapter: set by train-demo"),
+                       ({"data": "elsewhere"}, "adapter_tune.data: set by train-demo")):
+        with pytest.raises(TrainConfigError, match=words):
+            P.adapter_config(micro_recipe(adapter_tune=bad), out / "backbone", out / "data_tune",
+                             out / "adapter_tuned", tune_from=out / "adapter" / "adapter.safetensors")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"adapter_tune": {"learning_rate": 1.0}}, "adapter_tune: unknown key"),
+    ({"adapter_tune_recolour_clips": 3}, "no adapter_tune section"),
+    ({"adapter_tune": {"lr": 1e-3}, "adapter_tune_recolour_clips": -1}, "adapter_tune_recolour_clips: got -1"),
+])
+def test_adapter_tune_recipe_errors_name_the_setting(change, words):
+    with pytest.raises(TrainConfigError, match=words):
+        micro_recipe(**change)
