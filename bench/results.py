@@ -362,17 +362,16 @@ def measure(task: str, methods: list[tuple[str, callable]], clips: list[dict]) -
 VERDICT_ROWS = ("KFI adapter, keyframe", "KFI adapter, no keyframe", "training-free, keyframe")
 
 
-def verdict_rows(clips: list[dict], model, adapter_model, args) -> list[tuple[str, dict, float]]:
-    """The edit verdict's rows alone, on ``clips`` (--verdict-clips of them)."""
-    methods = [(label, fn) for label, fn in methods_for("edit", model, adapter_model, args)
-               if label.removesuffix(CM) in VERDICT_ROWS]
-    return measure("edit verdict", methods, clips)[0]
+def verdict_rows(methods: list[tuple[str, callable]], clips: list[dict]) -> list[tuple[str, dict, float]]:
+    """The edit verdict's rows alone of the table's ``methods``, on ``clips`` (--verdict-clips of them). The same
+    method functions as the table's: their samples of the table's clips (the first ones) are reused, not drawn again."""
+    return measure("edit verdict", [(label, fn) for label, fn in methods if label.removesuffix(CM) in VERDICT_ROWS],
+                   clips)[0]
 
 
-def run_task(task: str, clips: list[dict], model, adapter_model, args, image_dir: Path, doc_dir: Path,
+def run_task(task: str, clips: list[dict], methods: list[tuple[str, callable]], image_dir: Path, doc_dir: Path,
              image_name: str | None = None) -> tuple[str, list[tuple[str, dict, float]]]:
-    rows, preview = measure(task, methods_for("edit" if task == "edit" else "removal", model, adapter_model, args),
-                            clips)
+    rows, preview = measure(task, methods, clips)
     image = image_dir / f"{image_name or task}.png"
     write_preview(image, clips[0], preview)
     rel = image.relative_to(doc_dir) if image.is_relative_to(doc_dir) else image
@@ -608,13 +607,12 @@ def main(argv=None) -> int:
     for difficulty in args.difficulties:
         for key, task, pattern, title, note in procedural_sections(args):
             clips = procedural_clips(task, difficulty, args, pattern)
+            methods = methods_for(task, model, adapter_model, args)
             text, results.setdefault(difficulty, {})[key] = run_task(
-                task, clips, model, adapter_model, args, image_dir, out.parent,
-                image_name=f"{key.replace('/', '-')}-{difficulty}")
+                task, clips, methods, image_dir, out.parent, image_name=f"{key.replace('/', '-')}-{difficulty}")
             if task == "edit" and args.verdict_clips and adapter_model is not None:
                 results[difficulty][f"verdict/{key}"] = verdict_rows(
-                    procedural_clips(task, difficulty, args, pattern, count=args.verdict_clips), model,
-                    adapter_model, args)
+                    methods, procedural_clips(task, difficulty, args, pattern, count=args.verdict_clips))
             sections.append(f"## {title} (procedural, {difficulty})\n\n{note} Seeds {seeds}.\n\n" + text)
     if args.no_real:
         sections.append("## Real footage with synthetic masks\n\nSkipped (--no-real).\n")
@@ -625,7 +623,8 @@ def main(argv=None) -> int:
             sections.append("## Real footage with synthetic masks\n\nscikit-video's bundled sample videos (from frame "
                             f"{REAL_SKIP}, every 2nd frame, centre crop, area resize), masks from kfi_core.masks.sample_masks; the hole is "
                             f"blanked to grey. Clips: {names}. Keyframe methods get the true frame at the keyframe.\n\n"
-                            + run_task("real", clips, model, adapter_model, args, image_dir, out.parent)[0])
+                            + run_task("real", clips, methods_for("removal", model, adapter_model, args), image_dir,
+                                       out.parent)[0])
         else:
             sections.append(f"## Real footage with synthetic masks\n\nNot run: this section {reason}.\n")
 

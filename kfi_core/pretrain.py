@@ -78,6 +78,7 @@ _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11,
 _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
+_ADAPTER_FOLDERS = {"adapter": "adapter", "adapter_tune": "adapter_tuned"}
 # under <out>/vae/; "balance" is not a phase but the finished VAE with its latent channels balanced (balance_latents)
 _VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "balance": "balanced", "decoder_tune": "decoder_tuned"}
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
@@ -975,7 +976,7 @@ def tune_dataset(recipe: DemoRecipe, out: Path) -> Path:
 
 def trained_adapter(recipe: DemoRecipe, out: Path) -> Path:
     """The adapter file the package ships: the adapter_tune phase's where the recipe has one."""
-    return out / ("adapter_tuned" if recipe.adapter_tune else "adapter") / "adapter.safetensors"
+    return out / _ADAPTER_FOLDERS["adapter_tune" if recipe.adapter_tune else "adapter"] / "adapter.safetensors"
 
 
 def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
@@ -1066,8 +1067,7 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
         if tune_backbone(recipe, vae, out, deadline) is None:
             return None
     backbone = trained_backbone(recipe, out)
-    adapter_out = out / "adapter"
-    tuned_adapter_out = out / "adapter_tuned"
+    adapter_out, tuned_adapter_out = (out / _ADAPTER_FOLDERS[name] for name in ("adapter", "adapter_tune"))
     if {"adapter", "adapter_tune", "package"} & set(phases):
         check_adapter_backbone(adapter_out, backbone)
         check_adapter_backbone(tuned_adapter_out, backbone)
