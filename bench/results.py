@@ -403,8 +403,8 @@ GAP_NOTES = {
                      "(more full masks and keyframes; holes that follow the moving object, README) and a VAE that keeps "
                      "colour did not close it, nor did balanced latent channels, a VAE that keeps the textures "
                      "(--texture-period 24) or reference attention to the keyframe (README, 'What limits the edit's "
-                     "margin'); a fine-tune on recoloured clips (the shipped recipe's adapter_tune phase) added about "
-                     "0.2 dB to the edit on medium clips, and on the verdicts' 48 clips a level the adapter reads the "
+                     "margin'); fine-tunes on recoloured clips (the shipped recipe's adapter_tune rounds) added about "
+                     "0.5 dB to the edit on medium clips, and on the verdicts' 48 clips a level the adapter reads the "
                      "keyframe reliably but only a little better than SVD's stock image conditioning does. A larger "
                      "backbone and training closer to the paper's 50k steps at higher resolution would be next",
 }

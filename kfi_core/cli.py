@@ -607,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Phases data, vae, decoder, backbone (UNet + image encoder, stock img2vid conditioning), tune (the "
             "backbone trained further, where the recipe gives it steps), adapter (kfi_core.train: LoRA + input conv "
-            "only), adapter_tune (that adapter fine-tuned further, where the recipe has an adapter_tune section), "
+            "only), adapter_tune (that adapter fine-tuned further, in one round or several, where the recipe has an "
+            "adapter_tune section), "
             "decoder_tune (the decoder trained further, encoder frozen, where the recipe gives it steps) and "
             "package (OUT/demo_model). Each phase checkpoints; running the same command again resumes. "
             "See configs/demo/recipe.json and docs/RESULTS.md."

@@ -28,10 +28,12 @@ Phases
               backbone is conditioned without training it again from scratch. Written to ``<out>/backbone_tuned``,
               which the adapter and the package then use.
     adapter   :func:`kfi_core.train.train` on that folder and the data folder.
-    adapter_tune  (where the recipe has an ``adapter_tune`` section) the finished adapter fine-tuned further
-              (``from_adapter``; the adapter phase's settings with that section's changes) on the data folder's
-              clips plus ``adapter_tune_recolour_clips`` recoloured ones, written to ``<out>/data_tune``; its
-              adapter, in ``<out>/adapter_tuned``, is the one the package ships.
+    adapter_tune  (where the recipe has an ``adapter_tune`` section) the finished adapter fine-tuned further, in
+              one round or several (a list of sections): round k starts from round k-1's adapter (round 1 from the
+              adapter phase's; ``from_adapter``) with the adapter phase's settings plus that round's changes, on the
+              data folder's clips plus its ``recolour_clips`` recoloured ones (``adapter_tune_recolour_clips`` for
+              a single section), written to ``<out>/data_tune`` (round k > 1: ``data_tune<k>``); its adapter goes to
+              ``<out>/adapter_tuned`` (``adapter_tuned<k>``), and the last round's is the one the package ships.
     decoder_tune  (where the recipe gives it steps) the finished decoder trained further, encoder frozen (a fresh
               optimizer, its own data stream): the latents, and so the backbone and the adapter trained on them,
               stay exactly as they are; only how latents become pixels improves. Written to
@@ -78,7 +80,6 @@ _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11,
 _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
-_ADAPTER_FOLDERS = {"adapter": "adapter", "adapter_tune": "adapter_tuned"}
 # under <out>/vae/; "balance" is not a phase but the finished VAE with its latent channels balanced (balance_latents)
 _VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "balance": "balanced", "decoder_tune": "decoder_tuned"}
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
@@ -153,9 +154,10 @@ class DemoRecipe:
     adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
     # the finished adapter fine-tuned further (empty = skip): TrainConfig fields that change the adapter phase's
     # settings (model/data/out/from_adapter are set here), trained on the data clips plus adapter_tune_recolour_clips
-    # recoloured ones (:func:`tune_dataset`, :func:`adapter_config` with ``tune_from``)
-    adapter_tune: dict = field(default_factory=dict)
-    adapter_tune_recolour_clips: int = 0
+    # recoloured ones; or a list of such sections, rounds that each start from the one before, each giving its own
+    # ``recolour_clips`` (:meth:`tune_rounds`, :func:`tune_dataset`, :func:`adapter_config` with ``tune_round``)
+    adapter_tune: dict | list = field(default_factory=dict)
+    adapter_tune_recolour_clips: int = 0  # the single-section form's recoloured clips
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
     vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
     # after the decoder phase, scale each latent channel to the same spread (an exact reparametrisation of the VAE)
@@ -178,20 +180,7 @@ class DemoRecipe:
         if not 0 <= self.data_recolour_clips <= TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE:
             raise TrainConfigError(f"data_recolour_clips: got {self.data_recolour_clips}; give 0 .. "
                                    f"{TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE}.")
-        room = TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE - self.data_recolour_clips
-        if not 0 <= self.adapter_tune_recolour_clips <= room:
-            raise TrainConfigError(f"adapter_tune_recolour_clips: got {self.adapter_tune_recolour_clips}; give 0 .. "
-                                   f"{room} (the recoloured seeds left after data_recolour_clips).")
-        if self.adapter_tune:
-            from .train import TrainConfig
-
-            bad = sorted(set(self.adapter_tune) - {f.name for f in dataclasses.fields(TrainConfig)})
-            if bad:
-                raise TrainConfigError(f"adapter_tune: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
-                                       "(TrainConfig fields).")
-        if self.adapter_tune_recolour_clips and not self.adapter_tune:
-            raise TrainConfigError("adapter_tune_recolour_clips: set, but the recipe has no adapter_tune section to "
-                                   "train on them; add one (kfi_core.train settings) or set it to 0.")
+        self._check_adapter_tune()
         for name in _PHASE_FIELDS:
             phase = getattr(self, name)
             if phase.steps < 0 or phase.batch_size < 1 or not phase.lr > 0 or phase.checkpoint_every < 1:
@@ -224,6 +213,69 @@ class DemoRecipe:
                                            "(0 turns the term off).")
         return self
 
+    def _check_adapter_tune(self) -> None:
+        from .train import TrainConfig
+
+        if not isinstance(self.adapter_tune, (dict, list)):
+            raise TrainConfigError(f"adapter_tune: got {type(self.adapter_tune).__name__}; give a section (an object "
+                                   "of kfi_core.train settings) or a list of them, one per round.")
+        if isinstance(self.adapter_tune, list):
+            if self.adapter_tune_recolour_clips:
+                raise TrainConfigError("adapter_tune_recolour_clips: set, but adapter_tune is a list of rounds; give "
+                                       "each round its own recolour_clips and remove adapter_tune_recolour_clips.")
+            for i, section in enumerate(self.adapter_tune, start=1):
+                if not isinstance(section, dict):
+                    raise TrainConfigError(f"adapter_tune round {i}: got {type(section).__name__}; give an object "
+                                           "of kfi_core.train settings (and recolour_clips).")
+        elif self.adapter_tune_recolour_clips and not self.adapter_tune:
+            raise TrainConfigError("adapter_tune_recolour_clips: set, but the recipe has no adapter_tune section to "
+                                   "train on them; add one (kfi_core.train settings) or set it to 0.")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        room = TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE - self.data_recolour_clips
+        if isinstance(self.adapter_tune, dict) and not 0 <= self.adapter_tune_recolour_clips <= room:
+            raise TrainConfigError(f"adapter_tune_recolour_clips: got {self.adapter_tune_recolour_clips}; give 0 .. "
+                                   f"{room} (the recoloured seeds left after data_recolour_clips).")
+        for tune in self.tune_rounds():
+            bad = sorted(set(tune.changes) - known)
+            if bad:
+                raise TrainConfigError(f"{tune.label}: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
+                                       "(TrainConfig fields)" + (" and recolour_clips." if tune.listed else "."))
+            if not (isinstance(tune.recolour_clips, int) and 0 <= tune.recolour_clips <= room):
+                raise TrainConfigError(f"{tune.label}.recolour_clips: got {tune.recolour_clips!r}; give 0 .. {room} "
+                                       "(the recoloured seeds left after data_recolour_clips).")
+
+    def tune_rounds(self) -> list["TuneRound"]:
+        """The adapter_tune phase's rounds, in order (none where the recipe has no adapter_tune section)."""
+        if isinstance(self.adapter_tune, dict):
+            return [TuneRound(1, dict(self.adapter_tune), self.adapter_tune_recolour_clips)] if self.adapter_tune else []
+        return [TuneRound(i, {k: v for k, v in section.items() if k != "recolour_clips"},
+                          section.get("recolour_clips", 0), listed=True)
+                for i, section in enumerate(self.adapter_tune, start=1)]
+
+
+@dataclass(frozen=True)
+class TuneRound:
+    """One round of the adapter_tune phase: kfi_core.train settings that change the adapter phase's, trained from the
+    previous round's adapter (round 1: the adapter phase's) on the data clips plus ``recolour_clips`` recoloured
+    ones. Round 1 keeps the folder names of the single-section form."""
+
+    number: int
+    changes: dict
+    recolour_clips: int
+    listed: bool = False  # from the list form (errors name the round)
+
+    @property
+    def label(self) -> str:
+        return f"adapter_tune round {self.number}" if self.listed else "adapter_tune"
+
+    @property
+    def data_folder(self) -> str:
+        return "data_tune" if self.number == 1 else f"data_tune{self.number}"
+
+    @property
+    def adapter_folder(self) -> str:
+        return "adapter_tuned" if self.number == 1 else f"adapter_tuned{self.number}"
+
 
 def _without_comments(values: dict) -> dict:
     return {k: v for k, v in values.items() if not k.startswith("_")}
@@ -245,9 +297,15 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> DemoRecipe:
                 raise TrainConfigError(f"{source}: {name}: unknown key(s) {', '.join(bad)}; known: "
                                        f"{', '.join(sorted(phase_keys))}.")
             data[name] = PhaseConfig(**phase)
-    for name in ("scheduler", "vae_config", "adapter_tune"):
+    for name in ("scheduler", "vae_config"):
         if name in data:
             data[name] = _without_comments(data[name])
+    tune = data.get("adapter_tune")
+    if isinstance(tune, dict):
+        data["adapter_tune"] = _without_comments(tune)
+    elif isinstance(tune, list):
+        data["adapter_tune"] = [_without_comments(section) if isinstance(section, dict) else section
+                                for section in tune]
     if "resolution" in data:
         data["resolution"] = tuple(data["resolution"])
     try:
@@ -944,20 +1002,26 @@ def trained_backbone(recipe: DemoRecipe, out: Path) -> Path:
 # --------------------------------------------------------------------------- adapter and package
 
 
-def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tune_from: Path | None = None):
-    """The adapter phase's kfi_core.train config; with ``tune_from`` (an adapter file) the adapter_tune phase's: the
-    same settings with ``recipe.adapter_tune``'s changes, starting from that file."""
+def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tune_from: Path | None = None,
+                   tune_round: int = 1):
+    """The adapter phase's kfi_core.train config; with ``tune_from`` (an adapter file) the adapter_tune phase's round
+    ``tune_round``: the adapter phase's settings with that round's changes, starting from that file."""
     from .train import config_from_dict, list_checkpoints
 
-    section = "adapter" if tune_from is None else "adapter_tune"
     values = {"stages": [{"name": "demo", "steps": 1000, "resolution": list(recipe.resolution), "batch_size": 1}],
               "seed": recipe.seed, **recipe.adapter}
-    set_here = ("model", "data", "out", "resume") + (() if tune_from is None else ("from_adapter",))
+    section, changes, set_here = "adapter", recipe.adapter, ("model", "data", "out", "resume")
+    if tune_from is not None:
+        rounds = recipe.tune_rounds()
+        if not 1 <= tune_round <= len(rounds):
+            raise TrainConfigError(f"adapter_tune: round {tune_round} asked for; the recipe has {len(rounds)}.")
+        tune = rounds[tune_round - 1]
+        section, changes, set_here = tune.label, tune.changes, set_here + ("from_adapter",)
     for key in set_here:
-        if key in getattr(recipe, section):
+        if key in changes:
             raise TrainConfigError(f"recipe {section}.{key}: set by train-demo; remove it from the recipe.")
     if tune_from is not None:
-        values.update(recipe.adapter_tune, from_adapter=str(tune_from))
+        values.update(changes, from_adapter=str(tune_from))
     values.update(model=str(backbone), data=str(data), out=str(out))
     config = config_from_dict(values, source=f"recipe {section}")
     if list_checkpoints(out):
@@ -965,18 +1029,19 @@ def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tu
     return config
 
 
-def tune_dataset(recipe: DemoRecipe, out: Path) -> Path:
-    """Write the adapter_tune phase's data, ``<out>/data_tune``: the data folder's clips plus
-    ``recipe.adapter_tune_recolour_clips`` recoloured ones (the next recoloured seeds), so the tuned adapter still sees
-    every clip the adapter phase did."""
-    extra = dataclasses.replace(recipe, data_recolour_clips=recipe.data_recolour_clips
-                                + recipe.adapter_tune_recolour_clips)
-    return write_dataset(out / "data_tune", extra)
+def tune_dataset(recipe: DemoRecipe, out: Path, tune_round: int = 1) -> Path:
+    """Write the data of the adapter_tune phase's round ``tune_round``, ``<out>/data_tune`` (``data_tune<k>``): the
+    data folder's clips plus that round's ``recolour_clips`` recoloured ones (the next recoloured seeds), so the tuned
+    adapter still sees every clip the adapter phase did."""
+    tune = recipe.tune_rounds()[tune_round - 1]
+    extra = dataclasses.replace(recipe, data_recolour_clips=recipe.data_recolour_clips + tune.recolour_clips)
+    return write_dataset(out / tune.data_folder, extra)
 
 
 def trained_adapter(recipe: DemoRecipe, out: Path) -> Path:
-    """The adapter file the package ships: the adapter_tune phase's where the recipe has one."""
-    return out / _ADAPTER_FOLDERS["adapter_tune" if recipe.adapter_tune else "adapter"] / "adapter.safetensors"
+    """The adapter file the package ships: the adapter_tune phase's last round's where the recipe has one."""
+    rounds = recipe.tune_rounds()
+    return out / (rounds[-1].adapter_folder if rounds else "adapter") / "adapter.safetensors"
 
 
 def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
@@ -1067,22 +1132,26 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
         if tune_backbone(recipe, vae, out, deadline) is None:
             return None
     backbone = trained_backbone(recipe, out)
-    adapter_out, tuned_adapter_out = (out / _ADAPTER_FOLDERS[name] for name in ("adapter", "adapter_tune"))
+    adapter_out = out / "adapter"
+    rounds = recipe.tune_rounds()
     if {"adapter", "adapter_tune", "package"} & set(phases):
-        check_adapter_backbone(adapter_out, backbone)
-        check_adapter_backbone(tuned_adapter_out, backbone)
+        for folder in [adapter_out] + [out / tune.adapter_folder for tune in rounds]:
+            check_adapter_backbone(folder, backbone)
     if "adapter" in phases:
         if not (adapter_out / "adapter.safetensors").is_file():
             if train(adapter_config(recipe, backbone, data, adapter_out), deadline=deadline) is None:
                 return None
-    if "adapter_tune" in phases and recipe.adapter_tune and not (tuned_adapter_out / "adapter.safetensors").is_file():
-        if not (adapter_out / "adapter.safetensors").is_file():
-            raise TrainConfigError(f"adapter_tune: {adapter_out} has no finished adapter.safetensors; run the adapter "
-                                   "phase first.")
-        config = adapter_config(recipe, backbone, tune_dataset(recipe, out), tuned_adapter_out,
-                                tune_from=adapter_out / "adapter.safetensors")
-        if train(config, deadline=deadline) is None:
-            return None
+    previous, previous_name = adapter_out / "adapter.safetensors", "the adapter phase"
+    for tune in rounds if "adapter_tune" in phases else []:
+        tuned = out / tune.adapter_folder / "adapter.safetensors"
+        if not tuned.is_file():
+            if not previous.is_file():
+                raise TrainConfigError(f"{tune.label}: {previous} is not finished; run {previous_name} first.")
+            config = adapter_config(recipe, backbone, tune_dataset(recipe, out, tune.number), tuned.parent,
+                                    tune_from=previous, tune_round=tune.number)
+            if train(config, deadline=deadline) is None:
+                return None
+        previous, previous_name = tuned, tune.label
     tuned_vae = None
     if recipe.decoder_tune.steps:
         if "decoder_tune" in phases:
@@ -1098,7 +1167,7 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
         adapter = trained_adapter(recipe, out)
         if not adapter.is_file():
             raise TrainConfigError(f"package: {adapter} is not finished; run the "
-                                   f"{'adapter_tune' if recipe.adapter_tune else 'adapter'} phase first.")
+                                   f"{'adapter_tune' if rounds else 'adapter'} phase first.")
         return package(backbone, adapter, out / "demo_model", vae=tuned_vae)
     return out
 

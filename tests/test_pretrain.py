@@ -32,7 +32,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
     return P.recipe_from_dict(data)
 
 
-@pytest.mark.parametrize("name", ["recipe.json", "recipe-balanced.json", "recipe-stock.json", "recipe-track-masks.json",
+@pytest.mark.parametrize("name", ["recipe.json", "recipe-tuned.json", "recipe-balanced.json", "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
                                   "recipe-longvae.json", "recipe-black.json", "recipe-easy.json",
                                   "recipe-decoder.json", "recipe-annealed.json"])
@@ -43,7 +43,7 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-balanced.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
+    colour = name in ("recipe.json", "recipe-tuned.json", "recipe-balanced.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
                       "recipe-easy.json", "recipe-decoder.json", "recipe-annealed.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
@@ -743,72 +743,128 @@ def test_the_balanced_recipe_is_the_annealed_one_with_balanced_latents():
     assert P._fingerprint(shipped, "backbone") != P._fingerprint(annealed, "backbone")
 
 
-def test_the_shipped_recipe_is_the_balanced_one_plus_an_adapter_tune_phase():
-    """recipe.json (shipped 2026-12-06, evening) is recipe-balanced.json plus its adapter_tune phase: every other phase's
-    checkpoints are shared; the tune trains the adapter phase's settings with its changes, from that adapter."""
+def test_the_shipped_recipe_is_the_balanced_one_plus_three_adapter_tune_rounds():
+    """recipe.json (shipped 2026-12-06, late) is recipe-balanced.json plus its adapter_tune phase in three rounds: every
+    other phase's checkpoints are shared; each round trains the adapter phase's settings with its own changes from the
+    round before (round 1 from that adapter: runs/BF's settings; rounds 2 and 3: runs/BG's and runs/BH's), on its own
+    data, and the package ships round 3's."""
     balanced = P.load_recipe(ROOT / "configs" / "demo" / "recipe-balanced.json")
     shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
-    assert dataclasses.replace(shipped, adapter_tune={}, adapter_tune_recolour_clips=0) == balanced
-    assert shipped.adapter_tune_recolour_clips == 1200 and shipped.data_recolour_clips == 0
+    assert dataclasses.replace(shipped, adapter_tune={}) == balanced
+    assert [(t.recolour_clips, t.data_folder, t.adapter_folder) for t in shipped.tune_rounds()] == [
+        (1200, "data_tune", "adapter_tuned"), (2400, "data_tune2", "adapter_tuned2"),
+        (3600, "data_tune3", "adapter_tuned3")]
+    assert shipped.data_recolour_clips == 0 and shipped.adapter_tune_recolour_clips == 0
     for phase in ("vae", "decoder", "backbone"):
         assert P._fingerprint(shipped, phase) == P._fingerprint(balanced, phase)
     run = ROOT / "nonexistent-run"
     base = P.adapter_config(shipped, run / "backbone", run / "data", run / "adapter")
-    tuned = P.adapter_config(shipped, run / "backbone", run / "data_tune", run / "adapter_tuned",
-                             tune_from=run / "adapter" / "adapter.safetensors")
     assert base == P.adapter_config(balanced, run / "backbone", run / "data", run / "adapter")
-    assert tuned.from_adapter == str(run / "adapter" / "adapter.safetensors") and base.from_adapter is None
-    assert (tuned.lr, tuned.seed, tuned.total_steps, tuned.keyframe_prob) == (1e-3, 5, 4000, 0.9)
+    assert base.from_adapter is None
+    starts = ["adapter", "adapter_tuned", "adapter_tuned2"]
+    expected = [(5, 4000, 0.9), (6, 3000, 1.0), (7, 3000, 1.0)]  # seed, steps, keyframe and track-mask rate
     changed = {"stages", "seed", "lr", "lr_warmup_steps", "lr_decay_fraction", "keyframe_prob", "track_mask_prob",
                "from_adapter", "data", "out"}
-    assert {k for k, v in dataclasses.asdict(tuned).items() if v != getattr(base, k)} == changed
-    assert P.trained_adapter(shipped, run) == run / "adapter_tuned" / "adapter.safetensors"
+    for number, (start, (seed, steps, rate)) in enumerate(zip(starts, expected), start=1):
+        tune = shipped.tune_rounds()[number - 1]
+        tuned = P.adapter_config(shipped, run / "backbone", run / tune.data_folder, run / tune.adapter_folder,
+                                 tune_from=run / start / "adapter.safetensors", tune_round=number)
+        assert tuned.from_adapter == str(run / start / "adapter.safetensors")
+        assert (tuned.lr, tuned.seed, tuned.total_steps, tuned.keyframe_prob, tuned.track_mask_prob) == (
+            1e-3, seed, steps, rate, rate)
+        assert {k for k, v in dataclasses.asdict(tuned).items() if v != getattr(base, k)} == changed
+    assert P.trained_adapter(shipped, run) == run / "adapter_tuned3" / "adapter.safetensors"
     assert P.trained_adapter(balanced, run) == run / "adapter" / "adapter.safetensors"
+    with pytest.raises(TrainConfigError, match="round 4 asked for; the recipe has 3"):
+        P.adapter_config(shipped, run / "backbone", run / "d", run / "o", tune_from=run / "a", tune_round=4)
 
 
-def test_adapter_tune_phase_fine_tunes_the_finished_adapter_and_the_package_ships_it(tmp_path):
-    """adapter_tune: kfi_core.train from the adapter phase's file on data_tune (the data clips plus the recoloured
-    ones), resumable; the package ships its adapter, not the adapter phase's; the recipe refuses what it sets."""
+def test_the_single_section_adapter_tune_form_is_round_one_of_the_list_form():
+    """recipe-tuned.json (shipped before recipe.json, in the single-section form: one adapter_tune section and
+    adapter_tune_recolour_clips) still loads, as recipe.json's first round: the same configs, data and folders, so its
+    runs resume under recipe.json, which only adds rounds 2 and 3."""
+    tuned = P.load_recipe(ROOT / "configs" / "demo" / "recipe-tuned.json")
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    assert isinstance(tuned.adapter_tune, dict) and tuned.adapter_tune_recolour_clips == 1200
+    assert dataclasses.replace(tuned, adapter_tune={}, adapter_tune_recolour_clips=0) == dataclasses.replace(
+        shipped, adapter_tune={})
+    (only,), first = tuned.tune_rounds(), shipped.tune_rounds()[0]
+    assert (only.changes, only.recolour_clips, only.data_folder, only.adapter_folder) == (
+        first.changes, first.recolour_clips, first.data_folder, first.adapter_folder)
+    run = ROOT / "nonexistent-run"
+    assert P.adapter_config(tuned, run / "b", run / "d", run / "o", tune_from=run / "a") == P.adapter_config(
+        shipped, run / "b", run / "d", run / "o", tune_from=run / "a")
+    assert P.trained_adapter(tuned, run) == run / "adapter_tuned" / "adapter.safetensors"
+
+
+def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tmp_path):
+    """adapter_tune in two rounds: round 1 is kfi_core.train from the adapter phase's file on data_tune (the data clips
+    plus its recoloured ones), round 2 from round 1's file on data_tune2 (its own count), each resumable; the package
+    ships round 2's adapter; the recipe refuses what train-demo sets."""
     from safetensors.torch import load_file
 
     from kfi_core.data import find_sources
     from kfi_core.train import read_train_log
 
-    tune = {"stages": [{"steps": 2, "resolution": [64, 64], "batch_size": 1}], "lr": 5e-3, "seed": 9}
-    recipe = micro_recipe(adapter_tune=tune, adapter_tune_recolour_clips=2)
+    stages = [{"steps": 2, "resolution": [64, 64], "batch_size": 1}]
+    rounds = [{"stages": stages, "lr": 5e-3, "seed": 9, "recolour_clips": 2},
+              {"stages": stages, "lr": 2e-3, "seed": 10, "recolour_clips": 3, "keyframe_prob": 1.0}]
+    recipe = micro_recipe(adapter_tune=rounds)
     out = tmp_path / "run"
-    with pytest.raises(TrainConfigError, match="run the adapter phase first"):
+    with pytest.raises(TrainConfigError, match="adapter_tune round 1: .*adapter.safetensors is not finished; run the "
+                                               "adapter phase first"):
         P.train_demo(recipe, out, phases=("adapter_tune",))
     assert P.train_demo(micro_recipe(), out) == out / "demo_model"  # every phase but the tune
     plain = load_file(str(out / "demo_model" / "adapter.safetensors"))
-    with pytest.raises(TrainConfigError, match="adapter_tuned/adapter.safetensors is not finished"):
+    with pytest.raises(TrainConfigError, match="adapter_tuned2/adapter.safetensors is not finished"):
         P.train_demo(recipe, out, phases=("package",))
-    # out of time: the phase stops (checkpointed) and the same call resumes it
+    # out of time: round 1 stops (checkpointed), round 2 does not start; the same call resumes
     assert P.train_demo(recipe, out, phases=("adapter_tune",), max_minutes=1e-9) is None
+    assert not (out / "adapter_tuned" / "adapter.safetensors").exists() and not (out / "adapter_tuned2").exists()
     assert P.train_demo(recipe, out, phases=("adapter_tune", "package")) == out / "demo_model"
-    names = [s.path.name for s in find_sources(out / "data_tune")]
-    assert names == [s.path.name for s in find_sources(out / "data")] + ["recolour_000000", "recolour_000001"]
-    saved = json.loads((out / "adapter_tuned" / "train_config.json").read_text())
-    assert saved["from_adapter"] == str(out / "adapter" / "adapter.safetensors")
-    assert (saved["lr"], saved["seed"], saved["data"]) == (5e-3, 9, str(out / "data_tune"))
-    assert saved["rank"] == 4 and saved["encode_chunk_size"] == 4  # the adapter phase's settings, kept
-    assert [e["step"] for e in read_train_log(out / "adapter_tuned" / "train_log.jsonl")][-1] == 2
+    data_names = [s.path.name for s in find_sources(out / "data")]
+    assert [s.path.name for s in find_sources(out / "data_tune")] == data_names + [
+        f"recolour_{i:06d}" for i in range(2)]
+    assert [s.path.name for s in find_sources(out / "data_tune2")] == data_names + [
+        f"recolour_{i:06d}" for i in range(3)]
+    for folder, start, lr, seed, data, keyframe_prob in (
+            ("adapter_tuned", "adapter", 5e-3, 9, "data_tune", 0.5), ("adapter_tuned2", "adapter_tuned", 2e-3, 10,
+                                                                      "data_tune2", 1.0)):
+        saved = json.loads((out / folder / "train_config.json").read_text())
+        assert saved["from_adapter"] == str(out / start / "adapter.safetensors")
+        assert (saved["lr"], saved["seed"], saved["data"]) == (lr, seed, str(out / data))
+        assert saved["keyframe_prob"] == keyframe_prob  # round 2's change; round 1 keeps the adapter phase's default
+        assert saved["rank"] == 4 and saved["encode_chunk_size"] == 4  # the adapter phase's settings, kept
+        assert [e["step"] for e in read_train_log(out / folder / "train_log.jsonl")][-1] == 2
     shipped = load_file(str(out / "demo_model" / "adapter.safetensors"))
-    tuned = load_file(str(out / "adapter_tuned" / "adapter.safetensors"))
-    assert shipped.keys() == tuned.keys() == plain.keys()
-    assert all(torch.equal(shipped[k], tuned[k]) for k in shipped)
-    assert any(not torch.equal(shipped[k], plain[k]) for k in shipped)  # it trained from the adapter's weights
-    for bad, words in (({"from_adapter": "x.safetensors"}, "adapter_tune.from_adapter: set by train-demo"),
-                       ({"data": "elsewhere"}, "adapter_tune.data: set by train-demo")):
+    first = load_file(str(out / "adapter_tuned" / "adapter.safetensors"))
+    second = load_file(str(out / "adapter_tuned2" / "adapter.safetensors"))
+    assert shipped.keys() == first.keys() == second.keys() == plain.keys()
+    assert all(torch.equal(shipped[k], second[k]) for k in shipped)
+    assert any(not torch.equal(second[k], first[k]) for k in shipped)
+    assert any(not torch.equal(first[k], plain[k]) for k in shipped)  # round 1 trained from the adapter's weights
+    for bad, words in (({"from_adapter": "x.safetensors"}, "adapter_tune round 2.from_adapter: set by train-demo"),
+                       ({"data": "elsewhere"}, "adapter_tune round 2.data: set by train-demo")):
         with pytest.raises(TrainConfigError, match=words):
-            P.adapter_config(micro_recipe(adapter_tune=bad), out / "backbone", out / "data_tune",
-                             out / "adapter_tuned", tune_from=out / "adapter" / "adapter.safetensors")
+            P.adapter_config(micro_recipe(adapter_tune=[{}, bad]), out / "backbone", out / "data_tune2",
+                             out / "adapter_tuned2", tune_from=out / "adapter_tuned" / "adapter.safetensors",
+                             tune_round=2)
+    with pytest.raises(TrainConfigError, match="adapter_tune.from_adapter: set by train-demo"):
+        P.adapter_config(micro_recipe(adapter_tune={"from_adapter": "x"}), out / "backbone", out / "data_tune",
+                         out / "adapter_tuned", tune_from=out / "adapter" / "adapter.safetensors")
 
 
 @pytest.mark.parametrize("change, words", [
     ({"adapter_tune": {"learning_rate": 1.0}}, "adapter_tune: unknown key"),
     ({"adapter_tune_recolour_clips": 3}, "no adapter_tune section"),
     ({"adapter_tune": {"lr": 1e-3}, "adapter_tune_recolour_clips": -1}, "adapter_tune_recolour_clips: got -1"),
+    ({"adapter_tune": {"lr": 1e-3, "recolour_clips": 3}}, "adapter_tune: unknown key.*recolour_clips"),
+    ({"adapter_tune": [{"lr": 1e-3}, {"learning_rate": 1.0}]}, "adapter_tune round 2: unknown key"),
+    ({"adapter_tune": [{"recolour_clips": -2}]}, r"adapter_tune round 1\.recolour_clips: got -2"),
+    ({"adapter_tune": [{"recolour_clips": 1.5}]}, r"adapter_tune round 1\.recolour_clips: got 1\.5"),
+    ({"adapter_tune": [{"lr": 1e-3}], "adapter_tune_recolour_clips": 3}, "give each round its own recolour_clips"),
+    ({"adapter_tune": [{"lr": 1e-3}, 5]}, "adapter_tune round 2: got int"),
+    ({"adapter_tune": "fast"}, "adapter_tune: got str"),
 ])
 def test_adapter_tune_recipe_errors_name_the_setting(change, words):
     with pytest.raises(TrainConfigError, match=words):
