@@ -80,6 +80,7 @@ _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11,
 _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
+_ADAPTER_FOLDER = "adapter"  # the adapter phase's; the adapter_tune rounds' are TuneRound.adapter_folder
 # under <out>/vae/; "balance" is not a phase but the finished VAE with its latent channels balanced (balance_latents)
 _VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "balance": "balanced", "decoder_tune": "decoder_tuned"}
 FIRST_FRAME_ONLY_FILLS = ("zeros", "black")
@@ -1041,7 +1042,7 @@ def tune_dataset(recipe: DemoRecipe, out: Path, tune_round: int = 1) -> Path:
 def trained_adapter(recipe: DemoRecipe, out: Path) -> Path:
     """The adapter file the package ships: the adapter_tune phase's last round's where the recipe has one."""
     rounds = recipe.tune_rounds()
-    return out / (rounds[-1].adapter_folder if rounds else "adapter") / "adapter.safetensors"
+    return out / (rounds[-1].adapter_folder if rounds else _ADAPTER_FOLDER) / "adapter.safetensors"
 
 
 def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
@@ -1132,7 +1133,7 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
         if tune_backbone(recipe, vae, out, deadline) is None:
             return None
     backbone = trained_backbone(recipe, out)
-    adapter_out = out / "adapter"
+    adapter_out = out / _ADAPTER_FOLDER
     rounds = recipe.tune_rounds()
     if {"adapter", "adapter_tune", "package"} & set(phases):
         for folder in [adapter_out] + [out / tune.adapter_folder for tune in rounds]:
