@@ -80,6 +80,7 @@ _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11,
 _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
+_DATA_FOLDER = "data"  # the data phase's clips; the adapter_tune rounds' are TuneRound.data_folder
 _ADAPTER_FOLDER = "adapter"  # the adapter phase's; the adapter_tune rounds' are TuneRound.adapter_folder
 # under <out>/vae/; "balance" is not a phase but the finished VAE with its latent channels balanced (balance_latents)
 _VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "balance": "balanced", "decoder_tune": "decoder_tuned"}
@@ -425,12 +426,14 @@ def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
+def write_dataset(out: Path, recipe: DemoRecipe, reuse: tuple[Path, ...] = ()) -> Path:
     """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), then ``recipe.data_easy_clips``
     easy ones (``easy_NNNNNN``, seeds from :data:`EASY_SEED_BASE`) and ``recipe.data_recolour_clips`` recoloured ones
     (``recolour_NNNNNN``, seeds from :data:`RECOLOUR_SEED_BASE`), each clip that shows the target
     object with its masks in ``masks/`` (kfi_core.data's track masks). Skips finished clips; a clip finished by an
-    older version without its masks gets them (the clips are seeded, so the frames are the same)."""
+    older version without its masks gets them (the clips are seeded, so the frames are the same). A clip finished
+    under the same name in one of the ``reuse`` folders (data folders of this run, written from the same recipe) is
+    linked from there (:func:`_link_clip`) rather than made again."""
     from PIL import Image
 
     from .data import TRACK_MASK_FOLDER
@@ -439,7 +442,9 @@ def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
         folder.mkdir(exist_ok=True)
         for t, image in enumerate(images):
             pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(folder / f"{t:04d}.png")
+            path = folder / f"{t:04d}.png"
+            path.unlink(missing_ok=True)  # never write through a link into another folder's clip
+            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
 
     h, w = recipe.resolution
     out.mkdir(parents=True, exist_ok=True)
@@ -450,19 +455,48 @@ def write_dataset(out: Path, recipe: DemoRecipe) -> Path:
     clips += [(f"recolour_{i:06d}",
                lambda i=i: training_recolour_clip(RECOLOUR_SEED_BASE + i, recipe.data_frames, h, w))
               for i in range(recipe.data_recolour_clips)]
+    linked = 0
     for name, make in clips:
         folder = out / name
-        done = folder / ".done"
-        if done.is_file() and done.read_text().strip() == _DATA_VERSION:
+        if _finished_clip(folder):
+            continue
+        source = next((root / name for root in reuse if _finished_clip(root / name)), None)
+        if source is not None:
+            _link_clip(source, folder)
+            linked += 1
             continue
         frames, masks = make()
         save(frames, folder)
         if masks is not None:
             save(masks, folder / TRACK_MASK_FOLDER)
-        done.write_text(_DATA_VERSION)
-    logger.info("dataset: %d procedural clips (%d easy, %d recoloured) in %s", len(clips), recipe.data_easy_clips,
-                recipe.data_recolour_clips, out)
+        (folder / ".done").unlink(missing_ok=True)
+        (folder / ".done").write_text(_DATA_VERSION)
+    logger.info("dataset: %d procedural clips (%d easy, %d recoloured; %d linked from earlier data folders) in %s",
+                len(clips), recipe.data_easy_clips, recipe.data_recolour_clips, linked, out)
     return out
+
+
+def _finished_clip(folder: Path) -> bool:
+    done = folder / ".done"
+    return done.is_file() and done.read_text().strip() == _DATA_VERSION
+
+
+def _link_clip(source: Path, folder: Path) -> None:
+    """Give ``folder`` the files of the finished clip ``source`` as hard links (copies where the file system makes
+    none), through a hidden temporary folder renamed at the end, so an interrupted run leaves no half-linked clip
+    (kfi_core.data skips hidden folders). :func:`write_dataset` unlinks a file before writing it, so remaking a
+    clip in one folder never changes another's."""
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=link_or_copy)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 # --------------------------------------------------------------------------- checkpoints (safetensors only)
@@ -1033,10 +1067,13 @@ def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tu
 def tune_dataset(recipe: DemoRecipe, out: Path, tune_round: int = 1) -> Path:
     """Write the data of the adapter_tune phase's round ``tune_round``, ``<out>/data_tune`` (``data_tune<k>``): the
     data folder's clips plus that round's ``recolour_clips`` recoloured ones (the next recoloured seeds), so the tuned
-    adapter still sees every clip the adapter phase did."""
-    tune = recipe.tune_rounds()[tune_round - 1]
+    adapter still sees every clip the adapter phase did. Clips already written to the data folder or an earlier
+    round's are linked from there."""
+    rounds = recipe.tune_rounds()
+    tune = rounds[tune_round - 1]
     extra = dataclasses.replace(recipe, data_recolour_clips=recipe.data_recolour_clips + tune.recolour_clips)
-    return write_dataset(out / tune.data_folder, extra)
+    earlier = tuple(out / r.data_folder for r in reversed(rounds[:tune_round - 1])) + (out / _DATA_FOLDER,)
+    return write_dataset(out / tune.data_folder, extra, reuse=earlier)
 
 
 def trained_adapter(recipe: DemoRecipe, out: Path) -> Path:
@@ -1108,7 +1145,7 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
     deadline = time.monotonic() + 60.0 * max_minutes if max_minutes else None
-    data = out / "data"
+    data = out / _DATA_FOLDER
     if "data" in phases:
         write_dataset(data, recipe)
     if {"vae", "decoder", "backbone", "tune"} & set(phases):  # the backbone trains on (and saves) the finished VAE

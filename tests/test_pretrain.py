@@ -32,7 +32,8 @@ def micro_recipe(**changes) -> P.DemoRecipe:
     return P.recipe_from_dict(data)
 
 
-@pytest.mark.parametrize("name", ["recipe.json", "recipe-tuned.json", "recipe-balanced.json", "recipe-stock.json", "recipe-track-masks.json",
+@pytest.mark.parametrize("name", ["recipe.json", "recipe-tuned.json", "recipe-four-rounds.json", "recipe-balanced.json",
+                                  "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
                                   "recipe-longvae.json", "recipe-black.json", "recipe-easy.json",
                                   "recipe-decoder.json", "recipe-annealed.json"])
@@ -43,7 +44,8 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-tuned.json", "recipe-balanced.json", "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
+    colour = name in ("recipe.json", "recipe-tuned.json", "recipe-four-rounds.json", "recipe-balanced.json",
+                      "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
                       "recipe-easy.json", "recipe-decoder.json", "recipe-annealed.json")
     temporal = colour or name == "recipe-temporal.json"
     assert config.track_mask_prob == (0.7 if temporal or name == "recipe-track-masks.json" else 0.0)
@@ -668,6 +670,49 @@ def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):
     assert (clip / "masks").is_dir() and (clip / "0000.png").read_bytes() == before
 
 
+def test_tune_rounds_link_the_clips_earlier_data_folders_hold(tmp_path):
+    """A round's data links the clips that the data folder and the earlier rounds' hold (one file on disk) and makes
+    only its new recoloured ones; the folder is file for file what writing it afresh gives; remaking a linked clip
+    in one folder gives it its own files and leaves the other folder's as they were."""
+    from kfi_core.data import find_sources
+
+    recipe = micro_recipe(data_clips=3, data_frames=5, adapter_tune=[{"recolour_clips": 2}, {"recolour_clips": 4}])
+    out = tmp_path / "run"
+    P.write_dataset(out / "data", recipe)
+    P.tune_dataset(recipe, out, 1)
+    (out / "data_tune2").mkdir()
+    (out / "data_tune2" / ".clip_000001.tmp").mkdir()  # what an interrupted link leaves
+    P.tune_dataset(recipe, out, 2)
+    fresh = P.write_dataset(tmp_path / "fresh", dataclasses.replace(recipe, data_recolour_clips=4))
+
+    def files(root):
+        return {p.relative_to(root): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+    def inode(path):
+        return path.stat().st_ino
+
+    assert not (out / "data_tune2" / ".clip_000001.tmp").exists()
+    got, want = files(out / "data_tune2"), files(fresh)
+    assert got.keys() == want.keys() and all(got[k].read_bytes() == want[k].read_bytes() for k in got)
+    assert [s.path.name for s in find_sources(out / "data_tune2")] == [s.path.name for s in find_sources(fresh)]
+    homes = {f"clip_{i:06d}": "data" for i in range(3)} | {f"recolour_{i:06d}": "data_tune" for i in range(2)}
+    for key, path in got.items():
+        home = homes.get(key.parts[0])
+        if home is None:  # recolour_000002 and _000003 are round 2's own
+            assert key.parts[0] in ("recolour_000002", "recolour_000003") and path.stat().st_nlink == 1
+        else:
+            assert inode(path) == inode(out / home / key)
+    # a clip made again (here: its .done from an older version) gets its own files; the data folder's stay
+    clip = out / "data_tune2" / "clip_000000"
+    source = {k: (p.read_bytes(), inode(p)) for k, p in files(out / "data" / "clip_000000").items()}
+    (clip / ".done").unlink()
+    (clip / ".done").write_text("")
+    P.write_dataset(out / "data_tune2", dataclasses.replace(recipe, data_recolour_clips=4))  # no folder to link from
+    assert all(inode(p) != inode(out / "data" / "clip_000000" / k) for k, p in files(clip).items())
+    assert {k: (p.read_bytes(), inode(p)) for k, p in files(out / "data" / "clip_000000").items()} == source
+    assert (out / "data" / "clip_000000" / ".done").read_text() == P._DATA_VERSION
+
+
 def test_balance_latent_channels_is_an_exact_reparametrisation(tiny_components):
     vae = copy.deepcopy(tiny_components["vae"]).eval()
     pixels = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2.0 - 1.0
@@ -777,6 +822,35 @@ def test_the_shipped_recipe_is_the_balanced_one_plus_three_adapter_tune_rounds()
     assert P.trained_adapter(balanced, run) == run / "adapter" / "adapter.safetensors"
     with pytest.raises(TrainConfigError, match="round 4 asked for; the recipe has 3"):
         P.adapter_config(shipped, run / "backbone", run / "d", run / "o", tune_from=run / "a", tune_round=4)
+
+
+def test_the_four_round_recipe_is_the_shipped_one_plus_round_four():
+    """recipe-four-rounds.json (tried 2026-12-06, night; not shipped, README 'A fourth adapter_tune round') is
+    recipe.json with one more round, so it continues a run of the shipped recipe: rounds 1-3 the same configs and
+    folders; round 4 is round 3's changes with seed 8 from round 3's adapter (runs/BI's settings), on 4,800 recoloured
+    clips, and its adapter is the one that recipe's package would ship."""
+    shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
+    four = P.load_recipe(ROOT / "configs" / "demo" / "recipe-four-rounds.json")
+    assert dataclasses.replace(four, adapter_tune={}) == dataclasses.replace(shipped, adapter_tune={})
+    rounds, before = four.tune_rounds(), shipped.tune_rounds()
+    assert [(t.changes, t.recolour_clips, t.data_folder, t.adapter_folder) for t in rounds[:3]] == [
+        (t.changes, t.recolour_clips, t.data_folder, t.adapter_folder) for t in before]
+    assert (rounds[3].recolour_clips, rounds[3].data_folder, rounds[3].adapter_folder) == (
+        4800, "data_tune4", "adapter_tuned4")
+    assert {k: v for k, v in rounds[3].changes.items() if k != "_doc"} == {
+        **{k: v for k, v in before[2].changes.items() if k != "_doc"}, "seed": 8}
+    run = ROOT / "nonexistent-run"
+    for number in (1, 2, 3):
+        tune = before[number - 1]
+        args = (run / "backbone", run / tune.data_folder, run / tune.adapter_folder)
+        assert P.adapter_config(four, *args, tune_from=run / "a", tune_round=number) == P.adapter_config(
+            shipped, *args, tune_from=run / "a", tune_round=number)
+    fourth = P.adapter_config(four, run / "backbone", run / "data_tune4", run / "adapter_tuned4",
+                              tune_from=run / "adapter_tuned3" / "adapter.safetensors", tune_round=4)
+    third = P.adapter_config(shipped, run / "backbone", run / "data_tune4", run / "adapter_tuned4",
+                             tune_from=run / "adapter_tuned3" / "adapter.safetensors", tune_round=3)
+    assert fourth.seed == 8 and dataclasses.replace(fourth, seed=7) == third
+    assert P.trained_adapter(four, run) == run / "adapter_tuned4" / "adapter.safetensors"
 
 
 def test_the_single_section_adapter_tune_form_is_round_one_of_the_list_form():
