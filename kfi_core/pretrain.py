@@ -234,16 +234,13 @@ class DemoRecipe:
                                    "train on them; add one (kfi_core.train settings) or set it to 0.")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         room = TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE - self.data_recolour_clips
-        if isinstance(self.adapter_tune, dict) and not 0 <= self.adapter_tune_recolour_clips <= room:
-            raise TrainConfigError(f"adapter_tune_recolour_clips: got {self.adapter_tune_recolour_clips}; give 0 .. "
-                                   f"{room} (the recoloured seeds left after data_recolour_clips).")
         for tune in self.tune_rounds():
             bad = sorted(set(tune.changes) - known)
             if bad:
                 raise TrainConfigError(f"{tune.label}: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
                                        "(TrainConfig fields)" + (" and recolour_clips." if tune.listed else "."))
             if not (isinstance(tune.recolour_clips, int) and 0 <= tune.recolour_clips <= room):
-                raise TrainConfigError(f"{tune.label}.recolour_clips: got {tune.recolour_clips!r}; give 0 .. {room} "
+                raise TrainConfigError(f"{tune.clips_key}: got {tune.recolour_clips!r}; give 0 .. {room} "
                                        "(the recoloured seeds left after data_recolour_clips).")
 
     def tune_rounds(self) -> list["TuneRound"]:
@@ -253,6 +250,13 @@ class DemoRecipe:
         return [TuneRound(i, {k: v for k, v in section.items() if k != "recolour_clips"},
                           section.get("recolour_clips", 0), listed=True)
                 for i, section in enumerate(self.adapter_tune, start=1)]
+
+    def tune_round(self, number: int) -> "TuneRound":
+        """Round ``number`` (from 1) of the adapter_tune phase; a :class:`TrainConfigError` past the recipe's rounds."""
+        rounds = self.tune_rounds()
+        if not 1 <= number <= len(rounds):
+            raise TrainConfigError(f"adapter_tune: round {number} asked for; the recipe has {len(rounds)}.")
+        return rounds[number - 1]
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,10 @@ class TuneRound:
     @property
     def label(self) -> str:
         return f"adapter_tune round {self.number}" if self.listed else "adapter_tune"
+
+    @property
+    def clips_key(self) -> str:  # where the recipe sets recolour_clips
+        return f"{self.label}.recolour_clips" if self.listed else "adapter_tune_recolour_clips"
 
     @property
     def data_folder(self) -> str:
@@ -1047,10 +1055,7 @@ def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tu
               "seed": recipe.seed, **recipe.adapter}
     section, changes, set_here = "adapter", recipe.adapter, ("model", "data", "out", "resume")
     if tune_from is not None:
-        rounds = recipe.tune_rounds()
-        if not 1 <= tune_round <= len(rounds):
-            raise TrainConfigError(f"adapter_tune: round {tune_round} asked for; the recipe has {len(rounds)}.")
-        tune = rounds[tune_round - 1]
+        tune = recipe.tune_round(tune_round)
         section, changes, set_here = tune.label, tune.changes, set_here + ("from_adapter",)
     for key in set_here:
         if key in changes:
@@ -1069,10 +1074,10 @@ def tune_dataset(recipe: DemoRecipe, out: Path, tune_round: int = 1) -> Path:
     data folder's clips plus that round's ``recolour_clips`` recoloured ones (the next recoloured seeds), so the tuned
     adapter still sees every clip the adapter phase did. Clips already written to the data folder or an earlier
     round's are linked from there."""
-    rounds = recipe.tune_rounds()
-    tune = rounds[tune_round - 1]
+    tune = recipe.tune_round(tune_round)
     extra = dataclasses.replace(recipe, data_recolour_clips=recipe.data_recolour_clips + tune.recolour_clips)
-    earlier = tuple(out / r.data_folder for r in reversed(rounds[:tune_round - 1])) + (out / _DATA_FOLDER,)
+    earlier = tuple(out / r.data_folder for r in reversed(recipe.tune_rounds()[:tune_round - 1]))
+    earlier += (out / _DATA_FOLDER,)
     return write_dataset(out / tune.data_folder, extra, reuse=earlier)
 
 

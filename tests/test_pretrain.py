@@ -822,6 +822,10 @@ def test_the_shipped_recipe_is_the_balanced_one_plus_three_adapter_tune_rounds()
     assert P.trained_adapter(balanced, run) == run / "adapter" / "adapter.safetensors"
     with pytest.raises(TrainConfigError, match="round 4 asked for; the recipe has 3"):
         P.adapter_config(shipped, run / "backbone", run / "d", run / "o", tune_from=run / "a", tune_round=4)
+    for number in (0, 4):  # tune_dataset looks the round up the same way, before writing anything
+        with pytest.raises(TrainConfigError, match=f"round {number} asked for; the recipe has 3"):
+            P.tune_dataset(shipped, run, number)
+    assert not run.exists()
 
 
 def test_the_four_round_recipe_is_the_shipped_one_plus_round_four():
@@ -932,6 +936,7 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     ({"adapter_tune": {"learning_rate": 1.0}}, "adapter_tune: unknown key"),
     ({"adapter_tune_recolour_clips": 3}, "no adapter_tune section"),
     ({"adapter_tune": {"lr": 1e-3}, "adapter_tune_recolour_clips": -1}, "adapter_tune_recolour_clips: got -1"),
+    ({"adapter_tune": {"lr": 1e-3}, "adapter_tune_recolour_clips": 1.5}, "adapter_tune_recolour_clips: got 1.5"),
     ({"adapter_tune": {"lr": 1e-3, "recolour_clips": 3}}, "adapter_tune: unknown key.*recolour_clips"),
     ({"adapter_tune": [{"lr": 1e-3}, {"learning_rate": 1.0}]}, "adapter_tune round 2: unknown key"),
     ({"adapter_tune": [{"recolour_clips": -2}]}, r"adapter_tune round 1\.recolour_clips: got -2"),
