@@ -25,6 +25,11 @@ Per sample (:meth:`ClipDataset.get`):
    with the frames) instead of synthetic ones: the hole then hides an object whose appearance only the
    keyframe shows, which is what keyframe-guided edit propagation has to do. Without a keyframe a sample
    never uses them (filling in an unseen object is not learnable, and would teach removal to paint objects).
+6. **Hole masks** (optional): a frame folder may instead or also hold a ``holes/`` sub-folder, masks laid over
+   content that *is* the answer: e.g. the track of an object removed from this clip, drawn on the clean frames.
+   With probability ``hole_mask_prob`` any sample, with or without a keyframe, uses them (when no track mask
+   was chosen): the hole then hides background that other frames or the keyframe may show, which is what
+   object removal has to fill.
 
 Decoding is lazy: a frame folder reads only the chosen files; a video is decoded up to the last chosen
 frame. ``cache=True`` keeps every decoded video in memory (per process / data-loader worker), for small
@@ -55,8 +60,10 @@ logger = logging.getLogger(__name__)
 DATASET_VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 NO_KEYFRAME = -1
 # Independent random streams of one sample: changing one setting never shifts the others' draws.
-STREAM_CLIP, STREAM_MASK, STREAM_KEYFRAME, STREAM_ORDER, STREAM_TRACK = 0, 1, 2, 3, 4
-TRACK_MASK_FOLDER = "masks"  # the optional per-clip mask folder inside a frame folder
+STREAM_CLIP, STREAM_MASK, STREAM_KEYFRAME, STREAM_ORDER, STREAM_TRACK, STREAM_HOLE = 0, 1, 2, 3, 4, 5
+TRACK_MASK_FOLDER = "masks"  # the optional per-clip mask folder inside a frame folder (an object under it)
+HOLE_MASK_FOLDER = "holes"  # the optional per-clip hole folder (clean content under it: removal's holes)
+_MASK_FOLDERS = (TRACK_MASK_FOLDER, HOLE_MASK_FOLDER)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class VideoSource:
     num_frames: int
     is_folder: bool
     mask_folder: Path | None = None  # <frame folder>/masks with one mask per frame, if present
+    hole_folder: Path | None = None  # <frame folder>/holes with one mask per frame, if present
 
 
 @dataclass
@@ -80,10 +88,12 @@ class ClipSample:
     start: int  # first source frame
     crop: tuple[int, int, int, int]  # top, left, height, width in source pixels
     track_masks: bool = False  # True: masks are the clip's own (masks/ folder), not synthetic
+    hole_masks: bool = False  # True: masks are the clip's own holes (holes/ folder), not synthetic
 
     def as_dict(self) -> dict:
         return {"frames": self.frames, "masks": self.masks, "keyframe_index": self.keyframe_index,
-                "source": self.source, "start": self.start, "crop": self.crop, "track_masks": self.track_masks}
+                "source": self.source, "start": self.start, "crop": self.crop, "track_masks": self.track_masks,
+                "hole_masks": self.hole_masks}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -123,7 +133,7 @@ def find_sources(root: str | os.PathLike) -> list[VideoSource]:
     videos = [p for p in entries if p.is_file() and p.suffix.lower() in DATASET_VIDEO_SUFFIXES]
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")
-               and not (images and p.name == TRACK_MASK_FOLDER)  # root is itself one video with its masks
+               and not (images and p.name in _MASK_FOLDERS)  # root is itself one video with its masks
                and any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir())]
     sources: list[VideoSource] = []
     if images and not videos and not folders:
@@ -143,17 +153,21 @@ def find_sources(root: str | os.PathLike) -> list[VideoSource]:
 
 
 def _frame_folder_source(path: Path) -> VideoSource:
-    """A frame folder and its optional ``masks/`` folder, which must hold one mask per frame."""
+    """A frame folder and its optional ``masks/`` and ``holes/`` folders, which must hold one mask per frame."""
     count = len(list_frame_files(path))
-    mask_dir = path / TRACK_MASK_FOLDER
-    if not mask_dir.is_dir():
-        return VideoSource(path, count, True)
-    masks = len(list_frame_files(mask_dir))
-    if masks != count:
-        raise DatasetError(
-            f"dataset masks {mask_dir}: {masks} mask images for {count} frames. A clip's {TRACK_MASK_FOLDER}/ "
-            "folder needs exactly one mask per frame (same order); fix or remove it.")
-    return VideoSource(path, count, True, mask_dir)
+    found = []
+    for name in _MASK_FOLDERS:
+        mask_dir = path / name
+        if not mask_dir.is_dir():
+            found.append(None)
+            continue
+        masks = len(list_frame_files(mask_dir))
+        if masks != count:
+            raise DatasetError(
+                f"dataset masks {mask_dir}: {masks} mask images for {count} frames. A clip's {name}/ "
+                "folder needs exactly one mask per frame (same order); fix or remove it.")
+        found.append(mask_dir)
+    return VideoSource(path, count, True, *found)
 
 
 def frames_needed(num_frames: int, frame_stride: int) -> int:
@@ -189,11 +203,12 @@ def _read_folder_frames(source: VideoSource, indices: Sequence[int]) -> np.ndarr
     return np.stack(arrays)  # [F, H, W, 3] uint8
 
 
-def _read_track_masks(source: VideoSource, indices: Sequence[int], frame_size: tuple[int, int]) -> np.ndarray:
-    """The clip's own masks at ``indices``: [F, H, W] float32, 1 where the image is brighter than half."""
+def _read_track_masks(folder: Path, indices: Sequence[int], frame_size: tuple[int, int]) -> np.ndarray:
+    """The clip's own masks (``masks/`` or ``holes/`` folder) at ``indices``: [F, H, W] float32, 1 where the image
+    is brighter than half."""
     from .video_io import _image_to_array
 
-    files = list_frame_files(source.mask_folder)
+    files = list_frame_files(folder)
     arrays = [_image_to_array(files[i], "L") for i in indices]
     for i, a in zip(indices, arrays):
         if a.shape[:2] != tuple(frame_size):
@@ -297,6 +312,7 @@ class ClipDataset(torch.utils.data.Dataset):
         seed: int | Sequence[int] = 0,
         cache: bool = False,
         track_mask_prob: float = 0.0,
+        hole_mask_prob: float = 0.0,
     ) -> None:
         _check_positive_int("num_frames", num_frames)
         _check_positive_int("frame_stride", frame_stride)
@@ -319,8 +335,12 @@ class ClipDataset(torch.utils.data.Dataset):
         if not 0.0 <= float(track_mask_prob) <= 1.0:
             raise DatasetError(f"track_mask_prob: got {track_mask_prob!r}; give a probability from 0 to 1 "
                                "(0 = synthetic masks only).")
+        if not 0.0 <= float(hole_mask_prob) <= 1.0:
+            raise DatasetError(f"hole_mask_prob: got {hole_mask_prob!r}; give a probability from 0 to 1 "
+                               "(0 = never the clips' own holes).")
         self.keyframe_prob = float(keyframe_prob)
         self.track_mask_prob = float(track_mask_prob)
+        self.hole_mask_prob = float(hole_mask_prob)
         self.mask_config = mask_config if mask_config is not None else MaskConfig()
         self.seed = tuple(int(s) for s in (seed if isinstance(seed, (tuple, list)) else (seed,)))
         self.cache = bool(cache)
@@ -330,6 +350,9 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.track_mask_prob > 0 and not any(s.mask_folder for s in self.sources):
             logger.warning("dataset %s: track_mask_prob is %g but no frame folder has a %s/ folder; every sample "
                            "uses synthetic masks", self.root, self.track_mask_prob, TRACK_MASK_FOLDER)
+        if self.hole_mask_prob > 0 and not any(s.hole_folder for s in self.sources):
+            logger.warning("dataset %s: hole_mask_prob is %g but no frame folder has a %s/ folder; no sample "
+                           "uses hole masks", self.root, self.hole_mask_prob, HOLE_MASK_FOLDER)
         logger.info("dataset %s: %d videos, clips of %d frames (stride %d) at %dx%d", self.root, len(self.sources),
                     self.num_frames, self.frame_stride, self.resolution[1], self.resolution[0])
 
@@ -378,17 +401,24 @@ class ClipDataset(torch.utils.data.Dataset):
         masks = sample_masks(self.num_frames, height, width, self._rng(epoch, index, STREAM_MASK), self.mask_config)
         keyframe = draw_keyframe(self._rng(epoch, index, STREAM_KEYFRAME), self.num_frames, self.keyframe_prob)
 
-        # 5. The clip's own masks instead (own stream), only with a keyframe and only if they hide something
-        track = False
-        if (keyframe != NO_KEYFRAME and source.mask_folder is not None and self.track_mask_prob > 0
-                and self._rng(epoch, index, STREAM_TRACK).uniform() < self.track_mask_prob):
-            own = torch.from_numpy(_read_track_masks(source, indices, tuple(data.shape[1:3])))[:, None]
+        # 5. The clip's own track masks instead (own stream), only with a keyframe and only if they hide something;
+        # 6. else its own holes (own stream), with or without a keyframe
+        others = [t for t in range(self.num_frames) if t != keyframe]
+
+        def own_masks(folder: Path, prob: float, stream: int) -> torch.Tensor | None:
+            if folder is None or prob <= 0 or self._rng(epoch, index, stream).uniform() >= prob:
+                return None
+            own = torch.from_numpy(_read_track_masks(folder, indices, tuple(data.shape[1:3])))[:, None]
             own = crop_and_resize_masks(own, box, self.resolution)  # [F, 1, H, W]
-            others = [t for t in range(self.num_frames) if t != keyframe]
-            if own[others].any():
-                masks, track = own, True
-        return ClipSample(frames=frames, masks=masks, keyframe_index=keyframe, source=str(source.path),
-                          start=start, crop=box, track_masks=track)
+            return own if own[others].any() else None
+
+        track = own_masks(source.mask_folder, self.track_mask_prob if keyframe != NO_KEYFRAME else 0.0,
+                          STREAM_TRACK)
+        holes = None if track is not None else own_masks(source.hole_folder, self.hole_mask_prob, STREAM_HOLE)
+        chosen = track if track is not None else holes
+        return ClipSample(frames=frames, masks=chosen if chosen is not None else masks, keyframe_index=keyframe,
+                          source=str(source.path), start=start, crop=box, track_masks=track is not None,
+                          hole_masks=holes is not None)
 
     def __getitem__(self, k: int) -> dict:
         k = int(k)

@@ -32,8 +32,9 @@ Phases
               one round or several (a list of sections): round k starts from round k-1's adapter (round 1 from the
               adapter phase's; ``from_adapter``) with the adapter phase's settings plus that round's changes, on the
               data folder's clips plus its ``recolour_clips`` recoloured ones (``adapter_tune_recolour_clips`` for
-              a single section), written to ``<out>/data_tune`` (round k > 1: ``data_tune<k>``); its adapter goes to
-              ``<out>/adapter_tuned`` (``adapter_tuned<k>``), and the last round's is the one the package ships.
+              a single section) and its ``removal_clips`` removal ones (clean clips with holes/), written to
+              ``<out>/data_tune`` (round k > 1: ``data_tune<k>``); its adapter goes to ``<out>/adapter_tuned``
+              (``adapter_tuned<k>``), and the last round's is the one the package ships.
     decoder_tune  (where the recipe gives it steps) the finished decoder trained further, encoder frozen (a fresh
               optimizer, its own data stream): the latents, and so the backbone and the adapter trained on them,
               stay exactly as they are; only how latents become pixels improves. Written to
@@ -74,10 +75,12 @@ TRAIN_SEED_LIMIT = EVAL_SEED_BASE - 1000
 EASY_SEED_BASE = TRAIN_SEED_LIMIT // 2  # seeds of the easy clips (data_easy_clips): seed EASY_SEED_BASE + i
 # seeds of the recoloured clips (data_recolour_clips): seed RECOLOUR_SEED_BASE + i
 RECOLOUR_SEED_BASE = EASY_SEED_BASE + (TRAIN_SEED_LIMIT - EASY_SEED_BASE) // 2
+# seeds of the removal clips (data_removal_clips): seed REMOVAL_SEED_BASE + i, up to TRAIN_SEED_LIMIT
+REMOVAL_SEED_BASE = RECOLOUR_SEED_BASE + (TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE) // 2
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
 _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11, 12, 13, 14, 15
-_EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM = 16, 17, 18
+_EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM, _REMOVAL_DATA_STREAM = 16, 17, 18, 19
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
 _BACKBONE_FOLDERS = {"backbone": "backbone", "tune": "backbone_tuned"}
 _DATA_FOLDER = "data"  # the data phase's clips; the adapter_tune rounds' are TuneRound.data_folder
@@ -145,6 +148,8 @@ class DemoRecipe:
     data_easy_clips: int = 0
     # extra clips of the easy or medium preset whose target is shown as it is or recoloured (training_recolour_clip)
     data_recolour_clips: int = 0
+    # extra clips of the easy or medium preset with their target removed, its track as holes/ (training_removal_clip)
+    data_removal_clips: int = 0
     vae: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=1500, lr=1e-3))
     backbone: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=3000, batch_size=2, lr=5e-4))
     # the VAE's decoder alone, encoder frozen (steps 0 = skip): see :func:`train_decoder`
@@ -179,9 +184,12 @@ class DemoRecipe:
         if not 0 <= self.data_easy_clips <= RECOLOUR_SEED_BASE - EASY_SEED_BASE:
             raise TrainConfigError(f"data_easy_clips: got {self.data_easy_clips}; give 0 .. "
                                    f"{RECOLOUR_SEED_BASE - EASY_SEED_BASE}.")
-        if not 0 <= self.data_recolour_clips <= TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE:
+        if not 0 <= self.data_recolour_clips <= REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE:
             raise TrainConfigError(f"data_recolour_clips: got {self.data_recolour_clips}; give 0 .. "
-                                   f"{TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE}.")
+                                   f"{REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE}.")
+        if not 0 <= self.data_removal_clips <= TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE:
+            raise TrainConfigError(f"data_removal_clips: got {self.data_removal_clips}; give 0 .. "
+                                   f"{TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE}.")
         self._check_adapter_tune()
         for name in _PHASE_FIELDS:
             phase = getattr(self, name)
@@ -233,22 +241,31 @@ class DemoRecipe:
             raise TrainConfigError("adapter_tune_recolour_clips: set, but the recipe has no adapter_tune section to "
                                    "train on them; add one (kfi_core.train settings) or set it to 0.")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        room = TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE - self.data_recolour_clips
+        room = REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE - self.data_recolour_clips
+        removal_room = TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE - self.data_removal_clips
         for tune in self.tune_rounds():
             bad = sorted(set(tune.changes) - known)
             if bad:
                 raise TrainConfigError(f"{tune.label}: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
-                                       "(TrainConfig fields)" + (" and recolour_clips." if tune.listed else "."))
+                                       "(TrainConfig fields)" + (", recolour_clips" if tune.listed else "")
+                                       + " and removal_clips.")
             if not (isinstance(tune.recolour_clips, int) and 0 <= tune.recolour_clips <= room):
                 raise TrainConfigError(f"{tune.clips_key}: got {tune.recolour_clips!r}; give 0 .. {room} "
                                        "(the recoloured seeds left after data_recolour_clips).")
+            if not (isinstance(tune.removal_clips, int) and 0 <= tune.removal_clips <= removal_room):
+                raise TrainConfigError(f"{tune.label}.removal_clips: got {tune.removal_clips!r}; give 0 .. "
+                                       f"{removal_room} (the removal seeds left after data_removal_clips).")
 
     def tune_rounds(self) -> list["TuneRound"]:
         """The adapter_tune phase's rounds, in order (none where the recipe has no adapter_tune section)."""
-        if isinstance(self.adapter_tune, dict):
-            return [TuneRound(1, dict(self.adapter_tune), self.adapter_tune_recolour_clips)] if self.adapter_tune else []
-        return [TuneRound(i, {k: v for k, v in section.items() if k != "recolour_clips"},
-                          section.get("recolour_clips", 0), listed=True)
+        def changes(section: dict, clip_keys: tuple[str, ...]) -> dict:
+            return {k: v for k, v in section.items() if k not in clip_keys}
+
+        if isinstance(self.adapter_tune, dict):  # its recoloured clips are adapter_tune_recolour_clips
+            return [TuneRound(1, changes(self.adapter_tune, ("removal_clips",)), self.adapter_tune_recolour_clips,
+                              removal_clips=self.adapter_tune.get("removal_clips", 0))] if self.adapter_tune else []
+        return [TuneRound(i, changes(section, ("recolour_clips", "removal_clips")), section.get("recolour_clips", 0),
+                          listed=True, removal_clips=section.get("removal_clips", 0))
                 for i, section in enumerate(self.adapter_tune, start=1)]
 
     def tune_round(self, number: int) -> "TuneRound":
@@ -263,12 +280,13 @@ class DemoRecipe:
 class TuneRound:
     """One round of the adapter_tune phase: kfi_core.train settings that change the adapter phase's, trained from the
     previous round's adapter (round 1: the adapter phase's) on the data clips plus ``recolour_clips`` recoloured
-    ones. Round 1 keeps the folder names of the single-section form."""
+    ones and ``removal_clips`` removal ones. Round 1 keeps the folder names of the single-section form."""
 
     number: int
     changes: dict
     recolour_clips: int
     listed: bool = False  # from the list form (errors name the round)
+    removal_clips: int = 0  # the section's own key in either form
 
     @property
     def label(self) -> str:
@@ -401,6 +419,23 @@ def training_recolour_clip(seed: int, num_frames: int, height: int, width: int) 
     return _target_shown_either_way(seed, rng, num_frames, height, width, config=cfg)
 
 
+def training_removal_clip(seed: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A removal clip of the ``easy`` or ``medium`` preset (seed-chosen): the clean scene, the target removed, and
+    the removed target's masks, written as the clip's ``holes/`` (kfi_core.data step 6). The hole is where the target
+    was and the answer under it is the background, partly shown by the other frames as the target moves: object
+    removal as the benchmark asks it. The object masks of the other clips (``masks/``) cannot teach this: the answer
+    under them is the target itself, which without a keyframe nothing shows."""
+    from .procedural import ProceduralConfig, make_procedural_clip
+
+    if not REMOVAL_SEED_BASE <= seed < TRAIN_SEED_LIMIT:
+        raise TrainConfigError(f"removal training seed {seed}: give {REMOVAL_SEED_BASE} .. {TRAIN_SEED_LIMIT - 1}.")
+    rng = np.random.default_rng([int(seed), _REMOVAL_DATA_STREAM])
+    preset = "easy" if rng.random() < 0.5 else "medium"
+    clip = make_procedural_clip("removal", num_frames=num_frames, height=height, width=width, seed=int(seed),
+                                config=ProceduralConfig.preset(preset))
+    return clip.ground_truth, clip.masks
+
+
 def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
     """The frames of :func:`training_clip_with_masks`."""
     return training_clip_with_masks(seed, num_frames, height, width)[0]
@@ -438,13 +473,15 @@ def write_dataset(out: Path, recipe: DemoRecipe, reuse: tuple[Path, ...] = ()) -
     """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), then ``recipe.data_easy_clips``
     easy ones (``easy_NNNNNN``, seeds from :data:`EASY_SEED_BASE`) and ``recipe.data_recolour_clips`` recoloured ones
     (``recolour_NNNNNN``, seeds from :data:`RECOLOUR_SEED_BASE`), each clip that shows the target
-    object with its masks in ``masks/`` (kfi_core.data's track masks). Skips finished clips; a clip finished by an
+    object with its masks in ``masks/`` (kfi_core.data's track masks), and ``recipe.data_removal_clips`` removal
+    ones (``removal_NNNNNN``, seeds from :data:`REMOVAL_SEED_BASE`), clean, with the removed target's masks in
+    ``holes/``. Skips finished clips; a clip finished by an
     older version without its masks gets them (the clips are seeded, so the frames are the same). A clip finished
     under the same name in one of the ``reuse`` folders (data folders of this run, written from the same recipe) is
     linked from there (:func:`_link_clip`) rather than made again."""
     from PIL import Image
 
-    from .data import TRACK_MASK_FOLDER
+    from .data import HOLE_MASK_FOLDER, TRACK_MASK_FOLDER
 
     def save(images: torch.Tensor, folder: Path) -> None:
         folder.mkdir(exist_ok=True)
@@ -456,15 +493,18 @@ def write_dataset(out: Path, recipe: DemoRecipe, reuse: tuple[Path, ...] = ()) -
 
     h, w = recipe.resolution
     out.mkdir(parents=True, exist_ok=True)
-    clips = [(f"clip_{i:06d}", lambda i=i: training_clip_with_masks(i, recipe.data_frames, h, w))
+    clips = [(f"clip_{i:06d}", lambda i=i: training_clip_with_masks(i, recipe.data_frames, h, w), TRACK_MASK_FOLDER)
              for i in range(recipe.data_clips)]
-    clips += [(f"easy_{i:06d}", lambda i=i: training_easy_clip(EASY_SEED_BASE + i, recipe.data_frames, h, w))
-              for i in range(recipe.data_easy_clips)]
+    clips += [(f"easy_{i:06d}", lambda i=i: training_easy_clip(EASY_SEED_BASE + i, recipe.data_frames, h, w),
+               TRACK_MASK_FOLDER) for i in range(recipe.data_easy_clips)]
     clips += [(f"recolour_{i:06d}",
-               lambda i=i: training_recolour_clip(RECOLOUR_SEED_BASE + i, recipe.data_frames, h, w))
+               lambda i=i: training_recolour_clip(RECOLOUR_SEED_BASE + i, recipe.data_frames, h, w), TRACK_MASK_FOLDER)
               for i in range(recipe.data_recolour_clips)]
+    clips += [(f"removal_{i:06d}",
+               lambda i=i: training_removal_clip(REMOVAL_SEED_BASE + i, recipe.data_frames, h, w), HOLE_MASK_FOLDER)
+              for i in range(recipe.data_removal_clips)]
     linked = 0
-    for name, make in clips:
+    for name, make, mask_folder in clips:
         folder = out / name
         if _finished_clip(folder):
             continue
@@ -476,11 +516,12 @@ def write_dataset(out: Path, recipe: DemoRecipe, reuse: tuple[Path, ...] = ()) -
         frames, masks = make()
         save(frames, folder)
         if masks is not None:
-            save(masks, folder / TRACK_MASK_FOLDER)
+            save(masks, folder / mask_folder)
         (folder / ".done").unlink(missing_ok=True)
         (folder / ".done").write_text(_DATA_VERSION)
-    logger.info("dataset: %d procedural clips (%d easy, %d recoloured; %d linked from earlier data folders) in %s",
-                len(clips), recipe.data_easy_clips, recipe.data_recolour_clips, linked, out)
+    logger.info("dataset: %d procedural clips (%d easy, %d recoloured, %d removal; %d linked from earlier data "
+                "folders) in %s", len(clips), recipe.data_easy_clips, recipe.data_recolour_clips,
+                recipe.data_removal_clips, linked, out)
     return out
 
 
@@ -1071,11 +1112,13 @@ def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tu
 
 def tune_dataset(recipe: DemoRecipe, out: Path, tune_round: int = 1) -> Path:
     """Write the data of the adapter_tune phase's round ``tune_round``, ``<out>/data_tune`` (``data_tune<k>``): the
-    data folder's clips plus that round's ``recolour_clips`` recoloured ones (the next recoloured seeds), so the tuned
+    data folder's clips plus that round's ``recolour_clips`` recoloured ones (the next recoloured seeds) and
+    ``removal_clips`` removal ones (the next removal seeds), so the tuned
     adapter still sees every clip the adapter phase did. Clips already written to the data folder or an earlier
     round's are linked from there."""
     tune = recipe.tune_round(tune_round)
-    extra = dataclasses.replace(recipe, data_recolour_clips=recipe.data_recolour_clips + tune.recolour_clips)
+    extra = dataclasses.replace(recipe, data_recolour_clips=recipe.data_recolour_clips + tune.recolour_clips,
+                                data_removal_clips=recipe.data_removal_clips + tune.removal_clips)
     earlier = tuple(out / r.data_folder for r in reversed(recipe.tune_rounds()[:tune_round - 1]))
     earlier += (out / _DATA_FOLDER,)
     return write_dataset(out / tune.data_folder, extra, reuse=earlier)

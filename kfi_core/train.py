@@ -153,6 +153,7 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.8, 1.0)
     keyframe_prob: float = 0.5
     track_mask_prob: float = 0.0  # with a keyframe: use the clip's own masks/ folder (kfi_core.data, step 5)
+    hole_mask_prob: float = 0.0  # with or without a keyframe: use the clip's own holes/ folder (kfi_core.data, step 6)
     mask: dict = field(default_factory=dict)  # kfi_core.masks.MaskConfig fields
     cache_data: bool = False
     num_workers: int = 0
@@ -205,7 +206,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not float(value) > 0:
                 raise TrainConfigError(f"{name}: got {value!r}; give a positive spread of ln(sigma) (1.6).")
-        for name in ("cond_dropout_prob", "keyframe_prob", "track_mask_prob"):
+        for name in ("cond_dropout_prob", "keyframe_prob", "track_mask_prob", "hole_mask_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise TrainConfigError(f"{name}: got {getattr(self, name)!r}; give a probability from 0 to 1.")
         if not 0.0 <= float(self.lr_decay_fraction) <= 1.0:
@@ -903,7 +904,7 @@ def _dataset(config: TrainConfig, model, stage_index: int, *, validation: bool =
                        frame_stride=config.frame_stride, crop_scale=tuple(config.crop_scale),
                        keyframe_prob=config.keyframe_prob, mask_config=MaskConfig(**config.mask),
                        seed=(config.seed, stage_index, 1 if validation else 0), cache=config.cache_data,
-                       track_mask_prob=config.track_mask_prob)
+                       track_mask_prob=config.track_mask_prob, hole_mask_prob=config.hole_mask_prob)
 
 
 def _samples_per_step(config: TrainConfig, stage_index: int, world_size: int) -> int:

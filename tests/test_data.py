@@ -225,6 +225,61 @@ def test_track_mask_probability_and_other_streams_unchanged(track_dir):
     assert 10 <= used <= 30  # 40 draws of the tracked clip at p = 0.5
 
 
+@pytest.fixture(scope="module")
+def hole_dir(tmp_path_factory):
+    """One clip with both folders: masks/ (an object track) and holes/ (a removed object's track, other boxes)."""
+    root = tmp_path_factory.mktemp("holes")
+    write_frames(index_clip(12), root / "clip")
+    write_frames(_box_masks(12, 48, 80).expand(12, 3, 48, 80), root / "clip" / "masks")
+    write_frames(_box_masks(12, 48, 80).roll(20, dims=2).expand(12, 3, 48, 80), root / "clip" / "holes")
+    return root
+
+
+def test_hole_masks_are_used_with_or_without_a_keyframe_after_track_masks(hole_dir):
+    holes = _box_masks(12, 48, 80).roll(20, dims=2)
+    (source,) = find_sources(hole_dir)
+    assert (source.mask_folder.name, source.hole_folder.name) == ("masks", "holes")
+    alone = find_sources(hole_dir / "clip")  # the clip as the root: neither folder is a second video
+    assert len(alone) == 1 and alone[0].hole_folder is not None
+    for keyframe_prob in (0.0, 1.0):
+        ds = ClipDataset(hole_dir, num_frames=8, resolution=(48, 80), crop_scale=(1, 1),
+                         keyframe_prob=keyframe_prob, hole_mask_prob=1.0)
+        for epoch in range(4):
+            s = ds.get(epoch, 0)
+            assert s.hole_masks and not s.track_masks and s.as_dict()["hole_masks"]
+            assert torch.equal(s.masks, holes[s.start:s.start + 8])
+    # a sample with a keyframe that draws its track masks keeps them; the others fall back to the holes
+    both = ClipDataset(hole_dir, num_frames=8, resolution=(48, 80), crop_scale=(1, 1), keyframe_prob=0.5,
+                       track_mask_prob=1.0, hole_mask_prob=1.0)
+    kinds = set()
+    for epoch in range(12):
+        s = both.get(epoch, 0)
+        kinds.add((s.keyframe_index != NO_KEYFRAME, s.track_masks, s.hole_masks))
+        own = (_box_masks(12, 48, 80) if s.track_masks else holes)[s.start:s.start + 8]
+        assert torch.equal(s.masks, own)
+    assert kinds == {(True, True, False), (False, False, True)}
+    # probability 0 (the default): synthetic masks, as before the option, from the same streams
+    off = ClipDataset(hole_dir, num_frames=8, resolution=(48, 80), keyframe_prob=0.5)
+    on = ClipDataset(hole_dir, num_frames=8, resolution=(48, 80), keyframe_prob=0.5, hole_mask_prob=1.0)
+    for epoch in range(4):
+        a, b = off.get(epoch, 0), on.get(epoch, 0)
+        assert not a.hole_masks and torch.equal(a.frames, b.frames) and a.keyframe_index == b.keyframe_index
+        assert not torch.equal(a.masks, b.masks)
+
+
+def test_hole_mask_errors(tmp_path, caplog):
+    write_frames(index_clip(10), tmp_path / "clip")
+    write_frames(_box_masks(9, 48, 80).expand(9, 3, 48, 80), tmp_path / "clip" / "holes")
+    with pytest.raises(DatasetError, match=r"holes.*9 mask images for 10 frames.*holes/"):
+        find_sources(tmp_path)
+    with pytest.raises(DatasetError, match="hole_mask_prob"):
+        ClipDataset(tmp_path, num_frames=8, resolution=(32, 32), hole_mask_prob=-0.1)
+    write_frames(index_clip(10), tmp_path / "plain")
+    with caplog.at_level("WARNING", logger="kfi_core.data"):
+        ClipDataset(tmp_path / "plain", num_frames=8, resolution=(32, 32), hole_mask_prob=0.5)
+    assert "hole_mask_prob is 0.5 but no frame folder has a holes/ folder" in caplog.text
+
+
 def test_track_mask_errors(tmp_path):
     write_frames(index_clip(10), tmp_path / "clip")
     write_frames(_box_masks(9, 48, 80).expand(9, 3, 48, 80), tmp_path / "clip" / "masks")

@@ -32,7 +32,8 @@ def micro_recipe(**changes) -> P.DemoRecipe:
     return P.recipe_from_dict(data)
 
 
-@pytest.mark.parametrize("name", ["recipe.json", "recipe-tuned.json", "recipe-four-rounds.json", "recipe-balanced.json",
+@pytest.mark.parametrize("name", ["recipe.json", "recipe-tuned.json", "recipe-four-rounds.json",
+                                  "recipe-removal-round.json", "recipe-balanced.json",
                                   "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
                                   "recipe-longvae.json", "recipe-black.json", "recipe-easy.json",
@@ -44,7 +45,8 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-tuned.json", "recipe-four-rounds.json", "recipe-balanced.json",
+    colour = name in ("recipe.json", "recipe-tuned.json", "recipe-four-rounds.json", "recipe-removal-round.json",
+                      "recipe-balanced.json",
                       "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
                       "recipe-easy.json", "recipe-decoder.json", "recipe-annealed.json")
     temporal = colour or name == "recipe-temporal.json"
@@ -188,7 +190,9 @@ def test_the_track_mask_recipe_shares_the_stock_vae_and_backbone():
     ({"data_clips": P.EVAL_SEED_BASE}, "held out"),
     ({"data_easy_clips": -1}, "data_easy_clips"),
     ({"data_easy_clips": P.RECOLOUR_SEED_BASE - P.EASY_SEED_BASE + 1}, "data_easy_clips"),
-    ({"data_recolour_clips": P.TRAIN_SEED_LIMIT - P.RECOLOUR_SEED_BASE + 1}, "data_recolour_clips"),
+    ({"data_recolour_clips": P.REMOVAL_SEED_BASE - P.RECOLOUR_SEED_BASE + 1}, "data_recolour_clips"),
+    ({"data_removal_clips": -1}, "data_removal_clips: got -1"),
+    ({"data_removal_clips": P.TRAIN_SEED_LIMIT - P.REMOVAL_SEED_BASE + 1}, "data_removal_clips"),
     ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
     ({"num_frames": 9}, "num_frames"),
     ({"backbone": {"steps": 1, "first_frame_only_prob": 1.5}}, "backbone.first_frame_only_prob"),
@@ -616,13 +620,18 @@ def test_easy_clips_show_the_target_at_the_easy_preset_with_its_masks(tmp_path):
     assert P.EVAL_SEED_BASE > P.TRAIN_SEED_LIMIT > P.EASY_SEED_BASE + recipe.data_easy_clips
 
 
-def test_recoloured_clips_show_the_target_as_it_is_or_recoloured_with_its_masks(tmp_path):
+def _one_clip_dataset_plus(folder, **extra_clips) -> dict:
+    """The sources, by name, of a dataset of one data clip plus ``extra_clips`` (data_*_clips), 5 frames each."""
     from kfi_core.data import find_sources
+
+    P.write_dataset(folder, micro_recipe(data_clips=1, data_frames=5, **extra_clips))
+    return {s.path.name: s for s in find_sources(folder)}
+
+
+def test_recoloured_clips_show_the_target_as_it_is_or_recoloured_with_its_masks(tmp_path):
     from kfi_core.procedural import ProceduralConfig, make_procedural_clip, with_config
 
-    recipe = micro_recipe(data_clips=1, data_frames=5, data_recolour_clips=16)
-    P.write_dataset(tmp_path, recipe)
-    sources = {s.path.name: s for s in find_sources(tmp_path)}
+    sources = _one_clip_dataset_plus(tmp_path, data_recolour_clips=16)
     assert sorted(sources) == ["clip_000000"] + [f"recolour_{i:06d}" for i in range(16)]
     seen = set()
     for i in range(16):
@@ -641,6 +650,41 @@ def test_recoloured_clips_show_the_target_as_it_is_or_recoloured_with_its_masks(
         seen.add(matches[0])
     assert {p for p, _ in seen} == {"easy", "medium"} and {a for _, a in seen} == {"recoloured", "as it is"}
     assert P.EASY_SEED_BASE < P.RECOLOUR_SEED_BASE < P.TRAIN_SEED_LIMIT < P.EVAL_SEED_BASE
+
+
+def test_removal_clips_are_clean_scenes_with_the_removed_targets_track_as_holes(tmp_path):
+    from kfi_core.data import NO_KEYFRAME, ClipDataset
+    from kfi_core.procedural import ProceduralConfig, make_procedural_clip
+
+    sources = _one_clip_dataset_plus(tmp_path, data_removal_clips=8)
+    assert sorted(sources) == ["clip_000000"] + [f"removal_{i:06d}" for i in range(8)]
+    presets = set()
+    for i in range(8):
+        source = sources[f"removal_{i:06d}"]
+        assert source.hole_folder is not None and source.mask_folder is None  # holes only: no object under them
+        seed = P.REMOVAL_SEED_BASE + i
+        frames, masks = P.training_removal_clip(seed, 5, 64, 64)
+        matches = []
+        for preset in ("easy", "medium"):
+            clip = make_procedural_clip("removal", num_frames=5, height=64, width=64, seed=seed,
+                                        config=ProceduralConfig.preset(preset))
+            if torch.equal(frames, clip.ground_truth) and torch.equal(masks, clip.masks):
+                matches.append(preset)
+                hole = clip.masks.expand_as(clip.frames) > 0.5
+                assert not torch.equal(clip.frames[hole], frames[hole])  # the target is gone from the clip
+        assert len(matches) == 1, matches
+        presets.add(matches[0])
+        # without a keyframe, a sample of this clip has the removed target's track as its hole
+        ds = ClipDataset(source.path, num_frames=5, resolution=(64, 64), crop_scale=(1, 1), keyframe_prob=0.0,
+                         hole_mask_prob=1.0)
+        sample = ds.get(0, 0)
+        assert sample.keyframe_index == NO_KEYFRAME and sample.hole_masks and torch.equal(sample.masks, masks)
+        assert (sample.frames - frames).abs().max() <= 0.5 / 255 + 1e-6  # the clean frames, as PNG rounds them
+    assert presets == {"easy", "medium"}
+    assert P.RECOLOUR_SEED_BASE < P.REMOVAL_SEED_BASE < P.TRAIN_SEED_LIMIT < P.EVAL_SEED_BASE
+    for bad in (P.REMOVAL_SEED_BASE - 1, P.TRAIN_SEED_LIMIT):
+        with pytest.raises(TrainConfigError, match=f"removal training seed {bad}"):
+            P.training_removal_clip(bad, 5, 64, 64)
 
 
 def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):
@@ -676,14 +720,16 @@ def test_tune_rounds_link_the_clips_earlier_data_folders_hold(tmp_path):
     in one folder gives it its own files and leaves the other folder's as they were."""
     from kfi_core.data import find_sources
 
-    recipe = micro_recipe(data_clips=3, data_frames=5, adapter_tune=[{"recolour_clips": 2}, {"recolour_clips": 4}])
+    recipe = micro_recipe(data_clips=3, data_frames=5, adapter_tune=[{"recolour_clips": 2, "removal_clips": 1},
+                                                                     {"recolour_clips": 4, "removal_clips": 2}])
     out = tmp_path / "run"
     P.write_dataset(out / "data", recipe)
     P.tune_dataset(recipe, out, 1)
     (out / "data_tune2").mkdir()
     (out / "data_tune2" / ".clip_000001.tmp").mkdir()  # what an interrupted link leaves
     P.tune_dataset(recipe, out, 2)
-    fresh = P.write_dataset(tmp_path / "fresh", dataclasses.replace(recipe, data_recolour_clips=4))
+    fresh = P.write_dataset(tmp_path / "fresh", dataclasses.replace(recipe, data_recolour_clips=4,
+                                                                    data_removal_clips=2))
 
     def files(root):
         return {p.relative_to(root): p for p in sorted(root.rglob("*")) if p.is_file()}
@@ -696,10 +742,13 @@ def test_tune_rounds_link_the_clips_earlier_data_folders_hold(tmp_path):
     assert got.keys() == want.keys() and all(got[k].read_bytes() == want[k].read_bytes() for k in got)
     assert [s.path.name for s in find_sources(out / "data_tune2")] == [s.path.name for s in find_sources(fresh)]
     homes = {f"clip_{i:06d}": "data" for i in range(3)} | {f"recolour_{i:06d}": "data_tune" for i in range(2)}
+    homes["removal_000000"] = "data_tune"
+    assert {k.parts[0] for k in got} >= {"removal_000000", "removal_000001"}
     for key, path in got.items():
         home = homes.get(key.parts[0])
-        if home is None:  # recolour_000002 and _000003 are round 2's own
-            assert key.parts[0] in ("recolour_000002", "recolour_000003") and path.stat().st_nlink == 1
+        if home is None:  # recolour_000002, _000003 and removal_000001 are round 2's own
+            assert key.parts[0] in ("recolour_000002", "recolour_000003", "removal_000001")
+            assert path.stat().st_nlink == 1
         else:
             assert inode(path) == inode(out / home / key)
     # a clip made again (here: its .done from an older version) gets its own files; the data folder's stay
@@ -707,7 +756,7 @@ def test_tune_rounds_link_the_clips_earlier_data_folders_hold(tmp_path):
     source = {k: (p.read_bytes(), inode(p)) for k, p in files(out / "data" / "clip_000000").items()}
     (clip / ".done").unlink()
     (clip / ".done").write_text("")
-    P.write_dataset(out / "data_tune2", dataclasses.replace(recipe, data_recolour_clips=4))  # no folder to link from
+    P.write_dataset(out / "data_tune2", dataclasses.replace(recipe, data_recolour_clips=4, data_removal_clips=2))
     assert all(inode(p) != inode(out / "data" / "clip_000000" / k) for k, p in files(clip).items())
     assert {k: (p.read_bytes(), inode(p)) for k, p in files(out / "data" / "clip_000000").items()} == source
     assert (out / "data" / "clip_000000" / ".done").read_text() == P._DATA_VERSION
@@ -828,21 +877,26 @@ def test_the_shipped_recipe_is_the_balanced_one_plus_three_adapter_tune_rounds()
     assert not run.exists()
 
 
-def test_the_four_round_recipe_is_the_shipped_one_plus_round_four():
-    """recipe-four-rounds.json (tried 2026-12-06, night; not shipped, README 'A fourth adapter_tune round') is
-    recipe.json with one more round, so it continues a run of the shipped recipe: rounds 1-3 the same configs and
-    folders; round 4 is round 3's changes with seed 8 from round 3's adapter (runs/BI's settings), on 4,800 recoloured
-    clips, and its adapter is the one that recipe's package would ship."""
+@pytest.mark.parametrize("name, changes, clips", [
+    ("recipe-four-rounds.json", {"seed": 8}, (4800, 0)),
+    ("recipe-removal-round.json", {"seed": 8, "keyframe_prob": 0.7, "hole_mask_prob": 1.0}, (3600, 2400)),
+])
+def test_the_fourth_round_recipes_are_the_shipped_one_plus_round_four(name, changes, clips):
+    """recipe-four-rounds.json and recipe-removal-round.json (tried 2026-12-06; not shipped, README 'A fourth
+    adapter_tune round', 'Removal clips in an adapter_tune round') are recipe.json with one more round, so each
+    continues a run of the shipped recipe: rounds 1-3 the same configs and folders; round 4 is round 3's changes plus
+    ``changes`` from round 3's adapter, on ``clips`` (recoloured, removal) clips, and its adapter is the one that
+    recipe's package would ship."""
     shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
-    four = P.load_recipe(ROOT / "configs" / "demo" / "recipe-four-rounds.json")
+    four = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert dataclasses.replace(four, adapter_tune={}) == dataclasses.replace(shipped, adapter_tune={})
     rounds, before = four.tune_rounds(), shipped.tune_rounds()
-    assert [(t.changes, t.recolour_clips, t.data_folder, t.adapter_folder) for t in rounds[:3]] == [
-        (t.changes, t.recolour_clips, t.data_folder, t.adapter_folder) for t in before]
-    assert (rounds[3].recolour_clips, rounds[3].data_folder, rounds[3].adapter_folder) == (
-        4800, "data_tune4", "adapter_tuned4")
+    assert [(t.changes, t.recolour_clips, t.removal_clips, t.data_folder, t.adapter_folder) for t in rounds[:3]] == [
+        (t.changes, t.recolour_clips, 0, t.data_folder, t.adapter_folder) for t in before]
+    assert (rounds[3].recolour_clips, rounds[3].removal_clips, rounds[3].data_folder, rounds[3].adapter_folder) == (
+        *clips, "data_tune4", "adapter_tuned4")
     assert {k: v for k, v in rounds[3].changes.items() if k != "_doc"} == {
-        **{k: v for k, v in before[2].changes.items() if k != "_doc"}, "seed": 8}
+        **{k: v for k, v in before[2].changes.items() if k != "_doc"}, **changes}
     run = ROOT / "nonexistent-run"
     for number in (1, 2, 3):
         tune = before[number - 1]
@@ -853,7 +907,8 @@ def test_the_four_round_recipe_is_the_shipped_one_plus_round_four():
                               tune_from=run / "adapter_tuned3" / "adapter.safetensors", tune_round=4)
     third = P.adapter_config(shipped, run / "backbone", run / "data_tune4", run / "adapter_tuned4",
                              tune_from=run / "adapter_tuned3" / "adapter.safetensors", tune_round=3)
-    assert fourth.seed == 8 and dataclasses.replace(fourth, seed=7) == third
+    assert all(getattr(fourth, key) == value for key, value in changes.items())
+    assert dataclasses.replace(fourth, **{key: getattr(third, key) for key in changes}) == third
     assert P.trained_adapter(four, run) == run / "adapter_tuned4" / "adapter.safetensors"
 
 
@@ -942,6 +997,11 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     ({"adapter_tune": [{"recolour_clips": -2}]}, r"adapter_tune round 1\.recolour_clips: got -2"),
     ({"adapter_tune": [{"recolour_clips": 1.5}]}, r"adapter_tune round 1\.recolour_clips: got 1\.5"),
     ({"adapter_tune": [{"lr": 1e-3}], "adapter_tune_recolour_clips": 3}, "give each round its own recolour_clips"),
+    ({"adapter_tune": [{"removal_clips": -1}]}, r"adapter_tune round 1\.removal_clips: got -1"),
+    ({"adapter_tune": [{}, {"removal_clips": 2.5}]}, r"adapter_tune round 2\.removal_clips: got 2\.5"),
+    ({"adapter_tune": {"lr": 1e-3, "removal_clips": -3}}, r"adapter_tune\.removal_clips: got -3"),
+    ({"adapter_tune": [{"removal_clips": 2}], "data_removal_clips": P.TRAIN_SEED_LIMIT - P.REMOVAL_SEED_BASE - 1},
+     r"removal_clips: got 2; give 0 \.\. 1 "),
     ({"adapter_tune": [{"lr": 1e-3}, 5]}, "adapter_tune round 2: got int"),
     ({"adapter_tune": "fast"}, "adapter_tune: got str"),
 ])

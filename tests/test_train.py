@@ -543,11 +543,24 @@ def test_config_errors(tmp_path):
         config_from_dict({"mixed_precision": "fp8"}).check()
     with pytest.raises(TrainConfigError, match="track_mask_prob"):
         config_from_dict({"track_mask_prob": -0.1}).check()
+    with pytest.raises(TrainConfigError, match="hole_mask_prob: got 1.5"):
+        config_from_dict({"hole_mask_prob": 1.5}).check()
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     with pytest.raises(TrainConfigError, match="cannot parse"):
         load_train_config(bad)
     assert cli.main(["train", "--config", str(tmp_path / "none.json")]) == 2
+
+
+def test_the_training_dataset_gets_the_configs_mask_options(one_clip_data, tmp_path):
+    from types import SimpleNamespace
+
+    from kfi_core.train import _dataset
+
+    config = tiny_config("unused", one_clip_data, tmp_path, keyframe_prob=0.25, track_mask_prob=0.5,
+                         hole_mask_prob=0.75)
+    ds = _dataset(config.check(), SimpleNamespace(num_frames=4), 0)
+    assert (ds.keyframe_prob, ds.track_mask_prob, ds.hole_mask_prob) == (0.25, 0.5, 0.75)
 
 
 def test_cpu_mixed_precision_falls_back_to_fp32_with_warning(tiny_model_dir, one_clip_data, tmp_path, caplog):
