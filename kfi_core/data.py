@@ -203,7 +203,7 @@ def _read_folder_frames(source: VideoSource, indices: Sequence[int]) -> np.ndarr
     return np.stack(arrays)  # [F, H, W, 3] uint8
 
 
-def _read_track_masks(folder: Path, indices: Sequence[int], frame_size: tuple[int, int]) -> np.ndarray:
+def _read_clip_masks(folder: Path, indices: Sequence[int], frame_size: tuple[int, int]) -> np.ndarray:
     """The clip's own masks (``masks/`` or ``holes/`` folder) at ``indices``: [F, H, W] float32, 1 where the image
     is brighter than half."""
     from .video_io import _image_to_array
@@ -408,7 +408,7 @@ class ClipDataset(torch.utils.data.Dataset):
         def own_masks(folder: Path, prob: float, stream: int) -> torch.Tensor | None:
             if folder is None or prob <= 0 or self._rng(epoch, index, stream).uniform() >= prob:
                 return None
-            own = torch.from_numpy(_read_track_masks(folder, indices, tuple(data.shape[1:3])))[:, None]
+            own = torch.from_numpy(_read_clip_masks(folder, indices, tuple(data.shape[1:3])))[:, None]
             own = crop_and_resize_masks(own, box, self.resolution)  # [F, 1, H, W]
             return own if own[others].any() else None
 
