@@ -181,15 +181,11 @@ class DemoRecipe:
         if self.data_clips < 1 or self.data_clips > TRAIN_SEED_LIMIT:
             raise TrainConfigError(f"data_clips: got {self.data_clips}; give 1 .. {TRAIN_SEED_LIMIT} (seeds from "
                                    f"{TRAIN_SEED_LIMIT} are held out for validation and evaluation).")
-        if not 0 <= self.data_easy_clips <= RECOLOUR_SEED_BASE - EASY_SEED_BASE:
-            raise TrainConfigError(f"data_easy_clips: got {self.data_easy_clips}; give 0 .. "
-                                   f"{RECOLOUR_SEED_BASE - EASY_SEED_BASE}.")
-        if not 0 <= self.data_recolour_clips <= REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE:
-            raise TrainConfigError(f"data_recolour_clips: got {self.data_recolour_clips}; give 0 .. "
-                                   f"{REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE}.")
-        if not 0 <= self.data_removal_clips <= TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE:
-            raise TrainConfigError(f"data_removal_clips: got {self.data_removal_clips}; give 0 .. "
-                                   f"{TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE}.")
+        for name, room in (("data_easy_clips", RECOLOUR_SEED_BASE - EASY_SEED_BASE),
+                           ("data_recolour_clips", REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE),
+                           ("data_removal_clips", TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE)):
+            if not 0 <= getattr(self, name) <= room:
+                raise TrainConfigError(f"{name}: got {getattr(self, name)}; give 0 .. {room}.")
         self._check_adapter_tune()
         for name in _PHASE_FIELDS:
             phase = getattr(self, name)
@@ -241,7 +237,7 @@ class DemoRecipe:
             raise TrainConfigError("adapter_tune_recolour_clips: set, but the recipe has no adapter_tune section to "
                                    "train on them; add one (kfi_core.train settings) or set it to 0.")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        room = REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE - self.data_recolour_clips
+        recolour_room = REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE - self.data_recolour_clips
         removal_room = TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE - self.data_removal_clips
         for tune in self.tune_rounds():
             bad = sorted(set(tune.changes) - known)
@@ -249,8 +245,8 @@ class DemoRecipe:
                 raise TrainConfigError(f"{tune.label}: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
                                        "(TrainConfig fields)" + (", recolour_clips" if tune.listed else "")
                                        + " and removal_clips.")
-            if not (isinstance(tune.recolour_clips, int) and 0 <= tune.recolour_clips <= room):
-                raise TrainConfigError(f"{tune.clips_key}: got {tune.recolour_clips!r}; give 0 .. {room} "
+            if not (isinstance(tune.recolour_clips, int) and 0 <= tune.recolour_clips <= recolour_room):
+                raise TrainConfigError(f"{tune.clips_key}: got {tune.recolour_clips!r}; give 0 .. {recolour_room} "
                                        "(the recoloured seeds left after data_recolour_clips).")
             if not (isinstance(tune.removal_clips, int) and 0 <= tune.removal_clips <= removal_room):
                 raise TrainConfigError(f"{tune.label}.removal_clips: got {tune.removal_clips!r}; give 0 .. "
@@ -493,16 +489,12 @@ def write_dataset(out: Path, recipe: DemoRecipe, reuse: tuple[Path, ...] = ()) -
 
     h, w = recipe.resolution
     out.mkdir(parents=True, exist_ok=True)
-    clips = [(f"clip_{i:06d}", lambda i=i: training_clip_with_masks(i, recipe.data_frames, h, w), TRACK_MASK_FOLDER)
-             for i in range(recipe.data_clips)]
-    clips += [(f"easy_{i:06d}", lambda i=i: training_easy_clip(EASY_SEED_BASE + i, recipe.data_frames, h, w),
-               TRACK_MASK_FOLDER) for i in range(recipe.data_easy_clips)]
-    clips += [(f"recolour_{i:06d}",
-               lambda i=i: training_recolour_clip(RECOLOUR_SEED_BASE + i, recipe.data_frames, h, w), TRACK_MASK_FOLDER)
-              for i in range(recipe.data_recolour_clips)]
-    clips += [(f"removal_{i:06d}",
-               lambda i=i: training_removal_clip(REMOVAL_SEED_BASE + i, recipe.data_frames, h, w), HOLE_MASK_FOLDER)
-              for i in range(recipe.data_removal_clips)]
+    kinds = [("clip", training_clip_with_masks, 0, recipe.data_clips, TRACK_MASK_FOLDER),
+             ("easy", training_easy_clip, EASY_SEED_BASE, recipe.data_easy_clips, TRACK_MASK_FOLDER),
+             ("recolour", training_recolour_clip, RECOLOUR_SEED_BASE, recipe.data_recolour_clips, TRACK_MASK_FOLDER),
+             ("removal", training_removal_clip, REMOVAL_SEED_BASE, recipe.data_removal_clips, HOLE_MASK_FOLDER)]
+    clips = [(f"{prefix}_{i:06d}", lambda make=make, seed=base + i: make(seed, recipe.data_frames, h, w), folder)
+             for prefix, make, base, count, folder in kinds for i in range(count)]
     linked = 0
     for name, make, mask_folder in clips:
         folder = out / name
