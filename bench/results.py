@@ -1,11 +1,11 @@
 """Benchmark every method on held-out procedural clips (and real footage) and write docs/RESULTS.md.
 
-    .venv/bin/python bench/results.py [--model M] [--adapter A] [--clips N] [--frames F]
+    .venv/bin/python bench/results.py [--model M] [--adapter A] [--removal-adapter R] [--clips N] [--frames F]
         [--size HxW] [--steps S] [--tasks removal,edit] [--edit-patterns recolour,checker]
         [--out docs/RESULTS.md]
 
 Without ``--model`` the bundled demo model (kfi_core/assets/demo_model, trained by ``python -m kfi_core
-train-demo``) and its adapter are used; ``--tiny`` builds the untrained tiny random model instead, whose rows
+train-demo``) and its two adapters are used (edit and removal); ``--tiny`` builds the untrained tiny random model instead, whose rows
 are placeholders that only show the pipeline runs end to end.
 
 Tasks
@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None,
                    help="diffusers folder or .safetensors of the base model (default: the bundled demo model and its adapter)")
     p.add_argument("--adapter", default=None, help="KFI adapter .safetensors: adds the KFI rows")
+    p.add_argument("--removal-adapter", default=None,
+                   help="a second KFI adapter, tuned on removal: adds the 'KFI removal adapter' rows to the removal "
+                        "tables, and the removal verdicts judge those")
     p.add_argument("--tiny", action="store_true", help="use the untrained tiny random model (placeholder rows)")
     p.add_argument("--clips", type=int, default=3, help="clips per task (default 3)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
@@ -127,6 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.verdict_clips and args.verdict_clips <= args.clips:
         p.error(f"--verdict-clips: got {args.verdict_clips} with --clips {args.clips}; give 0 (the tables' clips) or "
                 "more clips than --clips")
+    if args.removal_adapter and not args.adapter and args.model is not None:
+        p.error("--removal-adapter: given without --adapter; the removal rows stand beside the KFI adapter's, so give "
+                "both (or neither, for the bundled demo model's two)")
     if not 0 <= args.keyframe_index < args.frames:
         p.error(f"--keyframe-index must be in 0..{args.frames - 1}")
     if args.texture_period is not None and not args.texture_period >= 2.0:  # not >=: NaN fails too
@@ -209,10 +215,12 @@ def sampling_settings(args):
 
 
 CM = " + colour match"  # label suffix of the rows post-processed by kfi_core.color_match
+REMOVAL_KFI = "KFI removal adapter"  # the label of the --removal-adapter rows
 
 
-def methods_for(task: str, model, adapter_model, args) -> list[tuple[str, callable]]:
-    """[(label, fn(clip) -> frames)] for one task. The '+ colour match' rows reuse their model row's sample (the
+def methods_for(task: str, model, adapter_model, args, removal_model=None) -> list[tuple[str, callable]]:
+    """[(label, fn(clip) -> frames)] for one task; ``removal_model`` (the model with a removal adapter) adds the
+    'KFI removal adapter' rows to a removal task. The '+ colour match' rows reuse their model row's sample (the
     colour matching is a post-process of the composite), so their s/clip is the post-process alone; in mode
     ``keyframe`` a keyframe row samples again through ``inpaint``'s own composite (the same sample), which alone sees the
     decoded keyframe the fit needs."""
@@ -253,9 +261,10 @@ def methods_for(task: str, model, adapter_model, args) -> list[tuple[str, callab
     for suffix, mode in variants:
         rows.append((f"training-free, no keyframe{suffix}", kfi(model, False, mode)))
         rows.append((f"training-free, keyframe{suffix}", kfi(model, True, mode)))
-        if adapter_model is not None:
-            rows.append((f"KFI adapter, no keyframe{suffix}", kfi(adapter_model, False, mode)))
-            rows.append((f"KFI adapter, keyframe{suffix}", kfi(adapter_model, True, mode)))
+        for label, m in (("KFI adapter", adapter_model), (REMOVAL_KFI, removal_model if task != "edit" else None)):
+            if m is not None:
+                rows.append((f"{label}, no keyframe{suffix}", kfi(m, False, mode)))
+                rows.append((f"{label}, keyframe{suffix}", kfi(m, True, mode)))
     for suffix, mode in variants:
         rows.append((f"VAE ceiling (reference){suffix}",
                      lambda c, mode=mode: B.vae_ceiling(model.vae, c["ground_truth"], c["masks"], frames=c["frames"],
@@ -395,8 +404,10 @@ GAP_NOTES = {
     "mean fill": "each frame's mean known colour is right on average wherever the hole's surroundings are one colour; "
                  "the model loses to it while its fill has the wrong colour or texture. Its VAE keeps part of the "
                  "colour (the chroma gain column of its ceiling row), its fill less (the KFI rows), and colour matching "
-                 "(the '+ colour match' rows) restores only what an affine map of the fill can. More backbone and "
-                 "adapter training, and a VAE with more latent detail, would close it",
+                 "(the '+ colour match' rows) restores only what an affine map of the fill can. Training on removal "
+                 "holes closed part of it (the removal adapter, README 'Two adapters: edit and removal'), by less "
+                 "with each round; more backbone and adapter training, and a VAE with more latent detail, would "
+                 "close it",
     "training-free": "the same backbone without the adapter, re-imposing the known latents at every step: they are "
                      "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
                      "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
@@ -493,22 +504,23 @@ def _colour_line(edit, what: str) -> list[str]:
             "lets it through (README, 'Demo model')."]
 
 
-def _removal_lines(removal, suffix: str, losses: dict[str, None]) -> list[str]:
-    """The removal verdict of one variant; the baselines KFI loses to are added to ``losses`` (their notes follow
-    once, after every variant)."""
-    kfi = _row(removal, f"KFI adapter, no keyframe{suffix}")
+def _removal_lines(removal, suffix: str, losses: dict[str, None], kfi_label: str = "KFI adapter") -> list[str]:
+    """The removal verdict of one variant, of the ``kfi_label`` rows; the baselines KFI loses to are added to
+    ``losses`` (their notes follow once, after every variant)."""
+    kfi = _row(removal, f"{kfi_label}, no keyframe{suffix}")
     mean, ceiling = _row(removal, "mean fill (per frame)"), _row(removal, f"VAE ceiling (reference){suffix}")
-    lines = [f"- **Removal, {_variant_title(suffix)}** (no keyframe): KFI {kfi['psnr_mask']:.2f} dB in the mask; "
+    who = "KFI" if kfi_label == "KFI adapter" else f"KFI ({kfi_label[len('KFI '):]})"
+    lines = [f"- **Removal, {_variant_title(suffix)}** (no keyframe): {who} {kfi['psnr_mask']:.2f} dB in the mask; "
              f"mean-colour fill {mean['psnr_mask']:.2f} dB ({_compare(kfi, mean)}); the VAE's own reconstruction of "
              f"the ground truth (ceiling{suffix}) {ceiling['psnr_mask']:.2f} dB."]
-    for own in (f"KFI adapter, no keyframe{suffix}", f"KFI adapter, keyframe{suffix}"):
+    for own in (f"{kfi_label}, no keyframe{suffix}", f"{kfi_label}, keyframe{suffix}"):
         mine = _row(removal, own)
         # baselines: the pixel methods, and the training-free rows of the same variant
         better = [(name, means) for name, means, _ in removal
                   if not name.startswith(("KFI", "VAE ceiling"))
                   and (not name.startswith("training-free") or name.endswith(CM) == bool(suffix))
                   and means["psnr_mask"] > mine["psnr_mask"]]
-        which = own[len("KFI adapter, "):]
+        which = own[len(kfi_label) + 2:]
         if better:
             lines.append(f"  - **{which}: KFI ({mine['psnr_mask']:.2f} dB) still loses to** "
                          + "; ".join(f"{name} {means['psnr_mask']:.2f} dB" for name, means in better) + ".")
@@ -543,8 +555,9 @@ def summary(results: dict[str, list], difficulty: str) -> str:
         lines += _room_line(edit, what) + _colour_line(edit, what)
     if removal and _row(removal, "KFI adapter, no keyframe"):
         losses: dict[str, None] = {}  # ordered set of the baselines KFI loses to in any variant
+        judged = REMOVAL_KFI if _row(removal, f"{REMOVAL_KFI}, no keyframe") else "KFI adapter"
         for suffix in _variants(removal):
-            lines += _removal_lines(removal, suffix, losses)
+            lines += _removal_lines(removal, suffix, losses, judged)
         if losses:
             lines.append("- **Why KFI loses to those, and what would close each gap:**")
             lines += [f"  - {key}: {GAP_NOTES.get(key, 'no note yet')}." for key in losses]
@@ -580,12 +593,13 @@ def main(argv=None) -> int:
     # 1. Models
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None and not args.tiny:
-            from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR, demo_model_available
+            from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, demo_model_available
 
             if not demo_model_available():
                 raise SystemExit(f"the bundled demo model is missing from {DEMO_MODEL_DIR}; train it (python -m "
                                  "kfi_core train-demo) or pass --tiny for the untrained placeholder rows")
             args.model, args.adapter = str(DEMO_MODEL_DIR.relative_to(ROOT)), str(DEMO_ADAPTER.relative_to(ROOT))
+            args.removal_adapter = str(DEMO_REMOVAL_ADAPTER.relative_to(ROOT))
         if args.model is None:
             from kfi_core.tiny import build_tiny_pipeline_folder
 
@@ -597,8 +611,12 @@ def main(argv=None) -> int:
             model_label = f"`{args.model}`"
         model = load_kfi_model(model_path)
         adapter_model = load_kfi_model(model_path, adapter=args.adapter) if args.adapter else None
+        removal_model = load_kfi_model(model_path, adapter=args.removal_adapter) if args.removal_adapter else None
     if args.adapter:
         model_label += f" with adapter `{args.adapter}`"
+    if args.removal_adapter:
+        model_label += (f" and removal adapter `{args.removal_adapter}` (the '{REMOVAL_KFI}' rows of the removal "
+                        "tables; the removal verdicts judge them)")
 
     # 2. Tasks
     sections = []
@@ -607,7 +625,7 @@ def main(argv=None) -> int:
     for difficulty in args.difficulties:
         for key, task, pattern, title, note in procedural_sections(args):
             clips = procedural_clips(task, difficulty, args, pattern)
-            methods = methods_for(task, model, adapter_model, args)
+            methods = methods_for(task, model, adapter_model, args, removal_model)
             text, results.setdefault(difficulty, {})[key] = run_task(
                 task, clips, methods, image_dir, out.parent, image_name=f"{key.replace('/', '-')}-{difficulty}")
             if task == "edit" and args.verdict_clips and adapter_model is not None:
@@ -623,7 +641,8 @@ def main(argv=None) -> int:
             sections.append("## Real footage with synthetic masks\n\nscikit-video's bundled sample videos (from frame "
                             f"{REAL_SKIP}, every 2nd frame, centre crop, area resize), masks from kfi_core.masks.sample_masks; the hole is "
                             f"blanked to grey. Clips: {names}. Keyframe methods get the true frame at the keyframe.\n\n"
-                            + run_task("real", clips, methods_for("removal", model, adapter_model, args), image_dir,
+                            + run_task("real", clips, methods_for("removal", model, adapter_model, args,
+                                                                  removal_model), image_dir,
                                        out.parent)[0])
         else:
             sections.append(f"## Real footage with synthetic masks\n\nNot run: this section {reason}.\n")

@@ -185,7 +185,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .jobs import inpaint_files
     from .loading import load_kfi_model
     from .metrics import psnr
-    from .sample import DEMO_ADAPTER, DEMO_MODEL_DIR, SAMPLE_DIR, demo_model_available
+    from .sample import DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, SAMPLE_DIR, demo_model_available
     from .video_io import read_frames, read_masks
 
     out = Path(args.out)
@@ -196,12 +196,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not (model_dir / "model_index.json").is_file():
             build_tiny_pipeline_folder(model_dir)
         model = load_kfi_model(model_dir)
-    elif demo_model_available():
-        model = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_ADAPTER)
+        what = f"tiny random-weight model in {model_dir} (untrained)"
+    elif demo_model_available():  # the sample clip is a removal (no keyframe): the adapter tuned on removal
+        model = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_REMOVAL_ADAPTER)
+        what = f"demo model {DEMO_MODEL_DIR} with its removal adapter ({DEMO_REMOVAL_ADAPTER.name})"
     else:
         raise ModelFileError(
-            f"demo: the trained demo model is missing from {DEMO_MODEL_DIR} (it needs model_index.json and "
-            f"{DEMO_ADAPTER.name}; a partial checkout or an install that left out package data?). Restore the folder "
+            f"demo: the trained demo model is missing from {DEMO_MODEL_DIR} (it needs model_index.json and both "
+            "adapters; a partial checkout or an install that left out package data?). Restore the folder "
             "(git checkout -- kfi_core/assets/demo_model, or reinstall the pack), or run `demo --tiny` to see the "
             "pipeline on a tiny random-weight model.")
     bar = _StepBar("demo")
@@ -213,6 +215,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         bar.close()
     truth, _ = read_frames(SAMPLE_DIR / "ground_truth")
     masks = read_masks(SAMPLE_DIR / "masks")
+    print(f"model:   {what}")
     print(f"video:   {result.output}")
     print(f"preview: {result.preview}  (left: input with the mask in red, right: result)")
     print(f"PSNR inside the mask against the bundled ground truth: {psnr(result.frames, truth, masks):.2f} dB")
@@ -475,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inpaint)
 
     p = sub.add_parser("demo", help="inpaint the bundled sample clip with the embedded default model",
-                       description="The main job on the embedded default: writes OUT/result.mp4 and OUT/preview.png. "
+                       description="The main job on the embedded default: removes the ball from the bundled sample "
+                                   "clip with the demo model and its removal adapter (adapter-removal.safetensors); "
+                                   "writes OUT/result.mp4 and OUT/preview.png. "
                                    "Colour matching defaults to affine here (the small demo VAE's colours drift) and "
                                    "guidance to 1.0 on every frame (the demo model fills better without classifier-"
                                    "free guidance; README, 'Sampler settings for the demo model').")

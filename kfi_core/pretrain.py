@@ -79,6 +79,8 @@ RECOLOUR_SEED_BASE = EASY_SEED_BASE + (TRAIN_SEED_LIMIT - EASY_SEED_BASE) // 2
 REMOVAL_SEED_BASE = RECOLOUR_SEED_BASE + (TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE) // 2
 CHECKPOINT_PREFIX = "step_"
 MAX_PACKAGE_MB = 30.0
+PACKAGE_ADAPTER = "adapter.safetensors"  # the packaged model's default adapter (kfi_core.sample.DEMO_ADAPTER)
+_ROUND_KEYS = ("removal_clips", "package_as")  # an adapter_tune round's keys that are not TrainConfig fields
 _DATA_STREAM, _VAE_STREAM, _BACKBONE_STREAM, _DECODER_STREAM, _TUNE_STREAM = 11, 12, 13, 14, 15
 _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _DECODER_TUNE_STREAM, _REMOVAL_DATA_STREAM = 16, 17, 18, 19
 _PHASE_FIELDS = ("vae", "decoder", "backbone", "tune", "decoder_tune")  # the DemoRecipe fields that are PhaseConfigs
@@ -162,7 +164,8 @@ class DemoRecipe:
     # the finished adapter fine-tuned further (empty = skip): TrainConfig fields that change the adapter phase's
     # settings (model/data/out/from_adapter are set here), trained on the data clips plus adapter_tune_recolour_clips
     # recoloured ones; or a list of such sections, rounds that each start from the one before, each giving its own
-    # ``recolour_clips`` (:meth:`tune_rounds`, :func:`tune_dataset`, :func:`adapter_config` with ``tune_round``)
+    # ``recolour_clips`` (:meth:`tune_rounds`, :func:`tune_dataset`, :func:`adapter_config` with ``tune_round``);
+    # a round's ``package_as`` names the file the package ships its adapter as (:func:`trained_adapters`)
     adapter_tune: dict | list = field(default_factory=dict)
     adapter_tune_recolour_clips: int = 0  # the single-section form's recoloured clips
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
@@ -244,13 +247,32 @@ class DemoRecipe:
             if bad:
                 raise TrainConfigError(f"{tune.label}: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
                                        "(TrainConfig fields)" + (", recolour_clips" if tune.listed else "")
-                                       + " and removal_clips.")
+                                       + ", removal_clips and package_as.")
             if not (isinstance(tune.recolour_clips, int) and 0 <= tune.recolour_clips <= recolour_room):
                 raise TrainConfigError(f"{tune.clips_key}: got {tune.recolour_clips!r}; give 0 .. {recolour_room} "
                                        "(the recoloured seeds left after data_recolour_clips).")
             if not (isinstance(tune.removal_clips, int) and 0 <= tune.removal_clips <= removal_room):
                 raise TrainConfigError(f"{tune.label}.removal_clips: got {tune.removal_clips!r}; give 0 .. "
                                        f"{removal_room} (the removal seeds left after data_removal_clips).")
+        self._check_package_as()
+
+    def _check_package_as(self) -> None:
+        named = [tune for tune in self.tune_rounds() if tune.package_as is not None]
+        for tune in named:
+            name = tune.package_as
+            if not (isinstance(name, str) and name.endswith(".safetensors") and name == Path(name).name
+                    and not name.startswith(".")):
+                raise TrainConfigError(f"{tune.label}.package_as: got {name!r}; give a file name ending in "
+                                       ".safetensors, no folder (e.g. adapter-removal.safetensors).")
+        names = [tune.package_as for tune in named]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise TrainConfigError(f"adapter_tune: package_as {', '.join(twice)} is given to more than one round; "
+                                   "give each shipped adapter its own file name.")
+        if named and PACKAGE_ADAPTER not in names:
+            raise TrainConfigError(f"adapter_tune: rounds name the adapters the package ships (package_as) but none "
+                                   f"is {PACKAGE_ADAPTER}, the model's default adapter; set package_as "
+                                   f"\"{PACKAGE_ADAPTER}\" on the round that should be it.")
 
     def tune_rounds(self) -> list["TuneRound"]:
         """The adapter_tune phase's rounds, in order (none where the recipe has no adapter_tune section)."""
@@ -258,10 +280,13 @@ class DemoRecipe:
             return {k: v for k, v in section.items() if k not in clip_keys}
 
         if isinstance(self.adapter_tune, dict):  # its recoloured clips are adapter_tune_recolour_clips
-            return [TuneRound(1, changes(self.adapter_tune, ("removal_clips",)), self.adapter_tune_recolour_clips,
-                              removal_clips=self.adapter_tune.get("removal_clips", 0))] if self.adapter_tune else []
-        return [TuneRound(i, changes(section, ("recolour_clips", "removal_clips")), section.get("recolour_clips", 0),
-                          listed=True, removal_clips=section.get("removal_clips", 0))
+            section = self.adapter_tune
+            return [TuneRound(1, changes(section, _ROUND_KEYS), self.adapter_tune_recolour_clips,
+                              removal_clips=section.get("removal_clips", 0),
+                              package_as=section.get("package_as"))] if section else []
+        return [TuneRound(i, changes(section, ("recolour_clips",) + _ROUND_KEYS), section.get("recolour_clips", 0),
+                          listed=True, removal_clips=section.get("removal_clips", 0),
+                          package_as=section.get("package_as"))
                 for i, section in enumerate(self.adapter_tune, start=1)]
 
     def tune_round(self, number: int) -> "TuneRound":
@@ -283,6 +308,9 @@ class TuneRound:
     recolour_clips: int
     listed: bool = False  # from the list form (errors name the round)
     removal_clips: int = 0  # the section's own key in either form
+    # the file name under which the package ships this round's adapter (None: not shipped, unless no round of the
+    # recipe names one, when the last round ships as adapter.safetensors): see :func:`trained_adapters`
+    package_as: str | None = None
 
     @property
     def label(self) -> str:
@@ -1116,10 +1144,42 @@ def tune_dataset(recipe: DemoRecipe, out: Path, tune_round: int = 1) -> Path:
     return write_dataset(out / tune.data_folder, extra, reuse=earlier)
 
 
-def trained_adapter(recipe: DemoRecipe, out: Path) -> Path:
-    """The adapter file the package ships: the adapter_tune phase's last round's where the recipe has one."""
+_RUN_PATHS = ("model", "data", "out", "from_adapter", "resume")  # TrainConfig fields that train-demo sets per run
+
+
+def check_finished_round(recipe: DemoRecipe, out: Path, tune: "TuneRound", backbone: Path, start: Path) -> None:
+    """Refuse a finished round whose saved settings (``train_config.json``) are not the ones ``recipe`` gives that
+    round: another recipe's round of the same number trained in ``out`` (e.g. recipe-four-rounds.json's round 4 in a
+    run of recipe.json), which train-demo would otherwise skip and ship as this one. Paths are not compared (a run
+    folder may be moved)."""
+    saved_path = out / tune.adapter_folder / "train_config.json"
+    if not saved_path.is_file():
+        return
+    from .train import TrainConfig
+
+    # a setting added to TrainConfig after the round was trained is missing from its file: it ran with the default
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    saved = {**json.loads(json.dumps(defaults, default=str)), **json.loads(saved_path.read_text())}
+    want = json.loads(json.dumps(adapter_config(recipe, backbone, out / tune.data_folder, out / tune.adapter_folder,
+                                                tune_from=start, tune_round=tune.number).to_dict(), default=str))
+    differ = sorted(k for k in want if k not in _RUN_PATHS and saved.get(k) != want[k])
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)!r} (the recipe: {want[k]!r})" for k in differ[:4])
+        raise TrainConfigError(f"{tune.label}: {out / tune.adapter_folder} was trained with other settings: {shown}"
+                               f"{' ...' if len(differ) > 4 else ''}. It is another recipe's round {tune.number}; "
+                               "move that folder (and its data folder) aside, or give this recipe another --out.")
+
+
+def trained_adapters(recipe: DemoRecipe, out: Path) -> dict[str, Path]:
+    """The adapter files the package ships, by the name each gets there: the rounds' that set ``package_as``, or,
+    where none does, the adapter_tune phase's last round's (the adapter phase's without rounds) as
+    :data:`PACKAGE_ADAPTER`."""
     rounds = recipe.tune_rounds()
-    return out / (rounds[-1].adapter_folder if rounds else _ADAPTER_FOLDER) / "adapter.safetensors"
+    named = {tune.package_as: out / tune.adapter_folder / "adapter.safetensors"
+             for tune in rounds if tune.package_as is not None}
+    if named:
+        return named
+    return {PACKAGE_ADAPTER: out / (rounds[-1].adapter_folder if rounds else _ADAPTER_FOLDER) / "adapter.safetensors"}
 
 
 def check_adapter_backbone(adapter_out: Path, backbone: Path) -> None:
@@ -1153,9 +1213,10 @@ def check_same_encoder(vae_folder: Path, backbone: Path,
                                f"{fix}.")
 
 
-def package(backbone: Path, adapter: Path, dest: Path, vae: Path | None = None) -> Path:
-    """Copy the backbone folder and the adapter into ``dest`` (with ``vae``'s folder as its VAE where given: the
-    decoder_tune phase's, checked to share the backbone's encoder); refuse above :data:`MAX_PACKAGE_MB`."""
+def package(backbone: Path, adapters: dict[str, Path], dest: Path, vae: Path | None = None) -> Path:
+    """Copy the backbone folder and the adapters (file name in ``dest`` -> adapter file) into ``dest`` (with ``vae``'s
+    folder as its VAE where given: the decoder_tune phase's, checked to share the backbone's encoder); refuse above
+    :data:`MAX_PACKAGE_MB`."""
     if vae is not None:
         check_same_encoder(vae, backbone)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -1164,7 +1225,8 @@ def package(backbone: Path, adapter: Path, dest: Path, vae: Path | None = None) 
     if vae is not None:
         shutil.rmtree(tmp / "vae")
         shutil.copytree(vae, tmp / "vae")
-    shutil.copy2(adapter, tmp / "adapter.safetensors")
+    for name, adapter in adapters.items():
+        shutil.copy2(adapter, tmp / name)
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 2**20
     if size > MAX_PACKAGE_MB:
         raise TrainConfigError(f"package: {size:.1f} MB is above the {MAX_PACKAGE_MB:.0f} MB the repository ships; "
@@ -1220,9 +1282,11 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
             if train(adapter_config(recipe, backbone, data, adapter_out), deadline=deadline) is None:
                 return None
     previous, previous_name = adapter_out / "adapter.safetensors", "the adapter phase"
-    for tune in rounds if "adapter_tune" in phases else []:
+    for tune in rounds if {"adapter_tune", "package"} & set(phases) else []:
         tuned = out / tune.adapter_folder / "adapter.safetensors"
-        if not tuned.is_file():
+        if tuned.is_file():
+            check_finished_round(recipe, out, tune, backbone, previous)
+        elif "adapter_tune" in phases:
             if not previous.is_file():
                 raise TrainConfigError(f"{tune.label}: {previous} is not finished; run {previous_name} first.")
             config = adapter_config(recipe, backbone, tune_dataset(recipe, out, tune.number), tuned.parent,
@@ -1242,11 +1306,12 @@ def train_demo(recipe: DemoRecipe, out: str | os.PathLike, *, max_minutes: float
                 raise TrainConfigError(f"package: the recipe tunes the decoder but {tuned_vae} is not finished; "
                                        "run the decoder_tune phase first.")
     if "package" in phases:
-        adapter = trained_adapter(recipe, out)
-        if not adapter.is_file():
-            raise TrainConfigError(f"package: {adapter} is not finished; run the "
-                                   f"{'adapter_tune' if rounds else 'adapter'} phase first.")
-        return package(backbone, adapter, out / "demo_model", vae=tuned_vae)
+        adapters = trained_adapters(recipe, out)
+        for adapter in adapters.values():
+            if not adapter.is_file():
+                raise TrainConfigError(f"package: {adapter} is not finished; run the "
+                                       f"{'adapter_tune' if rounds else 'adapter'} phase first.")
+        return package(backbone, adapters, out / "demo_model", vae=tuned_vae)
     return out
 
 

@@ -14,9 +14,13 @@ import torch
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample"
 # The trained demo model (``python -m kfi_core train-demo``, configs/demo/recipe.json): a diffusers
-# folder plus the KFI adapter, the embedded default of ``demo`` and ``bench/results.py``.
+# folder plus two KFI adapters of the same backbone, the embedded default of ``demo`` and ``bench/results.py``:
+# DEMO_ADAPTER, tuned on keyframe edits (carrying an edit through the clip), and DEMO_REMOVAL_ADAPTER, tuned further
+# on removal (holes over clean backgrounds, most samples without a keyframe). At the demo model's size one adapter
+# trades one task against the other (README, 'Two adapters: edit and removal').
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo_model"
 DEMO_ADAPTER = DEMO_MODEL_DIR / "adapter.safetensors"
+DEMO_REMOVAL_ADAPTER = DEMO_MODEL_DIR / "adapter-removal.safetensors"
 # Sampling defaults of ``demo`` (and the model rows of bench/results.py) for the demo model, measured on the 6
 # held-out clips of docs/RESULTS.md (README, 'Sampler settings for the demo model'): affine colour matching, since
 # its small VAE drifts in colour, and guidance 1.0 on every frame instead of SVD's 1 -> 3, since classifier-free
@@ -26,7 +30,7 @@ DEMO_SAMPLING = {"color_match": "affine", "min_guidance": 1.0, "max_guidance": 1
 
 
 def demo_model_available() -> bool:
-    return (DEMO_MODEL_DIR / "model_index.json").is_file() and DEMO_ADAPTER.is_file()
+    return (DEMO_MODEL_DIR / "model_index.json").is_file() and DEMO_ADAPTER.is_file() and DEMO_REMOVAL_ADAPTER.is_file()
 
 
 def make_sample_clip(num_frames: int = 8, height: int = 64, width: int = 64) -> dict[str, torch.Tensor]:

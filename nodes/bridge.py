@@ -41,7 +41,8 @@ NONE = "none"
 # The demo model shipped inside the pack (kfi_core/assets/demo_model): a 64x64, 8-frame toy trained on
 # procedural clips. It lets every workflow run on a CPU without downloading weights; not for real footage.
 BUNDLED_MODEL = "bundled/kfi-demo-64px"
-BUNDLED_ADAPTER = "bundled/kfi-demo-64px.safetensors"
+BUNDLED_ADAPTER = "bundled/kfi-demo-64px.safetensors"  # tuned on keyframe edits
+BUNDLED_REMOVAL_ADAPTER = "bundled/kfi-demo-64px-removal.safetensors"  # tuned on removal
 _CHECKPOINT_PREFIX = "checkpoints/"
 _DIFFUSERS_PREFIX = "diffusers/"
 
@@ -81,7 +82,7 @@ def list_adapters() -> list[str]:
     names += [f"loras/{n}" for n in folder_paths.get_filename_list("loras") if n.lower().endswith(".safetensors")]
     from kfi_core.sample import demo_model_available
 
-    return [NONE] + names + ([BUNDLED_ADAPTER] if demo_model_available() else [])
+    return [NONE] + names + ([BUNDLED_ADAPTER, BUNDLED_REMOVAL_ADAPTER] if demo_model_available() else [])
 
 
 def resolve_base_model(name: str) -> str:
@@ -113,10 +114,11 @@ def resolve_adapter(name: str) -> str | None:
 
     if name == NONE:
         return None
-    from kfi_core.sample import DEMO_ADAPTER, demo_model_available
+    from kfi_core.sample import DEMO_ADAPTER, DEMO_REMOVAL_ADAPTER, demo_model_available
 
-    if name == BUNDLED_ADAPTER and demo_model_available():
-        return str(DEMO_ADAPTER)
+    bundled = {BUNDLED_ADAPTER: DEMO_ADAPTER, BUNDLED_REMOVAL_ADAPTER: DEMO_REMOVAL_ADAPTER}
+    if name in bundled and demo_model_available():
+        return str(bundled[name])
     folder, _, rel = name.partition("/")
     if folder in (ADAPTER_FOLDER, "loras") and rel in folder_paths.get_filename_list(folder):
         return folder_paths.get_full_path_or_raise(folder, rel)

@@ -21,13 +21,15 @@ class LoadKFInpaintModel(io.ComfyNode):
                 "Load Stable Video Diffusion img2vid (svd 14 frames or svd-xt 25 frames) from models/checkpoints "
                 "(single .safetensors file) or models/diffusers (folder), plus a KFI adapter from "
                 "models/kfi_adapters or models/loras. With no adapter KFI runs its training-free mode "
-                "(lower quality)."
+                "(lower quality). The bundled 64 px demo model has two adapters: kfi-demo-64px for carrying a "
+                "keyframe edit, kfi-demo-64px-removal for removing objects."
             ),
             inputs=[
                 io.Combo.Input("model", options=bridge.list_base_models(),
                                tooltip="Base model: checkpoints/... single files or diffusers/... folders."),
                 io.Combo.Input("adapter", options=bridge.list_adapters(), default=bridge.NONE,
-                               tooltip="KFI adapter (LoRA + 12-channel input conv); 'none' = training-free mode."),
+                               tooltip="KFI adapter (LoRA + 12-channel input conv); 'none' = training-free mode. "
+                                       "bundled/...-removal is the demo model's adapter tuned on removal."),
                 io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
                                tooltip="UNet precision. auto: bf16 or fp16 on GPU, fp32 on CPU. The VAE stays fp32."),
                 io.Boolean.Input("merge_lora", default=True, optional=True,

@@ -167,6 +167,8 @@ def test_results_script_smoke(tmp_path):
 
 
 def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
+    import re
+
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "--clips", "1", "--steps", "2",
                            "--no-real", "--difficulty", "easy", "--out", str(out)], capture_output=True, text=True,
@@ -176,6 +178,10 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     assert "kfi_core/assets/demo_model" in text and "UNTRAINED" not in text
     for row in ("KFI adapter, keyframe", "KFI adapter, no keyframe", "training-free, no keyframe"):
         assert text.count(f"| {row} |") == 3, row  # in every task: removal, recolour, texture swap
+    assert "removal adapter `kfi_core/assets/demo_model/adapter-removal.safetensors`" in text
+    removal_table = text.split("## Object removal (procedural, easy)")[1].split("\n## ")[0]
+    for row in ("KFI removal adapter, keyframe", "KFI removal adapter, no keyframe + colour match"):
+        assert text.count(f"| {row} |") == 1 and f"| {row} |" in removal_table, row  # the removal table's alone
     for row in ("KFI adapter, keyframe + colour match", "training-free, keyframe + colour match",
                 "VAE ceiling (reference) + colour match"):
         assert text.count(f"| {row} |") == 3, row  # the colour-matched variants (--color-match affine by default)
@@ -183,6 +189,10 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     assert "Edit propagation (recolour)" in summary and "Edit propagation (texture swap)" in summary
     assert "against KFI without the keyframe" in summary
     assert "mean-colour fill" in summary and "ceiling" in summary
+    # the removal verdict judges the removal adapter's rows, with their own numbers
+    verdict = next(x for x in summary.splitlines() if x.startswith("- **Removal, raw model output**"))
+    removal_nokf = re.search(r"\| KFI removal adapter, no keyframe \| [^|]+\| ([0-9.]+) \|", text).group(1)
+    assert f"KFI (removal adapter) {removal_nokf} dB in the mask" in verdict
     assert "raw model output" in summary and "with colour matching" in summary
     assert "| chroma gain mask | s/clip |" in text
     assert "Colour through the VAE" in summary  # the measured chroma gain of the ceiling beside KFI's
@@ -220,6 +230,11 @@ def test_results_script_task_and_pattern_choices(capsys):
         with pytest.raises(SystemExit):
             parse_args([flag, value])
         assert f"{name}: got {value!r}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # removal rows stand beside the KFI adapter's rows: both or neither
+        parse_args(["--model", "m", "--removal-adapter", "r.safetensors"])
+    assert "--removal-adapter: given without --adapter" in capsys.readouterr().err
+    args = parse_args(["--model", "m", "--adapter", "a.safetensors", "--removal-adapter", "r.safetensors"])
+    assert args.removal_adapter == "r.safetensors"
 
 
 def test_results_texture_period_overrides_the_presets(capsys):

@@ -97,6 +97,7 @@ def test_clear_errors(tmp_path, tiny_model_dir):
 def test_demo_writes_video_and_preview(tmp_path):
     proc = run_cli("demo", "--out", tmp_path / "demo", "--steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "with its removal adapter (adapter-removal.safetensors)" in proc.stdout  # the sample clip is a removal
     frames, _ = read_frames(tmp_path / "demo" / "result.mp4")
     assert frames.shape == (8, 3, 64, 64)
     from PIL import Image

@@ -135,6 +135,7 @@ def test_model_dropdowns_list_folders_and_single_files(comfy_server):
     assert adapters[0] == "none" and "kfi_adapters/kfi_tiny.safetensors" in adapters
     # the demo model shipped in the pack is always offered, so workflows run without downloads
     assert "bundled/kfi-demo-64px" in models and "bundled/kfi-demo-64px.safetensors" in adapters
+    assert "bundled/kfi-demo-64px-removal.safetensors" in adapters  # its adapter tuned on removal
 
 
 @pytest.mark.parametrize("model, adapter, channels, rank, frames", [
@@ -142,6 +143,7 @@ def test_model_dropdowns_list_folders_and_single_files(comfy_server):
     ("diffusers/tiny-svd", "kfi_adapters/kfi_tiny.safetensors", 12, 32, 8),
     ("checkpoints/svd_tiny_xt.safetensors", "none", 8, None, 8),  # kfi metadata wins over the name
     ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px.safetensors", 12, 32, 8),
+    ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px-removal.safetensors", 12, 32, 8),
 ])
 def test_load_model_and_show_info_through_prompt(comfy_server, model, adapter, channels, rank, frames):
     prompt = {

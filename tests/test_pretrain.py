@@ -33,7 +33,7 @@ def micro_recipe(**changes) -> P.DemoRecipe:
 
 
 @pytest.mark.parametrize("name", ["recipe.json", "recipe-tuned.json", "recipe-four-rounds.json",
-                                  "recipe-removal-round.json", "recipe-balanced.json",
+                                  "recipe-balanced.json",
                                   "recipe-stock.json", "recipe-track-masks.json",
                                   "recipe-chroma.json", "recipe-temporal.json", "recipe-colour.json",
                                   "recipe-longvae.json", "recipe-black.json", "recipe-easy.json",
@@ -45,8 +45,7 @@ def test_committed_recipes_load(name):
     assert config.rank == 32 and config.total_steps > 0 and config.resume is None
     # the first shipped recipe (stock) draws no track masks; the third try and the shipped recipe draw them for
     # 70 % of keyframe samples
-    colour = name in ("recipe.json", "recipe-tuned.json", "recipe-four-rounds.json", "recipe-removal-round.json",
-                      "recipe-balanced.json",
+    colour = name in ("recipe.json", "recipe-tuned.json", "recipe-four-rounds.json", "recipe-balanced.json",
                       "recipe-colour.json", "recipe-longvae.json", "recipe-black.json",
                       "recipe-easy.json", "recipe-decoder.json", "recipe-annealed.json")
     temporal = colour or name == "recipe-temporal.json"
@@ -837,17 +836,21 @@ def test_the_balanced_recipe_is_the_annealed_one_with_balanced_latents():
     assert P._fingerprint(shipped, "backbone") != P._fingerprint(annealed, "backbone")
 
 
-def test_the_shipped_recipe_is_the_balanced_one_plus_three_adapter_tune_rounds():
-    """recipe.json (shipped 2026-12-06, late) is recipe-balanced.json plus its adapter_tune phase in three rounds: every
-    other phase's checkpoints are shared; each round trains the adapter phase's settings with its own changes from the
-    round before (round 1 from that adapter: runs/BF's settings; rounds 2 and 3: runs/BG's and runs/BH's), on its own
-    data, and the package ships round 3's."""
+def test_the_shipped_recipe_is_the_balanced_one_plus_six_adapter_tune_rounds():
+    """recipe.json (shipped 2026-12-06, late; rounds 4-6 2026-12-07) is recipe-balanced.json plus its adapter_tune
+    phase in six rounds: every other phase's checkpoints are shared; each round trains the adapter phase's settings
+    with its own changes from the round before (round 1 from that adapter: runs/BF's settings; rounds 2 and 3: runs/BG's
+    and runs/BH's; rounds 4-6 on removal clips), on its own data, and the package ships round 3's adapter as the
+    default (edit) adapter and round 6's as the removal adapter."""
     balanced = P.load_recipe(ROOT / "configs" / "demo" / "recipe-balanced.json")
     shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
     assert dataclasses.replace(shipped, adapter_tune={}) == balanced
-    assert [(t.recolour_clips, t.data_folder, t.adapter_folder) for t in shipped.tune_rounds()] == [
-        (1200, "data_tune", "adapter_tuned"), (2400, "data_tune2", "adapter_tuned2"),
-        (3600, "data_tune3", "adapter_tuned3")]
+    assert [(t.recolour_clips, t.removal_clips, t.data_folder, t.adapter_folder, t.package_as)
+            for t in shipped.tune_rounds()] == [
+        (1200, 0, "data_tune", "adapter_tuned", None), (2400, 0, "data_tune2", "adapter_tuned2", None),
+        (3600, 0, "data_tune3", "adapter_tuned3", "adapter.safetensors"),
+        (3600, 2400, "data_tune4", "adapter_tuned4", None), (0, 2400, "data_tune5", "adapter_tuned5", None),
+        (0, 4800, "data_tune6", "adapter_tuned6", "adapter-removal.safetensors")]
     assert shipped.data_recolour_clips == 0 and shipped.adapter_tune_recolour_clips == 0
     for phase in ("vae", "decoder", "backbone"):
         assert P._fingerprint(shipped, phase) == P._fingerprint(balanced, phase)
@@ -855,42 +858,46 @@ def test_the_shipped_recipe_is_the_balanced_one_plus_three_adapter_tune_rounds()
     base = P.adapter_config(shipped, run / "backbone", run / "data", run / "adapter")
     assert base == P.adapter_config(balanced, run / "backbone", run / "data", run / "adapter")
     assert base.from_adapter is None
-    starts = ["adapter", "adapter_tuned", "adapter_tuned2"]
-    expected = [(5, 4000, 0.9), (6, 3000, 1.0), (7, 3000, 1.0)]  # seed, steps, keyframe and track-mask rate
+    starts = ["adapter", "adapter_tuned", "adapter_tuned2", "adapter_tuned3", "adapter_tuned4", "adapter_tuned5"]
+    # seed, steps, keyframe rate, track-mask rate, hole-mask rate
+    expected = [(5, 4000, 0.9, 0.9, 0.0), (6, 3000, 1.0, 1.0, 0.0), (7, 3000, 1.0, 1.0, 0.0), (8, 3000, 0.7, 1.0, 1.0),
+                (9, 3000, 0.5, 1.0, 1.0), (10, 3000, 0.3, 1.0, 1.0)]
     changed = {"stages", "seed", "lr", "lr_warmup_steps", "lr_decay_fraction", "keyframe_prob", "track_mask_prob",
                "from_adapter", "data", "out"}
-    for number, (start, (seed, steps, rate)) in enumerate(zip(starts, expected), start=1):
+    for number, (start, (seed, steps, rate, track, hole)) in enumerate(zip(starts, expected), start=1):
         tune = shipped.tune_rounds()[number - 1]
         tuned = P.adapter_config(shipped, run / "backbone", run / tune.data_folder, run / tune.adapter_folder,
                                  tune_from=run / start / "adapter.safetensors", tune_round=number)
         assert tuned.from_adapter == str(run / start / "adapter.safetensors")
-        assert (tuned.lr, tuned.seed, tuned.total_steps, tuned.keyframe_prob, tuned.track_mask_prob) == (
-            1e-3, seed, steps, rate, rate)
-        assert {k for k, v in dataclasses.asdict(tuned).items() if v != getattr(base, k)} == changed
-    assert P.trained_adapter(shipped, run) == run / "adapter_tuned3" / "adapter.safetensors"
-    assert P.trained_adapter(balanced, run) == run / "adapter" / "adapter.safetensors"
-    with pytest.raises(TrainConfigError, match="round 4 asked for; the recipe has 3"):
-        P.adapter_config(shipped, run / "backbone", run / "d", run / "o", tune_from=run / "a", tune_round=4)
-    for number in (0, 4):  # tune_dataset looks the round up the same way, before writing anything
-        with pytest.raises(TrainConfigError, match=f"round {number} asked for; the recipe has 3"):
+        assert (tuned.lr, tuned.seed, tuned.total_steps, tuned.keyframe_prob, tuned.track_mask_prob,
+                tuned.hole_mask_prob) == (1e-3, seed, steps, rate, track, hole)
+        same = {"keyframe_prob"} if rate == base.keyframe_prob else set()  # round 4's 0.7 is the adapter phase's
+        assert {k for k, v in dataclasses.asdict(tuned).items() if v != getattr(base, k)} == changed - same | (
+            {"hole_mask_prob"} if hole else set())
+    assert P.trained_adapters(shipped, run) == {
+        "adapter.safetensors": run / "adapter_tuned3" / "adapter.safetensors",
+        "adapter-removal.safetensors": run / "adapter_tuned6" / "adapter.safetensors"}
+    assert P.trained_adapters(balanced, run) == {"adapter.safetensors": run / "adapter" / "adapter.safetensors"}
+    with pytest.raises(TrainConfigError, match="round 7 asked for; the recipe has 6"):
+        P.adapter_config(shipped, run / "backbone", run / "d", run / "o", tune_from=run / "a", tune_round=7)
+    for number in (0, 7):  # tune_dataset looks the round up the same way, before writing anything
+        with pytest.raises(TrainConfigError, match=f"round {number} asked for; the recipe has 6"):
             P.tune_dataset(shipped, run, number)
     assert not run.exists()
 
 
 @pytest.mark.parametrize("name, changes, clips", [
     ("recipe-four-rounds.json", {"seed": 8}, (4800, 0)),
-    ("recipe-removal-round.json", {"seed": 8, "keyframe_prob": 0.7, "hole_mask_prob": 1.0}, (3600, 2400)),
 ])
 def test_the_fourth_round_recipes_are_the_shipped_one_plus_round_four(name, changes, clips):
-    """recipe-four-rounds.json and recipe-removal-round.json (tried 2026-12-06; not shipped, README 'A fourth
-    adapter_tune round', 'Removal clips in an adapter_tune round') are recipe.json with one more round, so each
-    continues a run of the shipped recipe: rounds 1-3 the same configs and folders; round 4 is round 3's changes plus
-    ``changes`` from round 3's adapter, on ``clips`` (recoloured, removal) clips, and its adapter is the one that
-    recipe's package would ship."""
+    """recipe-four-rounds.json (tried 2026-12-06; not shipped, README 'A fourth adapter_tune round') is recipe.json's
+    rounds 1-3 with another fourth round, so it continues a run of the shipped recipe: rounds 1-3 the same configs and
+    folders; round 4 is round 3's changes plus ``changes`` from round 3's adapter, on ``clips`` (recoloured, removal)
+    clips, and its adapter is the one that recipe's package would ship."""
     shipped = P.load_recipe(ROOT / "configs" / "demo" / "recipe.json")
     four = P.load_recipe(ROOT / "configs" / "demo" / name)
     assert dataclasses.replace(four, adapter_tune={}) == dataclasses.replace(shipped, adapter_tune={})
-    rounds, before = four.tune_rounds(), shipped.tune_rounds()
+    rounds, before = four.tune_rounds(), shipped.tune_rounds()[:3]
     assert [(t.changes, t.recolour_clips, t.removal_clips, t.data_folder, t.adapter_folder) for t in rounds[:3]] == [
         (t.changes, t.recolour_clips, 0, t.data_folder, t.adapter_folder) for t in before]
     assert (rounds[3].recolour_clips, rounds[3].removal_clips, rounds[3].data_folder, rounds[3].adapter_folder) == (
@@ -909,7 +916,7 @@ def test_the_fourth_round_recipes_are_the_shipped_one_plus_round_four(name, chan
                              tune_from=run / "adapter_tuned3" / "adapter.safetensors", tune_round=3)
     assert all(getattr(fourth, key) == value for key, value in changes.items())
     assert dataclasses.replace(fourth, **{key: getattr(third, key) for key in changes}) == third
-    assert P.trained_adapter(four, run) == run / "adapter_tuned4" / "adapter.safetensors"
+    assert P.trained_adapters(four, run) == {"adapter.safetensors": run / "adapter_tuned4" / "adapter.safetensors"}
 
 
 def test_the_single_section_adapter_tune_form_is_round_one_of_the_list_form():
@@ -927,7 +934,7 @@ def test_the_single_section_adapter_tune_form_is_round_one_of_the_list_form():
     run = ROOT / "nonexistent-run"
     assert P.adapter_config(tuned, run / "b", run / "d", run / "o", tune_from=run / "a") == P.adapter_config(
         shipped, run / "b", run / "d", run / "o", tune_from=run / "a")
-    assert P.trained_adapter(tuned, run) == run / "adapter_tuned" / "adapter.safetensors"
+    assert P.trained_adapters(tuned, run) == {"adapter.safetensors": run / "adapter_tuned" / "adapter.safetensors"}
 
 
 def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tmp_path):
@@ -971,11 +978,34 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
         assert [e["step"] for e in read_train_log(out / folder / "train_log.jsonl")][-1] == 2
     shipped = load_file(str(out / "demo_model" / "adapter.safetensors"))
     first = load_file(str(out / "adapter_tuned" / "adapter.safetensors"))
-    second = load_file(str(out / "adapter_tuned2" / "adapter.safetensors"))
+    second_path = out / "adapter_tuned2" / "adapter.safetensors"
+    second = load_file(str(second_path))
     assert shipped.keys() == first.keys() == second.keys() == plain.keys()
     assert all(torch.equal(shipped[k], second[k]) for k in shipped)
     assert any(not torch.equal(second[k], first[k]) for k in shipped)
     assert any(not torch.equal(first[k], plain[k]) for k in shipped)  # round 1 trained from the adapter's weights
+    # package_as: the package ships the rounds that name a file, under that name (round 1 as the default adapter)
+    named = micro_recipe(adapter_tune=[{**rounds[0], "package_as": "adapter.safetensors"},
+                                       {**rounds[1], "package_as": "adapter-removal.safetensors"}])
+    assert [t.changes for t in named.tune_rounds()] == [t.changes for t in recipe.tune_rounds()]  # same training
+    assert P.trained_adapters(named, out) == {"adapter.safetensors": out / "adapter_tuned" / "adapter.safetensors",
+                                              "adapter-removal.safetensors": second_path}
+    assert P.train_demo(named, out, phases=("package",)) == out / "demo_model"
+    assert sorted(p.name for p in (out / "demo_model").glob("*.safetensors")) == [
+        "adapter-removal.safetensors", "adapter.safetensors"]
+    for name, want in (("adapter.safetensors", first), ("adapter-removal.safetensors", second)):
+        got = load_file(str(out / "demo_model" / name))
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    from kfi_core.loading import load_kfi_model
+
+    assert load_kfi_model(out / "demo_model", adapter=out / "demo_model" / "adapter-removal.safetensors").adapter
+    # another recipe's round 2 in this run (other settings) is refused, not skipped and shipped as this one's
+    other = micro_recipe(adapter_tune=[rounds[0], {**rounds[1], "lr": 1e-4, "keyframe_prob": 0.3}])
+    for phases in (("adapter_tune",), ("package",)):
+        with pytest.raises(TrainConfigError, match=r"adapter_tune round 2: .*adapter_tuned2 was trained with other "
+                                                   r"settings: keyframe_prob 1\.0 \(the recipe: 0\.3\), lr 0\.002 "
+                                                   r"\(the recipe: 0\.0001\)\. It is another recipe's round 2"):
+            P.train_demo(other, out, phases=phases)
     for bad, words in (({"from_adapter": "x.safetensors"}, "adapter_tune round 2.from_adapter: set by train-demo"),
                        ({"data": "elsewhere"}, "adapter_tune round 2.data: set by train-demo")):
         with pytest.raises(TrainConfigError, match=words):
@@ -1003,6 +1033,14 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     ({"adapter_tune": [{"removal_clips": 2}], "data_removal_clips": P.TRAIN_SEED_LIMIT - P.REMOVAL_SEED_BASE - 1},
      r"removal_clips: got 2; give 0 \.\. 1 "),
     ({"adapter_tune": [{"lr": 1e-3}, 5]}, "adapter_tune round 2: got int"),
+    ({"adapter_tune": [{"package_as": "adapter.safetensors"}, {"package_as": "sub/removal.safetensors"}]},
+     r"adapter_tune round 2\.package_as: got 'sub/removal\.safetensors'; give a file name ending in \.safetensors"),
+    ({"adapter_tune": [{"package_as": "adapter.pt"}]}, r"round 1\.package_as: got 'adapter\.pt'"),
+    ({"adapter_tune": [{"package_as": 3}]}, r"round 1\.package_as: got 3"),
+    ({"adapter_tune": [{"package_as": "adapter.safetensors"}, {"package_as": "adapter.safetensors"}]},
+     "package_as adapter.safetensors is given to more than one round"),
+    ({"adapter_tune": [{"package_as": "adapter-removal.safetensors"}, {}]},
+     "none is adapter.safetensors, the model's default adapter"),
     ({"adapter_tune": "fast"}, "adapter_tune: got str"),
 ])
 def test_adapter_tune_recipe_errors_name_the_setting(change, words):
