@@ -1166,8 +1166,9 @@ def check_finished_round(recipe: DemoRecipe, out: Path, tune: "TuneRound", backb
     if differ:
         shown = ", ".join(f"{k} {saved.get(k)!r} (the recipe: {want[k]!r})" for k in differ[:4])
         raise TrainConfigError(f"{tune.label}: {out / tune.adapter_folder} was trained with other settings: {shown}"
-                               f"{' ...' if len(differ) > 4 else ''}. It is another recipe's round {tune.number}; "
-                               "move that folder (and its data folder) aside, or give this recipe another --out.")
+                               f"{' ...' if len(differ) > 4 else ''}: another recipe's round {tune.number}, or this "
+                               "round changed since it finished. Move that folder (and its data folder) aside to "
+                               "train it again, or give this recipe another --out.")
 
 
 def trained_adapters(recipe: DemoRecipe, out: Path) -> dict[str, Path]:

@@ -1004,7 +1004,8 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     for phases in (("adapter_tune",), ("package",)):
         with pytest.raises(TrainConfigError, match=r"adapter_tune round 2: .*adapter_tuned2 was trained with other "
                                                    r"settings: keyframe_prob 1\.0 \(the recipe: 0\.3\), lr 0\.002 "
-                                                   r"\(the recipe: 0\.0001\)\. It is another recipe's round 2"):
+                                                   r"\(the recipe: 0\.0001\): another recipe's round 2, or this round "
+                                                   r"changed since it finished"):
             P.train_demo(other, out, phases=phases)
     for bad, words in (({"from_adapter": "x.safetensors"}, "adapter_tune round 2.from_adapter: set by train-demo"),
                        ({"data": "elsewhere"}, "adapter_tune round 2.data: set by train-demo")):
