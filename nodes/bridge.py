@@ -7,6 +7,7 @@ ComfyUI: IMAGE float [B, H, W, C] in 0..1; MASK float [B, H, W] (a single mask m
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import folder_paths
 import torch
@@ -76,13 +77,20 @@ def list_base_models() -> list[str]:
     return files + [_DIFFUSERS_PREFIX + n for n in _diffusers_folders()] + bundled
 
 
+def _bundled_adapters() -> dict[str, Path]:
+    """Dropdown name -> file of the demo model's adapters; empty where the pack's demo model is missing."""
+    from kfi_core.sample import DEMO_ADAPTER, DEMO_REMOVAL_ADAPTER, demo_model_available
+
+    if not demo_model_available():
+        return {}
+    return {BUNDLED_ADAPTER: DEMO_ADAPTER, BUNDLED_REMOVAL_ADAPTER: DEMO_REMOVAL_ADAPTER}
+
+
 def list_adapters() -> list[str]:
     register_folders()
     names = [f"{ADAPTER_FOLDER}/{n}" for n in folder_paths.get_filename_list(ADAPTER_FOLDER)]
     names += [f"loras/{n}" for n in folder_paths.get_filename_list("loras") if n.lower().endswith(".safetensors")]
-    from kfi_core.sample import demo_model_available
-
-    return [NONE] + names + ([BUNDLED_ADAPTER, BUNDLED_REMOVAL_ADAPTER] if demo_model_available() else [])
+    return [NONE] + names + list(_bundled_adapters())
 
 
 def resolve_base_model(name: str) -> str:
@@ -114,10 +122,8 @@ def resolve_adapter(name: str) -> str | None:
 
     if name == NONE:
         return None
-    from kfi_core.sample import DEMO_ADAPTER, DEMO_REMOVAL_ADAPTER, demo_model_available
-
-    bundled = {BUNDLED_ADAPTER: DEMO_ADAPTER, BUNDLED_REMOVAL_ADAPTER: DEMO_REMOVAL_ADAPTER}
-    if name in bundled and demo_model_available():
+    bundled = _bundled_adapters()
+    if name in bundled:
         return str(bundled[name])
     folder, _, rel = name.partition("/")
     if folder in (ADAPTER_FOLDER, "loras") and rel in folder_paths.get_filename_list(folder):
