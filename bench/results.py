@@ -84,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--removal-adapter", default=None,
                    help="a second KFI adapter, tuned on removal: adds the 'KFI removal adapter' rows to the removal "
                         "tables, and the removal verdicts judge those")
+    p.add_argument("--num-samples", type=int, default=4,
+                   help="adds rows of the removal adapter's mean of this many samples (kfi_core's num_samples: seeds "
+                        "--seed, --seed + 1, ...; its colour-matched row matches each sample before averaging, as "
+                        "num_samples with color_match does) to the removal tables (default 4; 1: no such rows)")
     p.add_argument("--tiny", action="store_true", help="use the untrained tiny random model (placeholder rows)")
     p.add_argument("--clips", type=int, default=3, help="clips per task (default 3)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
@@ -122,8 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--size: got {args.size!r}; give HxW, e.g. 64x64")
     args.height, args.width = h, w
-    if args.clips < 1 or args.frames < 2 or args.steps < 1:
-        p.error("--clips and --steps must be >= 1 and --frames >= 2")
+    if args.clips < 1 or args.frames < 2 or args.steps < 1 or args.num_samples < 1:
+        p.error("--clips, --steps and --num-samples must be >= 1 and --frames >= 2")
     args.difficulties = _comma_list(p, "--difficulty", args.difficulty, DIFFICULTIES)
     args.patterns = _comma_list(p, "--edit-patterns", args.edit_patterns, EDIT_PATTERNS)
     args.task_list = _comma_list(p, "--tasks", args.tasks, TASKS)
@@ -215,6 +219,12 @@ def sampling_settings(args):
 
 
 CM = " + colour match"  # label suffix of the rows post-processed by kfi_core.color_match
+
+
+def mean_of(args) -> str:
+    """The label part of the --num-samples rows."""
+    return f"mean of {args.num_samples} samples"
+
 REMOVAL_KFI = "KFI removal adapter"  # the label of the --removal-adapter rows
 
 
@@ -234,13 +244,19 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
 
     samples: dict[tuple, tuple] = {}  # (model row, clip name) -> (prepared clip, raw generated frames)
 
-    def kfi(m, with_keyframe, color_match="none"):
+    def prepared(c, with_keyframe):
+        k = c["keyframe_index"]
+        return prepare_clip(c["frames"], c["masks"], keyframes=c["keyframe"][None] if with_keyframe else None,
+                            keyframe_indices=[k] if with_keyframe else [])
+
+    def kfi(m, with_keyframe, color_match="none", num_samples=1):
         def run(c):
+            if num_samples > 1:  # the library's own mean of samples, composited (and colour-matched) per sample
+                return inpaint(m, prepared(c, with_keyframe), replace(
+                    sampling_settings(args), composite=True, color_match=color_match, num_samples=num_samples))
             key = (id(m), with_keyframe, c["name"])
             if key not in samples:
-                k = c["keyframe_index"]
-                clip = prepare_clip(c["frames"], c["masks"], keyframes=c["keyframe"][None] if with_keyframe else None,
-                                    keyframe_indices=[k] if with_keyframe else [])
+                clip = prepared(c, with_keyframe)
                 samples[key] = clip, inpaint(m, clip, sampling_settings(args))
             clip, raw = samples[key]
             if color_match == "keyframe" and with_keyframe:
@@ -265,6 +281,10 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
             if m is not None:
                 rows.append((f"{label}, no keyframe{suffix}", kfi(m, False, mode)))
                 rows.append((f"{label}, keyframe{suffix}", kfi(m, True, mode)))
+        if removal_model is not None and task != "edit" and args.num_samples > 1:
+            for kf_label, with_keyframe in (("no keyframe", False), ("keyframe", True)):
+                rows.append((f"{REMOVAL_KFI}, {kf_label}, {mean_of(args)}{suffix}",
+                             kfi(removal_model, with_keyframe, mode, args.num_samples)))
     for suffix, mode in variants:
         rows.append((f"VAE ceiling (reference){suffix}",
                      lambda c, mode=mode: B.vae_ceiling(model.vae, c["ground_truth"], c["masks"], frames=c["frames"],
@@ -406,8 +426,10 @@ GAP_NOTES = {
                  "colour (the chroma gain column of its ceiling row), its fill less (the KFI rows), and colour matching "
                  "(the '+ colour match' rows) restores only what an affine map of the fill can. Training on removal "
                  "holes closed part of it (the removal adapter, README 'Two adapters: edit and removal'), by less "
-                 "with each round; more backbone and adapter training, and a VAE with more latent detail, would "
-                 "close it",
+                 "with each round; a mean fill is also the fill of least squared error given the frame's colours, "
+                 "where one sample of the model is one plausible fill, so averaging samples (num_samples, the 'mean "
+                 "of N samples' lines) closes more of it, at N times the time and a softer fill; more backbone and "
+                 "adapter training, and a VAE with more latent detail, would close it for one sample",
     "training-free": "the same backbone without the adapter, re-imposing the known latents at every step: they are "
                      "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
                      "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
@@ -527,6 +549,11 @@ def _removal_lines(removal, suffix: str, losses: dict[str, None], kfi_label: str
             losses.update({_gap_key(name): None for name, _ in better})
         else:
             lines.append(f"  - **{which}**: KFI ({mine['psnr_mask']:.2f} dB) beats every baseline in the table.")
+    for name, means, _ in removal:  # the --num-samples rows: the mean of several samples against mean fill
+        if (name.startswith(f"{kfi_label}, no keyframe, mean of ") and name.endswith(CM) == bool(suffix)):
+            what = name[len(kfi_label) + 2:len(name) - len(suffix)]
+            lines.append(f"  - **{what}** (num_samples; lower error, softer fill): {who} {means['psnr_mask']:.2f} dB "
+                         f"against mean-colour fill: {_compare(means, mean)}.")
     return lines
 
 

@@ -96,7 +96,7 @@ def _settings_from_args(args: argparse.Namespace):
         max_guidance=args.max_guidance, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
         noise_aug_strength=args.noise_aug_strength, composite=not args.no_composite, feather=args.feather,
         color_match=args.color_match, blend_known=args.blend_known,
-        decode_chunk_size=args.decode_chunk_size,
+        decode_chunk_size=args.decode_chunk_size, num_samples=args.num_samples,
     )
 
 
@@ -362,6 +362,9 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the denoised estimate outside the hole by the input's clean latents at every step: "
                         "auto (default: on in the training-free mode, off with a KFI adapter), on, off")
     g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
+    g.add_argument("--num-samples", type=int, default=1,
+                   help="average this many samples (seeds --seed, --seed + 1, ...; default 1): N times the time, a "
+                        "lower error and a softer fill where the samples disagree (README, 'Mean of samples')")
 
 
 # --------------------------------------------------------------------------- parser

@@ -28,7 +28,7 @@ import torch
 from .condition import ClipInputs
 from .errors import ScheduleError
 from .propagate import (PropagateSettings, WindowDenoiser, check_size, composite, decode_window, initial_latents,
-                        sample_window_latents)
+                        mean_of_samples, sample_window_latents)
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,17 @@ def run_schedule(
     callback: Callable[[dict], Any] | None = None,
     check_cancel: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
-    """Inpaint ``clip`` following ``schedule``; frames [N, 3, H, W] in 0..1 on the host."""
+    """Inpaint ``clip`` following ``schedule``; frames [N, 3, H, W] in 0..1 on the host.
+
+    ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean
+    (:func:`kfi_core.propagate.mean_of_samples`)."""
     settings = (settings or PropagateSettings()).check()
     check_size(model, *clip.size)
     check_schedule(schedule, clip, model)
+    if settings.num_samples > 1:
+        return mean_of_samples(
+            lambda s, cb: run_schedule(model, clip, schedule, s, callback=cb, check_cancel=check_cancel),
+            clip, settings, callback)
     total = total_steps(schedule, settings.steps)
     logger.info("running schedule %s: %d frames, %d stages, %d windows, %d sampling steps", schedule.strategy,
                 clip.num_frames, len(schedule.stages), len(schedule.windows), total)

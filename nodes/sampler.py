@@ -58,6 +58,9 @@ class KeyframePropagateSampler(io.ComfyNode):
                                tooltip="Replace the denoised estimate outside the hole by the input's clean latents "
                                        "at every step: auto (on in the training-free mode, which needs it; off with "
                                        "a KFI adapter, which reads the known pixels from its condition), on, off."),
+                io.Int.Input("num_samples", default=1, min=1, max=64, optional=True,
+                             tooltip="Average this many samples (seeds seed, seed + 1, ...): N times the time, a "
+                                     "lower error and a softer fill where the samples disagree. 1 = one sample."),
                 KfiSchedule.Input("schedule", optional=True,
                                   tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
                                           "than the model's window)."),
@@ -68,7 +71,7 @@ class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def execute(cls, kfi_model, condition, seed, steps, sampler, min_guidance, max_guidance, fps, motion_bucket_id,
                 noise_aug_strength, composite, feather, decode_chunk_size, schedule=None,
-                color_match="none", blend_known="auto") -> io.NodeOutput:
+                color_match="none", blend_known="auto", num_samples=1) -> io.NodeOutput:
         from kfi_core.executor import inpaint
         from kfi_core.propagate import PropagateSettings
 
@@ -76,7 +79,7 @@ class KeyframePropagateSampler(io.ComfyNode):
             steps=steps, seed=seed, sampler=sampler, min_guidance=min_guidance, max_guidance=max_guidance, fps=fps,
             motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength, composite=composite,
             feather=feather, decode_chunk_size=decode_chunk_size, color_match=color_match,
-            blend_known=blend_known,
+            blend_known=blend_known, num_samples=num_samples,
         ).check()
         with bridge.on_device(kfi_model) as model:
             frames = inpaint(model, condition, settings, schedule=schedule, callback=bridge.progress_callback(steps),

@@ -368,6 +368,8 @@ ROWS: list[Row] = [
     Row("zero_decode_chunk", (_inp() + ["--decode-chunk-size", "0"], (ERR, "decode_chunk_size: got 0")),
         (_set("s", decode_chunk_size=0), (REJ, "decode_chunk_size"))),
     Row("zero_fps", (_inp() + ["--fps", "0"], (ERR, "fps: got 0")), (_set("s", fps=0), (REJ, "fps"))),
+    Row("zero_num_samples", (_inp() + ["--num-samples", "0"], (ERR, "num_samples: got 0")),
+        (_set("s", num_samples=0), (REJ, "num_samples"))),
     Row("width_without_height", (_inp() + ["--width", "64"], (ERR, "--width/--height: give both")), None,
         why="the nodes take the clip's own size"),
     # ---- schedules and crops

@@ -194,6 +194,17 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     removal_nokf = re.search(r"\| KFI removal adapter, no keyframe \| [^|]+\| ([0-9.]+) \|", text).group(1)
     assert f"KFI (removal adapter) {removal_nokf} dB in the mask" in verdict
     assert "raw model output" in summary and "with colour matching" in summary
+    # --num-samples 4 (the default): the removal adapter's mean of samples, in the removal table alone, and its
+    # line under each removal verdict quotes that row's number
+    for row in ("KFI removal adapter, no keyframe, mean of 4 samples", "KFI removal adapter, keyframe, mean of 4 samples",
+                "KFI removal adapter, no keyframe, mean of 4 samples + colour match"):
+        assert text.count(f"| {row} |") == 1 and f"| {row} |" in removal_table, row
+    for row, variant in (("no keyframe, mean of 4 samples", "raw model output"),
+                         ("no keyframe, mean of 4 samples + colour match", "with colour matching")):
+        number = re.search(rf"\| KFI removal adapter, {re.escape(row)} \| [^|]+\| ([0-9.]+) \|", text).group(1)
+        block = summary.split(f"- **Removal, {variant}**")[1].split("\n- **")[0]
+        assert f"**no keyframe, mean of 4 samples** (num_samples; lower error, softer fill): KFI (removal adapter) " \
+               f"{number} dB against mean-colour fill" in block, (row, block)
     assert "| chroma gain mask | s/clip |" in text
     assert "Colour through the VAE" in summary  # the measured chroma gain of the ceiling beside KFI's
     assert text.count("| keyframe colour fill |") == 3  # in every task
@@ -230,6 +241,9 @@ def test_results_script_task_and_pattern_choices(capsys):
         with pytest.raises(SystemExit):
             parse_args([flag, value])
         assert f"{name}: got {value!r}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--num-samples", "0"])
+    assert "--num-samples must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # removal rows stand beside the KFI adapter's rows: both or neither
         parse_args(["--model", "m", "--removal-adapter", "r.safetensors"])
     assert "--removal-adapter: given without --adapter" in capsys.readouterr().err

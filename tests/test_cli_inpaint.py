@@ -29,7 +29,8 @@ def test_bundled_sample_matches_its_generator():
 def test_inpaint_png_folders_keeps_unmasked_pixels(tmp_path, tiny_model_dir):
     out = tmp_path / "result"
     proc = run_cli("inpaint", "--model", tiny_model_dir, "--video", SAMPLE_DIR / "frames", "--mask",
-                   SAMPLE_DIR / "masks", "--out", out, "--steps", "2", "--preview", tmp_path / "p.png")
+                   SAMPLE_DIR / "masks", "--out", out, "--steps", "2", "--preview", tmp_path / "p.png",
+                   "--num-samples", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     frames, _ = read_frames(SAMPLE_DIR / "frames")
     masks = read_masks(SAMPLE_DIR / "masks")
@@ -39,6 +40,8 @@ def test_inpaint_png_folders_keeps_unmasked_pixels(tmp_path, tiny_model_dir):
     assert torch.equal(result[keep], frames[keep]), "PNG output is lossless: unmasked pixels are the input's"
     assert (tmp_path / "p.png").is_file()
     assert "step" in proc.stderr  # the progress bar
+    assert "4/4" in proc.stderr, "progress counts both samples' steps (--num-samples 2, one window, 2 steps)"
+    assert not torch.equal(result[~keep], frames[~keep])
 
 
 def test_inpaint_mp4_with_a_keyframe_and_a_single_mask_image(tmp_path, tiny_model_dir):
@@ -86,6 +89,7 @@ def test_clear_errors(tmp_path, tiny_model_dir):
         (["--mask", tmp_path / "missing.png"], "no such file"),
         (["--mask", SAMPLE_DIR / "masks", "--sampler", "ddim"], "choose one of euler, heun"),
         (["--mask", SAMPLE_DIR / "masks", "--steps", "0"], "steps: got 0"),
+        (["--mask", SAMPLE_DIR / "masks", "--num-samples", "0"], "num_samples: got 0"),
     ]
     for args, want in cases:
         proc = run_cli("inpaint", "--model", tiny_model_dir, "--video", SAMPLE_DIR / "frames", "--out",

@@ -187,7 +187,7 @@ def _sample_inputs(comfy_server):
     return frames, (masks[:, :1] > 0.5).float()
 
 
-def _removal_prompt(steps=2, keyframe_indices="", seed=0, color_match=None):
+def _removal_prompt(steps=2, keyframe_indices="", seed=0, color_match=None, num_samples=None):
     prompt = {
         "1": {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample.mp4"}},
         "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
@@ -208,6 +208,9 @@ def _removal_prompt(steps=2, keyframe_indices="", seed=0, color_match=None):
     if color_match is not None:  # optional input: prompts from before it existed leave it out
         prompt["8"]["inputs"]["color_match"] = color_match
         prompt["9"]["inputs"]["filename_prefix"] += f"_{color_match}"
+    if num_samples is not None:  # optional input, as color_match
+        prompt["8"]["inputs"]["num_samples"] = num_samples
+        prompt["9"]["inputs"]["filename_prefix"] += f"_n{num_samples}"
     return prompt
 
 
@@ -232,6 +235,21 @@ def test_object_removal_end_to_end(comfy_server):
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
     matched = _saved_frames(comfy_server, entry)
     assert torch.equal(matched[keep], out[keep]) and not torch.equal(matched, out)
+
+
+def test_num_samples_averages_seeds_in_the_server(comfy_server):
+    frames, masks = _sample_inputs(comfy_server)
+    runs = {}
+    for seed, n in ((4, None), (5, None), (4, 2)):
+        entry = comfy_server.run_prompt(_removal_prompt(seed=seed, num_samples=n))
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
+        runs[seed, n] = _saved_frames(comfy_server, entry)
+    mean = runs[4, 2]
+    keep = (masks == 0).expand_as(frames)
+    assert (mean[keep] - frames[keep]).abs().max() <= 1 / 255 + 1e-6
+    # the mean of seeds 4 and 5, within SaveImage's truncation to 8 bits (under 1/255 each)
+    assert (mean - (runs[4, None] + runs[5, None]) / 2).abs().max() <= 2 / 255
+    assert (runs[4, None] - runs[5, None]).abs().max() > 4 / 255, "the two seeds differ"
 
 
 def test_sampler_errors_come_back_through_the_server(comfy_server):

@@ -91,6 +91,22 @@ def test_the_removal_adapter_removes_better_than_the_edit_adapter(demo_model):
     assert sum(gains) / len(gains) > 0.2 and sum(g > 0 for g in gains) >= 8, gains
 
 
+def test_the_mean_of_samples_fills_closer_than_one_sample():
+    """num_samples=4 with the removal adapter, as `demo` runs it otherwise: on 8 held-out easy clips its fill errs
+    less in the hole than one sample (seed 0, the first of the four) on most clips and on average (measured +0.92 dB,
+    7 of 8). The mean of samples estimates the posterior mean, the fill of least squared error: the samples' scatter
+    is a large part of one sample's error here, and averaging removes most of it."""
+    from kfi_core.loading import load_kfi_model
+
+    removal = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_REMOVAL_ADAPTER)
+    one, four = (PropagateSettings(steps=12, seed=0, num_samples=n, **DEMO_SAMPLING) for n in (1, 4))
+    gains = []
+    for i in range(8):
+        clip = [make_procedural_clip("removal", 8, 64, 64, seed=EVAL_SEED_BASE + 500 + i, difficulty="easy")]
+        gains.append(_removal_psnr(removal, clip, four) - _removal_psnr(removal, clip, one))
+    assert sum(gains) / len(gains) > 0.4 and sum(g > 0 for g in gains) >= 6, gains
+
+
 def test_demo_vae_is_trained(demo_model):
     """Its reconstructions of held-out clips are far closer than those of the same VAE with random weights."""
     from kfi_core.pretrain import load_recipe, new_components

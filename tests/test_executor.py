@@ -112,3 +112,56 @@ def test_keyframe_colour_matching_in_windows(model):
         for out in outs.values():
             assert torch.equal(out[keep], long.frames[keep])
         assert not torch.equal(outs["keyframe"], outs["affine"]) and not torch.equal(outs["keyframe"], outs["none"])
+
+
+# --------------------------------------------------------------------------- mean of samples (num_samples)
+
+
+@pytest.mark.parametrize("length,strategy,feather_px,color_match",
+                         [(6, None, 0, "none"), (6, None, 3, "affine"), (20, "anchor", 3, "affine")])
+def test_num_samples_is_the_mean_of_one_sample_runs_with_consecutive_seeds(model, length, strategy, feather_px,
+                                                                           color_match):
+    """Oracle: the mean of num_samples=3 equals the mean of three one-sample runs (seeds 7, 8, 9), whatever the
+    schedule, feather and colour matching; what the composite keeps stays bit-exact; sample 0 is the seed's own run."""
+    clip = make_clip(length, keyframes=[2])
+    base = dict(FAST, feather=feather_px, color_match=color_match)
+    singles = [inpaint(model, clip, PropagateSettings(seed=s, **base), strategy=strategy) for s in (7, 8, 9)]
+    got = inpaint(model, clip, PropagateSettings(seed=7, num_samples=3, **base), strategy=strategy)
+    torch.testing.assert_close(got, sum(singles) / 3, rtol=0, atol=1e-6)
+    assert not torch.allclose(singles[0], singles[1]), "the samples differ (different seeds)"
+    from kfi_core.propagate import composite_mask
+
+    keep = (composite_mask(clip, feather_px) == 0).expand_as(got)
+    assert torch.equal(got[keep], clip.frames[keep]), "pixels the composite keeps, keyframe included, are exact"
+    assert torch.equal(got[2], clip.frames[2])
+    if feather_px:  # the feathered ring outside the hole is a blend, not reset to the input
+        ring = (composite_mask(clip, feather_px) > 0) & (clip.masks == 0)
+        assert not torch.equal(got[ring.expand_as(got)], clip.frames[ring.expand_as(got)])
+
+
+def test_num_samples_through_propagate_and_uncomposited(model):
+    clip = make_clip(6)
+    singles = [propagate(model, clip, PropagateSettings(seed=s, composite=False, **FAST)) for s in (0, 1)]
+    got = propagate(model, clip, PropagateSettings(seed=0, composite=False, num_samples=2, **FAST))
+    torch.testing.assert_close(got, (singles[0] + singles[1]) / 2, rtol=0, atol=1e-6)
+    # the mean of samples differs less from each sample than the samples differ from each other
+    assert (got - singles[0]).abs().mean() < (singles[1] - singles[0]).abs().mean()
+
+
+def test_num_samples_progress_counts_every_sample(model):
+    clip = make_clip(20)
+    steps = []
+    inpaint(model, clip, PropagateSettings(num_samples=2, **FAST),
+            callback=lambda d: steps.append((d["i"], d["total"], d["sample"])))
+    one = total_steps(build_schedule("anchor", 20, model.num_frames, []), 2)
+    assert [i for i, _, _ in steps] == list(range(2 * one))
+    assert {t for _, t, _ in steps} == {2 * one}
+    assert [s for _, _, s in steps] == [0] * one + [1] * one
+
+
+def test_num_samples_is_checked(model):
+    from kfi_core.errors import InputMismatchError
+
+    for bad in (0, -1, 65, 2.0, True):
+        with pytest.raises(InputMismatchError, match="num_samples"):
+            PropagateSettings(num_samples=bad).check()

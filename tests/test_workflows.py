@@ -112,18 +112,19 @@ def test_workflow_runs_end_to_end_on_the_tiny_model(path, schemas, comfy_server)
 
 
 def test_a_workflow_saved_before_an_optional_widget_existed_still_runs(schemas, comfy_server):
-    """Old saved graphs keep loading: a KeyframePropagateSampler saved before its optional blend_known widget
-    (13 widget values) converts as the frontend does (the new widget keeps its default) and runs."""
+    """Old saved graphs keep loading: a KeyframePropagateSampler saved before its optional blend_known and
+    num_samples widgets (13 widget values) converts as the frontend does (the new widgets keep their defaults) and
+    runs."""
     path = WORKFLOW_DIR / "kfi_object_removal.json"
     workflow = json.loads(path.read_text())
     sampler = next(n for n in workflow["nodes"] if n["type"] == "KeyframePropagateSampler")
     names = [name for name, spec, _ in schema_inputs(schemas["KeyframePropagateSampler"]) if is_widget(spec)]
-    assert names[-1] == "blend_known", names
-    sampler["widgets_values"] = sampler["widgets_values"][:-1]  # as saved before blend_known
+    assert names[-2:] == ["blend_known", "num_samples"], names
+    sampler["widgets_values"] = sampler["widgets_values"][:-2]  # as saved before blend_known
     assert validate_workflow(workflow, schemas) == []
     prompt = _runnable(ui_to_api(workflow, schemas))
     node = next(v for v in prompt.values() if v["class_type"] == "KeyframePropagateSampler")
-    assert "blend_known" not in node["inputs"]
+    assert "blend_known" not in node["inputs"] and "num_samples" not in node["inputs"]
     node["inputs"].update(steps=2, seed=zlib.crc32(b"pre-blend_known"))
     entry = comfy_server.run_prompt(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
