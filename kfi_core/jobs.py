@@ -23,7 +23,7 @@ from .condition import ClipInputs, prepare_clip
 from .errors import BatchError, KeyframeError, VideoFileError
 from .mask_ops import binarize, expand_masks
 from .executor import inpaint
-from .propagate import PropagateSettings, composite
+from .propagate import PropagateSettings, composite, mean_of_samples
 from .video_io import DEFAULT_FPS, atomic_path, read_frames, read_masks, to_uint8, write_frames
 
 logger = logging.getLogger(__name__)
@@ -87,13 +87,21 @@ def inpaint_clip(
         return inpaint(model, clip, settings, strategy=strategy, callback=callback, check_cancel=check_cancel), clip
     logger.info("resizing %dx%d -> %dx%d for the model (the result goes back to the input size)",
                 clip.size[1], clip.size[0], size[1], size[0])
+    if settings.num_samples > 1:  # each sample goes back to the input size and is composited there, then the mean
+        return mean_of_samples(lambda s, cb: _inpaint_resized(model, clip, s, size, strategy, cb, check_cancel),
+                               clip, settings, callback), clip
+    return _inpaint_resized(model, clip, settings, size, strategy, callback, check_cancel), clip
+
+
+def _inpaint_resized(model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], strategy,
+                     callback, check_cancel) -> torch.Tensor:
+    """One sample at the working ``size``, brought back to the clip's size and composited there."""
     work = ClipInputs(frames=resize_frames(clip.frames, size), masks=resize_masks(clip.masks, size),
                       keyframe_indices=clip.keyframe_indices)
     generated = inpaint(model, work, PropagateSettings(**{**settings.__dict__, "composite": False}),
                         strategy=strategy, callback=callback, check_cancel=check_cancel)
     back = resize_frames(generated, clip.size)
-    return (composite(clip, back, settings.feather, settings.color_match) if settings.composite
-            else back), clip
+    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
 
 
 def preview_image(clip: ClipInputs, result: torch.Tensor, max_rows: int = 4, min_side: int = 192) -> np.ndarray:

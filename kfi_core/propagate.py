@@ -303,8 +303,9 @@ def mean_of_samples(run: Callable[[PropagateSettings, Any], torch.Tensor], clip:
 
     Sample ``k`` uses :func:`sample_seed` ``(seed, k)`` and otherwise the same settings, so each is composited and
     colour-matched as a one-sample run is; with ``composite`` on, pixels the composite keeps (mask 0 beyond any
-    feather, keyframes too) are then set to the input's again, so they stay bit-exact after the division. Progress counts the steps of all
-    samples (``i`` and ``total``), with ``sample`` the sample's index."""
+    feather, keyframes too) are then set to the input's again, so they stay bit-exact after the division. With it
+    off, the mean of the raw outputs. Progress counts the steps of all samples (``i`` and ``total``), with
+    ``sample`` the sample's index."""
     n = settings.num_samples
     logger.info("averaging %d samples (seeds %d..%d)", n, settings.seed, settings.seed + n - 1)
     total = None

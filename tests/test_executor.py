@@ -165,3 +165,22 @@ def test_num_samples_is_checked(model):
     for bad in (0, -1, 65, 2.0, True):
         with pytest.raises(InputMismatchError, match="num_samples"):
             PropagateSettings(num_samples=bad).check()
+
+
+def test_num_samples_with_a_working_size_averages_at_the_input_size(model):
+    """jobs.inpaint_clip with a working size (CLI --width/--height): each sample is brought back to the input size
+    and composited (colour-matched) there, then averaged, as num_samples does without resizing."""
+    from kfi_core.jobs import inpaint_clip
+
+    g = torch.Generator().manual_seed(3)
+    frames, masks = torch.rand(6, 3, 56, 72, generator=g), torch.zeros(6, 1, 56, 72)
+    masks[:, :, 16:40, 20:44] = 1.0
+    base = dict(FAST, color_match="affine")
+    singles = [inpaint_clip(model, frames, masks, settings=PropagateSettings(seed=s, **base), size=(64, 64))[0]
+               for s in (2, 3)]
+    got, _ = inpaint_clip(model, frames, masks, settings=PropagateSettings(seed=2, num_samples=2, **base),
+                          size=(64, 64))
+    assert got.shape == frames.shape
+    torch.testing.assert_close(got, (singles[0] + singles[1]) / 2, rtol=0, atol=1e-6)
+    keep = (masks == 0).expand_as(got)
+    assert torch.equal(got[keep], frames[keep])
