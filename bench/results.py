@@ -219,12 +219,6 @@ def sampling_settings(args):
 
 
 CM = " + colour match"  # label suffix of the rows post-processed by kfi_core.color_match
-
-
-def mean_of(args) -> str:
-    """The label part of the --num-samples rows."""
-    return f"mean of {args.num_samples} samples"
-
 REMOVAL_KFI = "KFI removal adapter"  # the label of the --removal-adapter rows
 
 
@@ -283,7 +277,7 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
                 rows.append((f"{label}, keyframe{suffix}", kfi(m, True, mode)))
         if removal_model is not None and task != "edit" and args.num_samples > 1:
             for kf_label, with_keyframe in (("no keyframe", False), ("keyframe", True)):
-                rows.append((f"{REMOVAL_KFI}, {kf_label}, {mean_of(args)}{suffix}",
+                rows.append((f"{REMOVAL_KFI}, {kf_label}, mean of {args.num_samples} samples{suffix}",
                              kfi(removal_model, with_keyframe, mode, args.num_samples)))
     for suffix, mode in variants:
         rows.append((f"VAE ceiling (reference){suffix}",
