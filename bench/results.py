@@ -4,8 +4,8 @@
         [--size HxW] [--steps S] [--tasks removal,edit] [--edit-patterns recolour,checker]
         [--out docs/RESULTS.md]
 
-Without ``--model`` the bundled demo model (kfi_core/assets/demo_model, trained by ``python -m kfi_core
-train-demo``) and its two adapters are used (edit and removal); ``--tiny`` builds the untrained tiny random model instead, whose rows
+Without ``--model`` the bundled demo model (kfi_core/assets/demo_model, trained by ``python -m
+research.demo_model``) and its two adapters are used (edit and removal); ``--tiny`` builds the untrained tiny random model instead, whose rows
 are placeholders that only show the pipeline runs end to end.
 
 Tasks
@@ -412,14 +412,14 @@ GAP_NOTES = {
     "keyframe colour fill": "the keyframe's mean colour where it was edited or cleaned, in every hole: right wherever "
                             "the hole holds one colour that only the keyframe shows; the model has to carry that "
                             "colour from the keyframe's frame to the others, which its adapter has not learned "
-                            "(README, 'Carrying the keyframe into the hole')",
+                            "(research/demo_model/NOTES.md, 'Carrying the keyframe into the hole')",
     "flow warp": "exact pixels carried along optical flow: unbeatable on rigid pans at 64 px, where the latent model "
                  "loses detail to its VAE. A stronger VAE, or pasting warped known pixels into the condition, would close it",
     "mean fill": "each frame's mean known colour is right on average wherever the hole's surroundings are one colour; "
                  "the model loses to it while its fill has the wrong colour or texture. Its VAE keeps part of the "
                  "colour (the chroma gain column of its ceiling row), its fill less (the KFI rows), and colour matching "
                  "(the '+ colour match' rows) restores only what an affine map of the fill can. Training on removal "
-                 "holes closed part of it (the removal adapter, README 'Two adapters: edit and removal'), by less "
+                 "holes closed part of it (the removal adapter, docs/DEMO_MODEL.md), by less "
                  "with each round; a mean fill is also the fill of least squared error given the frame's colours, "
                  "where one sample of the model is one plausible fill, so averaging samples (num_samples, the 'mean "
                  "of N samples' lines) closes more of it, at N times the time and a softer fill; more backbone and "
@@ -427,9 +427,9 @@ GAP_NOTES = {
     "training-free": "the same backbone without the adapter, re-imposing the known latents at every step: they are "
                      "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
                      "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
-                     "(more full masks and keyframes; holes that follow the moving object, README) and a VAE that keeps "
+                     "(more full masks and keyframes; holes that follow the moving object; research/demo_model/NOTES.md) and a VAE that keeps "
                      "colour did not close it, nor did balanced latent channels, a VAE that keeps the textures "
-                     "(--texture-period 24) or reference attention to the keyframe (README, 'What limits the edit's "
+                     "(--texture-period 24) or reference attention to the keyframe (research/demo_model/NOTES.md, 'What limits the edit's "
                      "margin'); fine-tunes on recoloured clips (the shipped recipe's adapter_tune rounds) added about "
                      "0.5 dB to the edit on medium clips, and on the verdicts' 48 clips a level the adapter reads the "
                      "keyframe reliably but only a little better than SVD's stock image conditioning does. A larger "
@@ -517,7 +517,7 @@ def _colour_line(edit, what: str) -> list[str]:
     return [f"- **Colour through the VAE ({what})**: its own reconstruction of the edited ground truth keeps "
             f"{ceiling['chroma_gain_mask']:.2f} of the colour in the mask (chroma gain: 1 all, 0 grey); KFI with the "
             f"keyframe {kf['chroma_gain_mask']:.2f}. An edit's new colour reaches the output only as far as the VAE "
-            "lets it through (README, 'Demo model')."]
+            "lets it through (docs/DEMO_MODEL.md)."]
 
 
 def _removal_lines(removal, suffix: str, losses: dict[str, None], kfi_label: str = "KFI adapter") -> list[str]:
@@ -618,7 +618,7 @@ def main(argv=None) -> int:
 
             if not demo_model_available():
                 raise SystemExit(f"the bundled demo model is missing from {DEMO_MODEL_DIR}; train it (python -m "
-                                 "kfi_core train-demo) or pass --tiny for the untrained placeholder rows")
+                                 "research.demo_model) or pass --tiny for the untrained placeholder rows")
             args.model, args.adapter = str(DEMO_MODEL_DIR.relative_to(ROOT)), str(DEMO_ADAPTER.relative_to(ROOT))
             args.removal_adapter = str(DEMO_REMOVAL_ADAPTER.relative_to(ROOT))
         if args.model is None:

@@ -11,13 +11,13 @@ Tensor keys are the UNet's module names without peft's adapter name (``.default`
 file reads like peft's own ``adapter_model.safetensors`` of a bare UNet. String metadata
 (``__metadata__``), all keys prefixed ``kfi.``:
 
-    format "kfi-adapter", format_version "1" ("2" with reference_attention), version (kfi_core's), base_variant,
+    format "kfi-adapter", format_version "1", version (kfi_core's), base_variant,
     base_num_frames, base_fingerprint (hash of :data:`FINGERPRINT_FIELDS` of the UNet config),
     base_architecture (those fields as JSON, to say what differs), lora_rank, lora_alpha,
-    lora_target_modules (JSON list), in_channels "12", training_resolution (JSON [h, w], optional),
-    reference_attention (optional: "known_frames" where the adapter was trained with
-    :mod:`kfi_core.reference_attention`; such a file has format_version "2", so a KFI that predates the
-    option refuses it instead of running it without the attention it was trained with).
+    lora_target_modules (JSON list), in_channels "12", training_resolution (JSON [h, w], optional).
+
+Format version 2 added ``reference_attention`` (an attention option measured to gain nothing, since removed): such a
+file is refused with that reason, never run without the attention it was trained with.
 
 :func:`read_adapter_metadata` reads only the header (bounded: :data:`MAX_HEADER_BYTES`) and
 checks the file is complete; :func:`load_adapter` checks base, rank, keys and shapes before
@@ -41,7 +41,7 @@ from .errors import (AdapterMismatchError, CheckpointFormatError, KfiError, Lora
 logger = logging.getLogger(__name__)
 
 ADAPTER_FORMAT = "kfi-adapter"
-ADAPTER_FORMAT_VERSION = 2  # the newest this KFI reads; files without reference attention are written as 1
+ADAPTER_FORMAT_VERSION = 1  # the one this KFI writes and reads (version 2: reference attention, removed)
 ADAPTER_SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 1 << 20  # a KFI adapter header is ~100 KB for svd-xt; refuse anything past 1 MiB unread
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
@@ -62,7 +62,6 @@ FINGERPRINT_FIELDS = (
     "num_attention_heads",
 )
 _MISSING = "<missing>"
-REFERENCE_ATTENTION = "known_frames"  # kfi.reference_attention of an adapter trained with kfi_core.reference_attention
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,6 @@ class AdapterInfo:
     in_channels: int
     training_resolution: tuple[int, int] | None
     tensor_shapes: dict[str, tuple[int, ...]] = field(repr=False)
-    reference_attention: bool = False  # trained with kfi_core.reference_attention: loading turns it on
 
     @property
     def lora_settings(self):
@@ -143,7 +141,6 @@ def save_adapter(unet, path, *, base_variant: str, num_frames: int,
     from . import __version__
     from .conv_in import KFI_IN_CHANNELS, check_conv_in
     from .lora import get_lora_settings, lora_state_dict
-    from .reference_attention import reference_attention_enabled
 
     path = Path(path)
     _check_save_args(path, base_variant, num_frames, training_resolution)
@@ -166,10 +163,9 @@ def save_adapter(unet, path, *, base_variant: str, num_frames: int,
             tensors[key] = tensor.detach().to("cpu").contiguous().clone()
         tensors["conv_in.weight"] = unet.conv_in.weight.detach().to("cpu").contiguous().clone()
         tensors["conv_in.bias"] = unet.conv_in.bias.detach().to("cpu").contiguous().clone()
-    reference = reference_attention_enabled(unet)
     metadata = {
         "kfi.format": ADAPTER_FORMAT,
-        "kfi.format_version": str(ADAPTER_FORMAT_VERSION if reference else 1),
+        "kfi.format_version": str(ADAPTER_FORMAT_VERSION),
         "kfi.version": __version__,
         "kfi.base_variant": base_variant,
         "kfi.base_num_frames": str(num_frames),
@@ -182,8 +178,6 @@ def save_adapter(unet, path, *, base_variant: str, num_frames: int,
     }
     if training_resolution is not None:
         metadata["kfi.training_resolution"] = json.dumps([int(v) for v in training_resolution])
-    if reference:
-        metadata["kfi.reference_attention"] = REFERENCE_ATTENTION
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -310,6 +304,12 @@ def read_adapter_metadata(path) -> AdapterInfo:
                                  "the file is damaged. Re-export it with save_adapter.") from err
 
     version = parse("format_version", int)
+    if "kfi.reference_attention" in metadata or version == 2:
+        raise AdapterMismatchError(
+            f"adapter {path}: trained with reference_attention (format version {version}), an option that was "
+            "measured to gain nothing and removed from KFI; this KFI would run it without the attention it was "
+            f"trained with. Load it with kfi_core {metadata.get('kfi.version', '?')}, which wrote it, or train the "
+            "adapter again without reference_attention.")
     if version > ADAPTER_FORMAT_VERSION:
         raise AdapterMismatchError(
             f"adapter {path}: format version {version} is newer than this KFI reads (version "
@@ -334,11 +334,6 @@ def read_adapter_metadata(path) -> AdapterInfo:
                                        tuple(parse("lora_target_modules", json_list)))
     except KfiError as err:
         raise ModelFileError(f"adapter {path}: its LoRA metadata is invalid: {err}") from err
-    reference = metadata.get("kfi.reference_attention")
-    if reference is not None and reference != REFERENCE_ATTENTION:
-        raise AdapterMismatchError(
-            f"adapter {path}: metadata kfi.reference_attention = {reference!r}; this KFI knows only "
-            f"{REFERENCE_ATTENTION!r}. It was written by kfi_core {metadata.get('kfi.version', '?')}; update KFI.")
     shapes = {key: tuple(entry.get("shape", ())) for key, entry in header.items() if key != "__metadata__"}
     return AdapterInfo(
         path=path,
@@ -354,7 +349,6 @@ def read_adapter_metadata(path) -> AdapterInfo:
         in_channels=parse("in_channels", int),
         training_resolution=resolution,
         tensor_shapes=shapes,
-        reference_attention=reference is not None,
     )
 
 
@@ -443,7 +437,6 @@ def load_adapter(unet, path, *, base_variant: str, num_frames: int, rank: int | 
 
     from .conv_in import KFI_IN_CHANNELS, check_conv_in, expand_conv_in
     from .lora import add_lora, expected_lora_shapes, get_lora_settings, lora_layers, lora_state_dict
-    from .reference_attention import disable_reference_attention, enable_reference_attention
 
     path = Path(path)
     # 1. Header: format, version, metadata; base and rank.
@@ -494,8 +487,6 @@ def load_adapter(unet, path, *, base_variant: str, num_frames: int, rank: int | 
     with torch.no_grad():
         for key, param in targets.items():
             param.copy_(tensors[key])
-    # 6. The attention the adapter was trained with (off for files without it, also in a UNet that had it on).
-    (enable_reference_attention if info.reference_attention else disable_reference_attention)(unet)
-    logger.info("loaded KFI adapter %s (base %s, %d frames, LoRA rank %d, %d tensors%s)", path, info.base_variant,
-                info.num_frames, info.rank, len(tensors), ", reference attention" if info.reference_attention else "")
+    logger.info("loaded KFI adapter %s (base %s, %d frames, LoRA rank %d, %d tensors)", path, info.base_variant,
+                info.num_frames, info.rank, len(tensors))
     return info

@@ -327,21 +327,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_demo(args: argparse.Namespace) -> int:
-    from .pretrain import PHASES, load_recipe, train_demo
-
-    phases = tuple(args.phase) if args.phase else PHASES
-    bad = [name for name in phases if name not in PHASES]
-    if bad:
-        raise KfiError(f"--phase: unknown {', '.join(bad)}; choose from {', '.join(PHASES)}.")
-    path = train_demo(load_recipe(args.config), args.out, max_minutes=args.max_minutes, phases=phases)
-    if path is None:
-        print(f"not finished: run the same command again to resume from the checkpoints in {args.out}")
-        return 0
-    print(path)
-    return 0
-
-
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
@@ -364,7 +349,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
     g.add_argument("--num-samples", type=int, default=1,
                    help="average this many samples (seeds --seed, --seed + 1, ...; default 1): N times the time, a "
-                        "lower error and a softer fill where the samples disagree (README, 'Mean of samples')")
+                        "lower error and a softer fill where the samples disagree (docs/METHOD.md, 'After sampling')")
 
 
 # --------------------------------------------------------------------------- parser
@@ -486,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes OUT/result.mp4 and OUT/preview.png. "
                                    "Colour matching defaults to affine here (the small demo VAE's colours drift) and "
                                    "guidance to 1.0 on every frame (the demo model fills better without classifier-"
-                                   "free guidance; README, 'Sampler settings for the demo model').")
+                                   "free guidance; docs/DEMO_MODEL.md).")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--tiny", action="store_true",
                    help="use a tiny random-weight model (written to OUT/model) instead of the trained demo model: "
@@ -597,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export-adapter",
         help="write a training checkpoint as an adapter file, to try it before the run ends",
         description=(
-            "Write the LoRA and input conv of CHECKPOINT (OUT/checkpoints/checkpoint-NNNNNNNN of a `train` or "
-            "`train-demo` run) as an adapter .safetensors, the file the run would have written had it ended at that "
+            "Write the LoRA and input conv of CHECKPOINT (OUT/checkpoints/checkpoint-NNNNNNNN of a `train` run) "
+            "as an adapter .safetensors, the file the run would have written had it ended at that "
             "step. Loads like any adapter (--adapter, the ComfyUI loader). The run itself is not touched."
         ),
     )
@@ -608,28 +593,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base model the run trained on (default: the one the checkpoint's settings name)")
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file base model")
     p.set_defaults(func=_cmd_export_adapter)
-
-    p = sub.add_parser(
-        "train-demo",
-        help="train the demo model from scratch on procedural clips (VAE, backbone, then the KFI adapter)",
-        description=(
-            "Phases data, vae, decoder, backbone (UNet + image encoder, stock img2vid conditioning), tune (the "
-            "backbone trained further, where the recipe gives it steps), adapter (kfi_core.train: LoRA + input conv "
-            "only), adapter_tune (that adapter fine-tuned further, in one round or several, where the recipe has an "
-            "adapter_tune section), "
-            "decoder_tune (the decoder trained further, encoder frozen, where the recipe gives it steps) and "
-            "package (OUT/demo_model). Each phase checkpoints; running the same command again resumes. "
-            "See configs/demo/recipe.json and docs/RESULTS.md."
-        ),
-    )
-    p.add_argument("--config", default="configs/demo/recipe.json", help="recipe JSON (default configs/demo/recipe.json)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop cleanly (checkpoint saved) after this many minutes; run again to resume")
-    p.add_argument("--phase", action="append", default=[], metavar="NAME",
-                   help="run only these phases (repeatable); default all: data vae decoder backbone tune adapter "
-                        "adapter_tune decoder_tune package")
-    p.set_defaults(func=_cmd_train_demo)
 
     return parser
 

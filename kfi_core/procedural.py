@@ -51,7 +51,7 @@ DIFFICULTIES = ("easy", "medium", "hard")
 _SCENE_STREAM = 0  # scene layout, colours, motion
 _EDIT_STREAM = 1  # the edited appearance
 _NOISE_TILE = 64  # value-noise tile side (cells), wrapped
-# Held-out evaluation seeds start here (bench/results.py); training (kfi_core.pretrain) stays below.
+# Held-out evaluation seeds start here (bench/results.py); training (research/demo_model) stays below.
 EVAL_SEED_BASE = 1_000_000
 
 

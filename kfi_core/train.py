@@ -36,7 +36,7 @@ noise augmentation ``ln(aug) ~ N(-3.0, 0.5^2)`` (sgm's SVD training, median 0.05
 ``cond_dropout_prob = 0.1``; weight decay 0.01 (torch's AdamW default); gradient clipping at norm 1.0;
 fps 7 and motion bucket 127 (inference defaults); constant LR, no warmup (``lr_warmup_steps`` and
 ``lr_decay_fraction``, a linear decay to 10 % at the end, are opt-in; the demo recipe anneals its last 2,000
-steps, README 'Longer adapter runs').
+steps; research/demo_model/NOTES.md, 'Longer adapter runs').
 
 **Determinism.** Every random draw of a sample (sigma, noise, dropout, augmentation strength and noise)
 comes from a ``torch.Generator`` seeded by ``(seed, stage, sample number)``; the data sample by the
@@ -86,8 +86,14 @@ ADAPTER_FILE = "adapter.safetensors"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings that shape the trajectory: resuming with other values would not continue the same run.
 RESUME_FINGERPRINT_KEYS = ("seed", "rank", "lora_alpha", "lora_lr", "p_mean", "p_std", "frame_stride",
-                           "keyframe_prob", "cond_dropout_prob", "masked_loss_weight", "repeat_noise_every",
-                           "keyframe_p_mean", "keyframe_p_std", "latent_channel_weights", "reference_attention")
+                           "keyframe_prob", "cond_dropout_prob", "masked_loss_weight",
+                           "keyframe_p_mean", "keyframe_p_std", "latent_channel_weights")
+# Options removed from KFI, with the value that means "off": a saved config or checkpoint holding that value loads
+# (the key is dropped); any other value is refused with the reason (research/demo_model/NOTES.md has the history).
+REMOVED_OPTIONS = {
+    "reference_attention": (False, "reference attention was measured to gain nothing and removed"),
+    "repeat_noise_every": (0, "repeating noise draws served one probe and was removed"),
+}
 
 
 # --------------------------------------------------------------------------- config
@@ -119,9 +125,6 @@ class TrainConfig:
     rank: int = 32
     lora_alpha: float | None = None  # None = rank (scale 1)
     from_adapter: str | None = None  # start from this adapter file's LoRA and conv_in (fine-tuning); None = fresh
-    # spatial self-attention also attends to the fully known frames (kfi_core.reference_attention; not in the paper);
-    # recorded in the adapter file, which turns it on wherever the adapter loads
-    reference_attention: bool = False
     # optimizer (paper: AdamW, lr 5e-5, betas 0.9 / 0.999)
     lr: float = 5e-5
     lora_lr: float | None = None  # the LoRA weights' learning rate; None = lr (conv_in always trains at lr)
@@ -147,7 +150,6 @@ class TrainConfig:
     # loss weight per latent channel (None = 1 each, as SVD trains): a VAE whose channels differ in spread (the demo
     # VAE's colour channels 0-2 have about a twelfth of channel 3's) otherwise trains on its widest channel alone
     latent_channel_weights: tuple[float, ...] | None = None
-    repeat_noise_every: int = 0  # >0: sample numbers repeat with this period in optimizer steps (tests, probes)
     # data
     frame_stride: int = 1
     crop_scale: tuple[float, float] = (0.8, 1.0)
@@ -220,12 +222,10 @@ class TrainConfig:
         if not self.masked_loss_weight > 0:
             raise TrainConfigError(f"masked_loss_weight: got {self.masked_loss_weight!r}; give a positive weight "
                                    "(1 = no region weighting).")
-        for name in ("checkpoint_every", "validate_every", "repeat_noise_every", "lr_warmup_steps", "num_workers"):
+        for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "num_workers"):
             _pos_int(name, getattr(self, name), zero_ok=True)
         for name in ("keep_checkpoints", "validation_steps", "log_every", "frame_stride", "encode_chunk_size"):
             _pos_int(name, getattr(self, name))
-        if not isinstance(self.reference_attention, bool):
-            raise TrainConfigError(f"reference_attention: got {self.reference_attention!r}; give true or false.")
         if self.resume is not None and not str(self.resume).strip():
             raise TrainConfigError("resume: got an empty value; give 'latest' or a checkpoint folder.")
         return self
@@ -254,6 +254,7 @@ def config_from_dict(data: dict, source: str = "config") -> TrainConfig:
         raise TrainConfigError(f"{source}: the top level must be an object of settings, got {type(data).__name__}.")
     fields = _config_fields(TrainConfig)
     data = {k: v for k, v in data.items() if not str(k).startswith("_")}
+    data = _check_removed_options(data, source)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise TrainConfigError(f"{source}: unknown setting(s) {unknown}; known settings: {sorted(fields)}.")
@@ -279,6 +280,16 @@ def config_from_dict(data: dict, source: str = "config") -> TrainConfig:
         return TrainConfig(**kwargs)
     except TypeError as err:
         raise TrainConfigError(f"{source}: {err}") from err
+
+
+def _check_removed_options(data: dict, source: str) -> dict:
+    """``data`` without the :data:`REMOVED_OPTIONS` that hold their "off" value (files written before the removal);
+    a :class:`TrainConfigError` naming the option where one is on."""
+    for name, (off, why) in REMOVED_OPTIONS.items():
+        if name in data and data[name] != off:
+            raise TrainConfigError(f"{source}: {name} = {data[name]!r}, but {why} from this KFI. Remove the setting "
+                                   f"(or set it to {json.dumps(off)}), or use the KFI version that wrote it.")
+    return {k: v for k, v in data.items() if k not in REMOVED_OPTIONS}
 
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
@@ -626,7 +637,7 @@ def resume_fingerprint(config: TrainConfig, world_size: int) -> dict:
 
 def check_resume_compatible(path: Path, state: dict, config: TrainConfig, world_size: int) -> None:
     saved, now = state.get("fingerprint", {}), resume_fingerprint(config, world_size)
-    saved = {"reference_attention": False, **saved}  # checkpoints from before the option trained without it
+    _check_removed_options(saved, f"--resume {path}")
     if saved.get("stages") and now["stages"][:len(saved["stages"])] == saved["stages"]:
         saved = {**saved, "stages": now["stages"]}  # stages may be appended, not changed
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now if saved.get(k) != now[k]]
@@ -819,7 +830,6 @@ def setup(config: TrainConfig):
 
     from .loading import place_model
     from .propagate import check_size
-    from .reference_attention import enable_reference_attention, reference_attention_enabled
 
     for name in ("model", "data", "out"):
         if not getattr(config, name):
@@ -846,12 +856,6 @@ def setup(config: TrainConfig):
     count = setup_trainable_unet(model.unet, config.rank, config.lora_alpha)
     if config.from_adapter:
         start_from_adapter(model, config)
-    if config.reference_attention:
-        enable_reference_attention(model.unet)
-    elif reference_attention_enabled(model.unet):  # from_adapter was trained with it
-        raise TrainConfigError(f"from_adapter: {config.from_adapter} was trained with reference attention and this "
-                               "run is set without it; set reference_attention true to fine-tune it, or leave "
-                               "from_adapter unset for a fresh adapter.")
     for param in model.unet.parameters():
         if param.requires_grad:
             param.data = param.data.float()
@@ -950,8 +954,6 @@ def run_stage(trainer: Trainer, stage_index: int, stage_start: int) -> None:
             batch = next(batches)
             first = state.samples_seen + (micro * acc.num_processes + acc.process_index) * stage.batch_size
             numbers = [first + j for j in range(stage.batch_size)]
-            if cfg.repeat_noise_every:
-                numbers = [n % (cfg.repeat_noise_every * per_step) for n in numbers]
             gens = [sample_generator(cfg.seed, stage_index, n) for n in numbers]
             inputs = build_unet_inputs(trainer.model, batch, cfg, gens, acc.device)
             sync = micro == stage.grad_accum - 1
@@ -1071,10 +1073,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     kfi = load_base_model(base, num_frames=num_frames)
     setup_trainable_unet(kfi.unet, config.rank, config.lora_alpha)
     load_trainable(kfi.unet, path / TRAINABLE_FILE, what="checkpoint")
-    if config.reference_attention:
-        from .reference_attention import enable_reference_attention
-
-        enable_reference_attention(kfi.unet)
     written = save_run_adapter(kfi.unet, kfi, config, out)
     logger.info("exported %s (step %d) to %s", path, int(state["step"]), written)
     return written
@@ -1083,7 +1081,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
 def train(config: TrainConfig, deadline: float | None = None) -> Path | None:
     """Train an adapter as ``config`` says; return OUT/adapter.safetensors (None on non-main processes, and
     when ``deadline``, a ``time.monotonic()`` value, passed first: a checkpoint is saved to resume from; the
-    deadline is meant for single-process runs such as ``train-demo``, each process reads its own clock)."""
+    deadline is meant for single-process runs such as the demo model's (research/demo_model), each process reads its own clock)."""
     trainer = setup(config)
     trainer.deadline = deadline
     if config.resume:

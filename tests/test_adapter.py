@@ -23,7 +23,7 @@ from kfi_core.errors import (
 from kfi_core.lora import LORA_ADAPTER_NAME, add_lora, lora_layers, lora_state_dict, merge_lora
 from kfi_core.tiny import tiny_unet_config
 
-from conftest import unet_forward
+from kfi_testing import unet_forward
 
 RANK = 8
 
@@ -242,7 +242,7 @@ def test_plain_safetensors_without_metadata_is_not_an_adapter(adapter_path, tmp_
 
 def test_newer_format_version_is_refused(adapter_path, tmp_path):
     bad = rewrite(adapter_path, tmp_path / "v3.safetensors", metadata=lambda m: {**m, "kfi.format_version": "3"})
-    with pytest.raises(AdapterMismatchError, match=r"format version 3 is newer than this KFI reads \(version 2\).*"
+    with pytest.raises(AdapterMismatchError, match=r"format version 3 is newer than this KFI reads \(version 1\).*"
                                                    r"Update KFI"):
         read_adapter_metadata(bad)
 
@@ -348,3 +348,16 @@ def test_every_refusal_is_a_kfi_error():
     for cls in (AdapterMismatchError, CheckpointFormatError, LoraError, ModelFileError, UnknownNameError,
                 UnsupportedSizeError):
         assert issubclass(cls, KfiError)
+
+
+@pytest.mark.parametrize("metadata", [{"kfi.format_version": "2", "kfi.reference_attention": "known_frames"},
+                                      {"kfi.format_version": "2"}, {"kfi.reference_attention": "known_frames"}])
+def test_a_file_trained_with_the_removed_reference_attention_is_refused(adapter_path, base_unet, tmp_path, metadata):
+    """Format 2 meant reference attention, since removed: such a file is refused with that reason before the UNet is
+    touched, never run without the attention it was trained with. Every shipped adapter is format 1 and loads."""
+    with safe_open(str(adapter_path), "pt") as f:
+        assert f.metadata()["kfi.format_version"] == "1"
+    old = rewrite(adapter_path, tmp_path / "old.safetensors", metadata=lambda meta: {**meta, **metadata})
+    with pytest.raises(AdapterMismatchError, match=r"trained with reference_attention .* removed from KFI"):
+        load_adapter(base_unet, old, base_variant="tiny", num_frames=8)
+    assert_untouched(base_unet)

@@ -111,15 +111,13 @@ def make_inputs(d: Path, model_dir: Path) -> dict[str, Path]:
         meta = dict(fh.metadata())
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     save_file(tensors, str(d / "adapter_rank8.safetensors"), metadata={**meta, "kfi.lora_rank": "8"})
-    # training recipes (train-demo --config): a typo'd phase key, broken JSON, a vae-only lever on the decoder
-    text = (ROOT / "configs" / "demo" / "recipe.json").read_text()
+    # training configs (train --config): a misspelt key, broken JSON, an option removed from KFI
+    text = (ROOT / "configs" / "tiny.json").read_text()
     typo = json.loads(text)
-    typo["vae"]["stpes"] = typo["vae"].pop("steps")
-    (d / "recipe_typo.json").write_text(json.dumps(typo))
-    (d / "recipe_broken.json").write_text(text[: len(text) // 2])
-    decoder = json.loads(text)
-    decoder["decoder"] = {"steps": 10, "anchor_weight": 10.0}
-    (d / "recipe_decoder_anchor.json").write_text(json.dumps(decoder))
+    typo["lerning_rate"] = 1e-3
+    (d / "train_typo.json").write_text(json.dumps(typo))
+    (d / "train_broken.json").write_text(text[: len(text) // 2])
+    (d / "train_removed.json").write_text(json.dumps({**json.loads(text), "reference_attention": True}))
     return {p.name: p for p in d.iterdir()}
 
 
@@ -333,9 +331,9 @@ ROWS: list[Row] = [
         why="nodes return tensors; core SaveImage writes files"),
     # ---- model files
     Row("missing_model", (_inp() + ["--model", "@no_model"], (ERR, "does not exist")),
-        (_set("m", model="diffusers/no_model"), (ERR, "'diffusers/no_model' is not in models/checkpoints"))),
+        (_set("m", model="diffusers/no_model"), (REJ, "'diffusers/no_model' is not in models/diffusers"))),
     Row("pickle_model", (_inp() + ["--model", "@model.ckpt"], (ERR, "is a pickle file (.ckpt)")),
-        (_set("m", model=f"checkpoints/{PFX}model.ckpt"), (ERR, "is a pickle file (.ckpt)")),
+        (_set("m", model=f"checkpoints/{PFX}model.ckpt"), (REJ, "is a pickle file (.ckpt)")),
         why="the dropdown lists only .safetensors (checked); a forged prompt naming the .ckpt is refused"),
     Row("truncated_model", (_inp() + ["--model", "@svd_trunc.safetensors"], (ERR, "svd_trunc.safetensors")),
         (_set("m", model=f"checkpoints/{PFX}svd_trunc.safetensors"), (ERR, "svd_trunc.safetensors"))),
@@ -376,14 +374,16 @@ ROWS: list[Row] = [
     Row("bad_schedule_option", (["schedule", "--frames", "40", "--window", "8", "-o", "strides=[15,"],
                                 (ERR, "schedule 'anchor': unknown options ['strides']")), None,
         why="the schedule node has no free-form options"),
-    # ---- training recipes (train-demo; checked before anything is written)
-    Row("recipe_unknown_key", (["train-demo", "--config", "@recipe_typo.json"],
-                               (ERR, "vae: unknown key(s) stpes")), None, why="training runs from the CLI only"),
-    Row("recipe_bad_json", (["train-demo", "--config", "@recipe_broken.json"], (ERR, "not valid JSON")), None,
+    # ---- training configs (checked before anything is written)
+    Row("train_unknown_key", (["train", "--config", "@train_typo.json", "--model", "@no_model", "--data", "@frames4"],
+                              (ERR, "unknown setting(s) ['lerning_rate']")), None,
         why="training runs from the CLI only"),
-    Row("recipe_decoder_anchor", (["train-demo", "--config", "@recipe_decoder_anchor.json"],
-                                  (ERR, "decoder.anchor_weight / norm_reference: the decoder phase keeps the encoder")),
-        None, why="training runs from the CLI only"),
+    Row("train_bad_json", (["train", "--config", "@train_broken.json", "--model", "@no_model", "--data", "@frames4"],
+                           (ERR, "cannot parse it")), None, why="training runs from the CLI only"),
+    Row("train_removed_option", (["train", "--config", "@train_removed.json", "--model", "@no_model", "--data",
+                                  "@frames4"], (ERR, "reference_attention = True, but reference attention was measured "
+                                                     "to gain nothing and removed")), None,
+        why="training runs from the CLI only"),
     Row("bad_schedule_json", None, None, why="schedules travel as objects in both paths; only the library reads JSON",
         lib=lambda: __import__("kfi_core.schedules", fromlist=["x"]).Schedule.from_json("{not json"),
         lib_expect="schedule: not valid JSON"),
@@ -434,7 +434,7 @@ def _argv(row: Row, d: Path, model: Path, out: Path) -> list[str]:
     argv = [str(d / a[1:]) if isinstance(a, str) and a.startswith("@") else str(a) for a in args]
     if argv[0] == "inpaint" and "--model" not in argv:
         argv += ["--model", str(model)]
-    if argv[0] in ("inpaint", "train-demo") and "--out" not in argv:
+    if argv[0] in ("inpaint", "train") and "--out" not in argv:
         argv += ["--out", str(out / row.id)]
     return argv
 
@@ -457,6 +457,7 @@ def cli_results(bad_inputs, tiny_model_dir, tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.cli], ids=lambda r: r.id)
+@pytest.mark.slow
 def test_cli(row, cli_results):
     got = cli_results["results"][row.id]
     kind, text = row.cli[1]
@@ -473,6 +474,7 @@ def test_cli(row, cli_results):
 
 
 @pytest.mark.parametrize("rid", ["mask_count", "pickle_adapter"])
+@pytest.mark.slow
 def test_real_cli_process(rid, bad_inputs, tiny_model_dir, tmp_path):
     """Two rows through a real `python -m kfi_core` process: exit code 2, message, no traceback."""
     row = ROWS[ROW_IDS.index(rid)]
@@ -521,6 +523,7 @@ def server_results(comfy_server, bad_inputs) -> dict:
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.server], ids=lambda r: r.id)
+@pytest.mark.slow
 def test_server(row, server_results):
     got = server_results["results"][row.id]
     kind, text = row.server[1]
@@ -541,10 +544,13 @@ def test_server(row, server_results):
 
 
 def test_dropdowns_offer_no_pickles(comfy_server, server_results):
-    inputs = comfy_server.get("/object_info/LoadKFInpaintModel")["LoadKFInpaintModel"]["input"]["required"]
-    models = inputs["model"][0] if isinstance(inputs["model"][0], list) else inputs["model"][1]["options"]
-    adapters = inputs["adapter"][0] if isinstance(inputs["adapter"][0], list) else inputs["adapter"][1]["options"]
-    assert f"checkpoints/{PFX}svd_trunc.safetensors" in models
+    def options(node: str, name: str) -> list[str]:
+        spec = comfy_server.get(f"/object_info/{node}")[node]["input"]["required"][name]
+        return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
+    models = options("LoadKFInpaintModel", "model") + options("LoadKFInpaintCheckpoint", "ckpt_name")
+    adapters = options("LoadKFInpaintModel", "adapter")
+    assert f"{PFX}svd_trunc.safetensors" in models and f"{PFX}model.ckpt" not in models
     assert not [m for m in models + adapters if m.endswith((".ckpt", ".pt", ".pth", ".bin"))]
 
 

@@ -149,6 +149,7 @@ def test_vae_ceiling_is_the_vae_reconstruction_in_the_hole(tiny_components):
     assert torch.isfinite(out).all() and not torch.equal(out[~outside], c.ground_truth[~outside])
 
 
+@pytest.mark.slow
 def test_results_script_smoke(tmp_path):
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "--clips", "1", "--frames", "4",
@@ -166,6 +167,7 @@ def test_results_script_smoke(tmp_path):
         assert (tmp_path / "results" / f"{name}-medium.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     import re
 
@@ -213,21 +215,6 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     assert "Room the keyframe leaves (texture swap)" in summary
 
 
-def test_vae_colour_bench_probes_and_trains(tmp_path):
-    """bench/vae_colour.py (the README's VAE colour numbers) runs: a probe of the shipped VAE and a short fit."""
-    script = str(ROOT / "bench" / "vae_colour.py")
-    probe = subprocess.run([sys.executable, script, "--probe", str(ROOT / "kfi_core/assets/demo_model/vae"),
-                            "--frames", "2"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    assert probe.stdout.count("flat (") == 5 and "channels permuted (GBR)" in probe.stdout
-    fit = subprocess.run([sys.executable, script, "--widths", "32,32", "--steps", "2", "--size", "16",
-                          "--ref-bias", "1", "--pooled-weight", "1", "--chroma-weight", "2"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "step 2: flat-colour error" in fit.stdout and "held-out PSNR" in fit.stdout
-    assert "chroma gain" in fit.stdout
-
-
 def test_results_script_task_and_pattern_choices(capsys):
     sys.path.insert(0, str(ROOT / "bench"))
     from results import parse_args, procedural_sections
@@ -273,6 +260,7 @@ def test_results_texture_period_overrides_the_presets(capsys):
         assert "--texture-period: got" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_results_verdict_clips_judge_the_edit_on_more_clips(tmp_path, capsys):
     """--verdict-clips N: the edit summary's verdict compares its three rows on N clips (the table's first), each row's
     number the mean over those clips of the same method scored one clip at a time; the table keeps its own clips."""
@@ -314,7 +302,7 @@ def test_results_keyframe_colour_match_rows_fit_on_the_decoded_keyframe(tiny_mod
     """--color-match keyframe: a keyframe row's colour-matched output is the executor's own (inpaint with composite and
     colour matching on), which fits the decoded keyframe to the given one; the raw output holds the given keyframe,
     on which that fit would be the identity. Without a keyframe the mode falls back to the ring fit of the raw row."""
-    from conftest import load_with_random_adapter
+    from kfi_testing import load_with_random_adapter
 
     sys.path.insert(0, str(ROOT / "bench"))
     from results import methods_for, parse_args, sampling_settings

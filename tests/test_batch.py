@@ -140,6 +140,7 @@ def test_cli_requires_video_and_mask_or_batch(tiny_model_dir, tmp_path, capsys):
         main(["inpaint", "--model", "m", "--video", "v", "--mask", "k"])  # --out stays required
 
 
+@pytest.mark.slow
 def test_two_processes_write_every_output_once(tiny_model_dir, tmp_path):
     src = make_batch_dir(tmp_path / "in")
     out = tmp_path / "out"

@@ -26,6 +26,7 @@ def test_bundled_sample_matches_its_generator():
     assert torch.equal(masks, clip["masks"])
 
 
+@pytest.mark.slow
 def test_inpaint_png_folders_keeps_unmasked_pixels(tmp_path, tiny_model_dir):
     out = tmp_path / "result"
     proc = run_cli("inpaint", "--model", tiny_model_dir, "--video", SAMPLE_DIR / "frames", "--mask",
@@ -44,6 +45,7 @@ def test_inpaint_png_folders_keeps_unmasked_pixels(tmp_path, tiny_model_dir):
     assert not torch.equal(result[~keep], frames[~keep])
 
 
+@pytest.mark.slow
 def test_inpaint_mp4_with_a_keyframe_and_a_single_mask_image(tmp_path, tiny_model_dir):
     clip = make_sample_clip()
     write_frames(clip["frames"], tmp_path / "in.mp4", fps=10)
@@ -59,6 +61,7 @@ def test_inpaint_mp4_with_a_keyframe_and_a_single_mask_image(tmp_path, tiny_mode
     assert (result[2] - clip["ground_truth"][2]).abs().mean() < 0.03
 
 
+@pytest.mark.slow
 def test_sizes_the_model_cannot_take(tmp_path, tiny_model_dir):
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(4, 3, 60, 70, generator=g)
@@ -80,6 +83,7 @@ def test_sizes_the_model_cannot_take(tmp_path, tiny_model_dir):
     assert torch.equal(result[keep], inp[keep])
 
 
+@pytest.mark.slow
 def test_clear_errors(tmp_path, tiny_model_dir):
     write_frames(make_sample_clip()["frames"][:1], tmp_path / "kf.png")
     cases = [
@@ -98,6 +102,7 @@ def test_clear_errors(tmp_path, tiny_model_dir):
         assert want in proc.stderr and "Traceback" not in proc.stderr, (want, proc.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_demo_writes_video_and_preview(tmp_path):
     proc = run_cli("demo", "--out", tmp_path / "demo", "--steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,7 @@ from kfi_core.errors import CheckpointFormatError, KfiError
 from kfi_core.lora import add_lora
 from kfi_core.tiny import tiny_unet_config
 
-from conftest import unet_forward
+from kfi_testing import unet_forward
 
 
 @pytest.fixture()

@@ -17,7 +17,6 @@ from kfi_core.procedural import EVAL_SEED_BASE, make_procedural_clip
 from kfi_core.propagate import PropagateSettings
 from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, DEMO_SAMPLING, demo_model_available
 
-DEMO_RECIPE = DEMO_MODEL_DIR.parents[2] / "configs" / "demo" / "recipe.json"
 SEEDS = [EVAL_SEED_BASE + 500 + i for i in range(3)]  # held out, and not the clips of docs/RESULTS.md
 SETTINGS = PropagateSettings(steps=12, seed=0)
 
@@ -62,7 +61,7 @@ def _round_trip(vae, clip: torch.Tensor) -> torch.Tensor:
 
 
 def test_demo_model_ships_an_edit_and_a_removal_adapter():
-    """The package ships two adapters of the same backbone (configs/demo/recipe.json's rounds 3 and 6, package_as):
+    """The package ships two adapters of the same backbone (research/demo_model/recipe.json's rounds 3 and 6, package_as):
     the same tensors, different weights, and both load strictly as KFI adapters of the bundled model."""
     from safetensors.torch import load_file
 
@@ -75,10 +74,11 @@ def test_demo_model_ships_an_edit_and_a_removal_adapter():
     assert model.in_channels == 12 and model.lora_rank == 32 and model.num_frames == 8
 
 
+@pytest.mark.slow
 def test_the_removal_adapter_removes_better_than_the_edit_adapter(demo_model):
     """Removal without a keyframe, as `demo` runs it (its sampling defaults, colour matching on): on 12 held-out
     clips (6 medium, 6 easy) the removal adapter's fill errs less in the hole than the edit adapter's on most clips
-    and on average (validation, 32 clips a level: +0.56 / +0.81 dB; README 'Two adapters: edit and removal')."""
+    and on average (validation, 32 clips a level: +0.56 / +0.81 dB; research/demo_model/NOTES.md, 'Two adapters: edit and removal')."""
     from kfi_core.loading import load_kfi_model
 
     removal = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_REMOVAL_ADAPTER)
@@ -91,6 +91,7 @@ def test_the_removal_adapter_removes_better_than_the_edit_adapter(demo_model):
     assert sum(gains) / len(gains) > 0.2 and sum(g > 0 for g in gains) >= 8, gains
 
 
+@pytest.mark.slow
 def test_the_mean_of_samples_fills_closer_than_one_sample():
     """num_samples=4 with the removal adapter, as `demo` runs it otherwise: on 8 held-out easy clips its fill errs
     less in the hole than one sample (seed 0, the first of the four) on most clips and on average (measured +0.92 dB,
@@ -109,9 +110,10 @@ def test_the_mean_of_samples_fills_closer_than_one_sample():
 
 def test_demo_vae_is_trained(demo_model):
     """Its reconstructions of held-out clips are far closer than those of the same VAE with random weights."""
-    from kfi_core.pretrain import load_recipe, new_components
+    from diffusers import AutoencoderKLTemporalDecoder
 
-    random_vae = new_components(load_recipe(DEMO_RECIPE))["vae"].eval()
+    torch.manual_seed(0)
+    random_vae = AutoencoderKLTemporalDecoder.from_config(demo_model.vae.config).eval()
     clips = [make_procedural_clip("removal", 8, 64, 64, seed=s, difficulty="medium").ground_truth for s in SEEDS]
 
     def recon_psnr(vae):
@@ -124,7 +126,7 @@ def test_demo_vae_is_trained(demo_model):
 def test_demo_vae_keeps_colour(demo_model):
     """recipe.json's VAE is trained to keep colour (chroma loss, colour anchor, GroupNorm reference): its
     reconstructions of held-out clips keep a clear part of their chroma. The VAE it replaced kept 0.02 in the hole
-    of the edit task (a flat red frame came back dark grey; README, 'Why the keyframe cannot help yet')."""
+    of the edit task (a flat red frame came back dark grey; research/demo_model/NOTES.md, 'Why the keyframe cannot help yet')."""
     from kfi_core.metrics import chroma_gain
 
     clips = [make_procedural_clip("edit", 8, 64, 64, seed=s, difficulty="medium").ground_truth for s in SEEDS]
@@ -138,13 +140,14 @@ def test_demo_vae_keeps_colour(demo_model):
 def test_demo_model_fills_better_than_an_untrained_model(demo_model, tiny_model_dir):
     """The trained backbone + adapter against the tiny random model with a random adapter, on held-out removal
     clips: a check that the shipped weights are the trained ones (the benchmark is docs/RESULTS.md)."""
-    from conftest import load_with_random_adapter
+    from kfi_testing import load_with_random_adapter
 
     clips = [make_procedural_clip("removal", 8, 64, 64, seed=s, difficulty="medium") for s in SEEDS]
     untrained = load_with_random_adapter(tiny_model_dir, rank=4)
     assert _removal_psnr(demo_model, clips) > _removal_psnr(untrained, clips) + 2.0
 
 
+@pytest.mark.slow
 def test_demo_model_carries_an_edit_from_its_keyframe(demo_model):
     """Edit propagation, the job a keyframe is for: on held-out recolour-edit clips the shipped model's fill with the
     edited keyframe errs clearly less in the hole against the edited ground truth than its fill without one (docs/
@@ -167,6 +170,7 @@ def test_demo_model_carries_an_edit_from_its_keyframe(demo_model):
     assert sum(with_kf) / 4 > sum(without) / 4 + 0.5, (with_kf, without)
 
 
+@pytest.mark.slow
 def test_colour_matching_fixes_the_demo_vaes_colour_drift(demo_model):
     """The small demo VAE's colours drift (less since it keeps colour, but the fill's do); fitting the fill's colours to the
     known pixels around the hole (kfi_core.color_match) lifts the fill above the raw output, and the VAE's
@@ -186,29 +190,3 @@ def test_colour_matching_fixes_the_demo_vaes_colour_drift(demo_model):
     ceiling = mean_psnr(lambda c: vae_ceiling(demo_model.vae, c.ground_truth, c.masks, frames=c.frames,
                                               color_match="affine"))
     assert ceiling > mean_psnr(lambda c: mean_fill(c.frames, c.masks)) + 1.0
-
-
-@torch.no_grad()
-def test_demo_backbone_carries_the_first_frame_across_frames():
-    """The shipped backbone (recipe.json: first_frame_only_prob 0.5) reads a keyframe through its temporal layers
-    even under a fresh adapter (zero LoRA, zero new conv_in channels): one denoiser call at sigma 15 on held-out edit
-    clips errs clearly less in the hole with the keyframe than without (the backbone shipped 2026-12-05 to 06: 1.22x;
-    the one before it 1.3x and more at sigma 5). A stock-conditioned backbone scores 0.88-1.03 here (README, 'Why the keyframe is hard to use')."""
-    import sys
-
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.train import setup_trainable_unet
-
-    sys.path.insert(0, str(DEMO_MODEL_DIR.parents[2] / "bench"))
-    from keyframe_use import probe_clip
-
-    model = load_kfi_model(DEMO_MODEL_DIR)
-    setup_trainable_unet(model.unet, rank=4)
-    model.unet.eval().requires_grad_(False)
-    with_kf = without = 0.0
-    for s in SEEDS:
-        c = make_procedural_clip("edit", 8, 64, 64, seed=s, difficulty="medium")
-        w, wo = probe_clip(model, c.frames, c.masks, c.ground_truth, c.keyframe, c.keyframe_index, [15.0],
-                           seed=s)[15.0]
-        with_kf, without = with_kf + w, without + wo
-    assert without > 1.12 * with_kf, (with_kf, without)

@@ -12,7 +12,7 @@ from kfi_core.loading import load_kfi_model
 from kfi_core.propagate import PropagateSettings, propagate
 from kfi_core.schedules import SCHEDULES, build_schedule
 
-from conftest import load_with_random_adapter
+from kfi_testing import load_with_random_adapter
 
 FAST = dict(steps=2, decode_chunk_size=8)
 
@@ -33,6 +33,7 @@ def make_clip(n, seed=0, keyframes=()):
 
 
 @pytest.mark.parametrize("strategy", sorted(SCHEDULES))
+@pytest.mark.slow
 def test_a_clip_that_fits_one_window_gives_the_single_window_result(model, strategy):
     clip = make_clip(6, keyframes=[2])
     want = propagate(model, clip, PropagateSettings(seed=5, **FAST))
@@ -47,6 +48,7 @@ def _unet_frames(model):
     return seen, handle
 
 
+@pytest.mark.slow
 def test_100_frames_with_the_anchor_schedule(model):
     clip = make_clip(100, keyframes=[0, 57])
     steps = []
@@ -81,6 +83,7 @@ def test_multidiffusion_runs_and_keeps_the_input(model):
 
 
 @pytest.mark.parametrize("strategy", ["autoregressive", "improved-ar", "reverse", "hierarchy2"])
+@pytest.mark.slow
 def test_other_strategies_on_a_long_clip(model, strategy):
     clip = make_clip(19, keyframes=[9])
     out = inpaint(model, clip, PropagateSettings(steps=1), strategy=strategy)
@@ -98,6 +101,7 @@ def test_schedule_mismatches(model):
         run_schedule(model, clip, build_schedule("anchor", 20, 8, [3]), PropagateSettings(**FAST))
 
 
+@pytest.mark.slow
 def test_keyframe_colour_matching_in_windows(model):
     """Mode keyframe fits on each window's fully known frames: one window matches propagate's composite; on a long
     clip every window has known frames (keyframes or anchors), so the result differs from the ring-only fit."""
@@ -119,6 +123,7 @@ def test_keyframe_colour_matching_in_windows(model):
 
 @pytest.mark.parametrize("length,strategy,feather_px,color_match",
                          [(6, None, 0, "none"), (6, None, 3, "affine"), (20, "anchor", 3, "affine")])
+@pytest.mark.slow
 def test_num_samples_is_the_mean_of_one_sample_runs_with_consecutive_seeds(model, length, strategy, feather_px,
                                                                            color_match):
     """Oracle: the mean of num_samples=3 equals the mean of three one-sample runs (seeds 7, 8, 9), whatever the

@@ -172,6 +172,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_cli_write_that_fails_leaves_no_partial_output(tmp_path, tiny_model_dir):
     from kfi_core.sample import SAMPLE_DIR
 

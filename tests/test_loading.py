@@ -12,7 +12,7 @@ import torch
 from kfi_core.errors import AdapterMismatchError, ModelFileError, UnknownNameError
 from kfi_core.loading import describe_model, load_kfi_model
 
-from conftest import load_with_random_adapter, unet_forward
+from kfi_testing import load_with_random_adapter, unet_forward
 
 
 def test_diffusers_folder_matches_the_components(tiny_model_dir, tiny_components):
@@ -63,6 +63,7 @@ def test_adapter_round_trip_through_loader(tmp_path, tiny_model_dir):
     assert info["mode"] == "kfi-adapter" and info["trainable_parameters"] > 0
 
 
+@pytest.mark.slow
 def test_adapter_for_another_frame_count_is_refused(tmp_path, tiny_model_dir):
     from kfi_core.tiny import build_tiny_pipeline_folder
 
@@ -78,6 +79,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "kfi_core", *args], capture_output=True, text=True, check=False)
 
 
+@pytest.mark.slow
 def test_info_before_and_after_an_adapter(tmp_path, tiny_model_dir):
     before = run_cli("info", str(tiny_model_dir))
     assert before.returncode == 0, before.stderr
@@ -95,6 +97,7 @@ def test_info_before_and_after_an_adapter(tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_single_file_and_folder_load_the_same_model(tmp_path, tiny_model_dir):
     """diffusers folder -> single file (CLI convert) -> KfiModel equals the folder's KfiModel exactly."""
     single = tmp_path / "svd_tiny.safetensors"
@@ -113,6 +116,7 @@ def test_single_file_and_folder_load_the_same_model(tmp_path, tiny_model_dir):
     assert all(torch.equal(v, a.unet.state_dict()[k]) for k, v in c.unet.state_dict().items())
 
 
+@pytest.mark.slow
 def test_single_file_with_an_adapter(tmp_path, tiny_model_dir):
     single = tmp_path / "svd_tiny.safetensors"
     assert run_cli("convert", str(tiny_model_dir), str(single)).returncode == 0
@@ -122,6 +126,7 @@ def test_single_file_with_an_adapter(tmp_path, tiny_model_dir):
     assert (m.in_channels, m.lora_rank) == (12, 8)
 
 
+@pytest.mark.slow
 def test_truncated_single_file_is_reported(tmp_path, tiny_model_dir):
     single = tmp_path / "svd_tiny.safetensors"
     assert run_cli("convert", str(tiny_model_dir), str(single)).returncode == 0

@@ -16,7 +16,7 @@ from kfi_core.lora import (
 )
 from kfi_core.tiny import tiny_unet_config
 
-from conftest import unet_forward
+from kfi_testing import unet_forward
 
 
 def randomize_lora(unet, seed=0, std=0.05):

@@ -111,6 +111,7 @@ def test_unet_attention_uses_pytorch_sdpa(tiny_model_dir, monkeypatch):
     assert len(seen) >= 4
 
 
+@pytest.mark.slow
 def test_gpu_fullsize_bench_dry_run():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_fullsize.py"), "--dry-run", "--steps", "2",
                            "--json"], capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ from kfi_core.errors import (CancelledError, InputMismatchError, KeyframeError, 
 from kfi_core.loading import load_kfi_model
 from kfi_core.propagate import PropagateSettings, propagate
 
-from conftest import load_with_random_adapter
+from kfi_testing import load_with_random_adapter
 
 FAST = dict(steps=2, decode_chunk_size=4)
 

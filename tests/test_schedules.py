@@ -99,6 +99,7 @@ def test_name_table():
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.slow
 def test_properties_every_length(strategy):
     """N = 1..300 with windows 14 and 25, 1..120 with window 8, a few with window 3; four keyframe sets."""
     cases = [(n, w) for n in range(1, 301) for w in (14, 25)]

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import psutil
+import pytest
 import torch
 from PIL import Image
 
@@ -183,6 +184,7 @@ def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+@pytest.mark.slow
 def test_soak_mixed_prompts(comfy_server):
     from kfi_core.video_io import write_frames  # noqa: F401 - the pack's deps import in this process too
 

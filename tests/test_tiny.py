@@ -51,6 +51,7 @@ def test_refuses_non_empty_folder(tmp_path):
         build_tiny_pipeline_folder(tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_cli_make_tiny_model(tmp_path):
     out = tmp_path / "cli-model"
     proc = subprocess.run([sys.executable, "-m", "kfi_core", "make-tiny-model", str(out), "--frames", "6", "--seed", "2"],

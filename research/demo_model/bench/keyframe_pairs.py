@@ -1,6 +1,6 @@
 """Can a fresh KFI adapter learn to read its keyframe at all? Train it on pairs that differ only there.
 
-    .venv/bin/python bench/keyframe_pairs.py --model M [--clips 16] [--steps 400] [--lr 2e-3] [--sigma 10]
+    .venv/bin/python research/demo_model/bench/keyframe_pairs.py --model M [--clips 16] [--steps 400] [--lr 2e-3] [--sigma 10]
         [--p-mean P --p-std S] [--weight 10] [--random-keyframe] [--difficulty easy] [--eval-clips 6]
 
 Each training clip of the procedural ``edit`` task (seeds from 1000, below the held-out ones) gives two samples
@@ -8,7 +8,7 @@ with the same input frames and the same hole: one whose keyframe and ground trut
 where both show it edited. Only the keyframe tells them apart, so the in-mask loss can fall below the average of
 the two only by reading it. A fresh adapter (12-channel conv_in and LoRA rank 32 on the model's UNet, as
 kfi_core.train builds it) trains on those samples alone, at noise levels ``sigma * exp(0.3 z)`` (or ln sigma ~
-N(P, S^2)), with the loss weighted ``--weight`` inside the latent mask. Then bench/keyframe_use.py's probe runs on
+N(P, S^2)), with the loss weighted ``--weight`` inside the latent mask. Then research/demo_model/bench/keyframe_use.py's probe runs on
 the training clips and on held-out clips (seeds from EVAL_SEED_BASE): in-mask latent MSE with and without the
 keyframe at sigma 5 and 15, and their ratio (1 = the keyframe is ignored). README, 'Teaching the adapter to read
 the keyframe', has what it found on the demo model's backbone.
@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "bench"):
+ROOT = Path(__file__).resolve().parents[3]  # the repository
+for path in (ROOT, Path(__file__).resolve().parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -1,6 +1,6 @@
 """Does a KFI adapter read its keyframe? One denoiser call per noise level, with and without it.
 
-    .venv/bin/python bench/keyframe_use.py [--model M] [--adapter A] [--clips N] [--task edit|copy]
+    .venv/bin/python research/demo_model/bench/keyframe_use.py [--model M] [--adapter A] [--clips N] [--task edit|copy]
         [--sigmas 0.5,2,5,15] [--difficulty medium]
 
 For held-out procedural clips (seeds from kfi_core.procedural.EVAL_SEED_BASE) the same noisy latents
@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

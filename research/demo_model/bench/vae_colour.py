@@ -1,7 +1,7 @@
 """Does a VAE keep colour? Probe a trained one, or train a variant briefly and watch its flat-colour error.
 
-    .venv/bin/python bench/vae_colour.py --probe kfi_core/assets/demo_model/vae
-    .venv/bin/python bench/vae_colour.py --widths 64,64,64 --steps 400 [--lr 2e-3] [--ref-bias 10]
+    .venv/bin/python research/demo_model/bench/vae_colour.py --probe kfi_core/assets/demo_model/vae
+    .venv/bin/python research/demo_model/bench/vae_colour.py --widths 64,64,64 --steps 400 [--lr 2e-3] [--ref-bias 10]
         [--pooled-weight 10] [--chroma-weight 4] [--norm-ref 10] [--anchor-weight 10] [--flat-only]
         [--batch 4] [--deterministic]
 
@@ -10,13 +10,13 @@ and held-out procedural clips and prints what comes back, then how much colour t
 linear probe from latents to pooled colours: the encoder's share of the loss). A training run fits a fresh
 ``AutoencoderKLTemporalDecoder`` (kfi_core.tiny shapes, the given widths) on 4-frame 32x32 crops of procedural
 training clips, every other step a flat random colour with faint noise, with the demo recipe's loss (L1 + MSE,
-tiny KL, plus ``--chroma-weight`` times kfi_core.pretrain.chroma_mse); four times it prints the mean absolute
+tiny KL, plus ``--chroma-weight`` times research.demo_model.vae.chroma_mse); four times it prints the mean absolute
 error of decoded flat colours (0..1), the PSNR of held-out crops and their chroma gain (kfi_core.metrics: 1 =
 colours kept, 0 = grey). ``--no-flat`` leaves the flat colours out, as the recipe's VAE phase does.
 ``--ref-bias`` adds a constant to half of the first convs' output channels (a reference channel in each
 GroupNorm group); ``--norm-ref`` does so before the encoder's and decoder's last GroupNorms instead
-(kfi_core.pretrain.add_norm_reference); ``--anchor-weight`` pulls the latent toward the pooled colours
-(kfi_core.pretrain.colour_anchor_mse); ``--pooled-weight`` adds an MSE term on 8x8-pooled colours.
+(research.demo_model.vae.add_norm_reference); ``--anchor-weight`` pulls the latent toward the pooled colours
+(research.demo_model.vae.colour_anchor_mse); ``--pooled-weight`` adds an MSE term on 8x8-pooled colours.
 A benchmark, not a test: nothing here asserts a number.
 """
 
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 logger = logging.getLogger("bench.vae_colour")
 FLAT_COLOURS = ((0.9, 0.1, 0.1), (0.1, 0.8, 0.2), (0.2, 0.3, 0.9), (0.5, 0.5, 0.5), (0.8, 0.8, 0.2))
-HELD_OUT_SEEDS = (9000, 9001, 9002)  # below kfi_core.pretrain.TRAIN_SEED_LIMIT but never drawn by the steps here
+HELD_OUT_SEEDS = (9000, 9001, 9002)  # below research.demo_model.recipe.TRAIN_SEED_LIMIT but never drawn by the steps here
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,7 +71,7 @@ def flat(colour, frames: int, size: int) -> torch.Tensor:
 
 
 def crop(seed: int, frames: int, size: int) -> torch.Tensor:
-    from kfi_core.pretrain import training_clip
+    from research.demo_model.data import training_clip
 
     return training_clip(seed, frames, 64, 64)[:, :, :size, :size]
 
@@ -103,7 +103,7 @@ def latent_colour_r2(vae, frames: int, train_seeds=range(40), test_seeds=range(1
     latent cell's 3x3 neighbourhood to the 4x4-pooled pixels below it is fitted on training clips and scored on
     others. Returns (held-out R^2 of the pooled chroma, of the pooled RGB), per channel; R^2 near 0 for chroma
     means no decoder can bring the colour back."""
-    from kfi_core.pretrain import training_clip
+    from research.demo_model.data import training_clip
 
     def cells(seeds):
         xs, chroma, rgb = [], [], []
@@ -131,7 +131,7 @@ def latent_colour_r2(vae, frames: int, train_seeds=range(40), test_seeds=range(1
 def probe(path: str, frames: int) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from kfi_core.pretrain import training_clip
+    from research.demo_model.data import training_clip
     from kfi_core.procedural import EVAL_SEED_BASE
 
     vae = AutoencoderKLTemporalDecoder.from_pretrained(path, use_safetensors=True).eval()
@@ -153,7 +153,7 @@ def probe(path: str, frames: int) -> None:
 def train(args) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from kfi_core.pretrain import add_norm_reference, chroma_mse, colour_anchor_mse
+    from research.demo_model.vae import add_norm_reference, chroma_mse, colour_anchor_mse
     from kfi_core.tiny import TINY_VAE_CONFIG
 
     torch.manual_seed(0)

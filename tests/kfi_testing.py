@@ -1,0 +1,37 @@
+"""Helpers the tests share (imported by name: ``from kfi_testing import ...``; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+
+def load_with_random_adapter(model_dir, rank: int = 4, std: float = 0.05, seed: int = 0):
+    """The tiny model as after some training: 12-channel conv_in and LoRA with random (non-zero)
+    weights, seeded, frozen. Tests of sampling and adapters use it instead of a trained adapter."""
+    import torch
+
+    from kfi_core.conv_in import expand_conv_in
+    from kfi_core.loading import load_kfi_model
+    from kfi_core.lora import add_lora, lora_state_dict
+
+    model = load_kfi_model(model_dir)
+    expand_conv_in(model.unet)
+    add_lora(model.unet, rank=rank)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lora_state_dict(model.unet).values():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+        new = model.unet.conv_in.weight[:, 8:]
+        new.copy_(torch.randn(new.shape, generator=g) * std)
+    model.unet.requires_grad_(False)
+    return model
+
+
+def unet_forward(unet, latents):
+    """One UNet call on latents [B, F, C, h, w] with fixed timestep, image embedding and added time ids."""
+    import torch
+
+    batch = latents.shape[0]
+    image_embeddings = torch.randn(batch, 1, 32, generator=torch.Generator().manual_seed(1))  # [B, 1, D]
+    added_time_ids = torch.tensor([[6.0, 127.0, 0.02]] * batch)  # fps - 1, motion bucket, noise aug
+    with torch.no_grad():
+        return unet(latents, torch.tensor([1.0]), encoder_hidden_states=image_embeddings,
+                    added_time_ids=added_time_ids).sample

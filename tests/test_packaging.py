@@ -1,0 +1,56 @@
+"""What users install: the wheel (the library alone) and the registry pack (the repository less .comfyignore)
+carry no lab, tests, benchmarks or docs pictures, and do carry what the product needs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NEVER_SHIPPED = ("research/", "tests/", "bench/", "scripts/", ".ci/", "docs/images/")
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, check=True).stdout
+    return [name for name in out.decode().split("\0") if name and (ROOT / name).exists()]
+
+
+def registry_pack(files: list[str]) -> list[str]:
+    """The files the Comfy registry's packer keeps: every tracked file that .comfyignore (gitignore syntax, read with
+    pathspec as comfy-cli reads it) does not match."""
+    import pathspec
+
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", (ROOT / ".comfyignore").read_text().splitlines())
+    return [name for name in files if not spec.match_file(name)]
+
+
+def test_the_registry_pack_leaves_out_the_lab_tests_and_benchmarks():
+    files = tracked_files()
+    assert any(name.startswith("research/") for name in files)  # there is something to leave out
+    pack = registry_pack(files)
+    assert [name for name in pack if name.startswith(NEVER_SHIPPED)] == []
+    for needed in ("__init__.py", "nodes/__init__.py", "kfi_core/__init__.py", "requirements.txt", "pyproject.toml",
+                   "README.md", "kfi_core/assets/demo_model/adapter.safetensors", "configs/kfi_svd_xt.json"):
+        assert needed in pack, needed
+    assert any(name.startswith("workflows/") and name.endswith(".json") for name in pack)
+
+
+@pytest.mark.slow
+def test_the_wheel_is_the_library_with_its_assets(tmp_path):
+    """Built as pip builds it (offline, from this tree): kfi_core and its assets only."""
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    wheel, = tmp_path.glob("comfyui_kfi-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    payload = [n for n in names if ".dist-info/" not in n]
+    assert payload and all(n.startswith("kfi_core/") for n in payload), sorted(
+        {n.split("/")[0] for n in payload})
+    sources = {n for n in tracked_files() if n.startswith("kfi_core/")}
+    assert sources <= set(payload), sorted(sources - set(payload))  # every module and asset file, none left out
+    assert "kfi_core/assets/demo_model/unet/diffusion_pytorch_model.safetensors" in payload
