@@ -10,8 +10,9 @@ from . import bridge
 from .condition import SymmetricMaskEncode
 from .crop import KFICropForInpaint, KFIStitchCrop
 from .keyframes import KFIInsertKeyframes, KFISelectKeyframe
-from .loaders import KFIModelInfo, LoadKFInpaintModel
+from .loaders import KFIModelInfo, LoadKFInpaintCheckpoint, LoadKFInpaintModel
 from .masks import KFIMaskPrepare
+from .sample import KFISampleClip
 from .sampler import KeyframePropagateSampler
 from .schedule import LongVideoAnchorSchedule
 
@@ -28,6 +29,8 @@ NODES: list[type[io.ComfyNode]] = [
     KFIInsertKeyframes,
     KFICropForInpaint,
     KFIStitchCrop,
+    LoadKFInpaintCheckpoint,
+    KFISampleClip,
 ]
 
 

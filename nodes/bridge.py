@@ -67,14 +67,50 @@ def _diffusers_folders() -> list[str]:
     return sorted(found)
 
 
+def list_checkpoints() -> list[str]:
+    """Dropdown entries of Load KFI Inpaint Model (checkpoint): file names in models/checkpoints, as ComfyUI's own
+    checkpoint loaders list them, so a workflow's ``properties.models`` entry matches the widget value."""
+    return [n for n in folder_paths.get_filename_list("checkpoints") if n.lower().endswith(".safetensors")]
+
+
 def list_base_models() -> list[str]:
-    """Dropdown entries: single files in models/checkpoints and folders in models/diffusers."""
+    """Dropdown entries of Load KFI Inpaint Model: the bundled demo model and folders in models/diffusers.
+
+    Single files moved to Load KFI Inpaint Model (checkpoint); a ``checkpoints/<file>`` value saved by older
+    workflows is still accepted (see :func:`is_legacy_checkpoint`)."""
     from kfi_core.sample import demo_model_available
 
-    files = [_CHECKPOINT_PREFIX + n for n in folder_paths.get_filename_list("checkpoints")
-             if n.lower().endswith(".safetensors")]
     bundled = [BUNDLED_MODEL] if demo_model_available() else []
-    return files + [_DIFFUSERS_PREFIX + n for n in _diffusers_folders()] + bundled
+    return bundled + [_DIFFUSERS_PREFIX + n for n in _diffusers_folders()]
+
+
+def is_legacy_checkpoint(name: str) -> bool:
+    """A ``checkpoints/<file>`` value from a workflow saved before the checkpoint loader existed."""
+    return name.startswith(_CHECKPOINT_PREFIX) and name[len(_CHECKPOINT_PREFIX):] in list_checkpoints()
+
+
+def pickle_problem(input_name: str, name: str) -> str | None:
+    """The library's message for a pickle file (.ckpt, .pt, ...) named by a forged or hand-edited prompt; the
+    dropdowns never list one."""
+    from kfi_core.errors import ModelFileError
+    from kfi_core.loading import check_not_pickle
+
+    try:
+        check_not_pickle(Path(name), input_name)
+    except ModelFileError as err:
+        return str(err)
+    return None
+
+
+def resolve_checkpoint(name: str) -> str:
+    from kfi_core.errors import ModelFileError
+
+    if name in list_checkpoints():
+        return folder_paths.get_full_path_or_raise("checkpoints", name)
+    raise ModelFileError(
+        f"ckpt_name: {name!r} is not in models/checkpoints. Download svd_xt.safetensors (the link is in the node's "
+        "properties) into models/checkpoints, then refresh the node (press R)."
+    )
 
 
 def _bundled_adapters() -> dict[str, Path]:
@@ -100,11 +136,9 @@ def resolve_base_model(name: str) -> str:
 
     if name == BUNDLED_MODEL and demo_model_available():
         return str(DEMO_MODEL_DIR)
-    if name.startswith(_CHECKPOINT_PREFIX):
-        rel = name[len(_CHECKPOINT_PREFIX):]
-        if rel in folder_paths.get_filename_list("checkpoints"):
-            return folder_paths.get_full_path_or_raise("checkpoints", rel)
-    elif name.startswith(_DIFFUSERS_PREFIX):
+    if is_legacy_checkpoint(name):
+        return resolve_checkpoint(name[len(_CHECKPOINT_PREFIX):])
+    if name.startswith(_DIFFUSERS_PREFIX):
         rel = name[len(_DIFFUSERS_PREFIX):]
         if rel in _diffusers_folders():
             for search_path in folder_paths.get_folder_paths("diffusers"):
@@ -112,8 +146,8 @@ def resolve_base_model(name: str) -> str:
                 if os.path.isfile(os.path.join(path, "model_index.json")):
                     return path
     raise ModelFileError(
-        f"model: {name!r} is not in models/checkpoints or models/diffusers. Put svd_xt.safetensors in "
-        "models/checkpoints or a diffusers folder in models/diffusers, then refresh the node (press R)."
+        f"model: {name!r} is not in models/diffusers. Put a diffusers folder in models/diffusers and refresh the "
+        "node (press R), or load a single file (svd_xt.safetensors) with Load KFI Inpaint Model (checkpoint)."
     )
 
 

@@ -27,6 +27,8 @@ EXPECTED_NODES = [
     "KFIInsertKeyframes",
     "KFICropForInpaint",
     "KFIStitchCrop",
+    "LoadKFInpaintCheckpoint",
+    "KFISampleClip",
 ]
 
 
@@ -42,6 +44,7 @@ def test_every_node_is_listed_with_display_name_and_category(comfy_server):
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}: an input has no tooltip"
 
 
+@pytest.mark.comfy
 def test_a_broken_pack_is_detected(tmp_path):
     """ComfyUI keeps going when a pack fails to import, so the check must look for our nodes."""
     pack = tmp_path / "pack"
@@ -130,7 +133,11 @@ def test_model_dropdowns_list_folders_and_single_files(comfy_server):
     inputs = comfy_server.get("/object_info/LoadKFInpaintModel")["LoadKFInpaintModel"]["input"]["required"]
     models = inputs["model"][0] if isinstance(inputs["model"][0], list) else inputs["model"][1]["options"]
     assert "diffusers/tiny-svd" in models
-    assert "checkpoints/svd_tiny_xt.safetensors" in models
+    assert not any(m.startswith("checkpoints/") for m in models)  # single files: the checkpoint loader
+    ckpt = comfy_server.get("/object_info/LoadKFInpaintCheckpoint")["LoadKFInpaintCheckpoint"]["input"]["required"]
+    files = ckpt["ckpt_name"][0] if isinstance(ckpt["ckpt_name"][0], list) else ckpt["ckpt_name"][1]["options"]
+    # plain names, as properties.models names them (other tests on this server add files of their own)
+    assert "svd_tiny_xt.safetensors" in files and all("/" not in f and f.endswith(".safetensors") for f in files)
     adapters = inputs["adapter"][0] if isinstance(inputs["adapter"][0], list) else inputs["adapter"][1]["options"]
     assert adapters[0] == "none" and "kfi_adapters/kfi_tiny.safetensors" in adapters
     # the demo model shipped in the pack is always offered, so workflows run without downloads
@@ -141,7 +148,7 @@ def test_model_dropdowns_list_folders_and_single_files(comfy_server):
 @pytest.mark.parametrize("model, adapter, channels, rank, frames", [
     ("diffusers/tiny-svd", "none", 8, None, 8),
     ("diffusers/tiny-svd", "kfi_adapters/kfi_tiny.safetensors", 12, 32, 8),
-    ("checkpoints/svd_tiny_xt.safetensors", "none", 8, None, 8),  # kfi metadata wins over the name
+    ("checkpoints/svd_tiny_xt.safetensors", "none", 8, None, 8),  # a value saved by older workflows still runs
     ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px.safetensors", 12, 32, 8),
     ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px-removal.safetensors", 12, 32, 8),
 ])
@@ -158,18 +165,37 @@ def test_load_model_and_show_info_through_prompt(comfy_server, model, adapter, c
     assert info["dtype"] == "float32"  # auto on CPU
 
 
-def test_model_names_outside_the_lists_are_refused(comfy_server):
+def test_single_file_loader_runs_through_prompt(comfy_server):
     prompt = {
-        "1": {"class_type": "LoadKFInpaintModel", "inputs": {"model": "../../etc/passwd", "adapter": "none",
-                                                              "dtype": "auto", "frames": 0}},
+        "1": {"class_type": "LoadKFInpaintCheckpoint", "inputs": {"ckpt_name": "svd_tiny_xt.safetensors",
+                                                                   "adapter": "none", "dtype": "auto", "frames": 0}},
         "2": {"class_type": "KFIModelInfo", "inputs": {"kfi_model": ["1", 0]}},
     }
-    # ComfyUI 0.3.75 does not check V3 combo values at validation, so the node's own lookup refuses it
     entry = comfy_server.run_prompt(prompt)
-    assert entry["status"]["status_str"] == "error"
-    error = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
-    assert error["exception_type"].endswith("ModelFileError")
-    assert "'../../etc/passwd' is not in models/checkpoints or models/diffusers" in error["exception_message"]
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    assert json.loads(entry["outputs"]["2"]["text"][0])["num_frames"] == 8
+
+
+@pytest.mark.parametrize("node, name, value", [
+    ("LoadKFInpaintModel", "model", "../../etc/passwd"),
+    ("LoadKFInpaintModel", "model", "checkpoints/not_there.safetensors"),
+    ("LoadKFInpaintCheckpoint", "ckpt_name", "../../etc/passwd"),
+    ("LoadKFInpaintCheckpoint", "ckpt_name", "svd_xt.safetensors"),
+])
+def test_model_names_outside_the_lists_are_refused(comfy_server, node, name, value):
+    """ComfyUI 0.3.75 does not check V3 combo values itself: the loaders' validate_inputs refuse them before
+    anything runs, naming the value (the missing-models dialog matches the same names)."""
+    from comfyhost import PromptRejected
+
+    prompt = {
+        "1": {"class_type": node, "inputs": {name: value, "adapter": "none", "dtype": "auto", "frames": 0}},
+        "2": {"class_type": "KFIModelInfo", "inputs": {"kfi_model": ["1", 0]}},
+    }
+    with pytest.raises(PromptRejected) as refused:
+        comfy_server.run_prompt(prompt)
+    errors = refused.value.body["node_errors"]["1"]["errors"]
+    assert errors[0]["extra_info"]["input_name"] == name
+    assert f"{value!r} is not in models/" in errors[0]["details"]
 
 
 def _sample_inputs(comfy_server):

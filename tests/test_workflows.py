@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from comfyhost import ROOT
-from workflow_tools import is_widget, recorded_schemas, schema_inputs, ui_to_api, validate_workflow
+from workflow_tools import is_widget, layout_problems, recorded_schemas, schema_inputs, ui_to_api, validate_workflow
 
 WORKFLOW_DIR = ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-LOADERS = {"LoadKFInpaintModel", "UNETLoader", "DualCLIPLoader", "VAELoader", "ControlNetLoader",
+LOADERS = {"LoadKFInpaintCheckpoint", "UNETLoader", "DualCLIPLoader", "VAELoader", "ControlNetLoader",
            "DownloadAndLoadSAM2Model", "CheckpointLoaderSimple"}
 # nodes whose model files the test host cannot have (FLUX, SAM2): their parts are replaced, see _runnable
 EXTERNAL_MODEL_NODES = {"UNETLoader", "DualCLIPLoader", "VAELoader", "ControlNetLoader", "CLIPTextEncode",
@@ -24,17 +24,37 @@ EXTERNAL_MODEL_NODES = {"UNETLoader", "DualCLIPLoader", "VAELoader", "ControlNet
                         "DownloadAndLoadSAM2Model", "Sam2Segmentation", "PrimitiveString"}
 
 
+DEMOS = [p for p in WORKFLOWS if p.stem.startswith("KFI demo")]
+REMOVAL = WORKFLOW_DIR / "KFI 3 - object removal (SVD-XT).json"
+INPUT_FILE_NODES = {"LoadVideo", "LoadImage", "LoadImageMask", "VHS_LoadVideo"}
+
+
 def test_there_are_workflows():
-    names = {p.stem for p in WORKFLOWS}
-    assert {"kfi_object_removal", "kfi_sam2_masks"} <= names
+    assert len(DEMOS) == 2 and REMOVAL in WORKFLOWS and len(WORKFLOWS) == 7
 
 
 @pytest.fixture(scope="module")
 def schemas(comfy_server):
-    from test_comfy_server import _sample_inputs
-
-    _sample_inputs(comfy_server)  # the sample clips the workflows name, in the host's input folder
     return {**comfy_server.object_info(), **recorded_schemas()}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_reads_at_a_glance(path):
+    """Stage groups, no link over a node, the note in the saved view at 100 %, packs named for the editor."""
+    workflow = json.loads(path.read_text())
+    assert layout_problems(workflow) == []
+    assert len(workflow["groups"]) >= 3
+    view = workflow["extra"]["ds"]
+    note = next(n for n in workflow["nodes"] if n["type"] == "Note")
+    x, y = (note["pos"][0] + view["offset"][0]) * view["scale"], (note["pos"][1] + view["offset"][1]) * view["scale"]
+    assert view["scale"] == 1.0 and 0 <= x <= 200 and 60 <= y <= 200, "the note opens at the window's top left"
+    assert x + note["size"][0] <= 1400 and y + note["size"][1] <= 700, "the whole note fits a 1400x700 canvas"
+    for node in workflow["nodes"]:
+        if node["type"] != "Note":
+            assert node["properties"].get("cnr_id") and node["properties"].get("ver"), node["type"]
+        assert node["type"] not in INPUT_FILE_NODES, "a shipped workflow names no input file: use KFI Sample Clip"
+    sam = [n for n in workflow["nodes"] if n["type"].startswith(("Sam2", "DownloadAndLoadSAM2"))]
+    assert all(n["properties"]["cnr_id"] == "comfyui-segment-anything-2" for n in sam)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -55,30 +75,46 @@ def test_workflow_is_valid_and_documented(path, schemas):
     assert path.with_suffix(".jpg").is_file(), "every workflow has a thumbnail of the same name"
 
 
+def test_bundled_edited_keyframe_is_regenerable_and_a_visible_edit():
+    from kfi_core.sample import load_sample_clip, make_edited_keyframe
+
+    sample = load_sample_clip()
+    key, frame, mask = sample["edited_keyframe"], sample["frames"][sample["keyframe_index"]], sample["masks"][0]
+    assert (key - make_edited_keyframe()).abs().max() <= 1 / 255 + 1e-6  # the PNG is the function's output
+    assert ((key - frame).abs() * (1 - mask)).max() == 0, "the edit stays inside the mask"
+    assert (key - frame).abs().amax(0)[mask[0] > 0].mean() > 0.3, "the edit is plain to see"
+
+
+def test_thumbnails_show_frames_not_the_graph():
+    """input frames above, result frames below: 2 rows of 8 frames of the 64 px sample, scaled 2x"""
+    from PIL import Image
+
+    for path in WORKFLOWS:
+        with Image.open(path.with_suffix(".jpg")) as img:
+            assert img.size == (8 * 128, 2 * 128), path.stem
+
+
 def test_workflows_are_listed_as_templates(comfy_server):
     templates = comfy_server.get("/workflow_templates")
     assert sorted(templates["comfyui-kfi"]) == sorted(p.stem for p in WORKFLOWS)
 
 
 def _runnable(prompt: dict) -> dict:
-    """The workflow's core-and-KFI part: the tiny model instead of svd_xt, an identity edit instead of
-    FLUX, the mask video instead of SAM2."""
+    """The workflow's core-and-KFI part: the tiny single file instead of svd_xt, an identity edit instead of FLUX,
+    the sample's masks instead of SAM2."""
     prompt = json.loads(json.dumps(prompt))
     by_type = {}
     for node_id, node in prompt.items():
         by_type.setdefault(node["class_type"], []).append(node_id)
-    for node_id in by_type.get("LoadKFInpaintModel", []):
-        prompt[node_id]["inputs"]["model"] = "diffusers/tiny-svd"
+    for node_id in by_type.get("LoadKFInpaintCheckpoint", []):
+        prompt[node_id]["inputs"].update(ckpt_name="svd_tiny_xt.safetensors", frames=8)
     for node_id in by_type.get("KFIStitchCrop", []):
         crop = prompt[node_id]["inputs"]["crop"][0]
         prompt[node_id]["inputs"]["edited_crop"] = [crop, 0]  # the 'edit' is the crop itself
     for node_id in by_type.get("KFIMaskPrepare", []):
         source = prompt[node_id]["inputs"]["mask"][0]
         if prompt[source]["class_type"] == "Sam2Segmentation":
-            prompt["901"] = {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample_mask.mp4"}}
-            prompt["902"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["901", 0]}}
-            prompt["903"] = {"class_type": "ImageToMask", "inputs": {"image": ["902", 0], "channel": "red"}}
-            prompt[node_id]["inputs"]["mask"] = ["903", 0]
+            prompt[node_id]["inputs"]["mask"] = [by_type["KFISampleClip"][0], 1]
     for node_id in [k for k, v in prompt.items() if v["class_type"] in EXTERNAL_MODEL_NODES]:
         del prompt[node_id]
     for node in prompt.values():  # nothing left may point at a removed node
@@ -87,13 +123,25 @@ def _runnable(prompt: dict) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_runs_end_to_end_on_the_tiny_model(path, schemas, comfy_server):
+def _result(comfy_server, workflow: dict, entry: dict) -> torch.Tensor:
+    """The frames in the workflow's 'Result' preview [F, 3, H, W]."""
     from kfi_core.video_io import read_frames
-    from test_comfy_server import _sample_inputs
 
-    frames, masks = _sample_inputs(comfy_server)
-    prompt = _runnable(ui_to_api(json.loads(path.read_text()), schemas))
+    result_id = next(str(n["id"]) for n in workflow["nodes"] if n.get("title") == "Result")
+    files = [comfy_server.base / i["type"] / i["subfolder"] / i["filename"] for i in entry["outputs"][result_id]["images"]]
+    return torch.cat([read_frames(f)[0] for f in files])
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.slow
+def test_workflow_runs_end_to_end_on_the_tiny_model(path, schemas, comfy_server):
+    from kfi_core.sample import load_sample_clip
+
+    sample = load_sample_clip()
+    frames, masks = sample["frames"], sample["masks"]
+    workflow = json.loads(path.read_text())
+    prompt = _runnable(ui_to_api(workflow, schemas))
     for node in prompt.values():
         if node["class_type"] == "KeyframePropagateSampler":
             node["inputs"]["steps"] = 3
@@ -101,30 +149,34 @@ def test_workflow_runs_end_to_end_on_the_tiny_model(path, schemas, comfy_server)
             node["inputs"]["seed"] = zlib.crc32(path.stem.encode())
     entry = comfy_server.run_prompt(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
-    saved = [o for o in entry["outputs"].values() if "images" in o and o.get("animated")]
-    assert saved, entry["outputs"].keys()
-    item = saved[0]["images"][0]
-    out, _ = read_frames(Path(comfy_server.base / "output" / item["subfolder"] / item["filename"]))
+    out = _result(comfy_server, workflow, entry)
     assert out.shape == frames.shape
-    keep = (torch.nn.functional.max_pool2d(masks, 9, 1, 4) == 0).expand_as(frames)  # away from the (grown) mask
-    # two lossy H.264 passes (input file and output file): small mean error outside the mask
-    assert (out[keep] - frames[keep]).abs().mean() < 0.03
+    # away from the masks, as grown in space and time (Mask Prepare: grow, temporal_dilation)
+    grown = torch.nn.functional.max_pool3d(masks.movedim(0, 1)[None], (3, 9, 9), 1, (1, 4, 4))[0].movedim(0, 1)
+    keep = (grown == 0).expand_as(frames).clone()
+    if path.stem.startswith("KFI demo 2") or "edit" in path.stem:
+        keep[sample["keyframe_index"]] = False  # the keyframe is replaced by its edit
+    assert (out[keep] - frames[keep]).abs().mean() < 0.01  # composite: PNG in, PNG out
 
 
-def test_a_workflow_saved_before_an_optional_widget_existed_still_runs(schemas, comfy_server):
-    """Old saved graphs keep loading: a KeyframePropagateSampler saved before its optional blend_known and
-    num_samples widgets (13 widget values) converts as the frontend does (the new widgets keep their defaults) and
-    runs."""
-    path = WORKFLOW_DIR / "kfi_object_removal.json"
-    workflow = json.loads(path.read_text())
+@pytest.mark.comfy
+def test_a_workflow_saved_before_the_checkpoint_loader_still_runs(schemas, comfy_server):
+    """Old saved graphs keep loading: Load KFI Inpaint Model with the value 'checkpoints/<file>' it listed before
+    single files moved to Load KFI Inpaint Model (checkpoint), and a sampler saved before its optional blend_known
+    and num_samples widgets (13 widget values, the frontend keeps the new widgets' defaults), run as saved."""
+    workflow = json.loads(REMOVAL.read_text())
+    loader = next(n for n in workflow["nodes"] if n["type"] == "LoadKFInpaintCheckpoint")
+    loader.update(type="LoadKFInpaintModel", properties={"Node name for S&R": "LoadKFInpaintModel"})
+    loader["widgets_values"] = ["checkpoints/svd_tiny_xt.safetensors", "none", "auto", 8, True]
     sampler = next(n for n in workflow["nodes"] if n["type"] == "KeyframePropagateSampler")
     names = [name for name, spec, _ in schema_inputs(schemas["KeyframePropagateSampler"]) if is_widget(spec)]
     assert names[-2:] == ["blend_known", "num_samples"], names
     sampler["widgets_values"] = sampler["widgets_values"][:-2]  # as saved before blend_known
-    assert validate_workflow(workflow, schemas) == []
     prompt = _runnable(ui_to_api(workflow, schemas))
     node = next(v for v in prompt.values() if v["class_type"] == "KeyframePropagateSampler")
     assert "blend_known" not in node["inputs"] and "num_samples" not in node["inputs"]
-    node["inputs"].update(steps=2, seed=zlib.crc32(b"pre-blend_known"))
+    node["inputs"].update(steps=2, seed=zlib.crc32(b"legacy checkpoint value"))
+    assert next(v for v in prompt.values() if v["class_type"] == "LoadKFInpaintModel")["inputs"]["model"] == \
+        "checkpoints/svd_tiny_xt.safetensors"
     entry = comfy_server.run_prompt(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]

@@ -21,6 +21,10 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+TITLE_H = 30  # the editor draws a node's title bar above its pos
+GROUP_TITLE_H = 40
+SLOT_H = 20  # one input or output row
+VIEW_MARGIN = (100, 120)  # where the saved view puts the note: clear of the side bar and the top menu
 
 
 def recorded_schemas() -> dict:
@@ -89,11 +93,13 @@ class Node:
 class Graph:
     """A small builder for UI-format workflows, laid out from real node schemas."""
 
-    def __init__(self, schemas: dict):
+    def __init__(self, schemas: dict, packs=None):
         self.schemas = schemas
+        self.packs = packs or (lambda type_: None)  # node type -> {"cnr_id", "ver"} saved in its properties
         self.nodes: list[Node] = []
         self.links: list[list] = []  # [id, from_node, from_slot, to_node, to_slot, type]
         self.notes: list[dict] = []
+        self.groups: list[dict] = []
 
     def node(self, type_: str, pos, title=None, box=(320, 140), models=None, **widgets) -> Node:
         if type_ not in self.schemas:
@@ -102,7 +108,7 @@ class Graph:
         unknown = set(widgets) - schema_widgets
         if unknown:
             raise KeyError(f"{type_}: no widget named {sorted(unknown)}")
-        props = {"Node name for S&R": type_}
+        props = {**(self.packs(type_) or {}), "Node name for S&R": type_}
         if models:
             props["models"] = models
         n = Node(len(self.nodes) + len(self.notes) + 1, type_, pos, widgets, title, box, props)
@@ -113,6 +119,15 @@ class Graph:
         self.notes.append({"id": len(self.nodes) + len(self.notes) + 1, "type": "Note", "pos": list(pos),
                            "size": list(box), "title": title, "text": text})
 
+    def group(self, title: str, members: list, color: str = "#3f789e", pad: int = 20) -> None:
+        """A titled box around ``members`` (nodes, or note dicts), as the editor draws a group."""
+        rects = [(m.pos[0], m.pos[1] - TITLE_H, m.size[0], m.size[1] + TITLE_H) if isinstance(m, Node)
+                 else (m["pos"][0], m["pos"][1] - TITLE_H, m["size"][0], m["size"][1] + TITLE_H) for m in members]
+        x0, y0 = min(r[0] for r in rects) - pad, min(r[1] for r in rects) - pad - GROUP_TITLE_H
+        x1, y1 = max(r[0] + r[2] for r in rects) + pad, max(r[1] + r[3] for r in rects) + pad
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                            "color": color, "font_size": 24, "flags": {}})
+
     def _output_slot(self, node: Node, output) -> tuple[int, str]:
         schema = self.schemas[node.type]
         names = schema.get("output_name", schema["output"])
@@ -122,6 +137,11 @@ class Graph:
     def link(self, src: Node, output, dst: Node, input_name: str) -> None:
         slot, type_ = self._output_slot(src, output)
         self.links.append([len(self.links) + 1, src.id, slot, dst.id, input_name, type_])
+
+    def _view(self) -> dict:
+        """The saved view: 100 % zoom with the first note's top-left corner near the window's top-left."""
+        x, y = self.notes[0]["pos"] if self.notes else (0, 0)
+        return {"scale": 1.0, "offset": [VIEW_MARGIN[0] - x, VIEW_MARGIN[1] - y]}
 
     def to_ui(self) -> dict:
         ui_nodes = []
@@ -181,9 +201,9 @@ class Graph:
             "last_link_id": len(links),
             "nodes": ui_nodes,
             "links": links,
-            "groups": [],
+            "groups": self.groups,
             "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}},
+            "extra": {"ds": self._view()},
             "version": 0.4,
         }
 
@@ -275,4 +295,53 @@ def validate_workflow(workflow: dict, schemas: dict) -> list[str]:
             if kind in ("INT", "FLOAT") and isinstance(value, (int, float)):
                 if "min" in opts and value < opts["min"] or "max" in opts and value > opts["max"]:
                     problems.append(f"{where}: {value} outside {opts.get('min')}..{opts.get('max')}")
+    return problems
+
+
+# --------------------------------------------------------------------------- layout checks
+
+
+def _rect(node: dict) -> tuple[float, float, float, float]:
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_H, x + w, y + h
+
+
+def _segment_hits_rect(p, q, rect, margin=4.0) -> bool:
+    """Does the segment p-q pass through the rectangle (shrunk by margin)? Sampled: links are short."""
+    x0, y0, x1, y1 = rect[0] + margin, rect[1] + margin, rect[2] - margin, rect[3] - margin
+    steps = max(2, int(max(abs(q[0] - p[0]), abs(q[1] - p[1])) / 4))
+    return any(x0 < p[0] + (q[0] - p[0]) * t / steps < x1 and y0 < p[1] + (q[1] - p[1]) * t / steps < y1
+               for t in range(steps + 1))
+
+
+def layout_problems(workflow: dict) -> list[str]:
+    """Links drawn over a node (a straight line from the output's row to the input's row stands in for the editor's
+    curve), links that run backwards, nodes overlapping, groups overlapping, and nodes outside every group."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    problems = []
+    for ln in workflow["links"]:
+        src, dst = nodes[ln[1]], nodes[ln[3]]
+        p = (src["pos"][0] + src["size"][0], src["pos"][1] + SLOT_H * (ln[2] + 0.5))
+        q = (dst["pos"][0], dst["pos"][1] + SLOT_H * (ln[4] + 0.5))
+        if q[0] < p[0]:
+            problems.append(f"link {ln[0]}: {src['type']} -> {dst['type']} runs right to left")
+        for other in workflow["nodes"]:
+            if other["id"] not in (src["id"], dst["id"]) and _segment_hits_rect(p, q, _rect(other)):
+                problems.append(f"link {ln[0]}: {src['type']} -> {dst['type']} crosses {other['type']} "
+                                f"({other.get('title', '')})")
+    rects = [(n, _rect(n)) for n in workflow["nodes"]]
+    for i, (a, ra) in enumerate(rects):
+        for b, rb in rects[i + 1:]:
+            if ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]:
+                problems.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
+    boxes = [(g["title"], (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+                           g["bounding"][1] + g["bounding"][3])) for g in workflow.get("groups", [])]
+    for i, (ta, ra) in enumerate(boxes):
+        for tb, rb in boxes[i + 1:]:
+            if ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]:
+                problems.append(f"groups {ta!r} and {tb!r} overlap")
+    for n, r in rects:
+        if n["type"] not in ("Note", "MarkdownNote") and not any(
+                b[0] <= r[0] and b[1] <= r[1] and r[2] <= b[2] and r[3] <= b[3] for _, b in boxes):
+            problems.append(f"node {n['id']} ({n['type']}) is in no group")
     return problems
