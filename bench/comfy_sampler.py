@@ -7,12 +7,12 @@ ComfyUI recognises an SVD single file only at SVD's real widths (model_channels 
 may shrink. So this bench builds (once, cached) the smallest file ComfyUI's loader accepts end
 to end: a random-weight diffusers ``UNetSpatioTemporalConditionModel`` with SVD-XT's config but
 ``block_out_channels`` (320, 320, 320, 320), SVD's full VAE (SVD_VAE_CONFIG) and a full ViT-H/14 ``CLIPVisionModelWithProjection``, written in fp16 with
-``kfi_core.convert_sgm.save_single_file``. In ONE process it then loads that file twice:
+``kfi_core.model.single_file.save_single_file``. In ONE process it then loads that file twice:
 
 - ComfyUI: ``comfy.sd.load_checkpoint_guess_config`` (model, VAE, CLIP vision), the conditioning
   from ``SVD_img2vid_Conditioning``, the model patched by ``VideoLinearCFGGuidance`` (min_cfg 1),
   sampled through ``comfy.sample.sample`` (the call ``KSampler`` makes) with euler / karras.
-- KFI: ``kfi_core.loading.load_kfi_model`` and ``kfi_core.svd_stock.sample_stock_img2vid``
+- KFI: ``kfi_core.model.loading.load_kfi_model`` and ``kfi_core.evaluation.stock_pipeline.sample_stock_img2vid``
   (SVDDenoiser + sample_euler, Karras sigmas from SVD's scheduler config).
 
 Same image, size, frames, steps, seed and guidance (per-frame linear 1.0 -> cfg, as SVD's
@@ -69,8 +69,8 @@ def build_file(path: Path) -> Path:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from kfi_core.convert_sgm import save_single_file
-    from kfi_core.lora import SVD_XT_UNET_CONFIG
+    from kfi_core.model.single_file import save_single_file
+    from kfi_core.model.lora import SVD_XT_UNET_CONFIG
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -137,8 +137,8 @@ def measure(path: Path, reps: int, steps: int, frames: int, size: int, cfg: floa
     import comfy.ldm.modules.attention as comfy_attention
     from comfy_extras.nodes_video_model import SVD_img2vid_Conditioning, VideoLinearCFGGuidance
 
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.svd_stock import sample_stock_img2vid
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.evaluation.stock_pipeline import sample_stock_img2vid
 
     # --- ComfyUI: its own loader, conditioning node and KSampler path
     model, _clip, vae, clip_vision = comfy.sd.load_checkpoint_guess_config(

@@ -34,11 +34,11 @@ MODEL_SIZES = ("tiny", "mid")
 
 
 def build_components(size: str = "tiny", num_frames: int = 8, seed: int = 0) -> dict:
-    """The five SVD pipeline components with random weights: ``tiny`` (kfi_core.tiny) or ``mid``."""
+    """The five SVD pipeline components with random weights: ``tiny`` (kfi_core.model.tiny) or ``mid``."""
     import torch
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from kfi_core.tiny import build_tiny_components, tiny_unet_config
+    from kfi_core.model.tiny import build_tiny_components, tiny_unet_config
 
     components = build_tiny_components(num_frames=num_frames, seed=seed)
     if size == "mid":
@@ -61,10 +61,10 @@ def describe(components: dict) -> str:
 
 
 def kfi_model_from_components(components: dict):
-    """A kfi_core.loading.KfiModel over in-memory components (no files)."""
+    """A kfi_core.model.loading.KfiModel over in-memory components (no files)."""
     import torch
 
-    from kfi_core.loading import KfiModel, place_model, variant_for
+    from kfi_core.model.loading import KfiModel, place_model, variant_for
 
     unet = components["unet"]
     model = KfiModel(unet=unet, vae=components["vae"], image_encoder=components["image_encoder"],

@@ -39,7 +39,7 @@ def build_unet(dry_run: bool, stock: bool, device, dtype):
     from diffusers import UNetSpatioTemporalConditionModel
 
     if dry_run:
-        from kfi_core.tiny import tiny_unet_config
+        from kfi_core.model.tiny import tiny_unet_config
 
         config = tiny_unet_config(8)
     else:
@@ -63,9 +63,9 @@ def check_sdpa(unet) -> str:
 def run(args) -> dict:
     import torch
 
-    from kfi_core.denoiser import SVDDenoiser, per_frame_guidance
-    from kfi_core.sampling import get_sigmas_svd, sample_euler
-    from kfi_core.tiny import SVD_SCHEDULER_CONFIG
+    from kfi_core.inference.denoiser import SVDDenoiser, per_frame_guidance
+    from kfi_core.inference.sampling import get_sigmas_svd, sample_euler
+    from kfi_core.model.tiny import SVD_SCHEDULER_CONFIG
 
     if args.dry_run:
         device, dtype, frames, (h, w), steps = torch.device("cpu"), torch.float32, 8, (16, 16), min(args.steps, 3)

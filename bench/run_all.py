@@ -4,7 +4,7 @@
 
 Each bench runs in its own process (so peak-memory figures are per process) and measures its
 ratios inside that process against a peer on the same model and inputs (see bench/common.py).
-Models: ``tiny`` = kfi_core.tiny (UNet (32, 64), 1.3 M params); ``mid`` = the same config
+Models: ``tiny`` = kfi_core.model.tiny (UNet (32, 64), 1.3 M params); ``mid`` = the same config
 widened to (64, 128, 128) with two layers per block (15 M params), built in-process with
 random weights (bench/common.py MID_UNET_OVERRIDES). The ComfyUI sampling peer
 (bench/comfy_sampler.py) runs on the smallest SVD file ComfyUI detects (UNet 320 channels on

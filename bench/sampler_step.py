@@ -3,8 +3,8 @@
     .venv/bin/python bench/sampler_step.py [--size tiny|mid] [--reps 7] [--steps 6] [--frames 8]
 
 Both sides run SVD img2vid on the same in-memory components, the same image, seed and
-guidance (CFG on: batch of 2 per UNet call): KFI through ``kfi_core.svd_stock.sample_stock_img2vid``
-(the SVDDenoiser + sample_euler pair that ``kfi_core.propagate`` uses for every window), diffusers
+guidance (CFG on: batch of 2 per UNet call): KFI through ``kfi_core.evaluation.stock_pipeline.sample_stock_img2vid``
+(the SVDDenoiser + sample_euler pair that ``kfi_core.inference.propagate`` uses for every window), diffusers
 through ``StableVideoDiffusionPipeline.__call__``. Per-step time is the median gap between two
 consecutive step callbacks (KFI's ``callback``, diffusers' ``callback_on_step_end``), so CLIP and
 VAE encoding before the loop and decoding after it are not in it. Runs are interleaved and the
@@ -23,7 +23,7 @@ def measure(size: str, reps: int, steps: int, frames: int, threads: int) -> list
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
-    from kfi_core.svd_stock import sample_stock_img2vid
+    from kfi_core.evaluation.stock_pipeline import sample_stock_img2vid
 
     torch.set_num_threads(threads)
     components = build_components(size, num_frames=frames)

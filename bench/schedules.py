@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def cost_table(frames: list[int], windows=(14, 25)) -> None:
-    from kfi_core.schedules import SCHEDULES, build_schedule, schedule_cost
+    from kfi_core.inference.schedules import SCHEDULES, build_schedule, schedule_cost
 
     header = "strategy".ljust(16) + "".join(f"N={n} W={w}".rjust(14) for w in windows for n in frames)
     print("UNet frame-evaluations per output frame")
@@ -39,11 +39,11 @@ def cost_table(frames: list[int], windows=(14, 25)) -> None:
 _CHILD = r"""
 import json, resource, sys, tempfile, torch
 sys.path.insert(0, {root!r})
-from kfi_core.tiny import build_tiny_pipeline_folder
-from kfi_core.loading import load_kfi_model
-from kfi_core.condition import prepare_clip
-from kfi_core.executor import inpaint
-from kfi_core.propagate import PropagateSettings
+from kfi_core.model.tiny import build_tiny_pipeline_folder
+from kfi_core.model.loading import load_kfi_model
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import inpaint
+from kfi_core.inference.propagate import PropagateSettings
 torch.set_num_threads(1)
 n = {n}
 model = load_kfi_model(build_tiny_pipeline_folder(tempfile.mkdtemp() + "/m"))

@@ -7,6 +7,6 @@ modules that need them.
 
 __version__ = "0.1.0"
 
-from .errors import KfiError  # noqa: E402  (public name, no heavy imports)
+from kfi_core.errors import KfiError  # noqa: E402  (public name, no heavy imports)
 
 __all__ = ["KfiError", "__version__"]

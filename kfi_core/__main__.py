@@ -1,5 +1,5 @@
 """``python -m kfi_core``: see :mod:`kfi_core.cli`."""
 
-from .cli import main
+from kfi_core.cli import main
 
 raise SystemExit(main())

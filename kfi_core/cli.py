@@ -14,11 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .color_match import COLOR_MATCH_MODES
-from .errors import KfiError, ModelFileError
-from .propagate import BLEND_KNOWN_MODES
-from .sample import DEMO_SAMPLING
+from kfi_core import __version__
+from kfi_core.inference.color_match import COLOR_MATCH_MODES
+from kfi_core.errors import KfiError, ModelFileError
+from kfi_core.inference.propagate import BLEND_KNOWN_MODES
+from kfi_core.bundled import DEMO_SAMPLING
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import build_tiny_pipeline_folder
+    from kfi_core.model.tiny import build_tiny_pipeline_folder
 
     path = build_tiny_pipeline_folder(args.out_dir, num_frames=args.frames, seed=args.seed)
     print(path)
@@ -37,7 +37,7 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .loading import describe_model, load_kfi_model
+    from kfi_core.model.loading import describe_model, load_kfi_model
 
     model = load_kfi_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
                            num_frames=args.frames, merge_lora=args.merge_lora)
@@ -46,10 +46,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_init_adapter(args: argparse.Namespace) -> int:
-    from .adapter import save_adapter
-    from .conv_in import expand_conv_in
-    from .loading import load_kfi_model
-    from .lora import add_lora
+    from kfi_core.model.adapter import save_adapter
+    from kfi_core.model.conv_in import expand_conv_in
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.model.lora import add_lora
 
     model = load_kfi_model(args.model, num_frames=args.frames)
     expand_conv_in(model.unet)
@@ -60,15 +60,15 @@ def _cmd_init_adapter(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_adapter(args: argparse.Namespace) -> int:
-    from .train import export_checkpoint
+    from kfi_core.training.train import export_checkpoint
 
     print(export_checkpoint(args.checkpoint, args.out, model=args.model, num_frames=args.frames))
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert_sgm import save_single_file
-    from .loading import load_kfi_model
+    from kfi_core.model.single_file import save_single_file
+    from kfi_core.model.loading import load_kfi_model
 
     model = load_kfi_model(args.model, num_frames=args.frames)
     parts = {"unet": model.unet, "vae": model.vae, "image_encoder": model.image_encoder}
@@ -78,7 +78,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 
-        from .video_io import atomic_path
+        from kfi_core.media.video import atomic_path
 
         pipe = StableVideoDiffusionPipeline(scheduler=EulerDiscreteScheduler.from_config(model.scheduler_config),
                                             feature_extractor=model.feature_extractor, **parts)
@@ -89,7 +89,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _settings_from_args(args: argparse.Namespace):
-    from .propagate import PropagateSettings
+    from kfi_core.inference.propagate import PropagateSettings
 
     return PropagateSettings(
         steps=args.steps, seed=args.seed, sampler=args.sampler, min_guidance=args.min_guidance,
@@ -121,9 +121,9 @@ class _StepBar:
 
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
-    from .errors import KfiError as _KfiError
-    from .jobs import inpaint_files
-    from .loading import load_kfi_model
+    from kfi_core.errors import KfiError as _KfiError
+    from kfi_core.jobs import inpaint_files
+    from kfi_core.model.loading import load_kfi_model
 
     if (args.width is None) != (args.height is None):
         raise _KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
@@ -153,8 +153,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from .jobs import run_batch
-    from .loading import load_kfi_model
+    from kfi_core.jobs import run_batch
+    from kfi_core.model.loading import load_kfi_model
 
     settings = _settings_from_args(args).check()
 
@@ -174,7 +174,7 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_sample(args: argparse.Namespace) -> int:
-    from .sample import write_sample_clip
+    from kfi_core.bundled import write_sample_clip
 
     print(write_sample_clip(args.out_dir))
     return 0
@@ -182,15 +182,15 @@ def _cmd_make_sample(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: inpaint the bundled sample clip with the trained demo model."""
-    from .jobs import inpaint_files
-    from .loading import load_kfi_model
-    from .metrics import psnr
-    from .sample import DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, SAMPLE_DIR, demo_model_available
-    from .video_io import read_frames, read_masks
+    from kfi_core.jobs import inpaint_files
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.evaluation.metrics import psnr
+    from kfi_core.bundled import DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, SAMPLE_DIR, demo_model_available
+    from kfi_core.media.video import read_frames, read_masks
 
     out = Path(args.out)
     if args.tiny:  # the pipeline on random weights, asked for by name: shows the steps, not a meaningful fill
-        from .tiny import build_tiny_pipeline_folder
+        from kfi_core.model.tiny import build_tiny_pipeline_folder
 
         model_dir = out / "model"
         if not (model_dir / "model_index.json").is_file():
@@ -223,8 +223,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .metrics import METRIC_KEYS, check_keyframe_indices, evaluate
-    from .video_io import read_frames, read_masks
+    from kfi_core.evaluation.metrics import METRIC_KEYS, check_keyframe_indices, evaluate
+    from kfi_core.media.video import read_frames, read_masks
 
     names = {"pred": f"--pred {args.pred}", "gt": f"--gt {args.gt}", "mask": f"--mask {args.mask}"}
     pred, _ = read_frames(args.pred)
@@ -247,9 +247,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_masks(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .errors import MaskSynthesisError
-    from .masks import render_preview, sample_masks_with_info
-    from .video_io import atomic_path
+    from kfi_core.errors import MaskSynthesisError
+    from kfi_core.training.mask_synthesis import render_preview, sample_masks_with_info
+    from kfi_core.media.video import atomic_path
 
     size = args.size.lower().split("x")
     if len(size) != 2 or not all(s.strip().isdigit() and int(s) > 0 for s in size):
@@ -272,8 +272,8 @@ def _cmd_masks(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    from .errors import KeyframeError, ScheduleError
-    from .schedules import build_schedule, format_schedule_summary, render_schedule_preview, schedule_cost
+    from kfi_core.errors import KeyframeError, ScheduleError
+    from kfi_core.inference.schedules import build_schedule, format_schedule_summary, render_schedule_preview, schedule_cost
 
     try:
         keyframes = [int(k) for k in args.keyframes.replace(";", ",").split(",") if k.strip()]
@@ -310,7 +310,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, apply_overrides, load_train_config, parse_resolution, train
+    from kfi_core.training.train import TrainConfig, apply_overrides, load_train_config, parse_resolution, train
 
     config = load_train_config(args.config) if args.config else TrainConfig()
     config = apply_overrides(
@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="compare an inpainted clip with its ground truth: PSNR, SSIM, warping error, flicker, keyframes",
         description=(
-            "Compute the metrics of kfi_core.metrics for PRED against GT (and inside MASK when given). Each of "
+            "Compute the metrics of kfi_core.evaluation.metrics for PRED against GT (and inside MASK when given). Each of "
             "PRED, GT and MASK is a video file, a folder of frames or one image; frame counts and sizes must "
             "match. Warping error uses optical flow on GT (OpenCV). LPIPS/VFID are reported as null unless "
             "local weights are configured; nothing is downloaded."
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         "masks",
         help="draw random training masks (full, grid, scribble, square, blob; moving, inverted) on a preview sheet",
         description=(
-            "Sample random training masks the way training draws them (kfi_core.masks.sample_masks, default "
+            "Sample random training masks the way training draws them (kfi_core.training.mask_synthesis.sample_masks, default "
             "MaskConfig) and draw a PNG sheet: one row per sample, labelled with its type, showing a few frames. "
             "White = region to inpaint. Sample i is drawn from numpy.random.default_rng([seed, i])."
         ),

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .condition import ClipInputs, prepare_clip
-from .errors import BatchError, KeyframeError, VideoFileError
-from .mask_ops import binarize, expand_masks
-from .executor import inpaint
-from .propagate import PropagateSettings, composite, mean_of_samples
-from .video_io import DEFAULT_FPS, atomic_path, read_frames, read_masks, to_uint8, write_frames
+from kfi_core.inference.condition import ClipInputs, prepare_clip
+from kfi_core.errors import BatchError, KeyframeError, VideoFileError
+from kfi_core.media.mask_ops import binarize, expand_masks
+from kfi_core.inference.executor import inpaint
+from kfi_core.inference.propagate import PropagateSettings, composite, mean_of_samples
+from kfi_core.media.video import DEFAULT_FPS, atomic_path, read_frames, read_masks, to_uint8, write_frames
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def batch_jobs(folder: str | os.PathLike) -> list[BatchJob]:
     Hidden entries (``.name``, e.g. half-written outputs) are ignored. A clip without a mask, a
     mask or keyframe with no clip, and two masks for one clip are errors listing every offender.
     """
-    from .video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from kfi_core.media.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
     root = Path(folder)
     if not root.is_dir():

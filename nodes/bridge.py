@@ -78,7 +78,7 @@ def list_base_models() -> list[str]:
 
     Single files moved to Load KFI Inpaint Model (checkpoint); a ``checkpoints/<file>`` value saved by older
     workflows is still accepted (see :func:`is_legacy_checkpoint`)."""
-    from kfi_core.sample import demo_model_available
+    from kfi_core.bundled import demo_model_available
 
     bundled = [BUNDLED_MODEL] if demo_model_available() else []
     return bundled + [_DIFFUSERS_PREFIX + n for n in _diffusers_folders()]
@@ -93,7 +93,7 @@ def pickle_problem(input_name: str, name: str) -> str | None:
     """The library's message for a pickle file (.ckpt, .pt, ...) named by a forged or hand-edited prompt; the
     dropdowns never list one."""
     from kfi_core.errors import ModelFileError
-    from kfi_core.loading import check_not_pickle
+    from kfi_core.model.loading import check_not_pickle
 
     try:
         check_not_pickle(Path(name), input_name)
@@ -115,7 +115,7 @@ def resolve_checkpoint(name: str) -> str:
 
 def _bundled_adapters() -> dict[str, Path]:
     """Dropdown name -> file of the demo model's adapters; empty where the pack's demo model is missing."""
-    from kfi_core.sample import DEMO_ADAPTER, DEMO_REMOVAL_ADAPTER, demo_model_available
+    from kfi_core.bundled import DEMO_ADAPTER, DEMO_REMOVAL_ADAPTER, demo_model_available
 
     if not demo_model_available():
         return {}
@@ -132,7 +132,7 @@ def list_adapters() -> list[str]:
 def resolve_base_model(name: str) -> str:
     """Full path of a dropdown entry; only names from the lists are accepted (no free paths)."""
     from kfi_core.errors import ModelFileError
-    from kfi_core.sample import DEMO_MODEL_DIR, demo_model_available
+    from kfi_core.bundled import DEMO_MODEL_DIR, demo_model_available
 
     if name == BUNDLED_MODEL and demo_model_available():
         return str(DEMO_MODEL_DIR)
@@ -197,7 +197,7 @@ def auto_dtype(device) -> str:
 
 def parse_keyframe_indices(text: str) -> list[int]:
     """'' -> []; '0, 40' -> [0, 40] (errors from kfi_core name the input)."""
-    from kfi_core.keyframes import parse_indices
+    from kfi_core.media.keyframes import parse_indices
 
     return [] if not str(text).strip() else parse_indices(text)
 
@@ -249,7 +249,7 @@ class on_device:
 
     def __enter__(self):
         import comfy.model_management as mm
-        from kfi_core.loading import place_model
+        from kfi_core.model.loading import place_model
 
         device = mm.get_torch_device()
         if device.type != "cpu":
@@ -261,7 +261,7 @@ class on_device:
 
     def __exit__(self, *exc):
         import comfy.model_management as mm
-        from kfi_core.loading import place_model
+        from kfi_core.model.loading import place_model
 
         place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=mm.unet_offload_device())
         mm.soft_empty_cache()

@@ -43,8 +43,8 @@ class SymmetricMaskEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, kfi_model, images, mask, keyframe_indices, grow, keyframes=None) -> io.NodeOutput:
-        from kfi_core.condition import check_mask_coverage, fill_masked, prepare_clip
-        from kfi_core.propagate import check_size
+        from kfi_core.inference.condition import check_mask_coverage, fill_masked, prepare_clip
+        from kfi_core.inference.propagate import check_size
 
         clip = prepare_clip(
             bridge.image_to_frames(images), bridge.mask_to_masks(mask),

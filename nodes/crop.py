@@ -11,7 +11,7 @@ from .types import KfiCrop
 class KFICropForInpaint(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.crop import DEFAULT_PADDING, DEFAULT_SIZE, MAX_SIZE
+        from kfi_core.media.crop import DEFAULT_PADDING, DEFAULT_SIZE, MAX_SIZE
 
         return io.Schema(
             node_id="KFICropForInpaint",
@@ -47,7 +47,7 @@ class KFICropForInpaint(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask, size, padding) -> io.NodeOutput:
-        from kfi_core.crop import crop_for_inpaint
+        from kfi_core.media.crop import crop_for_inpaint
 
         frames, masks, box = crop_for_inpaint(bridge.image_to_frames(image), bridge.mask_to_masks(mask),
                                               size=size, padding=padding)
@@ -57,7 +57,7 @@ class KFICropForInpaint(io.ComfyNode):
 class KFIStitchCrop(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.crop import DEFAULT_FEATHER
+        from kfi_core.media.crop import DEFAULT_FEATHER
 
         return io.Schema(
             node_id="KFIStitchCrop",
@@ -84,7 +84,7 @@ class KFIStitchCrop(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, edited_crop, crop, feather, mask=None) -> io.NodeOutput:
-        from kfi_core.crop import stitch_crop
+        from kfi_core.media.crop import stitch_crop
 
         out = stitch_crop(bridge.image_to_frames(image), bridge.image_to_frames(edited_crop), crop,
                           None if mask is None else bridge.mask_to_masks(mask), feather=feather)

@@ -36,8 +36,8 @@ class KFISelectKeyframe(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, mask, index) -> io.NodeOutput:
-        from kfi_core.keyframes import check_frame_index, select_frame
-        from kfi_core.mask_ops import expand_masks
+        from kfi_core.media.keyframes import check_frame_index, select_frame
+        from kfi_core.media.mask_ops import expand_masks
 
         frames = bridge.image_to_frames(images)
         masks = expand_masks(bridge.mask_to_masks(mask), frames.shape[0], frames.shape[-2:])
@@ -65,7 +65,7 @@ class KFIInsertKeyframes(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, keyframes, indices) -> io.NodeOutput:
-        from kfi_core.keyframes import insert_keyframes, parse_indices
+        from kfi_core.media.keyframes import insert_keyframes, parse_indices
 
         out = insert_keyframes(bridge.image_to_frames(images), bridge.image_to_frames(keyframes),
                                parse_indices(indices))

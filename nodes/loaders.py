@@ -34,7 +34,7 @@ def _common_inputs() -> list:
 
 
 def _load(base_path: str, adapter: str, dtype: str, frames: int, merge_lora: bool) -> io.NodeOutput:
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     device = bridge.load_device()
     adapter_path = bridge.resolve_adapter(adapter)
@@ -142,7 +142,7 @@ class KFIModelInfo(io.ComfyNode):
     def execute(cls, kfi_model) -> io.NodeOutput:
         import json
 
-        from kfi_core.loading import describe_model
+        from kfi_core.model.loading import describe_model
 
         text = json.dumps(describe_model(kfi_model), indent=2)
         return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -35,7 +35,7 @@ class KFIMaskPrepare(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, threshold, grow, temporal_dilation, feather) -> io.NodeOutput:
-        from kfi_core.mask_ops import prepare_masks
+        from kfi_core.media.mask_ops import prepare_masks
 
         masks = prepare_masks(bridge.mask_to_masks(mask), threshold=threshold, grow_pixels=grow,
                               temporal_frames=temporal_dilation, feather_pixels=feather)

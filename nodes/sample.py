@@ -38,7 +38,7 @@ class KFISampleClip(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        from kfi_core.sample import load_sample_clip
+        from kfi_core.bundled import load_sample_clip
 
         clip = load_sample_clip()
         index = clip["keyframe_index"]

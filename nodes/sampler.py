@@ -11,9 +11,9 @@ from .types import KfiCondition, KfiModel, KfiSchedule
 class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.color_match import COLOR_MATCH_MODES
-        from kfi_core.propagate import BLEND_KNOWN_MODES
-        from kfi_core.sampling import SAMPLERS
+        from kfi_core.inference.color_match import COLOR_MATCH_MODES
+        from kfi_core.inference.propagate import BLEND_KNOWN_MODES
+        from kfi_core.inference.sampling import SAMPLERS
 
         return io.Schema(
             node_id="KeyframePropagateSampler",
@@ -72,8 +72,8 @@ class KeyframePropagateSampler(io.ComfyNode):
     def execute(cls, kfi_model, condition, seed, steps, sampler, min_guidance, max_guidance, fps, motion_bucket_id,
                 noise_aug_strength, composite, feather, decode_chunk_size, schedule=None,
                 color_match="none", blend_known="auto", num_samples=1) -> io.NodeOutput:
-        from kfi_core.executor import inpaint
-        from kfi_core.propagate import PropagateSettings
+        from kfi_core.inference.executor import inpaint
+        from kfi_core.inference.propagate import PropagateSettings
 
         settings = PropagateSettings(
             steps=steps, seed=seed, sampler=sampler, min_guidance=min_guidance, max_guidance=max_guidance, fps=fps,

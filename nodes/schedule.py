@@ -11,7 +11,7 @@ from .types import KfiCondition, KfiModel, KfiSchedule
 class LongVideoAnchorSchedule(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.schedules import SCHEDULES
+        from kfi_core.inference.schedules import SCHEDULES
 
         return io.Schema(
             node_id="LongVideoAnchorSchedule",
@@ -50,7 +50,7 @@ class LongVideoAnchorSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, strategy, window, anchor_spacing, frames, keyframe_indices, kfi_model=None, condition=None,
                 images=None) -> io.NodeOutput:
-        from kfi_core.schedules import build_schedule, render_schedule_preview
+        from kfi_core.inference.schedules import build_schedule, render_schedule_preview
 
         num_frames, keyframes = bridge.schedule_frames(frames, keyframe_indices, condition, images)
         size = bridge.schedule_window(window, kfi_model)

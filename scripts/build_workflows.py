@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 from comfyhost import ComfyServer, make_base_dir  # noqa: E402
 from workflow_tools import Graph, recorded_schemas  # noqa: E402
 
-from kfi_core.sample import DEMO_SAMPLING, SAMPLE_FPS, SAMPLE_KEYFRAME_INDEX  # noqa: E402
+from kfi_core.bundled import DEMO_SAMPLING, SAMPLE_FPS, SAMPLE_KEYFRAME_INDEX  # noqa: E402
 
 BUNDLED_ADAPTER = "bundled/kfi-demo-64px.safetensors"  # nodes/bridge.py's names for the demo model's adapters
 BUNDLED_REMOVAL_ADAPTER = "bundled/kfi-demo-64px-removal.safetensors"
@@ -364,11 +364,11 @@ def live_schemas() -> dict:
 def demo_results() -> dict[str, "torch.Tensor"]:
     """A real run of the bundled demo model on the sample, as the demo workflows run it: 'removal' and 'edit'
     results [F, 3, H, W], and the input frames."""
-    from kfi_core.condition import prepare_clip
-    from kfi_core.executor import inpaint
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.propagate import PropagateSettings
-    from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, load_sample_clip
+    from kfi_core.inference.condition import prepare_clip
+    from kfi_core.inference.executor import inpaint
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.inference.propagate import PropagateSettings
+    from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, load_sample_clip
 
     sample = load_sample_clip()
     settings = PropagateSettings(**DEMO_SAMPLING).check()
@@ -386,7 +386,7 @@ def make_thumbnail(frames, result, out: Path, scale: int = 2) -> None:
     import torch
     from PIL import Image
 
-    from kfi_core.video_io import to_uint8
+    from kfi_core.media.video import to_uint8
 
     rows = [torch.cat(list(x), dim=-1) for x in (frames, result)]  # [3, H, F*W] each
     grid = to_uint8(torch.cat(rows, dim=-2)[None])[0]

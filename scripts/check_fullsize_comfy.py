@@ -1,9 +1,9 @@
-"""Check that a full-width SVD single file written by kfi_core.convert_sgm is recognised by ComfyUI.
+"""Check that a full-width SVD single file written by kfi_core.model.single_file is recognised by ComfyUI.
 
 Not a test (slow, ~4.6 GB file, ~15 GB RAM): builds SVD-XT-sized diffusers components with random
 fp16 weights (no init cost: shapes from meta modules), converts them to one sgm-layout safetensors
 file, then
-  1. loads it back with kfi_core.convert_sgm.load_single_file, configs inferred from shapes only
+  1. loads it back with kfi_core.model.single_file.load_single_file, configs inferred from shapes only
      (no kfi.* metadata), and compares the inferred configs with the real SVD configs;
   2. loads it through ComfyUI's own comfy.sd.load_checkpoint_guess_config (detection, UNet, VAE,
      CLIP vision) and reports what ComfyUI built and any missing/leftover keys it logged.
@@ -67,7 +67,7 @@ def main() -> int:
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from kfi_core import convert_sgm as cs
+    from kfi_core.model import single_file as cs
 
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="kfi-fullsize-"))
     path = out_dir / "svd_xt_random.safetensors"

@@ -61,7 +61,7 @@ def make_base_dir(base: Path, pack_dir: Path = ROOT, tiny_model: bool = False) -
     model_dir = base / "models" / "diffusers" / "tiny-svd"
     if tiny_model and not model_dir.exists():
         sys.path.insert(0, str(ROOT))
-        from kfi_core.tiny import build_tiny_pipeline_folder
+        from kfi_core.model.tiny import build_tiny_pipeline_folder
 
         build_tiny_pipeline_folder(model_dir)
     return base

@@ -1,4 +1,4 @@
-"""Shared fixtures. Models come only from kfi_core.tiny: built once per test run, no downloads."""
+"""Shared fixtures. Models come only from kfi_core.model.tiny: built once per test run, no downloads."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny SVD img2vid model (8 frames, seed 0) in diffusers folder layout."""
-    from kfi_core.tiny import build_tiny_pipeline_folder
+    from kfi_core.model.tiny import build_tiny_pipeline_folder
 
     return build_tiny_pipeline_folder(tmp_path_factory.mktemp("models") / "tiny-svd", num_frames=8, seed=0)
 
@@ -28,7 +28,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_components() -> dict:
     """Fresh in-memory tiny components (8 frames, seed 0). Do not modify them in a test."""
-    from kfi_core.tiny import build_tiny_components
+    from kfi_core.model.tiny import build_tiny_components
 
     return build_tiny_components(num_frames=8, seed=0)
 

@@ -8,9 +8,9 @@ def load_with_random_adapter(model_dir, rank: int = 4, std: float = 0.05, seed: 
     weights, seeded, frozen. Tests of sampling and adapters use it instead of a trained adapter."""
     import torch
 
-    from kfi_core.conv_in import expand_conv_in
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.lora import add_lora, lora_state_dict
+    from kfi_core.model.conv_in import expand_conv_in
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.model.lora import add_lora, lora_state_dict
 
     model = load_kfi_model(model_dir)
     expand_conv_in(model.unet)

@@ -12,16 +12,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kfi_core.adapter import (
+from kfi_core.model.adapter import (
     ADAPTER_FORMAT, MAX_HEADER_BYTES, architecture_fingerprint, load_adapter, read_adapter_metadata, save_adapter,
 )
-from kfi_core.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, expand_conv_in
+from kfi_core.model.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, expand_conv_in
 from kfi_core.errors import (
     AdapterMismatchError, CheckpointFormatError, KfiError, LoraError, ModelFileError, UnknownNameError,
     UnsupportedSizeError,
 )
-from kfi_core.lora import LORA_ADAPTER_NAME, add_lora, lora_layers, lora_state_dict, merge_lora
-from kfi_core.tiny import tiny_unet_config
+from kfi_core.model.lora import LORA_ADAPTER_NAME, add_lora, lora_layers, lora_state_dict, merge_lora
+from kfi_core.model.tiny import tiny_unet_config
 
 from kfi_testing import unet_forward
 

@@ -58,12 +58,12 @@ def make_inputs(d: Path, model_dir: Path) -> dict[str, Path]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from kfi_core.adapter import save_adapter
-    from kfi_core.conv_in import expand_conv_in
-    from kfi_core.convert_sgm import save_single_file
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.lora import add_lora
-    from kfi_core.video_io import write_frames
+    from kfi_core.model.adapter import save_adapter
+    from kfi_core.model.conv_in import expand_conv_in
+    from kfi_core.model.single_file import save_single_file
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.model.lora import add_lora
+    from kfi_core.media.video import write_frames
 
     d.mkdir(parents=True, exist_ok=True)
     for name, n in (("frames4", 4), ("frames1", 1), ("frames20", 20)):
@@ -220,7 +220,7 @@ def _inp(video="frames4", mask="hole.png", *extra) -> list:
 
 def _lib_frames(value: float | None = None, channels: int = 3) -> Callable[[], Any]:
     def call():
-        from kfi_core.condition import prepare_clip
+        from kfi_core.inference.condition import prepare_clip
 
         frames = torch.rand(4, channels, H, W)
         if value is not None:
@@ -231,7 +231,7 @@ def _lib_frames(value: float | None = None, channels: int = 3) -> Callable[[], A
 
 
 def _lib_mask_nan():
-    from kfi_core.condition import prepare_clip
+    from kfi_core.inference.condition import prepare_clip
 
     m = torch.ones(1, 1, H, W)
     m[0, 0, 0, 0] = float("nan")
@@ -385,7 +385,7 @@ ROWS: list[Row] = [
                                                      "to gain nothing and removed")), None,
         why="training runs from the CLI only"),
     Row("bad_schedule_json", None, None, why="schedules travel as objects in both paths; only the library reads JSON",
-        lib=lambda: __import__("kfi_core.schedules", fromlist=["x"]).Schedule.from_json("{not json"),
+        lib=lambda: __import__("kfi_core.inference.schedules", fromlist=["x"]).Schedule.from_json("{not json"),
         lib_expect="schedule: not valid JSON"),
     Row("crop_empty_mask", None,
         (_chain(_node("cr", "KFICropForInpaint", image=["img", 0], mask=["mask", 0], size=64, padding=0.2),

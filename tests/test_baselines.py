@@ -1,4 +1,4 @@
-"""kfi_core.baselines and the bench/results.py smoke run."""
+"""kfi_core.evaluation.baselines and the bench/results.py smoke run."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.baselines import (BASELINES, flow_warp, keyframe_colour_fill, keyframe_paste, mean_fill,
+from kfi_core.evaluation.baselines import (BASELINES, flow_warp, keyframe_colour_fill, keyframe_paste, mean_fill,
                                 nearest_keyframe, telea_fill, vae_ceiling)
 from kfi_core.errors import InputMismatchError, KeyframeError, UnknownNameError
-from kfi_core.metrics import psnr
-from kfi_core.procedural import ProceduralConfig, make_procedural_clip
+from kfi_core.evaluation.metrics import psnr
+from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,7 +244,7 @@ def test_results_texture_period_overrides_the_presets(capsys):
     sys.path.insert(0, str(ROOT / "bench"))
     from results import EVAL_SEED_BASE, parse_args, procedural_clips
 
-    from kfi_core.procedural import with_config
+    from kfi_core.evaluation.procedural import with_config
 
     args = parse_args(["--clips", "1", "--texture-period", "24"])
     clip = procedural_clips("edit", "easy", args, "recolour")[0]
@@ -269,8 +269,8 @@ def test_results_verdict_clips_judge_the_edit_on_more_clips(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "bench"))
     from results import methods_for, parse_args, procedural_clips, score
 
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR
 
     out = tmp_path / "RESULTS.md"
     argv = ["--clips", "1", "--verdict-clips", "3", "--steps", "1", "--no-real", "--difficulty", "easy", "--tasks",
@@ -307,9 +307,9 @@ def test_results_keyframe_colour_match_rows_fit_on_the_decoded_keyframe(tiny_mod
     sys.path.insert(0, str(ROOT / "bench"))
     from results import methods_for, parse_args, sampling_settings
 
-    from kfi_core.condition import prepare_clip
-    from kfi_core.executor import inpaint
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.inference.condition import prepare_clip
+    from kfi_core.inference.executor import inpaint
+    from kfi_core.model.loading import load_kfi_model
 
     args = parse_args(["--steps", "1", "--color-match", "keyframe"])
     model, adapter = load_kfi_model(tiny_model_dir), load_with_random_adapter(tiny_model_dir)

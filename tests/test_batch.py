@@ -13,9 +13,9 @@ import torch
 
 from kfi_core.errors import BatchError, KfiError
 from kfi_core.jobs import batch_jobs, run_batch, shard_rank_world
-from kfi_core.loading import load_kfi_model
-from kfi_core.propagate import PropagateSettings
-from kfi_core.video_io import read_frames, write_frames
+from kfi_core.model.loading import load_kfi_model
+from kfi_core.inference.propagate import PropagateSettings
+from kfi_core.media.video import read_frames, write_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = PropagateSettings(steps=1, decode_chunk_size=4)

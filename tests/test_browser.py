@@ -117,7 +117,7 @@ def _check_result(server, workflow: dict, entry: dict) -> None:
     """The 'Result' preview holds the input's frame count, each frame of the input's size."""
     from PIL import Image
 
-    from kfi_core.sample import load_sample_clip
+    from kfi_core.bundled import load_sample_clip
 
     frames = load_sample_clip()["frames"]
     result_id = next(str(n["id"]) for n in workflow["nodes"] if n.get("title") == "Result")

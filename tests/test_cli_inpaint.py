@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kfi_core.sample import SAMPLE_DIR, make_sample_clip
-from kfi_core.video_io import read_frames, read_masks, write_frames
+from kfi_core.bundled import SAMPLE_DIR, make_sample_clip
+from kfi_core.media.video import read_frames, read_masks, write_frames
 
 
 def run_cli(*args, cwd=None):
@@ -118,7 +118,7 @@ def test_demo_writes_video_and_preview(tmp_path):
 def test_demo_without_its_model_says_how_to_restore_it(tmp_path, monkeypatch, capsys):
     """A partial checkout without kfi_core/assets/demo_model is an error naming the folder and the fixes, not a
     silent fall back to random weights; --tiny asks for those weights by name and runs the pipeline on them."""
-    import kfi_core.sample as sample
+    import kfi_core.bundled as sample
     from kfi_core import cli
 
     missing = tmp_path / "no_demo_model"

@@ -1,14 +1,14 @@
-"""Colour matching (kfi_core.color_match): analytic recoveries, invariants, errors, and the whole path."""
+"""Colour matching (kfi_core.inference.color_match): analytic recoveries, invariants, errors, and the whole path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kfi_core.color_match import MIN_PIXELS, fit_color_transform, match_colors, ring_width
-from kfi_core.condition import prepare_clip
+from kfi_core.inference.color_match import MIN_PIXELS, fit_color_transform, match_colors, ring_width
+from kfi_core.inference.condition import prepare_clip
 from kfi_core.errors import InputMismatchError, UnknownNameError
-from kfi_core.propagate import PropagateSettings, composite
+from kfi_core.inference.propagate import PropagateSettings, composite
 
 
 def clip(n=3, h=48, w=64, seed=0):
@@ -163,8 +163,8 @@ def test_errors_name_the_input():
 
 def test_inpaint_command_takes_the_option(tiny_model_dir, tmp_path):
     from kfi_core import cli
-    from kfi_core.sample import make_sample_clip
-    from kfi_core.video_io import read_frames, write_frames
+    from kfi_core.bundled import make_sample_clip
+    from kfi_core.media.video import read_frames, write_frames
 
     sample = make_sample_clip(num_frames=8)
     write_frames(sample["frames"], tmp_path / "in")

@@ -64,7 +64,7 @@ def _save_mask_png(path: Path, mask: np.ndarray) -> None:
 
 
 def test_mask_prepare_runs_through_prompt(comfy_server):
-    from kfi_core.mask_ops import grow
+    from kfi_core.media.mask_ops import grow
 
     mask = np.zeros((32, 48), dtype=np.float32)
     mask[10:20, 12:30] = 1.0
@@ -200,8 +200,8 @@ def test_model_names_outside_the_lists_are_refused(comfy_server, node, name, val
 
 def _sample_inputs(comfy_server):
     """The sample clip and its masks as mp4 files in ComfyUI's input folder; our own decode of them."""
-    from kfi_core.sample import make_sample_clip
-    from kfi_core.video_io import read_frames, write_frames
+    from kfi_core.bundled import make_sample_clip
+    from kfi_core.media.video import read_frames, write_frames
 
     clip = make_sample_clip()
     video, mask = comfy_server.base / "input" / "kfi_sample.mp4", comfy_server.base / "input" / "kfi_sample_mask.mp4"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfi_core.condition import (check_frames, encode_symmetric, fill_masked, first_frame_for_embedding,
+from kfi_core.inference.condition import (check_frames, encode_symmetric, fill_masked, first_frame_for_embedding,
                                 prepare_clip)
 from kfi_core.errors import InputMismatchError, KeyframeError, NonFiniteError
 

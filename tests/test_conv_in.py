@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from kfi_core.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, check_conv_in, expand_conv_in
+from kfi_core.model.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, check_conv_in, expand_conv_in
 from kfi_core.errors import CheckpointFormatError, KfiError
-from kfi_core.lora import add_lora
-from kfi_core.tiny import tiny_unet_config
+from kfi_core.model.lora import add_lora
+from kfi_core.model.tiny import tiny_unet_config
 
 from kfi_testing import unet_forward
 

@@ -1,4 +1,4 @@
-"""kfi_core.convert_sgm: sgm single files <-> diffusers, checked against ComfyUI's own SVD classes.
+"""kfi_core.model.single_file: sgm single files <-> diffusers, checked against ComfyUI's own SVD classes.
 
 The oracle is independent code: ComfyUI's video UNet, its SVD VAE (Encoder + temporal
 VideoDecoder) and its CLIP vision model, built with tiny configs (tests/comfy_oracle.py) and
@@ -12,7 +12,7 @@ fp64 run of the same model). ATOL = 2e-5 leaves a margin of ~8x over that, while
 
 The VAE: with layers_per_block=1 diffusers builds a temporal-decoder mid block with one resnet
 that never runs its attention; sgm's (and ComfyUI's) decoder always runs resnet-attention-resnet.
-No single file can hold such a VAE (the converter refuses it, tested below), so kfi_core.tiny uses
+No single file can hold such a VAE (the converter refuses it, tested below), so kfi_core.model.tiny uses
 layers_per_block=2 as SVD does, and an identity quant_conv as SVD's converted VAE has.
 """
 
@@ -27,9 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_oracle import build_clip_vision, build_unet, build_vae, encode_image_embeds, import_comfy
-from kfi_core import convert_sgm as cs
+from kfi_core.model import single_file as cs
 from kfi_core.errors import CheckpointFormatError, ModelFileError
-from kfi_core.tiny import TINY_CLIP_VISION_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny_components
+from kfi_core.model.tiny import TINY_CLIP_VISION_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny_components
 
 ATOL = 2e-5
 RTOL = 1e-5
@@ -323,7 +323,7 @@ def test_load_without_metadata_infers_configs_and_frames(comps, tiny_file, tmp_p
     sd = load_file(str(tiny_file))
     plain = tmp_path / "svd_xt_tiny.safetensors"
     save_file(sd, str(plain))  # no kfi.* metadata, as a file from elsewhere
-    with caplog.at_level(logging.INFO, logger="kfi_core.convert_sgm"):
+    with caplog.at_level(logging.INFO, logger="kfi_core.model.single_file"):
         loaded = cs.load_single_file(plain, head_dim=UNET_HEAD_DIM, clip_head_dim=CLIP_HEAD_DIM)
     assert loaded["num_frames"] == 25  # "xt" in the name
     assert any("num_frames=" in r.getMessage() and "xt" in r.getMessage() for r in caplog.records)

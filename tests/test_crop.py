@@ -1,4 +1,4 @@
-"""kfi_core.crop: square crop around the mask for an image inpainter, and the stitch back."""
+"""kfi_core.media.crop: square crop around the mask for an image inpainter, and the stitch back."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kfi_core.crop import CropBox, crop_for_inpaint, crop_mask, crop_to_square, plan_square_crop, stitch_crop
+from kfi_core.media.crop import CropBox, crop_for_inpaint, crop_mask, crop_to_square, plan_square_crop, stitch_crop
 from kfi_core.errors import InputMismatchError, KfiError, UnsupportedSizeError
 
 

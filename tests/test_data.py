@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kfi_core.data import (NO_KEYFRAME, ClipDataset, StreamSampler, collate_samples, draw_keyframe, find_sources,
+from kfi_core.training.data import (NO_KEYFRAME, ClipDataset, StreamSampler, collate_samples, draw_keyframe, find_sources,
                            frames_needed, random_crop_box)
 from kfi_core.errors import DatasetError, VideoFileError
-from kfi_core.sample import make_sample_clip
-from kfi_core.video_io import write_frames
+from kfi_core.bundled import make_sample_clip
+from kfi_core.media.video import write_frames
 
 
 def index_clip(n: int, h: int = 48, w: int = 80) -> torch.Tensor:
@@ -275,7 +275,7 @@ def test_hole_mask_errors(tmp_path, caplog):
     with pytest.raises(DatasetError, match="hole_mask_prob"):
         ClipDataset(tmp_path, num_frames=8, resolution=(32, 32), hole_mask_prob=-0.1)
     write_frames(index_clip(10), tmp_path / "plain")
-    with caplog.at_level("WARNING", logger="kfi_core.data"):
+    with caplog.at_level("WARNING", logger="kfi_core.training.data"):
         ClipDataset(tmp_path / "plain", num_frames=8, resolution=(32, 32), hole_mask_prob=0.5)
     assert "hole_mask_prob is 0.5 but no frame folder has a holes/ folder" in caplog.text
 

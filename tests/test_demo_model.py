@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfi_core.condition import prepare_clip
-from kfi_core.executor import inpaint
-from kfi_core.metrics import psnr
-from kfi_core.procedural import EVAL_SEED_BASE, make_procedural_clip
-from kfi_core.propagate import PropagateSettings
-from kfi_core.sample import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, DEMO_SAMPLING, demo_model_available
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import inpaint
+from kfi_core.evaluation.metrics import psnr
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE, make_procedural_clip
+from kfi_core.inference.propagate import PropagateSettings
+from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, DEMO_SAMPLING, demo_model_available
 
 SEEDS = [EVAL_SEED_BASE + 500 + i for i in range(3)]  # held out, and not the clips of docs/RESULTS.md
 SETTINGS = PropagateSettings(steps=12, seed=0)
@@ -23,7 +23,7 @@ SETTINGS = PropagateSettings(steps=12, seed=0)
 
 @pytest.fixture(scope="module")
 def demo_model():
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     assert demo_model_available(), f"the demo model is missing from {DEMO_MODEL_DIR}"
     return load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_ADAPTER)
@@ -65,7 +65,7 @@ def test_demo_model_ships_an_edit_and_a_removal_adapter():
     the same tensors, different weights, and both load strictly as KFI adapters of the bundled model."""
     from safetensors.torch import load_file
 
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     edit, removal = load_file(str(DEMO_ADAPTER)), load_file(str(DEMO_REMOVAL_ADAPTER))
     assert edit.keys() == removal.keys() and all(edit[k].shape == removal[k].shape for k in edit)
@@ -79,7 +79,7 @@ def test_the_removal_adapter_removes_better_than_the_edit_adapter(demo_model):
     """Removal without a keyframe, as `demo` runs it (its sampling defaults, colour matching on): on 12 held-out
     clips (6 medium, 6 easy) the removal adapter's fill errs less in the hole than the edit adapter's on most clips
     and on average (validation, 32 clips a level: +0.56 / +0.81 dB; research/demo_model/NOTES.md, 'Two adapters: edit and removal')."""
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     removal = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_REMOVAL_ADAPTER)
     settings = PropagateSettings(steps=12, seed=0, **DEMO_SAMPLING)
@@ -97,7 +97,7 @@ def test_the_mean_of_samples_fills_closer_than_one_sample():
     less in the hole than one sample (seed 0, the first of the four) on most clips and on average (measured +0.92 dB,
     7 of 8). The mean of samples estimates the posterior mean, the fill of least squared error: the samples' scatter
     is a large part of one sample's error here, and averaging removes most of it."""
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     removal = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_REMOVAL_ADAPTER)
     one, four = (PropagateSettings(steps=12, seed=0, num_samples=n, **DEMO_SAMPLING) for n in (1, 4))
@@ -127,7 +127,7 @@ def test_demo_vae_keeps_colour(demo_model):
     """recipe.json's VAE is trained to keep colour (chroma loss, colour anchor, GroupNorm reference): its
     reconstructions of held-out clips keep a clear part of their chroma. The VAE it replaced kept 0.02 in the hole
     of the edit task (a flat red frame came back dark grey; research/demo_model/NOTES.md, 'Why the keyframe cannot help yet')."""
-    from kfi_core.metrics import chroma_gain
+    from kfi_core.evaluation.metrics import chroma_gain
 
     clips = [make_procedural_clip("edit", 8, 64, 64, seed=s, difficulty="medium").ground_truth for s in SEEDS]
     gains = [chroma_gain(_round_trip(demo_model.vae, c), c) for c in clips]
@@ -152,7 +152,7 @@ def test_demo_model_carries_an_edit_from_its_keyframe(demo_model):
     """Edit propagation, the job a keyframe is for: on held-out recolour-edit clips the shipped model's fill with the
     edited keyframe errs clearly less in the hole against the edited ground truth than its fill without one (docs/
     RESULTS.md measures +1 to +2 dB on 48 clips a level, higher on nearly every clip), and reproduces the keyframe."""
-    from kfi_core.procedural import ProceduralConfig, with_config
+    from kfi_core.evaluation.procedural import ProceduralConfig, with_config
 
     with_kf, without = [], []
     for level in ("easy", "medium"):
@@ -173,11 +173,11 @@ def test_demo_model_carries_an_edit_from_its_keyframe(demo_model):
 @pytest.mark.slow
 def test_colour_matching_fixes_the_demo_vaes_colour_drift(demo_model):
     """The small demo VAE's colours drift (less since it keeps colour, but the fill's do); fitting the fill's colours to the
-    known pixels around the hole (kfi_core.color_match) lifts the fill above the raw output, and the VAE's
+    known pixels around the hole (kfi_core.inference.color_match) lifts the fill above the raw output, and the VAE's
     own ceiling above mean-colour fill (docs/RESULTS.md: 18.2 -> 20.7 dB against mean fill's 18.0, medium)."""
     from dataclasses import replace
 
-    from kfi_core.baselines import mean_fill, vae_ceiling
+    from kfi_core.evaluation.baselines import mean_fill, vae_ceiling
 
     clips = [make_procedural_clip("removal", 8, 64, 64, seed=s, difficulty="medium") for s in SEEDS[:2]]
     raw = _removal_psnr(demo_model, clips)

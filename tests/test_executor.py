@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfi_core.condition import prepare_clip
+from kfi_core.inference.condition import prepare_clip
 from kfi_core.errors import ScheduleError
-from kfi_core.executor import inpaint, run_schedule, total_steps
-from kfi_core.loading import load_kfi_model
-from kfi_core.propagate import PropagateSettings, propagate
-from kfi_core.schedules import SCHEDULES, build_schedule
+from kfi_core.inference.executor import inpaint, run_schedule, total_steps
+from kfi_core.model.loading import load_kfi_model
+from kfi_core.inference.propagate import PropagateSettings, propagate
+from kfi_core.inference.schedules import SCHEDULES, build_schedule
 
 from kfi_testing import load_with_random_adapter
 
@@ -134,7 +134,7 @@ def test_num_samples_is_the_mean_of_one_sample_runs_with_consecutive_seeds(model
     got = inpaint(model, clip, PropagateSettings(seed=7, num_samples=3, **base), strategy=strategy)
     torch.testing.assert_close(got, sum(singles) / 3, rtol=0, atol=1e-6)
     assert not torch.allclose(singles[0], singles[1]), "the samples differ (different seeds)"
-    from kfi_core.propagate import composite_mask
+    from kfi_core.inference.propagate import composite_mask
 
     keep = (composite_mask(clip, feather_px) == 0).expand_as(got)
     assert torch.equal(got[keep], clip.frames[keep]), "pixels the composite keeps, keyframe included, are exact"

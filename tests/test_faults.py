@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.condition import prepare_clip
+from kfi_core.inference.condition import prepare_clip
 from kfi_core.errors import CancelledError
-from kfi_core.memory import is_out_of_memory, retry_on_oom
-from kfi_core.propagate import PropagateSettings, propagate
+from kfi_core.inference.memory import is_out_of_memory, retry_on_oom
+from kfi_core.inference.propagate import PropagateSettings, propagate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def _clip(n=4, size=64, seed=0):
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     return load_kfi_model(tiny_model_dir)
 
@@ -53,7 +53,7 @@ def test_retry_halves_down_to_the_floor_then_reraises(caplog):
             raise torch.OutOfMemoryError(f"out of memory at {chunk}")
         return chunk
 
-    with caplog.at_level(logging.WARNING, logger="kfi_core.memory"):
+    with caplog.at_level(logging.WARNING, logger="kfi_core.inference.memory"):
         assert retry_on_oom(fn, 16) == 2
     assert calls == [16, 8, 4, 2]
     assert caplog.text.count("out of device memory with decode_chunk_size") == 3
@@ -82,7 +82,7 @@ def test_decode_out_of_memory_retries_and_matches_the_small_chunk_run(model, mon
         return real_decode(self, z, *args, num_frames=num_frames, **kwargs)
 
     monkeypatch.setattr(type(model.vae), "decode", decode)
-    with caplog.at_level(logging.WARNING, logger="kfi_core.memory"):
+    with caplog.at_level(logging.WARNING, logger="kfi_core.inference.memory"):
         got = propagate(model, clip, PropagateSettings(steps=1, decode_chunk_size=8))
     assert torch.equal(got, reference)
     assert "out of device memory with decode_chunk_size=8" in caplog.text
@@ -110,7 +110,7 @@ def test_encode_out_of_memory_retries(model, monkeypatch, caplog):
         return real_encode(self, x, *args, **kwargs)
 
     monkeypatch.setattr(type(model.vae), "encode", encode)
-    with caplog.at_level(logging.WARNING, logger="kfi_core.memory"):
+    with caplog.at_level(logging.WARNING, logger="kfi_core.inference.memory"):
         got = propagate(model, clip, PropagateSettings(steps=1, encode_chunk_size=8))
     assert torch.allclose(got, reference, atol=1e-6)
     assert "encode_chunk_size=8" in caplog.text
@@ -174,7 +174,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_cli_write_that_fails_leaves_no_partial_output(tmp_path, tiny_model_dir):
-    from kfi_core.sample import SAMPLE_DIR
+    from kfi_core.bundled import SAMPLE_DIR
 
     out = tmp_path / "out" / "result.mp4"
     out.parent.mkdir()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kfi_core.errors import AdapterMismatchError, ModelFileError, UnknownNameError
-from kfi_core.loading import describe_model, load_kfi_model
+from kfi_core.model.loading import describe_model, load_kfi_model
 
 from kfi_testing import load_with_random_adapter, unet_forward
 
@@ -51,7 +51,7 @@ def test_bad_model_paths(tmp_path, tiny_model_dir):
 
 
 def test_adapter_round_trip_through_loader(tmp_path, tiny_model_dir):
-    from kfi_core.adapter import save_adapter
+    from kfi_core.model.adapter import save_adapter
 
     base = load_with_random_adapter(tiny_model_dir)
     save_adapter(base.unet, tmp_path / "a.safetensors", base_variant=base.variant, num_frames=base.num_frames)
@@ -65,7 +65,7 @@ def test_adapter_round_trip_through_loader(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_adapter_for_another_frame_count_is_refused(tmp_path, tiny_model_dir):
-    from kfi_core.tiny import build_tiny_pipeline_folder
+    from kfi_core.model.tiny import build_tiny_pipeline_folder
 
     other = build_tiny_pipeline_folder(tmp_path / "m14", num_frames=14)
     adapter = tmp_path / "a14.safetensors"
@@ -137,8 +137,8 @@ def test_truncated_single_file_is_reported(tmp_path, tiny_model_dir):
 
 
 def test_merge_lora_on_load_gives_the_same_output(tmp_path, tiny_model_dir):
-    from kfi_core.adapter import save_adapter
-    from kfi_core.lora import unmerge_lora
+    from kfi_core.model.adapter import save_adapter
+    from kfi_core.model.lora import unmerge_lora
 
     base = load_with_random_adapter(tiny_model_dir)
     save_adapter(base.unet, tmp_path / "a.safetensors", base_variant=base.variant, num_frames=base.num_frames)

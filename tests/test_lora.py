@@ -7,14 +7,14 @@ import copy
 import pytest
 import torch
 
-from kfi_core.conv_in import KFI_IN_CHANNELS, expand_conv_in
+from kfi_core.model.conv_in import KFI_IN_CHANNELS, expand_conv_in
 from kfi_core.errors import CheckpointFormatError, LoraError, UnknownNameError
-from kfi_core.lora import (
+from kfi_core.model.lora import (
     DEFAULT_LORA_RANK, LORA_ADAPTER_NAME, LORA_TARGET_MODULES, SVD_XT_UNET_CONFIG, add_lora,
     count_kfi_trainable_parameters, get_lora_settings, lora_layers, mark_trainable, merge_lora,
     trainable_parameter_count, unmerge_lora,
 )
-from kfi_core.tiny import tiny_unet_config
+from kfi_core.model.tiny import tiny_unet_config
 
 from kfi_testing import unet_forward
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kfi_core.errors import InputMismatchError, KeyframeError
-from kfi_core.keyframes import check_frame_index, insert_keyframes, parse_indices, select_frame
-from kfi_core.mask_ops import binarize, expand_masks, feather, grow, prepare_masks, temporal_dilate
+from kfi_core.media.keyframes import check_frame_index, insert_keyframes, parse_indices, select_frame
+from kfi_core.media.mask_ops import binarize, expand_masks, feather, grow, prepare_masks, temporal_dilate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from mask_grow import grow_by_convolution  # noqa: E402

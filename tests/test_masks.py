@@ -12,7 +12,7 @@ import torch
 
 from kfi_core.cli import main as cli_main
 from kfi_core.errors import KfiError, MaskSynthesisError, UnknownNameError
-from kfi_core.masks import (
+from kfi_core.training.mask_synthesis import (
     MASK_TYPES,
     MaskConfig,
     animate,

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from kfi_core import metrics
+from kfi_core.evaluation import metrics
 from kfi_core.cli import main
 from kfi_core.errors import (InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError,
                              UnsupportedSizeError)
-from kfi_core.metrics import (METRIC_KEYS, compute_gt_flow, evaluate, flicker_delta, keyframe_fidelity, psnr, ssim,
+from kfi_core.evaluation.metrics import (METRIC_KEYS, compute_gt_flow, evaluate, flicker_delta, keyframe_fidelity, psnr, ssim,
                               temporal_flicker, warping_error)
-from kfi_core.video_io import write_frames
+from kfi_core.media.video import write_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 48, 64  # H != W catches transposed axes

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.condition import prepare_clip
-from kfi_core.loading import load_kfi_model, optimize_unet
-from kfi_core.propagate import PropagateSettings, propagate
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.model.loading import load_kfi_model, optimize_unet
+from kfi_core.inference.propagate import PropagateSettings, propagate
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = PropagateSettings(steps=2, seed=3)
@@ -59,7 +59,7 @@ def test_compile_failure_falls_back_with_warning(tiny_model_dir, reference, monk
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    with caplog.at_level(logging.WARNING, logger="kfi_core.loading"):
+    with caplog.at_level(logging.WARNING, logger="kfi_core.model.loading"):
         model = load_kfi_model(tiny_model_dir, compile_unet=True)
         out = propagate(model, _clip(), SETTINGS)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "torch.compile" in r.getMessage()]

@@ -1,4 +1,4 @@
-"""kfi_core.procedural: determinism, shapes, exact masks and ground truth, textures, pan speed."""
+"""kfi_core.evaluation.procedural: determinism, shapes, exact masks and ground truth, textures, pan speed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kfi_core.errors import InputMismatchError, UnknownNameError
-from kfi_core.procedural import ProceduralConfig, make_procedural_clip, with_config
+from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip, with_config
 
 
 @pytest.mark.parametrize("task", ["removal", "edit"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfi_core.condition import prepare_clip
+from kfi_core.inference.condition import prepare_clip
 from kfi_core.errors import (CancelledError, InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError,
                              UnsupportedSizeError)
-from kfi_core.loading import load_kfi_model
-from kfi_core.propagate import PropagateSettings, propagate
+from kfi_core.model.loading import load_kfi_model
+from kfi_core.inference.propagate import PropagateSettings, propagate
 
 from kfi_testing import load_with_random_adapter
 
@@ -88,8 +88,8 @@ def test_progress_callback_and_cancel(kfi_model):
 def test_latent_blending_keeps_the_known_region_on_the_input_latents(request, which, blend):
     """Latent blending (the training-free mode's default, opt-in with an adapter): the sampled latents outside
     the (latent) mask equal the input's clean latents, and a mid-clip keyframe is known throughout."""
-    from kfi_core.condition import encode_frames
-    from kfi_core.propagate import latent_masks, sample_window_latents
+    from kfi_core.inference.condition import encode_frames
+    from kfi_core.inference.propagate import latent_masks, sample_window_latents
 
     model = request.getfixturevalue(which)
     frames, masks = make_clip()
@@ -106,8 +106,8 @@ def test_latent_blending_keeps_the_known_region_on_the_input_latents(request, wh
 def test_without_latent_blending_the_known_region_is_sampled(request, which, blend):
     """Off (the adapter's default, or asked for): the known latents are the model's own, not the input's, and the
     composite still restores every known pixel exactly."""
-    from kfi_core.condition import encode_frames
-    from kfi_core.propagate import latent_masks, sample_window_latents
+    from kfi_core.inference.condition import encode_frames
+    from kfi_core.inference.propagate import latent_masks, sample_window_latents
 
     model = request.getfixturevalue(which)
     frames, masks = make_clip()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from kfi_core.denoiser import (
+from kfi_core.inference.denoiser import (
     SVDDenoiser,
     denoised_from_v,
     edm_scalings,
@@ -30,7 +30,7 @@ from kfi_core.errors import (
     UnknownNameError,
     UnsupportedSizeError,
 )
-from kfi_core.sampling import (
+from kfi_core.inference.sampling import (
     SAMPLERS,
     get_sampler,
     get_sigmas_karras,
@@ -39,8 +39,8 @@ from kfi_core.sampling import (
     sample_euler,
     sample_heun,
 )
-from kfi_core.svd_stock import sample_stock_img2vid
-from kfi_core.tiny import SVD_SCHEDULER_CONFIG
+from kfi_core.evaluation.stock_pipeline import sample_stock_img2vid
+from kfi_core.model.tiny import SVD_SCHEDULER_CONFIG
 
 FRAMES, SIZE, STEPS, SEED = 8, 64, 3, 42
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kfi_core.errors import KeyframeError, ScheduleError, UnknownNameError, UnsupportedSizeError
-from kfi_core.schedules import (
+from kfi_core.inference.schedules import (
     PREVIEW_COLOURS,
     SCHEDULES,
     Schedule,
@@ -36,7 +36,7 @@ EXPECTED_STRATEGIES = ["anchor", "multidiffusion", "autoregressive", "hierarchy2
 @pytest.fixture(autouse=True)
 def _quiet_schedule_log(caplog):
     # build_schedule logs its cost at INFO; thousands of records would only slow the sweep down.
-    caplog.set_level("WARNING", logger="kfi_core.schedules")
+    caplog.set_level("WARNING", logger="kfi_core.inference.schedules")
 
 
 def keyframe_sets(n: int) -> list[tuple[int, ...]]:

@@ -99,7 +99,7 @@ def _wait_history(server, prompt_id: str, timeout: float = 120) -> dict:
 
 class Soak:
     def __init__(self, server):
-        from kfi_core.mask_ops import grow
+        from kfi_core.media.mask_ops import grow
 
         self.server = server
         self.counts = {"mask": 0, "sample": 0, "rejected": 0, "error": 0, "cancel": 0}
@@ -186,7 +186,7 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.mark.slow
 def test_soak_mixed_prompts(comfy_server):
-    from kfi_core.video_io import write_frames  # noqa: F401 - the pack's deps import in this process too
+    from kfi_core.media.video import write_frames  # noqa: F401 - the pack's deps import in this process too
 
     Image.fromarray((_mask_array() * 255).astype(np.uint8), mode="L").save(
         comfy_server.base / "input" / "kfi_soak_mask.png")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kfi_core.errors import KfiError
-from kfi_core.tiny import build_tiny_components, build_tiny_pipeline_folder
+from kfi_core.model.tiny import build_tiny_components, build_tiny_pipeline_folder
 
 
 def test_folder_loads_in_diffusers_and_runs(tiny_model_dir):

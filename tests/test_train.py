@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from kfi_core import cli
-from kfi_core.data import ClipDataset, collate_samples
+from kfi_core.training.data import ClipDataset, collate_samples
 from kfi_core.errors import ResumeError, TrainConfigError, UnsupportedSizeError
-from kfi_core.sample import make_sample_clip
-from kfi_core.train import (ADAPTER_FILE, LOG_FILE, TrainLog, apply_overrides, build_unet_inputs, compute_loss,
+from kfi_core.bundled import make_sample_clip
+from kfi_core.training.train import (ADAPTER_FILE, LOG_FILE, TrainLog, apply_overrides, build_unet_inputs, compute_loss,
                             config_from_dict, kfi_loss, list_checkpoints, load_train_config, parse_resolution,
                             optimizer_groups, read_train_log, sample_generator, setup_trainable_unet, stage_at,
                             train)
-from kfi_core.video_io import read_frames, write_frames
+from kfi_core.media.video import read_frames, write_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tiny.json"
@@ -53,8 +53,8 @@ def losses(out: Path) -> list[float]:
 
 
 def test_loss_is_edm_weighted_denoised_error():
-    """kfi_loss (v-MSE) == mean(w(sigma) * (D - x0)^2), w = (sigma^2 + 1) / sigma^2, D from kfi_core.denoiser."""
-    from kfi_core.denoiser import denoised_from_v
+    """kfi_loss (v-MSE) == mean(w(sigma) * (D - x0)^2), w = (sigma^2 + 1) / sigma^2, D from kfi_core.inference.denoiser."""
+    from kfi_core.inference.denoiser import denoised_from_v
 
     g = torch.Generator().manual_seed(0)
     x0, noise, v = (torch.randn(2, 8, 4, 16, 16, generator=g) for _ in range(3))
@@ -69,7 +69,7 @@ def test_loss_is_edm_weighted_denoised_error():
 
 @pytest.fixture(scope="module")
 def trainable_model(tiny_model_dir):
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     model = load_kfi_model(tiny_model_dir)
     setup_trainable_unet(model.unet, rank=4)
@@ -129,9 +129,9 @@ def test_lora_lr_moves_the_lora_weights_at_their_own_rate(trainable_model):
 
 
 def test_training_inputs_are_what_inference_feeds(trainable_model, one_clip_data):
-    """The training forward equals kfi_core.denoiser.SVDDenoiser (the sampler's path) on the same condition."""
-    from kfi_core.condition import encode_symmetric, prepare_clip
-    from kfi_core.denoiser import SVDDenoiser, denoised_from_v
+    """The training forward equals kfi_core.inference.denoiser.SVDDenoiser (the sampler's path) on the same condition."""
+    from kfi_core.inference.condition import encode_symmetric, prepare_clip
+    from kfi_core.inference.denoiser import SVDDenoiser, denoised_from_v
 
     cfg = config_from_dict({"cond_dropout_prob": 0.0, "noise_aug_strength": 0.02})
     batch = one_batch(one_clip_data)
@@ -225,9 +225,9 @@ def test_loss_goes_down_on_one_clip(tiny_model_dir, one_clip_data, tmp_path):
     """100 steps on one clip; the objective on 8 fixed (sigma, noise) draws of that clip, before and after, through
     the trainer's own input builder and loss: a like-for-like comparison, deterministic on CPU. Asserted: the trained
     adapter's loss is below 0.6 x the fresh one's."""
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.data import collate_samples
-    from kfi_core.train import _dataset, build_unet_inputs, compute_loss, sample_generator, setup_trainable_unet
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.training.data import collate_samples
+    from kfi_core.training.train import _dataset, build_unet_inputs, compute_loss, sample_generator, setup_trainable_unet
 
     cfg = tiny_config(tiny_model_dir, one_clip_data, tmp_path, steps=100, lr=5e-3, rank=8, cond_dropout_prob=0.0,
                       checkpoint_every=0)
@@ -251,7 +251,7 @@ def test_loss_goes_down_on_one_clip(tiny_model_dir, one_clip_data, tmp_path):
 def test_lr_decay_fraction_anneals_the_last_steps(tiny_model_dir, one_clip_data, tmp_path):
     """Analytic: with lr_decay_fraction 0.5 of 8 steps the rate holds for 4 steps, then falls linearly to 10 %; the
     training log's lr (the rate after each step's scheduler update) follows lr_scale exactly. 0 keeps it constant."""
-    from kfi_core.train import lr_scale
+    from kfi_core.training.train import lr_scale
 
     assert [lr_scale(k, 8, 0, 0.5) for k in range(1, 9)] == pytest.approx([1, 1, 1, 1, 0.775, 0.55, 0.325, 0.1])
     assert [lr_scale(k, 8, 0, 0.0) for k in range(8)] == [1.0] * 8
@@ -332,9 +332,9 @@ def test_validation_video_is_a_grid(runs):
 
 
 def test_adapter_loads_and_inpaints(runs, tiny_model_dir, tmp_path):
-    from kfi_core.condition import prepare_clip
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.propagate import PropagateSettings, propagate
+    from kfi_core.inference.condition import prepare_clip
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.inference.propagate import PropagateSettings, propagate
 
     model = load_kfi_model(tiny_model_dir, adapter=runs["a"] / ADAPTER_FILE)
     assert model.in_channels == 12 and model.adapter.rank == 4 and model.adapter.training_resolution == (64, 64)
@@ -359,8 +359,8 @@ def test_export_adapter_writes_what_the_run_wrote_at_that_step(runs, tiny_model_
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.train import export_checkpoint
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.training.train import export_checkpoint
 
     a = runs["a"]
     (_, at4), (_, at8) = list_checkpoints(a)
@@ -555,7 +555,7 @@ def test_config_errors(tmp_path):
 def test_the_training_dataset_gets_the_configs_mask_options(one_clip_data, tmp_path):
     from types import SimpleNamespace
 
-    from kfi_core.train import _dataset
+    from kfi_core.training.train import _dataset
 
     config = tiny_config("unused", one_clip_data, tmp_path, keyframe_prob=0.25, track_mask_prob=0.5,
                          hole_mask_prob=0.75)
@@ -564,9 +564,9 @@ def test_the_training_dataset_gets_the_configs_mask_options(one_clip_data, tmp_p
 
 
 def test_cpu_mixed_precision_falls_back_to_fp32_with_warning(tiny_model_dir, one_clip_data, tmp_path, caplog):
-    from kfi_core.train import setup
+    from kfi_core.training.train import setup
 
-    with caplog.at_level(logging.WARNING, logger="kfi_core.train"):
+    with caplog.at_level(logging.WARNING, logger="kfi_core.training.train"):
         trainer = setup(tiny_config(tiny_model_dir, one_clip_data, tmp_path, mixed_precision="bf16"))
     assert trainer.weight_dtype == torch.float32
     assert "no GPU: training in fp32 on CPU" in caplog.text
@@ -603,7 +603,7 @@ def test_two_stage_schedule_resumes_across_the_stage_change(tiny_model_dir, one_
     assert [(e["step"], e["stage"], e["samples_seen"]) for e in log] == [
         (1, 0, 1), (2, 0, 2), (3, 0, 3), (4, 1, 1), (5, 1, 2), (6, 1, 3)]
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
-    from kfi_core.adapter import read_adapter_metadata
+    from kfi_core.model.adapter import read_adapter_metadata
 
     assert read_adapter_metadata(adapter).training_resolution == (32, 32)
 

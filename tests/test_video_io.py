@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kfi_core.errors import InputMismatchError, VideoFileError
-from kfi_core.video_io import read_frames, read_masks, write_frames
+from kfi_core.media.video import read_frames, read_masks, write_frames
 
 
 def gradient_clip(n=5, h=32, w=48):

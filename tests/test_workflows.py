@@ -76,7 +76,7 @@ def test_workflow_is_valid_and_documented(path, schemas):
 
 
 def test_bundled_edited_keyframe_is_regenerable_and_a_visible_edit():
-    from kfi_core.sample import load_sample_clip, make_edited_keyframe
+    from kfi_core.bundled import load_sample_clip, make_edited_keyframe
 
     sample = load_sample_clip()
     key, frame, mask = sample["edited_keyframe"], sample["frames"][sample["keyframe_index"]], sample["masks"][0]
@@ -125,7 +125,7 @@ def _runnable(prompt: dict) -> dict:
 
 def _result(comfy_server, workflow: dict, entry: dict) -> torch.Tensor:
     """The frames in the workflow's 'Result' preview [F, 3, H, W]."""
-    from kfi_core.video_io import read_frames
+    from kfi_core.media.video import read_frames
 
     result_id = next(str(n["id"]) for n in workflow["nodes"] if n.get("title") == "Result")
     files = [comfy_server.base / i["type"] / i["subfolder"] / i["filename"] for i in entry["outputs"][result_id]["images"]]
@@ -136,7 +136,7 @@ def _result(comfy_server, workflow: dict, entry: dict) -> torch.Tensor:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 @pytest.mark.slow
 def test_workflow_runs_end_to_end_on_the_tiny_model(path, schemas, comfy_server):
-    from kfi_core.sample import load_sample_clip
+    from kfi_core.bundled import load_sample_clip
 
     sample = load_sample_clip()
     frames, masks = sample["frames"], sample["masks"]

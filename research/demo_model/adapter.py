@@ -1,4 +1,4 @@
-"""Phases adapter and adapter_tune: the KFI adapter trained on the demo backbone by :func:`kfi_core.train.train`,
+"""Phases adapter and adapter_tune: the KFI adapter trained on the demo backbone by :func:`kfi_core.training.train.train`,
 exactly as a user trains one, then fine-tuned in rounds, each on the data clips plus its own extra clips."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from kfi_core.errors import TrainConfigError
-from kfi_core.train import TrainConfig, config_from_dict, list_checkpoints
+from kfi_core.training.train import TrainConfig, config_from_dict, list_checkpoints
 
 from .data import write_dataset
 from .recipe import PACKAGE_ADAPTER, DemoRecipe, TuneRound
@@ -18,7 +18,7 @@ ADAPTER_FOLDER = "adapter"  # the adapter phase's; the adapter_tune rounds' are 
 
 def adapter_config(recipe: DemoRecipe, backbone: Path, data: Path, out: Path, tune_from: Path | None = None,
                    tune_round: int = 1):
-    """The adapter phase's kfi_core.train config; with ``tune_from`` (an adapter file) the adapter_tune phase's round
+    """The adapter phase's kfi_core.training.train config; with ``tune_from`` (an adapter file) the adapter_tune phase's round
     ``tune_round``: the adapter phase's settings with that round's changes, starting from that file."""
     values = {"stages": [{"name": "demo", "steps": 1000, "resolution": list(recipe.resolution), "batch_size": 1}],
               "seed": recipe.seed, **recipe.adapter}

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 
-from kfi_core.denoiser import scale_model_input, sigma_to_timestep
-from kfi_core.svd_stock import clip_pixels
-from kfi_core.tiny import SVD_SCHEDULER_CONFIG
-from kfi_core.train import kfi_loss
+from kfi_core.inference.denoiser import scale_model_input, sigma_to_timestep
+from kfi_core.evaluation.stock_pipeline import clip_pixels
+from kfi_core.model.tiny import SVD_SCHEDULER_CONFIG
+from kfi_core.training.train import kfi_loss
 
 from .data import step_generator, training_batch
 from .loop import PhaseRun, fingerprint, run_phase

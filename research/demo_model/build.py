@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from kfi_core.errors import TrainConfigError
-from kfi_core.train import train
+from kfi_core.training.train import train
 
 from .adapter import (ADAPTER_FOLDER, DATA_FOLDER, adapter_config, check_finished_round, trained_adapters,
                       tune_dataset)

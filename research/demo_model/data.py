@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kfi_core.data import HOLE_MASK_FOLDER, TRACK_MASK_FOLDER
+from kfi_core.training.data import HOLE_MASK_FOLDER, TRACK_MASK_FOLDER
 from kfi_core.errors import TrainConfigError
-from kfi_core.procedural import EVAL_SEED_BASE, TEXTURES, ProceduralConfig, make_procedural_clip, with_config
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE, TEXTURES, ProceduralConfig, make_procedural_clip, with_config
 
 from .recipe import EASY_SEED_BASE, RECOLOUR_SEED_BASE, REMOVAL_SEED_BASE, TRAIN_SEED_LIMIT, DemoRecipe
 
@@ -81,7 +81,7 @@ def training_recolour_clip(seed: int, num_frames: int, height: int, width: int) 
 
 def training_removal_clip(seed: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A removal clip of the ``easy`` or ``medium`` preset (seed-chosen): the clean scene, the target removed, and
-    the removed target's masks, written as the clip's ``holes/`` (kfi_core.data step 6). The hole is where the target
+    the removed target's masks, written as the clip's ``holes/`` (kfi_core.training.data step 6). The hole is where the target
     was and the answer under it is the background, partly shown by the other frames as the target moves: object
     removal as the benchmark asks it. The object masks of the other clips (``masks/``) cannot teach this: the answer
     under them is the target itself, which without a keyframe nothing shows."""
@@ -132,7 +132,7 @@ def write_dataset(out: Path, recipe: DemoRecipe, *, recolour_clips: int = 0, rem
     """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), then ``recipe.data_easy_clips``
     easy ones (``easy_NNNNNN``, seeds from :data:`EASY_SEED_BASE`) and ``recolour_clips`` recoloured ones
     (``recolour_NNNNNN``, seeds from :data:`RECOLOUR_SEED_BASE`), each clip that shows the target
-    object with its masks in ``masks/`` (kfi_core.data's track masks), and ``removal_clips`` removal
+    object with its masks in ``masks/`` (kfi_core.training.data's track masks), and ``removal_clips`` removal
     ones (``removal_NNNNNN``, seeds from :data:`REMOVAL_SEED_BASE`), clean, with the removed target's masks in
     ``holes/``. Skips finished clips; a clip finished by an
     older version without its masks gets them (the clips are seeded, so the frames are the same). A clip finished
@@ -184,7 +184,7 @@ def _finished_clip(folder: Path) -> bool:
 def _link_clip(source: Path, folder: Path) -> None:
     """Give ``folder`` the files of the finished clip ``source`` as hard links (copies where the file system makes
     none), through a hidden temporary folder renamed at the end, so an interrupted run leaves no half-linked clip
-    (kfi_core.data skips hidden folders). :func:`write_dataset` unlinks a file before writing it, so remaking a
+    (kfi_core.training.data skips hidden folders). :func:`write_dataset` unlinks a file before writing it, so remaking a
     clip in one folder never changes another's."""
     def link_or_copy(src: str, dst: str) -> None:
         try:

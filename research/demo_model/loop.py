@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from kfi_core.errors import NonFiniteError, ResumeError
-from kfi_core.optim_state import load_optimizer, save_optimizer
-from kfi_core.train import lr_scale
+from kfi_core.training.optim_state import load_optimizer, save_optimizer
+from kfi_core.training.train import lr_scale
 
 from .recipe import DemoRecipe, PhaseConfig
 

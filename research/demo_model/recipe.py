@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfi_core.errors import TrainConfigError
-from kfi_core.procedural import EVAL_SEED_BASE
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE
 
 RECIPE = Path(__file__).resolve().parent / "recipe.json"  # the recipe that built the shipped demo model
 PHASES = ("data", "vae", "decoder", "backbone", "adapter", "adapter_tune", "package")
@@ -21,7 +21,7 @@ EASY_SEED_BASE = TRAIN_SEED_LIMIT // 2  # seeds of the easy clips (data_easy_cli
 RECOLOUR_SEED_BASE = EASY_SEED_BASE + (TRAIN_SEED_LIMIT - EASY_SEED_BASE) // 2
 # seeds of the removal clips (a round's removal_clips): seed REMOVAL_SEED_BASE + i, up to TRAIN_SEED_LIMIT
 REMOVAL_SEED_BASE = RECOLOUR_SEED_BASE + (TRAIN_SEED_LIMIT - RECOLOUR_SEED_BASE) // 2
-PACKAGE_ADAPTER = "adapter.safetensors"  # the packaged model's default adapter (kfi_core.sample.DEMO_ADAPTER)
+PACKAGE_ADAPTER = "adapter.safetensors"  # the packaged model's default adapter (kfi_core.bundled.DEMO_ADAPTER)
 _ROUND_KEYS = ("recolour_clips", "removal_clips", "package_as")  # a round's keys that are not TrainConfig fields
 _PHASE_FIELDS = ("vae", "decoder", "backbone")  # the DemoRecipe fields that are PhaseConfigs
 
@@ -88,7 +88,7 @@ class PhaseConfig:
 
 @dataclass(frozen=True)
 class TuneRound:
-    """One round of the adapter_tune phase: kfi_core.train settings that change the adapter phase's, trained from the
+    """One round of the adapter_tune phase: kfi_core.training.train settings that change the adapter phase's, trained from the
     previous round's adapter (round 1: the adapter phase's) on the data clips plus ``recolour_clips`` recoloured
     ones and ``removal_clips`` removal ones."""
 
@@ -128,12 +128,12 @@ class DemoRecipe:
     backbone: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=3000, batch_size=2, lr=5e-4))
     # the VAE's decoder alone, encoder frozen (steps 0 = skip): see vae.train_decoder
     decoder: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=0))
-    adapter: dict = field(default_factory=dict)  # kfi_core.train.TrainConfig fields (model/data/out are set here)
+    adapter: dict = field(default_factory=dict)  # kfi_core.training.train.TrainConfig fields (model/data/out are set here)
     # the finished adapter fine-tuned further, in rounds (empty = skip): a list of sections, each the TrainConfig
     # fields that change the adapter phase's settings, plus recolour_clips, removal_clips and package_as
     adapter_tune: list = field(default_factory=list)
     scheduler: dict = field(default_factory=lambda: {"sigma_max": 80.0})  # overrides of SVD's scheduler config
-    vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.tiny.TINY_VAE_CONFIG
+    vae_config: dict = field(default_factory=dict)  # overrides of kfi_core.model.tiny.TINY_VAE_CONFIG
     # after the decoder phase, scale each latent channel to the same spread (an exact reparametrisation of the VAE)
     # before the backbone trains on it: see vae.balance_latent_channels
     balance_latents: bool = False
@@ -157,23 +157,23 @@ class DemoRecipe:
         return self
 
     def _check_adapter_tune(self) -> None:
-        from kfi_core.train import TrainConfig
+        from kfi_core.training.train import TrainConfig
 
         if not isinstance(self.adapter_tune, list):
             raise TrainConfigError(f"adapter_tune: got {type(self.adapter_tune).__name__}; give a list of rounds, "
-                                   "each an object of kfi_core.train settings (and recolour_clips, removal_clips, "
+                                   "each an object of kfi_core.training.train settings (and recolour_clips, removal_clips, "
                                    "package_as).")
         for i, section in enumerate(self.adapter_tune, start=1):
             if not isinstance(section, dict):
                 raise TrainConfigError(f"adapter_tune round {i}: got {type(section).__name__}; give an object "
-                                       "of kfi_core.train settings (and recolour_clips).")
+                                       "of kfi_core.training.train settings (and recolour_clips).")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         rooms = {"recolour_clips": REMOVAL_SEED_BASE - RECOLOUR_SEED_BASE,
                  "removal_clips": TRAIN_SEED_LIMIT - REMOVAL_SEED_BASE}
         for tune in self.tune_rounds():
             bad = sorted(set(tune.changes) - known)
             if bad:
-                raise TrainConfigError(f"{tune.label}: unknown key(s) {', '.join(bad)}; give kfi_core.train settings "
+                raise TrainConfigError(f"{tune.label}: unknown key(s) {', '.join(bad)}; give kfi_core.training.train settings "
                                        "(TrainConfig fields), recolour_clips, removal_clips and package_as.")
             for key, room in rooms.items():
                 value = getattr(tune, key)

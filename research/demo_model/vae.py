@@ -12,8 +12,8 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 
 from kfi_core.errors import TrainConfigError
-from kfi_core.procedural import EVAL_SEED_BASE
-from kfi_core.tiny import build_tiny_components
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE
+from kfi_core.model.tiny import build_tiny_components
 
 from .data import random_crops, step_generator, training_batch, training_clip
 from .loop import PhaseRun, fingerprint, run_phase
@@ -26,7 +26,7 @@ _VAE_STREAM, _DECODER_STREAM = 12, 14
 _VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "balance": "balanced"}
 
 def new_components(recipe: DemoRecipe) -> dict:
-    """Fresh random components of the demo architecture (kfi_core.tiny shapes, VAE widths from the recipe)."""
+    """Fresh random components of the demo architecture (kfi_core.model.tiny shapes, VAE widths from the recipe)."""
     return build_tiny_components(num_frames=recipe.num_frames, seed=recipe.seed, vae_config=recipe.vae_config)
 
 

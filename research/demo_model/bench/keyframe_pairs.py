@@ -7,7 +7,7 @@ Each training clip of the procedural ``edit`` task (seeds from 1000, below the h
 with the same input frames and the same hole: one whose keyframe and ground truth show the target as it was, one
 where both show it edited. Only the keyframe tells them apart, so the in-mask loss can fall below the average of
 the two only by reading it. A fresh adapter (12-channel conv_in and LoRA rank 32 on the model's UNet, as
-kfi_core.train builds it) trains on those samples alone, at noise levels ``sigma * exp(0.3 z)`` (or ln sigma ~
+kfi_core.training.train builds it) trains on those samples alone, at noise levels ``sigma * exp(0.3 z)`` (or ln sigma ~
 N(P, S^2)), with the loss weighted ``--weight`` inside the latent mask. Then research/demo_model/bench/keyframe_use.py's probe runs on
 the training clips and on held-out clips (seeds from EVAL_SEED_BASE): in-mask latent MSE with and without the
 keyframe at sigma 5 and 15, and their ratio (1 = the keyframe is ignored). README, 'Teaching the adapter to read
@@ -29,11 +29,11 @@ for path in (ROOT, Path(__file__).resolve().parent):
 import torch  # noqa: E402
 
 from keyframe_use import SETTINGS, _latents, probe_clip  # noqa: E402
-from kfi_core.condition import encode_symmetric, first_frame_for_embedding, prepare_clip  # noqa: E402
-from kfi_core.denoiser import scale_model_input, sigma_to_timestep  # noqa: E402
-from kfi_core.procedural import EVAL_SEED_BASE, ProceduralConfig, make_procedural_clip, with_config  # noqa: E402
-from kfi_core.propagate import latent_masks  # noqa: E402
-from kfi_core.svd_stock import encode_image_clip  # noqa: E402
+from kfi_core.inference.condition import encode_symmetric, first_frame_for_embedding, prepare_clip  # noqa: E402
+from kfi_core.inference.denoiser import scale_model_input, sigma_to_timestep  # noqa: E402
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE, ProceduralConfig, make_procedural_clip, with_config  # noqa: E402
+from kfi_core.inference.propagate import latent_masks  # noqa: E402
+from kfi_core.evaluation.stock_pipeline import encode_image_clip  # noqa: E402
 
 TRAIN_SEED = 1000
 PROBE_SIGMAS = (5.0, 15.0)
@@ -83,7 +83,7 @@ def pair_samples(model, args) -> list[dict]:
 
 
 def train_pairs(model, samples: list[dict], args) -> list[float]:
-    from kfi_core.train import kfi_loss
+    from kfi_core.training.train import kfi_loss
 
     params = [p for p in model.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -126,8 +126,8 @@ def probe(model, seeds, args) -> dict[float, tuple[float, float]]:
 
 
 def main(argv=None) -> int:
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.train import setup_trainable_unet
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.training.train import setup_trainable_unet
 
     args = parse_args(argv)
     torch.manual_seed(args.seed)

@@ -3,7 +3,7 @@
     .venv/bin/python research/demo_model/bench/keyframe_use.py [--model M] [--adapter A] [--clips N] [--task edit|copy]
         [--sigmas 0.5,2,5,15] [--difficulty medium]
 
-For held-out procedural clips (seeds from kfi_core.procedural.EVAL_SEED_BASE) the same noisy latents
+For held-out procedural clips (seeds from kfi_core.evaluation.procedural.EVAL_SEED_BASE) the same noisy latents
 x_t = x0 + sigma * noise are denoised twice by the adapter's UNet: once with the keyframe as a fully
 known frame (condition and image embedding, as inference gives it), once with the keyframe's frame
 masked like the others. Printed per sigma: the in-mask latent MSE of D(x_t) against x0 over the
@@ -29,11 +29,11 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from kfi_core.condition import encode_frames, encode_symmetric, first_frame_for_embedding, prepare_clip  # noqa: E402
-from kfi_core.denoiser import denoised_from_v, scale_model_input, sigma_to_timestep  # noqa: E402
-from kfi_core.procedural import EVAL_SEED_BASE, ProceduralConfig, make_procedural_clip  # noqa: E402
-from kfi_core.propagate import PropagateSettings, latent_masks  # noqa: E402
-from kfi_core.svd_stock import encode_image_clip  # noqa: E402
+from kfi_core.inference.condition import encode_frames, encode_symmetric, first_frame_for_embedding, prepare_clip  # noqa: E402
+from kfi_core.inference.denoiser import denoised_from_v, scale_model_input, sigma_to_timestep  # noqa: E402
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE, ProceduralConfig, make_procedural_clip  # noqa: E402
+from kfi_core.inference.propagate import PropagateSettings, latent_masks  # noqa: E402
+from kfi_core.evaluation.stock_pipeline import encode_image_clip  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "kfi_core" / "assets" / "demo_model"
 SETTINGS = PropagateSettings()  # the sampler's defaults: condition noise augmentation, fps, motion bucket
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--adapter", default=None, help="adapter file (default: the model folder's adapter.safetensors)")
     p.add_argument("--checkpoint", default=None,
-                   help="a kfi_core.train checkpoint folder instead of an adapter (its trainable.safetensors)")
+                   help="a kfi_core.training.train checkpoint folder instead of an adapter (its trainable.safetensors)")
     p.add_argument("--rank", type=int, default=32, help="LoRA rank of --checkpoint")
     p.add_argument("--clips", type=int, default=6)
     p.add_argument("--task", choices=("edit", "copy"), default="edit")
@@ -107,11 +107,11 @@ def paste_error(model, truth, masks, keyframe, kf: int) -> float:
 
 @torch.no_grad()
 def main(argv=None) -> int:
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     args = parse_args(argv)
     if args.checkpoint:
-        from kfi_core.train import load_trainable, setup_trainable_unet
+        from kfi_core.training.train import load_trainable, setup_trainable_unet
 
         model = load_kfi_model(args.model)
         setup_trainable_unet(model.unet, rank=args.rank)

@@ -8,10 +8,10 @@
 The numbers behind the README's "Why the keyframe cannot help yet" paragraph. A probe decodes flat colours
 and held-out procedural clips and prints what comes back, then how much colour the latent itself holds (a
 linear probe from latents to pooled colours: the encoder's share of the loss). A training run fits a fresh
-``AutoencoderKLTemporalDecoder`` (kfi_core.tiny shapes, the given widths) on 4-frame 32x32 crops of procedural
+``AutoencoderKLTemporalDecoder`` (kfi_core.model.tiny shapes, the given widths) on 4-frame 32x32 crops of procedural
 training clips, every other step a flat random colour with faint noise, with the demo recipe's loss (L1 + MSE,
 tiny KL, plus ``--chroma-weight`` times research.demo_model.vae.chroma_mse); four times it prints the mean absolute
-error of decoded flat colours (0..1), the PSNR of held-out crops and their chroma gain (kfi_core.metrics: 1 =
+error of decoded flat colours (0..1), the PSNR of held-out crops and their chroma gain (kfi_core.evaluation.metrics: 1 =
 colours kept, 0 = grey). ``--no-flat`` leaves the flat colours out, as the recipe's VAE phase does.
 ``--ref-bias`` adds a constant to half of the first convs' output channels (a reference channel in each
 GroupNorm group); ``--norm-ref`` does so before the encoder's and decoder's last GroupNorms instead
@@ -86,7 +86,7 @@ def flat_colour_error(vae, frames: int, size: int) -> float:
 @torch.no_grad()
 def held_out(vae, frames: int, size: int) -> tuple[float, float]:
     """(PSNR dB, chroma gain) of the held-out crops' reconstructions."""
-    from kfi_core.metrics import chroma_gain
+    from kfi_core.evaluation.metrics import chroma_gain
 
     psnr, gain = [], []
     for seed in HELD_OUT_SEEDS:
@@ -132,7 +132,7 @@ def probe(path: str, frames: int) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
     from research.demo_model.data import training_clip
-    from kfi_core.procedural import EVAL_SEED_BASE
+    from kfi_core.evaluation.procedural import EVAL_SEED_BASE
 
     vae = AutoencoderKLTemporalDecoder.from_pretrained(path, use_safetensors=True).eval()
     for colour in FLAT_COLOURS:
@@ -154,7 +154,7 @@ def train(args) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
     from research.demo_model.vae import add_norm_reference, chroma_mse, colour_anchor_mse
-    from kfi_core.tiny import TINY_VAE_CONFIG
+    from kfi_core.model.tiny import TINY_VAE_CONFIG
 
     torch.manual_seed(0)
     widths = tuple(int(w) for w in args.widths.split(","))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kfi_testing import load_with_random_adapter
-from kfi_core.procedural import make_procedural_clip
+from kfi_core.evaluation.procedural import make_procedural_clip
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository
 sys.path.insert(0, str(ROOT / "research" / "demo_model" / "bench"))
@@ -76,7 +76,7 @@ def test_keyframe_pairs_differ_only_in_the_keyframe_and_the_hole(tiny_model_dir)
     import argparse
 
     from keyframe_pairs import pair_samples
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     model = load_kfi_model(tiny_model_dir)
     args = argparse.Namespace(clips=1, frames=8, difficulty="easy", random_keyframe=False)
@@ -93,10 +93,10 @@ def test_demo_backbone_carries_the_first_frame_across_frames():
     even under a fresh adapter (zero LoRA, zero new conv_in channels): one denoiser call at sigma 15 on held-out edit
     clips errs clearly less in the hole with the keyframe than without (the backbone shipped 2026-12-05 to 06: 1.22x;
     the one before it 1.3x and more at sigma 5). A stock-conditioned backbone scores 0.88-1.03 here (NOTES.md, 'Why the keyframe is hard to use')."""
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.procedural import EVAL_SEED_BASE, make_procedural_clip
-    from kfi_core.sample import DEMO_MODEL_DIR
-    from kfi_core.train import setup_trainable_unet
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.evaluation.procedural import EVAL_SEED_BASE, make_procedural_clip
+    from kfi_core.bundled import DEMO_MODEL_DIR
+    from kfi_core.training.train import setup_trainable_unet
 
     seeds = [EVAL_SEED_BASE + 500 + i for i in range(3)]  # held out, and not the clips of docs/RESULTS.md
 

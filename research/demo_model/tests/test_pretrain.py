@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.optim_state import load_optimizer, save_optimizer
-from kfi_core.procedural import EVAL_SEED_BASE
+from kfi_core.training.optim_state import load_optimizer, save_optimizer
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE
 from research.demo_model import adapter as A
 from research.demo_model import backbone as BB
 from research.demo_model import build as B
@@ -218,7 +218,7 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
 
 
 def test_clip_embedding_matches_the_stock_encoder_and_trains(tiny_components):
-    from kfi_core.svd_stock import encode_image_clip
+    from kfi_core.evaluation.stock_pipeline import encode_image_clip
 
     enc, fe = tiny_components["image_encoder"], tiny_components["feature_extractor"]
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -243,7 +243,7 @@ def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_compon
 
 
 def test_backbone_inputs_follow_stock_svd_conditioning(tiny_components):
-    from kfi_core.denoiser import scale_model_input
+    from kfi_core.inference.denoiser import scale_model_input
 
     vae = tiny_components["vae"]
     phase = R.PhaseConfig(cond_dropout_prob=0.5, noise_aug_mean=-1.0)
@@ -327,12 +327,12 @@ def test_resume_refuses_another_recipe(tmp_path):
 
 
 def test_train_demo_end_to_end_packages_a_loadable_model(tmp_path):
-    from kfi_core.condition import prepare_clip
-    from kfi_core.executor import inpaint
-    from kfi_core.loading import load_kfi_model
-    from kfi_core.procedural import make_procedural_clip
-    from kfi_core.propagate import PropagateSettings
-    from kfi_core.train import read_train_log
+    from kfi_core.inference.condition import prepare_clip
+    from kfi_core.inference.executor import inpaint
+    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.evaluation.procedural import make_procedural_clip
+    from kfi_core.inference.propagate import PropagateSettings
+    from kfi_core.training.train import read_train_log
 
     recipe = micro_recipe()
     path = B.train_demo(recipe, tmp_path / "run")
@@ -363,8 +363,8 @@ def test_command_refuses_unknown_phase_and_recipe(tmp_path):
 
 
 def test_easy_clips_show_the_target_at_the_easy_preset_with_its_masks(tmp_path):
-    from kfi_core.data import find_sources
-    from kfi_core.procedural import make_procedural_clip
+    from kfi_core.training.data import find_sources
+    from kfi_core.evaluation.procedural import make_procedural_clip
 
     recipe = micro_recipe(data_clips=2, data_frames=5, data_easy_clips=6)
     D.write_dataset(tmp_path, recipe)
@@ -387,7 +387,7 @@ def test_easy_clips_show_the_target_at_the_easy_preset_with_its_masks(tmp_path):
 def _one_clip_dataset_plus(folder, **extra_clips) -> dict:
     """The sources, by name, of a dataset of one data clip plus ``extra_clips`` (data_easy_clips, recolour_clips,
     removal_clips), 5 frames each."""
-    from kfi_core.data import find_sources
+    from kfi_core.training.data import find_sources
 
     easy = extra_clips.pop("data_easy_clips", 0)
     D.write_dataset(folder, micro_recipe(data_clips=1, data_frames=5, data_easy_clips=easy), **extra_clips)
@@ -395,7 +395,7 @@ def _one_clip_dataset_plus(folder, **extra_clips) -> dict:
 
 
 def test_recoloured_clips_show_the_target_as_it_is_or_recoloured_with_its_masks(tmp_path):
-    from kfi_core.procedural import ProceduralConfig, make_procedural_clip, with_config
+    from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip, with_config
 
     sources = _one_clip_dataset_plus(tmp_path, recolour_clips=16)
     assert sorted(sources) == ["clip_000000"] + [f"recolour_{i:06d}" for i in range(16)]
@@ -419,8 +419,8 @@ def test_recoloured_clips_show_the_target_as_it_is_or_recoloured_with_its_masks(
 
 
 def test_removal_clips_are_clean_scenes_with_the_removed_targets_track_as_holes(tmp_path):
-    from kfi_core.data import NO_KEYFRAME, ClipDataset
-    from kfi_core.procedural import ProceduralConfig, make_procedural_clip
+    from kfi_core.training.data import NO_KEYFRAME, ClipDataset
+    from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip
 
     sources = _one_clip_dataset_plus(tmp_path, removal_clips=8)
     assert sorted(sources) == ["clip_000000"] + [f"removal_{i:06d}" for i in range(8)]
@@ -454,7 +454,7 @@ def test_removal_clips_are_clean_scenes_with_the_removed_targets_track_as_holes(
 
 
 def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):
-    from kfi_core.data import ClipDataset, find_sources
+    from kfi_core.training.data import ClipDataset, find_sources
 
     recipe = micro_recipe(data_clips=8, data_frames=5)
     D.write_dataset(tmp_path, recipe)
@@ -484,7 +484,7 @@ def test_tune_rounds_link_the_clips_earlier_data_folders_hold(tmp_path):
     """A round's data links the clips that the data folder and the earlier rounds' hold (one file on disk) and makes
     only its new recoloured ones; the folder is file for file what writing it afresh gives; remaking a linked clip
     in one folder gives it its own files and leaves the other folder's as they were."""
-    from kfi_core.data import find_sources
+    from kfi_core.training.data import find_sources
 
     recipe = micro_recipe(data_clips=3, data_frames=5, adapter_tune=[{"recolour_clips": 2, "removal_clips": 1},
                                                                      {"recolour_clips": 4, "removal_clips": 2}])
@@ -551,7 +551,7 @@ def test_balanced_recipe_trains_the_backbone_on_latents_of_equal_spread(tmp_path
     from diffusers import AutoencoderKLTemporalDecoder
     from safetensors.torch import load_file
 
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     recipe = micro_recipe(balance_latents=True)
     out = tmp_path / "run"
@@ -635,13 +635,13 @@ def test_the_shipped_recipe_has_six_adapter_tune_rounds():
 
 
 def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tmp_path):
-    """adapter_tune in two rounds: round 1 is kfi_core.train from the adapter phase's file on data_tune (the data clips
+    """adapter_tune in two rounds: round 1 is kfi_core.training.train from the adapter phase's file on data_tune (the data clips
     plus its recoloured ones), round 2 from round 1's file on data_tune2 (its own count), each resumable; the package
     ships round 2's adapter; the recipe refuses what the run sets."""
     from safetensors.torch import load_file
 
-    from kfi_core.data import find_sources
-    from kfi_core.train import read_train_log
+    from kfi_core.training.data import find_sources
+    from kfi_core.training.train import read_train_log
 
     stages = [{"steps": 2, "resolution": [64, 64], "batch_size": 1}]
     rounds = [{"stages": stages, "lr": 5e-3, "seed": 9, "recolour_clips": 2},
@@ -693,7 +693,7 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     for name, want in (("adapter.safetensors", first), ("adapter-removal.safetensors", second)):
         got = load_file(str(out / "demo_model" / name))
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
-    from kfi_core.loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     assert load_kfi_model(out / "demo_model", adapter=out / "demo_model" / "adapter-removal.safetensors").adapter
     # another recipe's round 2 in this run (other settings) is refused, not skipped and shipped as this one's

@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import (AdapterMismatchError, CheckpointFormatError, KfiError, LoraError, ModelFileError,
+from kfi_core.errors import (AdapterMismatchError, CheckpointFormatError, KfiError, LoraError, ModelFileError,
                      UnknownNameError, UnsupportedSizeError)
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class AdapterInfo:
 
     @property
     def lora_settings(self):
-        from .lora import LoraSettings
+        from kfi_core.model.lora import LoraSettings
 
         return LoraSettings(rank=self.rank, alpha=self.alpha, target_modules=self.target_modules)
 
@@ -138,9 +138,9 @@ def save_adapter(unet, path, *, base_variant: str, num_frames: int,
     import torch
     from safetensors.torch import save_file
 
-    from . import __version__
-    from .conv_in import KFI_IN_CHANNELS, check_conv_in
-    from .lora import get_lora_settings, lora_state_dict
+    from kfi_core import __version__
+    from kfi_core.model.conv_in import KFI_IN_CHANNELS, check_conv_in
+    from kfi_core.model.lora import get_lora_settings, lora_state_dict
 
     path = Path(path)
     _check_save_args(path, base_variant, num_frames, training_resolution)
@@ -273,7 +273,7 @@ def _read_header(path: Path) -> tuple[dict, int]:
 
 def read_adapter_metadata(path) -> AdapterInfo:
     """Read and check an adapter's header only (cheap, bounded by :data:`MAX_HEADER_BYTES`)."""
-    from .lora import check_lora_settings
+    from kfi_core.model.lora import check_lora_settings
 
     path = Path(path)
     header, _ = _read_header(path)
@@ -358,7 +358,7 @@ def read_adapter_metadata(path) -> AdapterInfo:
 def check_adapter_base(info: AdapterInfo, unet, *, base_variant: str, num_frames: int,
                        rank: int | None = None) -> None:
     """Raise :class:`AdapterMismatchError` if ``info`` was made for another base, frame count or rank."""
-    from .conv_in import KFI_IN_CHANNELS
+    from kfi_core.model.conv_in import KFI_IN_CHANNELS
 
     path = info.path
     if info.base_variant == base_variant and info.num_frames != num_frames:
@@ -435,8 +435,8 @@ def load_adapter(unet, path, *, base_variant: str, num_frames: int, rank: int | 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .conv_in import KFI_IN_CHANNELS, check_conv_in, expand_conv_in
-    from .lora import add_lora, expected_lora_shapes, get_lora_settings, lora_layers, lora_state_dict
+    from kfi_core.model.conv_in import KFI_IN_CHANNELS, check_conv_in, expand_conv_in
+    from kfi_core.model.lora import add_lora, expected_lora_shapes, get_lora_settings, lora_layers, lora_state_dict
 
     path = Path(path)
     # 1. Header: format, version, metadata; base and rank.

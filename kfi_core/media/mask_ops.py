@@ -11,7 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .errors import InputMismatchError
+from kfi_core.errors import InputMismatchError
 
 logger = logging.getLogger(__name__)
 

@@ -80,7 +80,7 @@ def make_edited_keyframe(num_frames: int = 8, height: int = 64, width: int = 64,
 
 
 def write_sample_clip(folder: str | Path = SAMPLE_DIR) -> Path:
-    from .video_io import write_frames
+    from kfi_core.media.video import write_frames
 
     folder = Path(folder)
     clip = make_sample_clip()
@@ -94,15 +94,15 @@ def write_sample_clip(folder: str | Path = SAMPLE_DIR) -> Path:
 def load_sample_clip(folder: str | Path = SAMPLE_DIR) -> dict:
     """The bundled sample as shipped: frames [F, 3, H, W], masks [F, 1, H, W], edited_keyframe [3, H, W], its index
     and the frame rate. Reads the pack's files only."""
-    from .errors import VideoFileError
-    from .video_io import read_frames, read_masks
+    from kfi_core.errors import VideoFileError
+    from kfi_core.media.video import read_frames, read_masks
 
     folder = Path(folder)
     keyframe_file = folder / EDITED_KEYFRAME_FILE
     if not keyframe_file.is_file():
         raise VideoFileError(
             f"sample clip: {keyframe_file} is missing (a partial install?). Reinstall the pack, or regenerate the "
-            "sample with kfi_core.sample.write_sample_clip()."
+            "sample with kfi_core.bundled.write_sample_clip()."
         )
     frames, _ = read_frames(folder / "frames")
     keyframe, _ = read_frames(keyframe_file)

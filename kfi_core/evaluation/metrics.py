@@ -5,7 +5,7 @@ Inputs
     float dtype) or :class:`numpy.ndarray`; both are read as float64 NumPy arrays on the CPU and never
     written to. ``mask`` is float or bool [F, 1, H, W] (or [1, 1, H, W] for
     one mask for every frame) with 1 = inpainted region; it is binarised at ``> 0.5`` (the threshold
-    of :mod:`kfi_core.mask_ops`), so a lossy mask video reads as the intended binary mask.
+    of :mod:`kfi_core.media.mask_ops`), so a lossy mask video reads as the intended binary mask.
 
 Conventions (every metric follows them)
     * Intensities are on a 0..1 scale (data range 1), RGB, no colour conversion except for the flow.
@@ -57,12 +57,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError, UnsupportedSizeError
+from kfi_core.errors import InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError, UnsupportedSizeError
 
 logger = logging.getLogger(__name__)
 
 PSNR_CAP_DB = 100.0
-MASK_THRESHOLD = 0.5  # same as kfi_core.mask_ops.DEFAULT_THRESHOLD
+MASK_THRESHOLD = 0.5  # same as kfi_core.media.mask_ops.DEFAULT_THRESHOLD
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01

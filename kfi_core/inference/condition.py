@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import InputMismatchError, NonFiniteError
-from .keyframes import check_frame_index, insert_keyframes
-from .mask_ops import DEFAULT_THRESHOLD, binarize, expand_masks, grow
+from kfi_core.errors import InputMismatchError, NonFiniteError
+from kfi_core.media.keyframes import check_frame_index, insert_keyframes
+from kfi_core.media.mask_ops import DEFAULT_THRESHOLD, binarize, expand_masks, grow
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def fill_masked(frames: torch.Tensor, masks: torch.Tensor, value: float) -> torc
 @torch.no_grad()
 def encode_frames(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """VAE posterior modes of pixels [N, 3, H, W] in -1..1, ``chunk_size`` frames at a time -> [N, 4, h, w]."""
-    from .memory import retry_on_oom
+    from kfi_core.inference.memory import retry_on_oom
 
     dtype = next(vae.parameters()).dtype
     device = next(vae.parameters()).device

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ResumeError
+from kfi_core.errors import ResumeError
 
 PARAM_GROUPS_KEY = "param_groups"
 

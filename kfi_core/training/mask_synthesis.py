@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MaskSynthesisError, UnknownNameError
-from .mask_ops import grow
+from kfi_core.errors import MaskSynthesisError, UnknownNameError
+from kfi_core.media.mask_ops import grow
 
 logger = logging.getLogger(__name__)
 

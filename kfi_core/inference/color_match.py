@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Sequence
 
-from .errors import InputMismatchError, UnknownNameError
+from kfi_core.errors import InputMismatchError, UnknownNameError
 
 if TYPE_CHECKING:
     import torch

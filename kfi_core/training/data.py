@@ -16,7 +16,7 @@ Per sample (:meth:`ClipDataset.get`):
    (a clip needs ``(num_frames - 1) * frame_stride + 1`` source frames).
 2. **Crop and resize**: a random crop with the training aspect ratio, whose side is a fraction in
    ``crop_scale`` of the largest such crop, resized (bilinear, antialiased) to ``resolution``.
-3. **Masks**: :func:`kfi_core.masks.sample_masks` with ``mask_config`` (its own stream).
+3. **Masks**: :func:`kfi_core.training.mask_synthesis.sample_masks` with ``mask_config`` (its own stream).
 4. **Keyframe**: with probability ``keyframe_prob`` one frame at a uniform random index is a known keyframe
    (the clean frame: the ground truth of the edit), else none (the removal case). Index -1 means none.
 5. **Track masks** (optional): a frame folder may hold a ``masks/`` sub-folder with one mask image per frame
@@ -51,9 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DatasetError, VideoFileError
-from .masks import MaskConfig, sample_masks
-from .video_io import IMAGE_SUFFIXES, list_frame_files
+from kfi_core.errors import DatasetError, VideoFileError
+from kfi_core.training.mask_synthesis import MaskConfig, sample_masks
+from kfi_core.media.video import IMAGE_SUFFIXES, list_frame_files
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def check_sources(sources: Sequence[VideoSource], num_frames: int, frame_stride:
 
 
 def _read_folder_frames(source: VideoSource, indices: Sequence[int]) -> np.ndarray:
-    from .video_io import _image_to_array
+    from kfi_core.media.video import _image_to_array
 
     files = list_frame_files(source.path)
     arrays = [_image_to_array(files[i], "RGB") for i in indices]
@@ -206,7 +206,7 @@ def _read_folder_frames(source: VideoSource, indices: Sequence[int]) -> np.ndarr
 def _read_clip_masks(folder: Path, indices: Sequence[int], frame_size: tuple[int, int]) -> np.ndarray:
     """The clip's own masks (``masks/`` or ``holes/`` folder) at ``indices``: [F, H, W] float32, 1 where the image
     is brighter than half."""
-    from .video_io import _image_to_array
+    from kfi_core.media.video import _image_to_array
 
     files = list_frame_files(folder)
     arrays = [_image_to_array(files[i], "L") for i in indices]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import CheckpointFormatError
+from kfi_core.errors import CheckpointFormatError
 
 logger = logging.getLogger(__name__)
 

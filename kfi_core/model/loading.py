@@ -5,7 +5,7 @@ Forms:
   feature_extractor/), as stabilityai's img2vid and img2vid-xt repositories are laid out;
 - a single-file ``.safetensors`` checkpoint with the original (sgm) key names, as
   ``svd.safetensors`` / ``svd_xt.safetensors`` in ComfyUI's ``models/checkpoints``
-  (see :mod:`kfi_core.convert_sgm`).
+  (see :mod:`kfi_core.model.single_file`).
 
 Frame count, default resolution and variant come from the loaded config, never assumed.
 Only safetensors are read: pickle formats are refused with a message saying how to convert.
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelFileError, UnknownNameError
+from kfi_core.errors import ModelFileError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class KfiModel:
     dtype: torch.dtype = torch.float32
     vae_dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    adapter: Any = None  # kfi_core.adapter.AdapterInfo when an adapter is loaded
+    adapter: Any = None  # kfi_core.model.adapter.AdapterInfo when an adapter is loaded
 
     @property
     def in_channels(self) -> int:
@@ -142,7 +142,7 @@ def _load_diffusers_folder(path: Path) -> dict:
 
 
 def _load_single_file(path: Path, num_frames: int | None) -> dict:
-    from .convert_sgm import load_single_file
+    from kfi_core.model.single_file import load_single_file
 
     parts = load_single_file(path, num_frames=num_frames)
     return {
@@ -172,7 +172,7 @@ def load_kfi_model(
     ``dtype`` applies to the UNet and the image encoder; the VAE keeps ``vae_dtype`` (fp32 by
     default: SVD's VAE is known to overflow in fp16). ``num_frames`` only matters for single
     files, whose weights do not record it. ``merge_lora`` folds the adapter's LoRA into the
-    UNet weights (faster inference, same outputs within rounding; ``kfi_core.lora.unmerge_lora``
+    UNet weights (faster inference, same outputs within rounding; ``kfi_core.model.lora.unmerge_lora``
     undoes it). ``channels_last`` and ``compile_unet`` are opt-in fast paths, off by default
     (:func:`optimize_unet`).
     """
@@ -210,12 +210,12 @@ def load_kfi_model(
         source=str(path),
     )
     if adapter is not None:
-        from .adapter import load_adapter
+        from kfi_core.model.adapter import load_adapter
 
         check_not_pickle(Path(adapter), "adapter")
         kfi.adapter = load_adapter(unet, adapter, base_variant=kfi.variant, num_frames=frames)
         if merge_lora:
-            from .lora import merge_lora as _merge
+            from kfi_core.model.lora import merge_lora as _merge
 
             _merge(unet)
     place_model(kfi, dtype=unet_dtype, vae_dtype=vae_dt, device=dev)
@@ -290,7 +290,7 @@ def optimize_unet(kfi: KfiModel, *, channels_last: bool = False, compile_unet: b
 
 
 def _lora_merged(unet) -> bool:
-    from .lora import lora_layers
+    from kfi_core.model.lora import lora_layers
 
     layers = lora_layers(unet)
     return bool(layers) and all(layer.merged for layer in layers.values())

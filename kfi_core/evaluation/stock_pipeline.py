@@ -2,7 +2,7 @@
 
 ``sample_stock_img2vid`` does what diffusers' ``StableVideoDiffusionPipeline.__call__`` does
 (pipelines/stable_video_diffusion/pipeline_stable_video_diffusion.py) with
-``kfi_core.sampling`` and ``kfi_core.denoiser`` in place of the scheduler loop, and gives the
+``kfi_core.inference.sampling`` and ``kfi_core.inference.denoiser`` in place of the scheduler loop, and gives the
 same frames for the same seed (the oracle test in tests/test_sampling.py). It is the
 reference path that proves KFI's sampler, not the inpainting recipe (``propagate``).
 
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .denoiser import SVDDenoiser, per_frame_guidance
-from .errors import InputMismatchError, KfiError, UnknownNameError, UnsupportedSizeError
-from .sampling import get_sampler, get_sigmas_svd, init_noise_sigma
+from kfi_core.inference.denoiser import SVDDenoiser, per_frame_guidance
+from kfi_core.errors import InputMismatchError, KfiError, UnknownNameError, UnsupportedSizeError
+from kfi_core.inference.sampling import get_sampler, get_sigmas_svd, init_noise_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def sample_stock_img2vid(
 ) -> torch.Tensor | np.ndarray:
     """SVD image-to-video as ``StableVideoDiffusionPipeline`` does it, sampled with KFI's sampler.
 
-    ``components``: the dict of ``kfi_core.tiny.build_tiny_components()`` (unet, vae,
+    ``components``: the dict of ``kfi_core.model.tiny.build_tiny_components()`` (unet, vae,
     image_encoder, scheduler, feature_extractor); only the scheduler's config is read.
     ``image``: a PIL image (as the pipeline takes it) or a float tensor [3, H, W] in 0..1.
     Returns the frames as the pipeline's ``.frames``: ``"pt"`` float32 [1, F, 3, H, W],

@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import KfiError
+from kfi_core.errors import KfiError
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Run any long-video schedule (:mod:`kfi_core.schedules`) with the propagation sampler.
+"""Run any long-video schedule (:mod:`kfi_core.inference.schedules`) with the propagation sampler.
 
 Each window is conditioned on what is known when it runs:
 - ``generate`` frames: the input frame with its mask (the hole is generated and kept);
@@ -13,7 +13,7 @@ host and moves one window's slice to the device per model call), so device memor
 grow with clip length.
 
 Seeds: the first window of a run uses ``settings.seed`` itself, so a clip that fits one window
-gives exactly :func:`kfi_core.propagate.propagate`'s output; window ``k`` uses a seed derived
+gives exactly :func:`kfi_core.inference.propagate.propagate`'s output; window ``k`` uses a seed derived
 from ``(seed, k)``.
 """
 
@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 import torch
 
-from .condition import ClipInputs
-from .errors import ScheduleError
-from .propagate import (PropagateSettings, WindowDenoiser, check_size, composite, decode_window, initial_latents,
+from kfi_core.inference.condition import ClipInputs
+from kfi_core.errors import ScheduleError
+from kfi_core.inference.propagate import (PropagateSettings, WindowDenoiser, check_size, composite, decode_window, initial_latents,
                         mean_of_samples, sample_window_latents)
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def run_schedule(
     """Inpaint ``clip`` following ``schedule``; frames [N, 3, H, W] in 0..1 on the host.
 
     ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean
-    (:func:`kfi_core.propagate.mean_of_samples`)."""
+    (:func:`kfi_core.inference.propagate.mean_of_samples`)."""
     settings = (settings or PropagateSettings()).check()
     check_size(model, *clip.size)
     check_schedule(schedule, clip, model)
@@ -162,7 +162,7 @@ def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, setting
 
 def _run_fused_stage(model, clip, result, stage, settings, callback, check_cancel) -> torch.Tensor:
     """Temporal MultiDiffusion: every step denoises each window and averages overlapping frames."""
-    from .sampling import get_sampler, get_sigmas_svd
+    from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
 
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     denoisers = [(w, WindowDenoiser(model, window_clip(clip, result, w), settings, generator, resident=False))
@@ -201,11 +201,11 @@ def inpaint(
 ) -> torch.Tensor:
     """Inpaint a clip of any length: one window when it fits, else a schedule.
 
-    ``schedule`` (a :class:`~kfi_core.schedules.Schedule`) wins; else ``strategy`` names a builder;
+    ``schedule`` (a :class:`~kfi_core.inference.schedules.Schedule`) wins; else ``strategy`` names a builder;
     else clips longer than the model's window use the coarse-to-fine ``anchor`` schedule.
     """
-    from .condition import check_mask_coverage
-    from .schedules import build_schedule
+    from kfi_core.inference.condition import check_mask_coverage
+    from kfi_core.inference.schedules import build_schedule
 
     check_mask_coverage(clip)
     if schedule is None:

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import KeyframeError, ScheduleError, UnknownNameError, UnsupportedSizeError
+from kfi_core.errors import KeyframeError, ScheduleError, UnknownNameError, UnsupportedSizeError
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .errors import CheckpointFormatError, ModelFileError
+from kfi_core.errors import CheckpointFormatError, ModelFileError
 
 logger = logging.getLogger(__name__)
 
@@ -971,7 +971,7 @@ def load_single_file(
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from .tiny import SVD_FEATURE_EXTRACTOR_CONFIG, SVD_SCHEDULER_CONFIG
+    from kfi_core.model.tiny import SVD_FEATURE_EXTRACTOR_CONFIG, SVD_SCHEDULER_CONFIG
 
     path = Path(path)
     state_dict, metadata = read_single_file(path)
@@ -1033,7 +1033,7 @@ def save_single_file(components: Mapping, path: str | os.PathLike, *, num_frames
     """
     from safetensors.torch import save_file
 
-    from . import __version__
+    from kfi_core import __version__
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":

@@ -2,14 +2,14 @@
 
 The samplers follow k-diffusion's shape (``k_diffusion/sampling.py``): they take a
 ``denoise(x, sigma) -> denoised`` callable and a descending sigma schedule ending in 0,
-and know nothing of UNets, conditioning or guidance (that is ``kfi_core.denoiser``).
+and know nothing of UNets, conditioning or guidance (that is ``kfi_core.inference.denoiser``).
 Unlike k-diffusion they draw no random numbers (no churn): the only randomness of a run is
 the initial noise, drawn by the caller from its own ``torch.Generator``. They own no
 progress bar either; progress, previews and cancelling go through ``callback`` and
 ``check_cancel``.
 
 Noise levels are called ``sigma``; the timestep the SVD UNet is fed is derived from sigma in
-``kfi_core.denoiser.sigma_to_timestep``.
+``kfi_core.inference.denoiser.sigma_to_timestep``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import KfiError, ModelFileError, NonFiniteError, UnknownNameError
+from kfi_core.errors import KfiError, ModelFileError, NonFiniteError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 

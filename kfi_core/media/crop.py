@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from .errors import InputMismatchError, UnsupportedSizeError
-from .mask_ops import check_masks, expand_masks
-from .mask_ops import feather as blur_masks
-from .mask_ops import grow as grow_masks
+from kfi_core.errors import InputMismatchError, UnsupportedSizeError
+from kfi_core.media.mask_ops import check_masks, expand_masks
+from kfi_core.media.mask_ops import feather as blur_masks
+from kfi_core.media.mask_ops import grow as grow_masks
 
 logger = logging.getLogger(__name__)
 

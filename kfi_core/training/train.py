@@ -10,7 +10,7 @@ the attention Q/K/V/out projections train; AdamW (beta 0.9 / 0.999) at lr 5e-5; 
 
     x_t = x0 + sigma * n
     v   = UNet([c_in * x_t | condition], c_noise(sigma), CLIP embedding, added_time_ids)
-    D   = c_skip * x_t + c_out * v                       (kfi_core.denoiser, EDM Table 1, sigma_data = 1)
+    D   = c_skip * x_t + c_out * v                       (kfi_core.inference.denoiser, EDM Table 1, sigma_data = 1)
     loss = mean over B, F, C, h, w of  W * w(sigma) * (D - x0)^2,   w(sigma) = (sigma^2 + 1) / sigma^2
 
 with ``W = 1 + (masked_loss_weight - 1) * latent_mask`` (region-aware weighting; 1 everywhere by default).
@@ -21,11 +21,11 @@ Since ``w(sigma) = 1 / c_out^2``, this is exactly the v-MSE ``W * (v - v_target)
 ``v_target = (x0 - c_skip * x_t) / c_out`` (= ``(n - sigma * x0) / sqrt(sigma^2 + 1)``); the code computes
 this form, which stays well conditioned at small sigma (:func:`v_target`, :func:`kfi_loss`).
 
-**Inputs exactly as inference builds them** (:func:`kfi_core.propagate.sample_window_latents`): the
-condition is :func:`kfi_core.condition.encode_symmetric` of the masked clip (keyframe fully known) with SVD's
+**Inputs exactly as inference builds them** (:func:`kfi_core.inference.propagate.sample_window_latents`): the
+condition is :func:`kfi_core.inference.condition.encode_symmetric` of the masked clip (keyframe fully known) with SVD's
 noise augmentation, concatenated *unscaled* after ``c_in * x_t``; ``timestep = sigma_to_timestep(sigma)``
 (0.25 ln sigma); ``encoder_hidden_states`` the CLIP embedding of
-:func:`~kfi_core.condition.first_frame_for_embedding`; ``added_time_ids = [fps - 1, motion_bucket_id,
+:func:`~kfi_core.inference.condition.first_frame_for_embedding`; ``added_time_ids = [fps - 1, motion_bucket_id,
 noise_aug_strength]``. With probability ``cond_dropout_prob`` a clip gets a zero embedding and zero condition
 latents, the unconditional input that classifier-free guidance uses at inference (:class:`SVDDenoiser`).
 
@@ -40,13 +40,13 @@ steps; research/demo_model/NOTES.md, 'Longer adapter runs').
 
 **Determinism.** Every random draw of a sample (sigma, noise, dropout, augmentation strength and noise)
 comes from a ``torch.Generator`` seeded by ``(seed, stage, sample number)``; the data sample by the
-same numbers (:mod:`kfi_core.data`). Nothing depends on global RNG state, so a resumed run repeats the
+same numbers (:mod:`kfi_core.training.data`). Nothing depends on global RNG state, so a resumed run repeats the
 uninterrupted one exactly, and checkpoints need no RNG state. A checkpoint holds no pickle: the trainable
-weights and AdamW's state are safetensors (:mod:`kfi_core.optim_state`), the step, LR schedule and settings
+weights and AdamW's state are safetensors (:mod:`kfi_core.training.optim_state`), the step, LR schedule and settings
 JSON.
 
 **Fine-tuning.** ``from_adapter`` starts LoRA and conv_in from an adapter file (checked as any adapter load is,
-:func:`kfi_core.adapter.load_adapter`) instead of LoRA B = 0 and zero new conv_in channels; the optimizer starts
+:func:`kfi_core.model.adapter.load_adapter`) instead of LoRA B = 0 and zero new conv_in channels; the optimizer starts
 fresh. The file is read only when the run starts; a resumed run takes its weights from the checkpoint.
 
 The script goes in stages: :func:`train` calls setup (accelerator, model, trainable parameters,
@@ -70,8 +70,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import KfiError, ResumeError, TrainConfigError
-from .optim_state import load_optimizer, load_scheduler_state, save_optimizer, scheduler_state
+from kfi_core.errors import KfiError, ResumeError, TrainConfigError
+from kfi_core.training.optim_state import load_optimizer, load_scheduler_state, save_optimizer, scheduler_state
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class TrainConfig:
     override it (:func:`apply_overrides`). Keys starting with ``_`` in the file are comments."""
 
     model: str | None = None  # base model: diffusers folder or single-file checkpoint
-    data: str | None = None  # dataset folder (kfi_core.data)
+    data: str | None = None  # dataset folder (kfi_core.training.data)
     out: str | None = None  # output folder: checkpoints/, validation/, train_log.jsonl, adapter.safetensors
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(steps=1000, resolution=(320, 576))])
     seed: int = 0
@@ -154,9 +154,9 @@ class TrainConfig:
     frame_stride: int = 1
     crop_scale: tuple[float, float] = (0.8, 1.0)
     keyframe_prob: float = 0.5
-    track_mask_prob: float = 0.0  # with a keyframe: use the clip's own masks/ folder (kfi_core.data, step 5)
-    hole_mask_prob: float = 0.0  # with or without a keyframe: use the clip's own holes/ folder (kfi_core.data, step 6)
-    mask: dict = field(default_factory=dict)  # kfi_core.masks.MaskConfig fields
+    track_mask_prob: float = 0.0  # with a keyframe: use the clip's own masks/ folder (kfi_core.training.data, step 5)
+    hole_mask_prob: float = 0.0  # with or without a keyframe: use the clip's own holes/ folder (kfi_core.training.data, step 6)
+    mask: dict = field(default_factory=dict)  # kfi_core.training.mask_synthesis.MaskConfig fields
     cache_data: bool = False
     num_workers: int = 0
     encode_chunk_size: int = 8
@@ -370,8 +370,8 @@ def stage_at(config: TrainConfig, step: int) -> tuple[int, int]:
 
 def setup_trainable_unet(unet, rank: int, alpha: float | None = None) -> int:
     """Widen conv_in to 12 channels, add LoRA, leave only LoRA and conv_in trainable; return that count."""
-    from .conv_in import expand_conv_in
-    from .lora import add_lora, mark_trainable
+    from kfi_core.model.conv_in import expand_conv_in
+    from kfi_core.model.lora import add_lora, mark_trainable
 
     expand_conv_in(unet)
     add_lora(unet, rank=rank, alpha=alpha)
@@ -382,10 +382,10 @@ def setup_trainable_unet(unet, rank: int, alpha: float | None = None) -> int:
 
 def start_from_adapter(model, config: TrainConfig) -> None:
     """Start the trainable weights from ``config.from_adapter`` (fine-tuning an adapter): the file is checked as any
-    adapter load is (base model, frames, rank, keys, shapes; kfi_core.adapter.load_adapter) and its LoRA and conv_in
+    adapter load is (base model, frames, rank, keys, shapes; kfi_core.model.adapter.load_adapter) and its LoRA and conv_in
     tensors replace the fresh ones; a resumed run then overwrites them with its checkpoint's."""
-    from .adapter import load_adapter, read_adapter_metadata
-    from .errors import AdapterMismatchError
+    from kfi_core.model.adapter import load_adapter, read_adapter_metadata
+    from kfi_core.errors import AdapterMismatchError
 
     path = Path(config.from_adapter)
     if not path.is_file():
@@ -405,7 +405,7 @@ def start_from_adapter(model, config: TrainConfig) -> None:
 
 
 def is_trainable_name(name: str) -> bool:
-    from .lora import is_lora_parameter
+    from kfi_core.model.lora import is_lora_parameter
 
     return is_lora_parameter(name) or name.startswith("conv_in.")
 
@@ -421,7 +421,7 @@ def check_trainable(unet) -> None:
 def optimizer_groups(unet, config: TrainConfig) -> list[dict]:
     """AdamW parameter groups: every trainable parameter at ``lr``, or, with ``lora_lr`` set, conv_in at ``lr``
     and the LoRA weights at ``lora_lr`` (a slower LoRA keeps more of what the frozen UNet does)."""
-    from .lora import is_lora_parameter
+    from kfi_core.model.lora import is_lora_parameter
 
     params = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
     if config.lora_lr is None:
@@ -447,7 +447,7 @@ def sample_generator(seed: int, stage: int, sample: int) -> torch.Generator:
 
 def v_target(x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """The v the network should output: ``(x0 - c_skip * x_t) / c_out`` (so that D(x_t) = x0)."""
-    from .denoiser import edm_scalings
+    from kfi_core.inference.denoiser import edm_scalings
 
     c_skip, c_out, _ = edm_scalings(sigma)
     return (x0 - c_skip * x_t) / c_out
@@ -484,10 +484,10 @@ class UNetInputs:
 def build_unet_inputs(model, batch: dict, config: TrainConfig, generators: list[torch.Generator],
                       device: torch.device) -> UNetInputs:
     """Encode a batch the way inference does (see the module docstring). No gradients flow here."""
-    from .condition import encode_frames, encode_symmetric, first_frame_for_embedding, prepare_clip
-    from .denoiser import scale_model_input, sigma_to_timestep
-    from .propagate import latent_masks
-    from .svd_stock import encode_image_clip
+    from kfi_core.inference.condition import encode_frames, encode_symmetric, first_frame_for_embedding, prepare_clip
+    from kfi_core.inference.denoiser import scale_model_input, sigma_to_timestep
+    from kfi_core.inference.propagate import latent_masks
+    from kfi_core.evaluation.stock_pipeline import encode_image_clip
 
     scaling = float(model.vae.config.scaling_factor)
     latent_channels = int(model.vae.config.latent_channels)
@@ -745,9 +745,9 @@ def mask_overlay(frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def render_validation(model, sample: dict, config: TrainConfig, path: Path, accelerator=None) -> Path:
     """Inpaint the validation clip with the current weights and write a grid video: input+mask | output."""
-    from .condition import prepare_clip
-    from .propagate import PropagateSettings, propagate
-    from .video_io import write_frames
+    from kfi_core.inference.condition import prepare_clip
+    from kfi_core.inference.propagate import PropagateSettings, propagate
+    from kfi_core.media.video import write_frames
 
     kf = int(sample["keyframe_index"])
     clip = prepare_clip(sample["frames"], sample["masks"], keyframe_indices=[kf] if kf >= 0 else [])
@@ -809,7 +809,7 @@ def lr_scale(step: int, total: int, warmup: int, decay_fraction: float) -> float
 
 def load_base_model(path, num_frames: int | None = None):
     """The stock SVD img2vid model (8-channel UNet) an adapter trains on; refuse any other."""
-    from .loading import load_kfi_model
+    from kfi_core.model.loading import load_kfi_model
 
     model = load_kfi_model(path, num_frames=num_frames)
     if model.in_channels != 8:
@@ -828,8 +828,8 @@ def setup(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .loading import place_model
-    from .propagate import check_size
+    from kfi_core.model.loading import place_model
+    from kfi_core.inference.propagate import check_size
 
     for name in ("model", "data", "out"):
         if not getattr(config, name):
@@ -900,8 +900,8 @@ def resume(trainer: Trainer) -> None:
 
 
 def _dataset(config: TrainConfig, model, stage_index: int, *, validation: bool = False):
-    from .data import ClipDataset
-    from .masks import MaskConfig
+    from kfi_core.training.data import ClipDataset
+    from kfi_core.training.mask_synthesis import MaskConfig
 
     stage = config.stages[stage_index]
     return ClipDataset(config.data, num_frames=model.num_frames, resolution=tuple(stage.resolution),
@@ -918,7 +918,7 @@ def _samples_per_step(config: TrainConfig, stage_index: int, world_size: int) ->
 
 def run_stage(trainer: Trainer, stage_index: int, stage_start: int) -> None:
     """Stage 6: optimizer steps of one resolution stage, from ``trainer.state.step`` to the stage's end."""
-    from .data import StreamSampler, collate_samples
+    from kfi_core.training.data import StreamSampler, collate_samples
 
     cfg, acc, state = trainer.config, trainer.accelerator, trainer.state
     stage = cfg.stages[stage_index]
@@ -963,7 +963,7 @@ def run_stage(trainer: Trainer, stage_index: int, stage_start: int) -> None:
                     loss = compute_loss(trainer.unet, inputs, trainer.weight_dtype)
                 acc.backward(loss / stage.grad_accum)
             if not torch.isfinite(loss):
-                from .errors import NonFiniteError
+                from kfi_core.errors import NonFiniteError
 
                 raise NonFiniteError(f"training step {state.step + 1}: the loss is {float(loss)}; lower --lr, or use "
                                      "bf16 instead of fp16 (--mixed-precision bf16).")
@@ -1034,7 +1034,7 @@ def checkpoint_state(trainer: Trainer, stage_index: int) -> dict:
 def save_run_adapter(unet, model, config: TrainConfig, path) -> Path:
     """The adapter file of a run with ``config`` on base ``model``: what the run writes at its end, and what
     :func:`export_checkpoint` writes for a checkpoint."""
-    from .adapter import save_adapter
+    from kfi_core.model.adapter import save_adapter
 
     return save_adapter(unet, path, base_variant=model.variant, num_frames=model.num_frames,
                         training_resolution=tuple(int(v) for v in config.final_resolution))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputMismatchError, KeyframeError
+from kfi_core.errors import InputMismatchError, KeyframeError
 
 
 def check_frame_index(index: int, num_frames: int, name: str = "keyframe_index") -> int:

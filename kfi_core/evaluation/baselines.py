@@ -44,8 +44,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from .errors import InputMismatchError, KeyframeError, UnknownNameError
-from .metrics import FLOW_METHODS  # one list for metrics and baselines
+from kfi_core.errors import InputMismatchError, KeyframeError, UnknownNameError
+from kfi_core.evaluation.metrics import FLOW_METHODS  # one list for metrics and baselines
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def keyframe_colour_fill(frames: torch.Tensor, masks: torch.Tensor,
 
 def _flow_fn(method: str):
     # smaller windows than the metrics' defaults: the baselines track small objects on small frames
-    from .metrics import optical_flow_fn
+    from kfi_core.evaluation.metrics import optical_flow_fn
 
     return optical_flow_fn(method, levels=3, winsize=9)
 
@@ -312,15 +312,15 @@ def vae_ceiling(vae, ground_truth: torch.Tensor, masks: torch.Tensor, frames: to
     composited into the hole of ``frames`` (default: the ground truth itself).
 
     ``vae`` is a diffusers ``AutoencoderKLTemporalDecoder`` (``KfiModel.vae``). The latents are scaled
-    by the VAE scaling factor and decoded exactly as sampled latents are (:func:`kfi_core.svd_stock.decode_latents`).
+    by the VAE scaling factor and decoded exactly as sampled latents are (:func:`kfi_core.evaluation.stock_pipeline.decode_latents`).
     ``color_match`` post-processes the reconstruction as the sampler's composite does
-    (:func:`kfi_core.color_match.match_colors`, fitted on the known pixels of ``frames``). ``keyframes``
+    (:func:`kfi_core.inference.color_match.match_colors`, fitted on the known pixels of ``frames``). ``keyframes``
     ({index: [3, H, W]}) enter as the keyframe methods get them: known frames, kept exactly, which colour
     matching mode ``keyframe`` fits on.
     """
-    from .color_match import match_colors
-    from .condition import encode_frames
-    from .svd_stock import decode_latents
+    from kfi_core.inference.color_match import match_colors
+    from kfi_core.inference.condition import encode_frames
+    from kfi_core.evaluation.stock_pipeline import decode_latents
 
     truth, m, kf = check_baseline_inputs(ground_truth, masks, keyframes)
     base = truth if frames is None else check_baseline_inputs(frames, masks)[0]

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputMismatchError, UnknownNameError
-from .mask_ops import grow
+from kfi_core.errors import InputMismatchError, UnknownNameError
+from kfi_core.media.mask_ops import grow
 
 logger = logging.getLogger(__name__)
 

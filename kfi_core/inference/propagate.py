@@ -5,7 +5,7 @@ The inference recipe, in numbered steps: check, encode, sample, decode in chunks
 Two modes, chosen by the UNet's input channels:
 
 - **KFI adapter** (12 channels): the UNet sees [noisy latent | black-filled | white-filled]
-  (:mod:`kfi_core.condition`); keyframes are fully known frames.
+  (:mod:`kfi_core.inference.condition`); keyframes are fully known frames.
 - **Training-free** (8 channels, stock SVD weights, no adapter): the lower-quality fallback
   until an adapter is trained. The stock first-frame condition is the first keyframe (or the
   first frame with its hole filled), repeated over frames as SVD does; the known region is
@@ -36,10 +36,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .color_match import COLOR_MATCH_MODES, match_colors
-from .condition import ClipInputs, encode_frames, encode_symmetric, first_frame_for_embedding
-from .errors import InputMismatchError, KfiError, UnknownNameError, UnsupportedSizeError
-from .mask_ops import feather
+from kfi_core.inference.color_match import COLOR_MATCH_MODES, match_colors
+from kfi_core.inference.condition import ClipInputs, encode_frames, encode_symmetric, first_frame_for_embedding
+from kfi_core.errors import InputMismatchError, KfiError, UnknownNameError, UnsupportedSizeError
+from kfi_core.media.mask_ops import feather
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class PropagateSettings:
     noise_aug_strength: float = 0.02
     composite: bool = True
     feather: int = 0
-    color_match: str = "none"  # kfi_core.color_match: none | mean | affine | keyframe (applied when compositing)
+    color_match: str = "none"  # kfi_core.inference.color_match: none | mean | affine | keyframe (applied when compositing)
     blend_known: str = "auto"  # latent blending of the known region: auto (on training-free, off KFI) | on | off
     decode_chunk_size: int = 8
     encode_chunk_size: int = 8
@@ -83,7 +83,7 @@ class PropagateSettings:
 
     def check(self) -> "PropagateSettings":
         """Raise a clear error for any value the sampler cannot use."""
-        from .sampling import SAMPLERS
+        from kfi_core.inference.sampling import SAMPLERS
 
         if self.sampler not in SAMPLERS:
             raise UnknownNameError(f"sampler: got {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
@@ -153,7 +153,7 @@ def latent_masks(masks: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def _image_embedding(model, clip: ClipInputs) -> torch.Tensor:
-    from .svd_stock import encode_image_clip
+    from kfi_core.evaluation.stock_pipeline import encode_image_clip
 
     image = first_frame_for_embedding(clip)[None].float()  # [1, 3, H, W]
     return encode_image_clip(model.image_encoder, model.feature_extractor, image)  # [1, 1, D]
@@ -171,7 +171,7 @@ class WindowDenoiser:
 
     def __init__(self, model, clip: ClipInputs, settings: PropagateSettings, generator: torch.Generator, *,
                  resident: bool = True):
-        from .denoiser import per_frame_guidance
+        from kfi_core.inference.denoiser import per_frame_guidance
 
         self.model, self.resident = model, resident
         num_frames = clip.num_frames
@@ -207,7 +207,7 @@ class WindowDenoiser:
             self.known_mask = self.known_mask.to(model.device)
 
     def _build(self, device):
-        from .denoiser import SVDDenoiser
+        from kfi_core.inference.denoiser import SVDDenoiser
 
         return SVDDenoiser(
             self.model.unet,
@@ -229,7 +229,7 @@ class WindowDenoiser:
 
 def initial_latents(shape, settings: PropagateSettings, model, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise of ``shape`` scaled to the first sigma as SVD's scheduler does (step 3)."""
-    from .sampling import get_sigmas_svd, init_noise_sigma
+    from kfi_core.inference.sampling import get_sigmas_svd, init_noise_sigma
 
     sigmas = get_sigmas_svd(settings.steps, model.scheduler_config)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
@@ -246,7 +246,7 @@ def sample_window_latents(
     check_cancel: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
     """Sample the latents [1, F, 4, h, w] of one window (steps 2-5 of :func:`propagate`)."""
-    from .sampling import get_sampler, get_sigmas_svd
+    from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
 
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     # 2. + 4. Condition latents (first draws from the generator), embedding, guidance
@@ -261,8 +261,8 @@ def sample_window_latents(
 @torch.no_grad()
 def decode_window(model, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Latents [1, F, 4, h, w] -> frames [F, 3, H, W] in 0..1 (float32, CPU), decoded in chunks."""
-    from .memory import retry_on_oom
-    from .svd_stock import decode_latents
+    from kfi_core.inference.memory import retry_on_oom
+    from kfi_core.evaluation.stock_pipeline import decode_latents
 
     # out of device memory: retried with smaller chunks down to one frame (WARNING logged)
     frames = retry_on_oom(lambda c: decode_latents(model.vae, latents, decode_chunk_size=c), chunk_size)[0]
@@ -283,7 +283,7 @@ def composite(clip: ClipInputs, generated: torch.Tensor, feather_pixels: int = 0
               color_match: str = "none") -> torch.Tensor:
     """Generated pixels inside the mask, the input's outside; exactly the input where the mask is 0.
 
-    ``color_match`` (:func:`kfi_core.color_match.match_colors`) first fits the generated colours to the input on
+    ``color_match`` (:func:`kfi_core.inference.color_match.match_colors`) first fits the generated colours to the input on
     known pixels around the hole (mode ``keyframe``: on the clip's keyframes)."""
     generated = match_colors(generated, clip.frames.float(), clip.masks, color_match, keyframes=clip.keyframe_indices)
     mask = composite_mask(clip, feather_pixels)
@@ -330,7 +330,7 @@ def propagate(
     callback: ProgressCallback | None = None,
     check_cancel: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
-    """Inpaint one window: ``clip`` (from :func:`kfi_core.condition.prepare_clip`) -> frames [F, 3, H, W] in 0..1.
+    """Inpaint one window: ``clip`` (from :func:`kfi_core.inference.condition.prepare_clip`) -> frames [F, 3, H, W] in 0..1.
 
     With ``settings.composite`` (default) pixels outside the mask and keyframes are the input's,
     exactly. ``callback`` gets a dict per step (``i``, ``total``, ``sigma``, ``x``, ``denoised``);
@@ -339,7 +339,7 @@ def propagate(
     # 1. Check inputs before any compute
     settings = (settings or PropagateSettings()).check()
     if not isinstance(clip, ClipInputs):
-        raise KfiError("clip: pass the result of kfi_core.condition.prepare_clip(frames, masks, ...).")
+        raise KfiError("clip: pass the result of kfi_core.inference.condition.prepare_clip(frames, masks, ...).")
     if settings.num_samples > 1:
         return mean_of_samples(lambda s, cb: propagate(model, clip, s, callback=cb, check_cancel=check_cancel),
                                clip, settings, callback)

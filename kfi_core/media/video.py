@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputMismatchError, VideoFileError
+from kfi_core.errors import InputMismatchError, VideoFileError
 
 logger = logging.getLogger(__name__)
 

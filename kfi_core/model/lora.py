@@ -45,7 +45,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from .errors import CheckpointFormatError, LoraError, UnknownNameError
+from kfi_core.errors import CheckpointFormatError, LoraError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +283,9 @@ def is_lora_parameter(name: str) -> bool:
 def mark_trainable(unet) -> int:
     """Make only the LoRA parameters and conv_in trainable; return the trainable parameter count.
 
-    Needs LoRA (:func:`add_lora`) and the 12-channel conv_in (:func:`~kfi_core.conv_in.expand_conv_in`).
+    Needs LoRA (:func:`add_lora`) and the 12-channel conv_in (:func:`~kfi_core.model.conv_in.expand_conv_in`).
     """
-    from .conv_in import KFI_IN_CHANNELS, check_conv_in
+    from kfi_core.model.conv_in import KFI_IN_CHANNELS, check_conv_in
 
     _require_lora(unet, "mark_trainable")
     channels = check_conv_in(unet)
@@ -340,7 +340,7 @@ def count_kfi_trainable_parameters(unet_config: dict, rank: int = DEFAULT_LORA_R
     import torch
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from .conv_in import STOCK_IN_CHANNELS, expand_conv_in
+    from kfi_core.model.conv_in import STOCK_IN_CHANNELS, expand_conv_in
 
     settings = check_lora_settings(rank, None, target_modules)
     config = {key: value for key, value in dict(unet_config).items() if not key.startswith("_")}

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .errors import InputMismatchError, KfiError, UnsupportedSizeError
+from kfi_core.errors import InputMismatchError, KfiError, UnsupportedSizeError
 
 logger = logging.getLogger(__name__)
 
