@@ -40,12 +40,29 @@ MIN_FREE_GB = 12.0
 FILE_NAME = "kfi_bench_svd_c320x4_vith_fp16.safetensors"
 NUM_FRAMES_FILE = 14
 
-VIT_H_CONFIG = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
-                    projection_dim=1024, patch_size=14, image_size=224, hidden_act="gelu", num_channels=3)
+VIT_H_CONFIG = dict(
+    hidden_size=1280,
+    num_hidden_layers=32,
+    num_attention_heads=16,
+    intermediate_size=5120,
+    projection_dim=1024,
+    patch_size=14,
+    image_size=224,
+    hidden_act="gelu",
+    num_channels=3,
+)
 #: SVD's VAE (stabilityai/stable-video-diffusion-img2vid-xt vae/config.json): ~98 M parameters.
-SVD_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                      block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                      sample_size=768, scaling_factor=0.18215, force_upcast=True)
+SVD_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=768,
+    scaling_factor=0.18215,
+    force_upcast=True,
+)
 
 
 def free_gb() -> float:
@@ -57,8 +74,10 @@ def free_gb() -> float:
 def check_ram(need: float = MIN_FREE_GB) -> None:
     avail = free_gb()
     if avail < need:
-        raise SystemExit(f"comfy_sampler: only {avail:.1f} GB of RAM available, this bench needs >= {need:.0f} GB "
-                         "(two fp32 copies of a ~1 B-parameter SVD checkpoint); not run.")
+        raise SystemExit(
+            f"comfy_sampler: only {avail:.1f} GB of RAM available, this bench needs >= {need:.0f} GB "
+            "(two fp32 copies of a ~1 B-parameter SVD checkpoint); not run."
+        )
 
 
 def build_file(path: Path) -> Path:
@@ -69,8 +88,7 @@ def build_file(path: Path) -> Path:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from kfi_core.model.single_file import save_single_file
-    from kfi_core.model.lora import SVD_XT_UNET_CONFIG
+    from kfi_core.model import SVD_XT_UNET_CONFIG, save_single_file
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -87,8 +105,9 @@ def build_file(path: Path) -> Path:
     components["image_encoder"] = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_CONFIG)).eval().half()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_single_file(components, path, num_frames=NUM_FRAMES_FILE)
-    print(f"built {path} ({path.stat().st_size / 2**30:.2f} GiB fp16) in {time.perf_counter() - start:.0f} s",
-          flush=True)
+    print(
+        f"built {path} ({path.stat().st_size / 2**30:.2f} GiB fp16) in {time.perf_counter() - start:.0f} s", flush=True
+    )
     return path
 
 
@@ -127,8 +146,9 @@ class CallCounter:
         self.batches.append(int(x.shape[:-3].numel()))
 
 
-def measure(path: Path, reps: int, steps: int, frames: int, size: int, cfg: float, threads: int,
-            sdpa: bool = False) -> list[str]:
+def measure(
+    path: Path, reps: int, steps: int, frames: int, size: int, cfg: float, threads: int, sdpa: bool = False
+) -> list[str]:
     import numpy as np
     import torch
 
@@ -137,12 +157,13 @@ def measure(path: Path, reps: int, steps: int, frames: int, size: int, cfg: floa
     import comfy.ldm.modules.attention as comfy_attention
     from comfy_extras.nodes_video_model import SVD_img2vid_Conditioning, VideoLinearCFGGuidance
 
-    from kfi_core.model.loading import load_kfi_model
-    from kfi_core.evaluation.stock_pipeline import sample_stock_img2vid
+    from kfi_core.evaluation import sample_stock_img2vid
+    from kfi_core.model import load_kfi_model
 
     # --- ComfyUI: its own loader, conditioning node and KSampler path
     model, _clip, vae, clip_vision = comfy.sd.load_checkpoint_guess_config(
-        str(path), output_vae=True, output_clip=False, output_clipvision=True)[:4]
+        str(path), output_vae=True, output_clip=False, output_clipvision=True
+    )[:4]
     model_type = type(model.model).__name__
     comfy_unet = model.model.diffusion_model
     comfy_params = parameter_count(comfy_unet)
@@ -151,16 +172,21 @@ def measure(path: Path, reps: int, steps: int, frames: int, size: int, cfg: floa
     pixels = torch.from_numpy(rng.random((size, size, 3), dtype=np.float32))  # [H, W, 3] in 0..1
     with torch.no_grad():
         positive, negative, latent = SVD_img2vid_Conditioning().encode(
-            clip_vision, pixels[None], vae, size, size, frames, 127, 7, 0.02)
+            clip_vision, pixels[None], vae, size, size, frames, 127, 7, 0.02
+        )
     guided = VideoLinearCFGGuidance().patch(model, 1.0)[0]
     latent_image = comfy.sample.fix_empty_latent_channels(guided, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, 0)
 
     # --- KFI: the same file through its own loader
     kfi_model = load_kfi_model(str(path), num_frames=NUM_FRAMES_FILE)  # the UNet is frame-count agnostic
-    components = {"unet": kfi_model.unet, "vae": kfi_model.vae, "image_encoder": kfi_model.image_encoder,
-                  "feature_extractor": kfi_model.feature_extractor,
-                  "scheduler": type("S", (), {"config": kfi_model.scheduler_config})()}
+    components = {
+        "unet": kfi_model.unet,
+        "vae": kfi_model.vae,
+        "image_encoder": kfi_model.image_encoder,
+        "feature_extractor": kfi_model.feature_extractor,
+        "scheduler": type("S", (), {"config": kfi_model.scheduler_config})(),
+    }
     kfi_params = parameter_count(kfi_model.unet)
     image = pixels.permute(2, 0, 1).contiguous()  # [3, H, W]
 
@@ -171,17 +197,42 @@ def measure(path: Path, reps: int, steps: int, frames: int, size: int, cfg: floa
 
     def run_comfy() -> float:
         timer = StepTimer()
-        out = comfy.sample.sample(guided, noise, steps, cfg, "euler", "karras", positive, negative, latent_image,
-                                  callback=lambda step, x0, x, total: timer(), disable_pbar=True, seed=0)
+        out = comfy.sample.sample(
+            guided,
+            noise,
+            steps,
+            cfg,
+            "euler",
+            "karras",
+            positive,
+            negative,
+            latent_image,
+            callback=lambda step, x0, x, total: timer(),
+            disable_pbar=True,
+            seed=0,
+        )
         finite["comfy"] = bool(torch.isfinite(out).all())
         return timer.per_step()
 
     def run_kfi() -> float:
         timer = StepTimer()
         with torch.no_grad():
-            out = sample_stock_img2vid(components, image, num_frames=frames, height=size, width=size, steps=steps,
-                                       seed=0, min_guidance=1.0, max_guidance=cfg, fps=7, motion_bucket_id=127,
-                                       noise_aug_strength=0.02, output_type="latent", callback=timer)
+            out = sample_stock_img2vid(
+                components,
+                image,
+                num_frames=frames,
+                height=size,
+                width=size,
+                steps=steps,
+                seed=0,
+                min_guidance=1.0,
+                max_guidance=cfg,
+                fps=7,
+                motion_bucket_id=127,
+                noise_aug_strength=0.02,
+                output_type="latent",
+                callback=timer,
+            )
         finite["kfi"] = bool(torch.isfinite(out).all())
         return timer.per_step()
 
@@ -214,16 +265,23 @@ def measure(path: Path, reps: int, steps: int, frames: int, size: int, cfg: floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "kfi_bench",
-                        help="where the random-weight SVD file is built once and kept (~2 GB)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "kfi_bench",
+        help="where the random-weight SVD file is built once and kept (~2 GB)",
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--size", type=int, default=64, help="frame width = height in pixels (multiple of 64)")
     parser.add_argument("--cfg", type=float, default=2.5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--comfy-sdpa", action="store_true",
-                        help="ComfyUI with --use-pytorch-cross-attention (SDPA, as KFI) instead of its CPU default")
+    parser.add_argument(
+        "--comfy-sdpa",
+        action="store_true",
+        help="ComfyUI with --use-pytorch-cross-attention (SDPA, as KFI) instead of its CPU default",
+    )
     args = parser.parse_args()
     check_ram()
     start = time.perf_counter()
@@ -231,8 +289,7 @@ def main() -> int:
     if not path.exists():
         build_file(path)
         check_ram()
-    for line in measure(path, args.reps, args.steps, args.frames, args.size, args.cfg, args.threads,
-                        args.comfy_sdpa):
+    for line in measure(path, args.reps, args.steps, args.frames, args.size, args.cfg, args.threads, args.comfy_sdpa):
         print(line, flush=True)
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     return 0

@@ -62,18 +62,22 @@ def measure(rounds: int) -> list[str]:
     bare, pack, imports = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(rounds):
-            for with_pack in ((False, True) if i % 2 == 0 else (True, False)):
+            for with_pack in (False, True) if i % 2 == 0 else (True, False):
                 elapsed, imp = start_once(with_pack, Path(tmp), 2 * i + with_pack)
                 (pack if with_pack else bare).append(elapsed)
                 if with_pack and imp is not None:
                     imports.append(imp)
     added = statistics.median(pack) - statistics.median(bare)
     pairs = sorted(p - b for p, b in zip(pack, bare))
-    lines = [f"ComfyUI start-up to /object_info: pack adds {added:+.2f} s (pairwise {pairs[0]:+.2f}..{pairs[-1]:+.2f}, "
-             f"n={rounds}; ratio {statistics.median(pack) / statistics.median(bare):.3f}x)  target < 0.3 s"]
+    lines = [
+        f"ComfyUI start-up to /object_info: pack adds {added:+.2f} s (pairwise {pairs[0]:+.2f}..{pairs[-1]:+.2f}, "
+        f"n={rounds}; ratio {statistics.median(pack) / statistics.median(bare):.3f}x)  target < 0.3 s"
+    ]
     if imports:
-        lines.append(f"ComfyUI 'Import times for custom nodes' line for the pack: median {statistics.median(imports):.2f} s "
-                     f"(ComfyUI rounds to 0.1 s; n={len(imports)})")
+        lines.append(
+            f"ComfyUI 'Import times for custom nodes' line for the pack: median {statistics.median(imports):.2f} s "
+            f"(ComfyUI rounds to 0.1 s; n={len(imports)})"
+        )
     else:
         lines.append("ComfyUI 'Import times for custom nodes': no line for the pack found in the log")
     return lines

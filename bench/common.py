@@ -12,8 +12,8 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -22,8 +22,11 @@ if str(ROOT) not in sys.path:
 #: The mid-size UNet: tiny.py's config widened to three levels (64, 128, 128), two layers per
 #: block, 8 frames; VAE and CLIP stay tiny. About 10x the tiny UNet's parameters (see describe()).
 MID_UNET_OVERRIDES = {
-    "down_block_types": ("CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal",
-                         "DownBlockSpatioTemporal"),
+    "down_block_types": (
+        "CrossAttnDownBlockSpatioTemporal",
+        "CrossAttnDownBlockSpatioTemporal",
+        "DownBlockSpatioTemporal",
+    ),
     "up_block_types": ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
     "block_out_channels": (64, 128, 128),
     "num_attention_heads": (2, 4, 4),
@@ -38,7 +41,7 @@ def build_components(size: str = "tiny", num_frames: int = 8, seed: int = 0) -> 
     import torch
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from kfi_core.model.tiny import build_tiny_components, tiny_unet_config
+    from kfi_core.model import build_tiny_components, tiny_unet_config
 
     components = build_tiny_components(num_frames=num_frames, seed=seed)
     if size == "mid":
@@ -56,21 +59,29 @@ def parameter_count(module) -> int:
 
 def describe(components: dict) -> str:
     unet = components["unet"]
-    return (f"UNet {tuple(unet.config.block_out_channels)} {parameter_count(unet) / 1e6:.2f} M params, "
-            f"VAE {parameter_count(components['vae']) / 1e6:.2f} M, CLIP {parameter_count(components['image_encoder']) / 1e6:.2f} M")
+    return (
+        f"UNet {tuple(unet.config.block_out_channels)} {parameter_count(unet) / 1e6:.2f} M params, "
+        f"VAE {parameter_count(components['vae']) / 1e6:.2f} M, CLIP {parameter_count(components['image_encoder']) / 1e6:.2f} M"
+    )
 
 
 def kfi_model_from_components(components: dict):
     """A kfi_core.model.loading.KfiModel over in-memory components (no files)."""
     import torch
 
-    from kfi_core.model.loading import KfiModel, place_model, variant_for
+    from kfi_core.model import KfiModel, place_model, variant_for
 
     unet = components["unet"]
-    model = KfiModel(unet=unet, vae=components["vae"], image_encoder=components["image_encoder"],
-                     feature_extractor=components["feature_extractor"],
-                     scheduler_config=dict(components["scheduler"].config), num_frames=int(unet.config.num_frames),
-                     variant=variant_for(unet.config, int(unet.config.num_frames)), source="<bench>")
+    model = KfiModel(
+        unet=unet,
+        vae=components["vae"],
+        image_encoder=components["image_encoder"],
+        feature_extractor=components["feature_extractor"],
+        scheduler_config=dict(components["scheduler"].config),
+        num_frames=int(unet.config.num_frames),
+        variant=variant_for(unet.config, int(unet.config.num_frames)),
+        source="<bench>",
+    )
     return place_model(model, dtype=torch.float32, vae_dtype=torch.float32, device=torch.device("cpu"))
 
 

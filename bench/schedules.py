@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def cost_table(frames: list[int], windows=(14, 25)) -> None:
-    from kfi_core.inference.schedules import SCHEDULES, build_schedule, schedule_cost
+    from kfi_core.inference import SCHEDULES, build_schedule, schedule_cost
 
     header = "strategy".ljust(16) + "".join(f"N={n} W={w}".rjust(14) for w in windows for n in frames)
     print("UNet frame-evaluations per output frame")
@@ -39,11 +39,11 @@ def cost_table(frames: list[int], windows=(14, 25)) -> None:
 _CHILD = r"""
 import json, resource, sys, tempfile, torch
 sys.path.insert(0, {root!r})
-from kfi_core.model.tiny import build_tiny_pipeline_folder
-from kfi_core.model.loading import load_kfi_model
-from kfi_core.inference.condition import prepare_clip
-from kfi_core.inference.executor import inpaint
-from kfi_core.inference.propagate import PropagateSettings
+from kfi_core.model import build_tiny_pipeline_folder
+from kfi_core.model import load_kfi_model
+from kfi_core.inference import prepare_clip
+from kfi_core.inference import inpaint
+from kfi_core.inference import PropagateSettings
 torch.set_num_threads(1)
 n = {n}
 model = load_kfi_model(build_tiny_pipeline_folder(tempfile.mkdtemp() + "/m"))
@@ -60,15 +60,23 @@ print(json.dumps({{"n": n, "peak_above_model_kb": peak - base, "frames_kb": 3 * 
 def memory_table(frames: list[int]) -> None:
     rows = []
     for n in frames:
-        out = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), n=n)], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD.format(root=str(ROOT), n=n)], capture_output=True, text=True, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("\nHost peak memory, anchor schedule on the tiny model (one process per clip length)")
-    print("frames".rjust(8) + "peak above model".rjust(20) + "frame data (in+mask+out)".rjust(28) + "ratio to first".rjust(18))
+    print(
+        "frames".rjust(8)
+        + "peak above model".rjust(20)
+        + "frame data (in+mask+out)".rjust(28)
+        + "ratio to first".rjust(18)
+    )
     first = rows[0]["peak_above_model_kb"] or 1
     for r in rows:
-        print(f"{r['n']:>8}{r['peak_above_model_kb'] / 1024:>17.1f} MB{r['frames_kb'] / 1024:>25.1f} MB"
-              f"{r['peak_above_model_kb'] / first:>18.2f}")
+        print(
+            f"{r['n']:>8}{r['peak_above_model_kb'] / 1024:>17.1f} MB{r['frames_kb'] / 1024:>25.1f} MB"
+            f"{r['peak_above_model_kb'] / first:>18.2f}"
+        )
 
 
 def main() -> int:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from kfi_core.errors import VideoFileError
+from kfi_core.media.video import read_frames, read_masks, write_frames
+
 SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample"
 # The trained demo model (``python -m research.demo_model``, research/demo_model/recipe.json): a diffusers
 # folder plus two KFI adapters of the same backbone, the embedded default of ``demo`` and ``bench/results.py``:
@@ -44,8 +47,9 @@ EDITED_KEYFRAME_FILE = "edited_keyframe.png"
 
 def _render_frame(t: int, num_frames: int, height: int, width: int, edited: bool = False):
     """(frame, background, mask grown by 2 px) of time step ``t``, each [C, H, W]; ``edited`` paints the ball blue."""
-    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     u = xx + 1.5 * t  # camera pan, pixels per frame
     stripes = 0.5 + 0.5 * torch.sin(u * 2 * math.pi / 12)
     grass = 0.5 + 0.5 * torch.sin((u * 0.7 + yy * 1.3) * 2 * math.pi / 7)
@@ -73,14 +77,14 @@ def make_sample_clip(num_frames: int = 8, height: int = 64, width: int = 64) -> 
     return {"frames": torch.stack(frames), "masks": torch.stack(masks), "ground_truth": torch.stack(truth)}
 
 
-def make_edited_keyframe(num_frames: int = 8, height: int = 64, width: int = 64,
-                         index: int = SAMPLE_KEYFRAME_INDEX) -> torch.Tensor:
+def make_edited_keyframe(
+    num_frames: int = 8, height: int = 64, width: int = 64, index: int = SAMPLE_KEYFRAME_INDEX
+) -> torch.Tensor:
     """The sample's frame ``index`` with the ball recoloured blue [3, H, W]: the bundled keyframe edit."""
     return _render_frame(index, num_frames, height, width, edited=True)[0]
 
 
 def write_sample_clip(folder: str | Path = SAMPLE_DIR) -> Path:
-    from kfi_core.media.video import write_frames
 
     folder = Path(folder)
     clip = make_sample_clip()
@@ -94,8 +98,6 @@ def write_sample_clip(folder: str | Path = SAMPLE_DIR) -> Path:
 def load_sample_clip(folder: str | Path = SAMPLE_DIR) -> dict:
     """The bundled sample as shipped: frames [F, 3, H, W], masks [F, 1, H, W], edited_keyframe [3, H, W], its index
     and the frame rate. Reads the pack's files only."""
-    from kfi_core.errors import VideoFileError
-    from kfi_core.media.video import read_frames, read_masks
 
     folder = Path(folder)
     keyframe_file = folder / EDITED_KEYFRAME_FILE
@@ -106,5 +108,10 @@ def load_sample_clip(folder: str | Path = SAMPLE_DIR) -> dict:
         )
     frames, _ = read_frames(folder / "frames")
     keyframe, _ = read_frames(keyframe_file)
-    return {"frames": frames, "masks": read_masks(folder / "masks"), "edited_keyframe": keyframe[0],
-            "keyframe_index": SAMPLE_KEYFRAME_INDEX, "fps": SAMPLE_FPS}
+    return {
+        "frames": frames,
+        "masks": read_masks(folder / "masks"),
+        "edited_keyframe": keyframe[0],
+        "keyframe_index": SAMPLE_KEYFRAME_INDEX,
+        "fps": SAMPLE_FPS,
+    }

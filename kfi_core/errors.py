@@ -102,3 +102,11 @@ class BatchError(KfiError, ValueError):
 
     Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
     """
+
+
+class SettingsError(KfiError, ValueError):
+    """A setting or argument has a bad value or is missing: a frame count outside the range a builder takes,
+    a chunk size that is not a whole number >= 1, a components dict without a component it needs.
+
+    Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
+    """

@@ -11,20 +11,31 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kfi_core.inference.condition import ClipInputs, prepare_clip
 from kfi_core.errors import BatchError, KeyframeError, VideoFileError
+from kfi_core.inference.condition import ClipInputs, prepare_clip
+from kfi_core.inference.executor import inpaint, mean_of_samples
+from kfi_core.inference.settings import PropagateSettings
+from kfi_core.inference.window import composite
 from kfi_core.media.mask_ops import binarize, expand_masks
-from kfi_core.inference.executor import inpaint
-from kfi_core.inference.propagate import PropagateSettings, composite, mean_of_samples
-from kfi_core.media.video import DEFAULT_FPS, atomic_path, read_frames, read_masks, to_uint8, write_frames
+from kfi_core.media.video import (
+    DEFAULT_FPS,
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    atomic_path,
+    read_frames,
+    read_masks,
+    to_uint8,
+    write_frames,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,25 +92,42 @@ def inpaint_clip(
     Clips longer than the model's window run a long-video schedule (``strategy``, default anchor).
     """
     settings = (settings or PropagateSettings()).check()
-    clip = prepare_clip(frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices),
-                        grow_pixels=grow_pixels)
+    clip = prepare_clip(
+        frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
+    )
     if size is None or tuple(size) == clip.size:
         return inpaint(model, clip, settings, strategy=strategy, callback=callback, check_cancel=check_cancel), clip
-    logger.info("resizing %dx%d -> %dx%d for the model (the result goes back to the input size)",
-                clip.size[1], clip.size[0], size[1], size[0])
+    logger.info(
+        "resizing %dx%d -> %dx%d for the model (the result goes back to the input size)",
+        clip.size[1],
+        clip.size[0],
+        size[1],
+        size[0],
+    )
     if settings.num_samples > 1:  # each sample goes back to the input size and is composited there, then the mean
-        return mean_of_samples(lambda s, cb: _inpaint_resized(model, clip, s, size, strategy, cb, check_cancel),
-                               clip, settings, callback), clip
+        return mean_of_samples(
+            lambda s, cb: _inpaint_resized(model, clip, s, size, strategy, cb, check_cancel), clip, settings, callback
+        ), clip
     return _inpaint_resized(model, clip, settings, size, strategy, callback, check_cancel), clip
 
 
-def _inpaint_resized(model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], strategy,
-                     callback, check_cancel) -> torch.Tensor:
+def _inpaint_resized(
+    model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], strategy, callback, check_cancel
+) -> torch.Tensor:
     """One sample at the working ``size``, brought back to the clip's size and composited there."""
-    work = ClipInputs(frames=resize_frames(clip.frames, size), masks=resize_masks(clip.masks, size),
-                      keyframe_indices=clip.keyframe_indices)
-    generated = inpaint(model, work, PropagateSettings(**{**settings.__dict__, "composite": False}),
-                        strategy=strategy, callback=callback, check_cancel=check_cancel)
+    work = ClipInputs(
+        frames=resize_frames(clip.frames, size),
+        masks=resize_masks(clip.masks, size),
+        keyframe_indices=clip.keyframe_indices,
+    )
+    generated = inpaint(
+        model,
+        work,
+        PropagateSettings(**{**settings.__dict__, "composite": False}),
+        strategy=strategy,
+        callback=callback,
+        check_cancel=check_cancel,
+    )
     back = resize_frames(generated, clip.size)
     return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
 
@@ -155,9 +183,18 @@ def inpaint_files(
             f"--keyframe-index: got {len(keyframe_indices)} indices for {len(keyframe_paths)} --keyframe images; "
             "give one --keyframe-index after each --keyframe."
         )
-    result, clip = inpaint_clip(model, frames, binarize(masks), keyframes=keyframes,
-                                keyframe_indices=list(keyframe_indices), settings=settings, size=size,
-                                grow_pixels=grow_pixels, strategy=strategy, callback=callback)
+    result, clip = inpaint_clip(
+        model,
+        frames,
+        binarize(masks),
+        keyframes=keyframes,
+        keyframe_indices=list(keyframe_indices),
+        settings=settings,
+        size=size,
+        grow_pixels=grow_pixels,
+        strategy=strategy,
+        callback=callback,
+    )
     fps = fps or DEFAULT_FPS
     out_path = write_frames(result, out, fps=fps)
     preview_path = write_preview(preview_image(clip, result), Path(preview)) if preview else None
@@ -201,7 +238,6 @@ def batch_jobs(folder: str | os.PathLike) -> list[BatchJob]:
     Hidden entries (``.name``, e.g. half-written outputs) are ignored. A clip without a mask, a
     mask or keyframe with no clip, and two masks for one clip are errors listing every offender.
     """
-    from kfi_core.media.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
     root = Path(folder)
     if not root.is_dir():
@@ -238,13 +274,19 @@ def batch_jobs(folder: str | os.PathLike) -> list[BatchJob]:
         if name not in clips:
             problems.append(f"{found[0][1].name} has no clip {name}.mp4 or folder {name}/ (check the name)")
     if problems:
-        raise BatchError(f"--batch {root}: " + "; ".join(problems) + ". Clips are <name>.mp4 or <name>/ with "
-                         "<name>_mask.mp4|.png|/ beside them and optional keyframes <name>_key<INDEX>.png.")
+        raise BatchError(
+            f"--batch {root}: " + "; ".join(problems) + ". Clips are <name>.mp4 or <name>/ with "
+            "<name>_mask.mp4|.png|/ beside them and optional keyframes <name>_key<INDEX>.png."
+        )
     if not clips:
-        raise BatchError(f"--batch {root}: no clips found. Put <name>.mp4 (or a frame folder <name>/) and its mask "
-                         "<name>_mask.mp4|.png|/ in the folder.")
-    return [BatchJob(name=name, video=clips[name], mask=masks[name][0], keyframes=tuple(sorted(keys.get(name, []))))
-            for name in sorted(clips)]
+        raise BatchError(
+            f"--batch {root}: no clips found. Put <name>.mp4 (or a frame folder <name>/) and its mask "
+            "<name>_mask.mp4|.png|/ in the folder."
+        )
+    return [
+        BatchJob(name=name, video=clips[name], mask=masks[name][0], keyframes=tuple(sorted(keys.get(name, []))))
+        for name in sorted(clips)
+    ]
 
 
 def shard_rank_world() -> tuple[int, int]:
@@ -263,8 +305,10 @@ def shard_rank_world() -> tuple[int, int]:
         except ImportError:
             pass
     if world < 1 or not 0 <= rank < world:
-        raise BatchError(f"RANK/WORLD_SIZE: got rank {rank} of {world}; need 0 <= RANK < WORLD_SIZE. Launch with "
-                         "`accelerate launch` or `torchrun`, or unset both for one process.")
+        raise BatchError(
+            f"RANK/WORLD_SIZE: got rank {rank} of {world}; need 0 <= RANK < WORLD_SIZE. Launch with "
+            "`accelerate launch` or `torchrun`, or unset both for one process."
+        )
     return rank, world
 
 
@@ -316,8 +360,18 @@ def run_batch(
             continue
         if loaded is None:
             loaded = model() if callable(model) and not hasattr(model, "unet") else model
-        inpaint_files(loaded, video=job.video, mask=job.mask, out=out,
-                      keyframe_paths=[p for _, p in job.keyframes], keyframe_indices=[k for k, _ in job.keyframes],
-                      settings=settings, size=size, grow_pixels=grow_pixels, strategy=strategy, callback=callback)
+        inpaint_files(
+            loaded,
+            video=job.video,
+            mask=job.mask,
+            out=out,
+            keyframe_paths=[p for _, p in job.keyframes],
+            keyframe_indices=[k for k, _ in job.keyframes],
+            settings=settings,
+            size=size,
+            grow_pixels=grow_pixels,
+            strategy=strategy,
+            callback=callback,
+        )
         report.done.append(out)
     return report

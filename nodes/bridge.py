@@ -52,7 +52,9 @@ def register_folders() -> None:
     """Add ``models/kfi_adapters`` (safetensors only) to ComfyUI's model folders, once."""
     if ADAPTER_FOLDER not in folder_paths.folder_names_and_paths:
         folder_paths.folder_names_and_paths[ADAPTER_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)], {".safetensors"})
+            [os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)],
+            {".safetensors"},
+        )
 
 
 def _diffusers_folders() -> list[str]:
@@ -86,14 +88,14 @@ def list_base_models() -> list[str]:
 
 def is_legacy_checkpoint(name: str) -> bool:
     """A ``checkpoints/<file>`` value from a workflow saved before the checkpoint loader existed."""
-    return name.startswith(_CHECKPOINT_PREFIX) and name[len(_CHECKPOINT_PREFIX):] in list_checkpoints()
+    return name.startswith(_CHECKPOINT_PREFIX) and name[len(_CHECKPOINT_PREFIX) :] in list_checkpoints()
 
 
 def pickle_problem(input_name: str, name: str) -> str | None:
     """The library's message for a pickle file (.ckpt, .pt, ...) named by a forged or hand-edited prompt; the
     dropdowns never list one."""
     from kfi_core.errors import ModelFileError
-    from kfi_core.model.loading import check_not_pickle
+    from kfi_core.model import check_not_pickle
 
     try:
         check_not_pickle(Path(name), input_name)
@@ -131,15 +133,15 @@ def list_adapters() -> list[str]:
 
 def resolve_base_model(name: str) -> str:
     """Full path of a dropdown entry; only names from the lists are accepted (no free paths)."""
-    from kfi_core.errors import ModelFileError
     from kfi_core.bundled import DEMO_MODEL_DIR, demo_model_available
+    from kfi_core.errors import ModelFileError
 
     if name == BUNDLED_MODEL and demo_model_available():
         return str(DEMO_MODEL_DIR)
     if is_legacy_checkpoint(name):
-        return resolve_checkpoint(name[len(_CHECKPOINT_PREFIX):])
+        return resolve_checkpoint(name[len(_CHECKPOINT_PREFIX) :])
     if name.startswith(_DIFFUSERS_PREFIX):
-        rel = name[len(_DIFFUSERS_PREFIX):]
+        rel = name[len(_DIFFUSERS_PREFIX) :]
         if rel in _diffusers_folders():
             for search_path in folder_paths.get_folder_paths("diffusers"):
                 path = os.path.join(search_path, rel)
@@ -197,7 +199,7 @@ def auto_dtype(device) -> str:
 
 def parse_keyframe_indices(text: str) -> list[int]:
     """'' -> []; '0, 40' -> [0, 40] (errors from kfi_core name the input)."""
-    from kfi_core.media.keyframes import parse_indices
+    from kfi_core.media import parse_indices
 
     return [] if not str(text).strip() else parse_indices(text)
 
@@ -210,10 +212,9 @@ def progress_callback(total_steps: int, preview_frame: int | None = None):
     stops within one step.
     """
     import comfy.latent_formats
+    import comfy.model_management as mm
     import comfy.utils
     import latent_preview
-
-    import comfy.model_management as mm
 
     bar = comfy.utils.ProgressBar(total_steps)
     previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15())
@@ -249,19 +250,24 @@ class on_device:
 
     def __enter__(self):
         import comfy.model_management as mm
-        from kfi_core.model.loading import place_model
+
+        from kfi_core.model import place_model
 
         device = mm.get_torch_device()
         if device.type != "cpu":
-            size = sum(p.numel() * p.element_size() for m in (self.kfi.unet, self.kfi.vae, self.kfi.image_encoder)
-                       for p in m.parameters())
+            size = sum(
+                p.numel() * p.element_size()
+                for m in (self.kfi.unet, self.kfi.vae, self.kfi.image_encoder)
+                for p in m.parameters()
+            )
             mm.free_memory(size * 2, device)
         place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=device)
         return self.kfi
 
     def __exit__(self, *exc):
         import comfy.model_management as mm
-        from kfi_core.model.loading import place_model
+
+        from kfi_core.model import place_model
 
         place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=mm.unet_offload_device())
         mm.soft_empty_cache()
@@ -299,8 +305,10 @@ def schedule_window(window: int, kfi_model=None) -> int:
             )
         return int(window)
     if kfi_model is None:
-        raise InputMismatchError("window: 0 means 'the model's frame count', but no model is connected. Connect "
-                                 "kfi_model or give the window size.")
+        raise InputMismatchError(
+            "window: 0 means 'the model's frame count', but no model is connected. Connect "
+            "kfi_model or give the window size."
+        )
     return int(kfi_model.num_frames)
 
 

@@ -11,7 +11,7 @@ from .types import KfiCrop
 class KFICropForInpaint(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.media.crop import DEFAULT_PADDING, DEFAULT_SIZE, MAX_SIZE
+        from kfi_core.media import DEFAULT_PADDING, DEFAULT_SIZE, MAX_SIZE
 
         return io.Schema(
             node_id="KFICropForInpaint",
@@ -26,38 +26,53 @@ class KFICropForInpaint(io.ComfyNode):
                 "KFI Stitch Crop with the crop info."
             ),
             inputs=[
-                io.Image.Input("image",
-                               tooltip="The keyframe to edit, or a batch of frames (all cropped with one box)."),
+                io.Image.Input(
+                    "image", tooltip="The keyframe to edit, or a batch of frames (all cropped with one box)."
+                ),
                 io.Mask.Input("mask", tooltip="White = region to edit: one mask, or one per frame. Must not be empty."),
-                io.Int.Input("size", default=DEFAULT_SIZE, min=64, max=MAX_SIZE, step=8,
-                             tooltip="Side of the output crop in pixels: the inpainter's working size (768 for "
-                                     "FLUX Fill)."),
-                io.Float.Input("padding", default=DEFAULT_PADDING, min=0.0, max=4.0, step=0.05,
-                               tooltip="Context around the mask on each side, as a fraction of the mask's longer "
-                                       "side (0.2: a 100-pixel object gets 20 pixels on every side)."),
+                io.Int.Input(
+                    "size",
+                    default=DEFAULT_SIZE,
+                    min=64,
+                    max=MAX_SIZE,
+                    step=8,
+                    tooltip="Side of the output crop in pixels: the inpainter's working size (768 for FLUX Fill).",
+                ),
+                io.Float.Input(
+                    "padding",
+                    default=DEFAULT_PADDING,
+                    min=0.0,
+                    max=4.0,
+                    step=0.05,
+                    tooltip="Context around the mask on each side, as a fraction of the mask's longer "
+                    "side (0.2: a 100-pixel object gets 20 pixels on every side).",
+                ),
             ],
             outputs=[
-                io.Image.Output(display_name="cropped_image", tooltip="The square crop(s), size x size, for the "
-                                                                      "inpainter."),
-                io.Mask.Output(display_name="cropped_mask", tooltip="The mask(s) cropped the same way, for the "
-                                                                    "inpainter."),
+                io.Image.Output(
+                    display_name="cropped_image", tooltip="The square crop(s), size x size, for the inpainter."
+                ),
+                io.Mask.Output(
+                    display_name="cropped_mask", tooltip="The mask(s) cropped the same way, for the inpainter."
+                ),
                 KfiCrop.Output(display_name="crop", tooltip="Where the crop came from: connect it to KFI Stitch Crop."),
             ],
         )
 
     @classmethod
     def execute(cls, image, mask, size, padding) -> io.NodeOutput:
-        from kfi_core.media.crop import crop_for_inpaint
+        from kfi_core.media import crop_for_inpaint
 
-        frames, masks, box = crop_for_inpaint(bridge.image_to_frames(image), bridge.mask_to_masks(mask),
-                                              size=size, padding=padding)
+        frames, masks, box = crop_for_inpaint(
+            bridge.image_to_frames(image), bridge.mask_to_masks(mask), size=size, padding=padding
+        )
         return io.NodeOutput(bridge.frames_to_image(frames), bridge.masks_to_mask(masks), box)
 
 
 class KFIStitchCrop(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.media.crop import DEFAULT_FEATHER
+        from kfi_core.media import DEFAULT_FEATHER
 
         return io.Schema(
             node_id="KFIStitchCrop",
@@ -72,20 +87,34 @@ class KFIStitchCrop(io.ComfyNode):
                 io.Image.Input("image", tooltip="The original image (or batch) given to KFI Crop For Inpaint."),
                 io.Image.Input("edited_crop", tooltip="The inpainter's result for the crop, at the crop size."),
                 KfiCrop.Input("crop", tooltip="The crop info from KFI Crop For Inpaint."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Optional: the full-frame mask given to the crop node (not the cropped mask). "
-                                      "Limits the paste to the masked region plus the feather band."),
-                io.Int.Input("feather", default=DEFAULT_FEATHER, min=0, max=256, step=1,
-                             tooltip="Width in pixels of the soft blend band outside the mask (or inside the "
-                                     "square's edges without a mask); 0 = hard edge."),
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip="Optional: the full-frame mask given to the crop node (not the cropped mask). "
+                    "Limits the paste to the masked region plus the feather band.",
+                ),
+                io.Int.Input(
+                    "feather",
+                    default=DEFAULT_FEATHER,
+                    min=0,
+                    max=256,
+                    step=1,
+                    tooltip="Width in pixels of the soft blend band outside the mask (or inside the "
+                    "square's edges without a mask); 0 = hard edge.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The original image(s) with the edit pasted in.")],
         )
 
     @classmethod
     def execute(cls, image, edited_crop, crop, feather, mask=None) -> io.NodeOutput:
-        from kfi_core.media.crop import stitch_crop
+        from kfi_core.media import stitch_crop
 
-        out = stitch_crop(bridge.image_to_frames(image), bridge.image_to_frames(edited_crop), crop,
-                          None if mask is None else bridge.mask_to_masks(mask), feather=feather)
+        out = stitch_crop(
+            bridge.image_to_frames(image),
+            bridge.image_to_frames(edited_crop),
+            crop,
+            None if mask is None else bridge.mask_to_masks(mask),
+            feather=feather,
+        )
         return io.NodeOutput(bridge.frames_to_image(out))

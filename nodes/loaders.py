@@ -19,22 +19,39 @@ DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
 def _common_inputs() -> list:
     """The inputs both loaders share, after the base model's own."""
     return [
-        io.Combo.Input("adapter", options=bridge.list_adapters(), default=bridge.NONE,
-                       tooltip="KFI adapter (LoRA + 12-channel input conv); 'none' = training-free mode. "
-                               "bundled/...-removal is the demo model's adapter tuned on removal."),
-        io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
-                       tooltip="UNet precision. auto: bf16 or fp16 on GPU, fp32 on CPU. The VAE stays fp32."),
-        io.Boolean.Input("merge_lora", default=True, optional=True,
-                         tooltip="Fold the adapter's LoRA into the UNet weights: faster sampling, same "
-                                 "result within rounding. Ignored without an adapter."),
-        io.Int.Input("frames", default=0, min=0, max=128,
-                     tooltip="Frame count of a single-file model (0 = from the file name: *xt* = 25, else "
-                             "14). Diffusers folders say it in their config."),
+        io.Combo.Input(
+            "adapter",
+            options=bridge.list_adapters(),
+            default=bridge.NONE,
+            tooltip="KFI adapter (LoRA + 12-channel input conv); 'none' = training-free mode. "
+            "bundled/...-removal is the demo model's adapter tuned on removal.",
+        ),
+        io.Combo.Input(
+            "dtype",
+            options=DTYPE_CHOICES,
+            default="auto",
+            tooltip="UNet precision. auto: bf16 or fp16 on GPU, fp32 on CPU. The VAE stays fp32.",
+        ),
+        io.Boolean.Input(
+            "merge_lora",
+            default=True,
+            optional=True,
+            tooltip="Fold the adapter's LoRA into the UNet weights: faster sampling, same "
+            "result within rounding. Ignored without an adapter.",
+        ),
+        io.Int.Input(
+            "frames",
+            default=0,
+            min=0,
+            max=128,
+            tooltip="Frame count of a single-file model (0 = from the file name: *xt* = 25, else "
+            "14). Diffusers folders say it in their config.",
+        ),
     ]
 
 
 def _load(base_path: str, adapter: str, dtype: str, frames: int, merge_lora: bool) -> io.NodeOutput:
-    from kfi_core.model.loading import load_kfi_model
+    from kfi_core.model import load_kfi_model
 
     device = bridge.load_device()
     adapter_path = bridge.resolve_adapter(adapter)
@@ -72,8 +89,13 @@ class LoadKFInpaintCheckpoint(io.ComfyNode):
                 "runs its training-free mode (lower quality). Diffusers folders and the bundled demo model: Load "
                 "KFI Inpaint Model."
             ),
-            inputs=[io.Combo.Input("ckpt_name", options=bridge.list_checkpoints(),
-                                   tooltip="SVD img2vid single file in models/checkpoints (svd_xt.safetensors).")]
+            inputs=[
+                io.Combo.Input(
+                    "ckpt_name",
+                    options=bridge.list_checkpoints(),
+                    tooltip="SVD img2vid single file in models/checkpoints (svd_xt.safetensors).",
+                )
+            ]
             + _common_inputs(),
             outputs=[KfiModel.Output(display_name="kfi_model", tooltip=_OUTPUT)],
         )
@@ -82,8 +104,11 @@ class LoadKFInpaintCheckpoint(io.ComfyNode):
     def validate_inputs(cls, ckpt_name) -> bool | str:
         # ComfyUI 0.3.75 does not check V3 combo values: refuse a missing file before anything runs
         return ckpt_name in bridge.list_checkpoints() or _refusal(
-            "ckpt_name", ckpt_name, "models/checkpoints. Download it (the link is in the node's properties; the "
-            "missing-models dialog offers it) into models/checkpoints, then refresh (press R).")
+            "ckpt_name",
+            ckpt_name,
+            "models/checkpoints. Download it (the link is in the node's properties; the "
+            "missing-models dialog offers it) into models/checkpoints, then refresh (press R).",
+        )
 
     @classmethod
     def execute(cls, ckpt_name, adapter, dtype, frames, merge_lora=True) -> io.NodeOutput:
@@ -106,9 +131,13 @@ class LoadKFInpaintModel(io.ComfyNode):
                 "adapters: kfi-demo-64px for carrying a keyframe edit, kfi-demo-64px-removal for removing objects. "
                 "Single files (svd_xt.safetensors): Load KFI Inpaint Model (checkpoint)."
             ),
-            inputs=[io.Combo.Input("model", options=bridge.list_base_models(),
-                                   tooltip="bundled/kfi-demo-64px (the demo model that ships with the pack) or "
-                                           "diffusers/... folders.")]
+            inputs=[
+                io.Combo.Input(
+                    "model",
+                    options=bridge.list_base_models(),
+                    tooltip="bundled/kfi-demo-64px (the demo model that ships with the pack) or diffusers/... folders.",
+                )
+            ]
             + _common_inputs(),
             outputs=[KfiModel.Output(display_name="kfi_model", tooltip=_OUTPUT)],
         )
@@ -116,9 +145,16 @@ class LoadKFInpaintModel(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model) -> bool | str:
         # replaces ComfyUI's list check for 'model': a legacy 'checkpoints/<file>' value is accepted too
-        return model in bridge.list_base_models() or bridge.is_legacy_checkpoint(model) or _refusal(
-            "model", model, "models/diffusers. Put the folder there and refresh (press R), or load a single file "
-            "with Load KFI Inpaint Model (checkpoint).")
+        return (
+            model in bridge.list_base_models()
+            or bridge.is_legacy_checkpoint(model)
+            or _refusal(
+                "model",
+                model,
+                "models/diffusers. Put the folder there and refresh (press R), or load a single file "
+                "with Load KFI Inpaint Model (checkpoint).",
+            )
+        )
 
     @classmethod
     def execute(cls, model, adapter, dtype, frames, merge_lora=True) -> io.NodeOutput:
@@ -142,7 +178,7 @@ class KFIModelInfo(io.ComfyNode):
     def execute(cls, kfi_model) -> io.NodeOutput:
         import json
 
-        from kfi_core.model.loading import describe_model
+        from kfi_core.model import describe_model
 
         text = json.dumps(describe_model(kfi_model), indent=2)
         return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -27,11 +27,15 @@ class KFISampleClip(io.ComfyNode):
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The sample's frames (8 x 64 x 64)."),
                 io.Mask.Output(display_name="mask", tooltip="One mask per frame over the ball (white = inpaint)."),
-                io.Image.Output(display_name="edited_keyframe",
-                                tooltip="The keyframe with a visible edit (the ball recoloured blue)."),
+                io.Image.Output(
+                    display_name="edited_keyframe",
+                    tooltip="The keyframe with a visible edit (the ball recoloured blue).",
+                ),
                 io.Int.Output(display_name="keyframe_index", tooltip="The edited keyframe's frame index."),
-                io.String.Output(display_name="keyframe_indices",
-                                 tooltip="The same index as text, for KFI Symmetric Mask Encode's keyframe_indices."),
+                io.String.Output(
+                    display_name="keyframe_indices",
+                    tooltip="The same index as text, for KFI Symmetric Mask Encode's keyframe_indices.",
+                ),
                 io.Float.Output(display_name="fps", tooltip="The sample's frame rate (for Create Video)."),
             ],
         )
@@ -42,5 +46,11 @@ class KFISampleClip(io.ComfyNode):
 
         clip = load_sample_clip()
         index = clip["keyframe_index"]
-        return io.NodeOutput(bridge.frames_to_image(clip["frames"]), bridge.masks_to_mask(clip["masks"]),
-                             bridge.frames_to_image(clip["edited_keyframe"][None]), index, str(index), clip["fps"])
+        return io.NodeOutput(
+            bridge.frames_to_image(clip["frames"]),
+            bridge.masks_to_mask(clip["masks"]),
+            bridge.frames_to_image(clip["edited_keyframe"][None]),
+            index,
+            str(index),
+            clip["fps"],
+        )

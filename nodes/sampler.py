@@ -11,9 +11,7 @@ from .types import KfiCondition, KfiModel, KfiSchedule
 class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.inference.color_match import COLOR_MATCH_MODES
-        from kfi_core.inference.propagate import BLEND_KNOWN_MODES
-        from kfi_core.inference.sampling import SAMPLERS
+        from kfi_core.inference import BLEND_KNOWN_MODES, COLOR_MATCH_MODES, SAMPLERS
 
         return io.Schema(
             node_id="KeyframePropagateSampler",
@@ -28,60 +26,149 @@ class KeyframePropagateSampler(io.ComfyNode):
             inputs=[
                 KfiModel.Input("kfi_model", tooltip="From Load KFI Inpaint Model."),
                 KfiCondition.Input("condition", tooltip="From KFI Symmetric Mask Encode."),
-                io.Int.Input("seed", default=0, min=0, max=2**64 - 1, control_after_generate=True,
-                             tooltip="Random seed; the same seed and settings give the same result."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**64 - 1,
+                    control_after_generate=True,
+                    tooltip="Random seed; the same seed and settings give the same result.",
+                ),
                 io.Int.Input("steps", default=25, min=1, max=200, tooltip="Denoising steps (SVD: 25)."),
-                io.Combo.Input("sampler", options=list(SAMPLERS), default="euler",
-                               tooltip="euler (SVD's, one model call per step) or heun (2nd order, about twice the "
-                                       "cost)."),
-                io.Float.Input("min_guidance", default=1.0, min=0.0, max=100.0, step=0.1,
-                               tooltip="Guidance at the first frame."),
-                io.Float.Input("max_guidance", default=3.0, min=0.0, max=100.0, step=0.1,
-                               tooltip="Guidance at the last frame (rises linearly from min)."),
+                io.Combo.Input(
+                    "sampler",
+                    options=list(SAMPLERS),
+                    default="euler",
+                    tooltip="euler (SVD's, one model call per step) or heun (2nd order, about twice the cost).",
+                ),
+                io.Float.Input(
+                    "min_guidance", default=1.0, min=0.0, max=100.0, step=0.1, tooltip="Guidance at the first frame."
+                ),
+                io.Float.Input(
+                    "max_guidance",
+                    default=3.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    tooltip="Guidance at the last frame (rises linearly from min).",
+                ),
                 io.Int.Input("fps", default=7, min=1, max=240, tooltip="fps conditioning (SVD: 7)."),
-                io.Int.Input("motion_bucket_id", default=127, min=0, max=1023,
-                             tooltip="Motion conditioning: higher = more motion (SVD: 127)."),
-                io.Float.Input("noise_aug_strength", default=0.02, min=0.0, max=10.0, step=0.01,
-                               tooltip="Noise added to the condition frames (SVD: 0.02)."),
-                io.Boolean.Input("composite", default=True,
-                                 tooltip="Keep pixels outside the mask exactly as the input."),
-                io.Int.Input("feather", default=0, min=0, max=256,
-                             tooltip="Soft composite edge in pixels outside the hole (0 = hard edge)."),
-                io.Int.Input("decode_chunk_size", default=8, min=1, max=128,
-                             tooltip="Frames per VAE decode call: lower uses less memory."),
-                io.Combo.Input("color_match", options=list(COLOR_MATCH_MODES), default="none", optional=True,
-                               tooltip="Before compositing, fit the fill's colours to the input on known pixels "
-                                       "around the hole: none, mean (offset) or affine (3x3 + offset); keyframe fits "
-                                       "once on the keyframes, which show an edit's true colours (affine without "
-                                       "one). Use it when the fill's colours drift (VAE colour drift)."),
-                io.Combo.Input("blend_known", options=list(BLEND_KNOWN_MODES), default="auto", optional=True,
-                               tooltip="Replace the denoised estimate outside the hole by the input's clean latents "
-                                       "at every step: auto (on in the training-free mode, which needs it; off with "
-                                       "a KFI adapter, which reads the known pixels from its condition), on, off."),
-                io.Int.Input("num_samples", default=1, min=1, max=64, optional=True,
-                             tooltip="Average this many samples (seeds seed, seed + 1, ...): N times the time, a "
-                                     "lower error and a softer fill where the samples disagree. 1 = one sample."),
-                KfiSchedule.Input("schedule", optional=True,
-                                  tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
-                                          "than the model's window)."),
+                io.Int.Input(
+                    "motion_bucket_id",
+                    default=127,
+                    min=0,
+                    max=1023,
+                    tooltip="Motion conditioning: higher = more motion (SVD: 127).",
+                ),
+                io.Float.Input(
+                    "noise_aug_strength",
+                    default=0.02,
+                    min=0.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip="Noise added to the condition frames (SVD: 0.02).",
+                ),
+                io.Boolean.Input(
+                    "composite", default=True, tooltip="Keep pixels outside the mask exactly as the input."
+                ),
+                io.Int.Input(
+                    "feather",
+                    default=0,
+                    min=0,
+                    max=256,
+                    tooltip="Soft composite edge in pixels outside the hole (0 = hard edge).",
+                ),
+                io.Int.Input(
+                    "decode_chunk_size",
+                    default=8,
+                    min=1,
+                    max=128,
+                    tooltip="Frames per VAE decode call: lower uses less memory.",
+                ),
+                io.Combo.Input(
+                    "color_match",
+                    options=list(COLOR_MATCH_MODES),
+                    default="none",
+                    optional=True,
+                    tooltip="Before compositing, fit the fill's colours to the input on known pixels "
+                    "around the hole: none, mean (offset) or affine (3x3 + offset); keyframe fits "
+                    "once on the keyframes, which show an edit's true colours (affine without "
+                    "one). Use it when the fill's colours drift (VAE colour drift).",
+                ),
+                io.Combo.Input(
+                    "blend_known",
+                    options=list(BLEND_KNOWN_MODES),
+                    default="auto",
+                    optional=True,
+                    tooltip="Replace the denoised estimate outside the hole by the input's clean latents "
+                    "at every step: auto (on in the training-free mode, which needs it; off with "
+                    "a KFI adapter, which reads the known pixels from its condition), on, off.",
+                ),
+                io.Int.Input(
+                    "num_samples",
+                    default=1,
+                    min=1,
+                    max=64,
+                    optional=True,
+                    tooltip="Average this many samples (seeds seed, seed + 1, ...): N times the time, a "
+                    "lower error and a softer fill where the samples disagree. 1 = one sample.",
+                ),
+                KfiSchedule.Input(
+                    "schedule",
+                    optional=True,
+                    tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
+                    "than the model's window).",
+                ),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="The inpainted frames.")],
         )
 
     @classmethod
-    def execute(cls, kfi_model, condition, seed, steps, sampler, min_guidance, max_guidance, fps, motion_bucket_id,
-                noise_aug_strength, composite, feather, decode_chunk_size, schedule=None,
-                color_match="none", blend_known="auto", num_samples=1) -> io.NodeOutput:
-        from kfi_core.inference.executor import inpaint
-        from kfi_core.inference.propagate import PropagateSettings
+    def execute(
+        cls,
+        kfi_model,
+        condition,
+        seed,
+        steps,
+        sampler,
+        min_guidance,
+        max_guidance,
+        fps,
+        motion_bucket_id,
+        noise_aug_strength,
+        composite,
+        feather,
+        decode_chunk_size,
+        schedule=None,
+        color_match="none",
+        blend_known="auto",
+        num_samples=1,
+    ) -> io.NodeOutput:
+        from kfi_core.inference import PropagateSettings, inpaint
 
         settings = PropagateSettings(
-            steps=steps, seed=seed, sampler=sampler, min_guidance=min_guidance, max_guidance=max_guidance, fps=fps,
-            motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength, composite=composite,
-            feather=feather, decode_chunk_size=decode_chunk_size, color_match=color_match,
-            blend_known=blend_known, num_samples=num_samples,
+            steps=steps,
+            seed=seed,
+            sampler=sampler,
+            min_guidance=min_guidance,
+            max_guidance=max_guidance,
+            fps=fps,
+            motion_bucket_id=motion_bucket_id,
+            noise_aug_strength=noise_aug_strength,
+            composite=composite,
+            feather=feather,
+            decode_chunk_size=decode_chunk_size,
+            color_match=color_match,
+            blend_known=blend_known,
+            num_samples=num_samples,
         ).check()
         with bridge.on_device(kfi_model) as model:
-            frames = inpaint(model, condition, settings, schedule=schedule, callback=bridge.progress_callback(steps),
-                             check_cancel=bridge.check_interrupted)
+            frames = inpaint(
+                model,
+                condition,
+                settings,
+                schedule=schedule,
+                callback=bridge.progress_callback(steps),
+                check_cancel=bridge.check_interrupted,
+            )
         return io.NodeOutput(bridge.frames_to_image(frames))

@@ -11,7 +11,7 @@ from .types import KfiCondition, KfiModel, KfiSchedule
 class LongVideoAnchorSchedule(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from kfi_core.inference.schedules import SCHEDULES
+        from kfi_core.inference import SCHEDULES
 
         return io.Schema(
             node_id="LongVideoAnchorSchedule",
@@ -25,20 +25,45 @@ class LongVideoAnchorSchedule(io.ComfyNode):
                 "generated, known and context frames. Connect it to the sampler's schedule input."
             ),
             inputs=[
-                io.Combo.Input("strategy", options=list(SCHEDULES), default="anchor",
-                               tooltip="How windows are laid out over the clip."),
-                io.Int.Input("window", default=0, min=0, max=128,
-                             tooltip="Frames per model call; 0 = the model's frame count (25 for svd-xt)."),
-                io.Int.Input("anchor_spacing", default=0, min=0, max=128,
-                             tooltip="anchor: at most this many frames between anchors (0 = window - 1)."),
-                io.Int.Input("frames", default=0, min=0, max=100000,
-                             tooltip="Clip length, used only when neither condition nor images is connected."),
-                io.String.Input("keyframe_indices", default="",
-                                tooltip="Keyframes, comma-separated; ignored when the condition is connected "
-                                        "(its keyframes are used)."),
+                io.Combo.Input(
+                    "strategy",
+                    options=list(SCHEDULES),
+                    default="anchor",
+                    tooltip="How windows are laid out over the clip.",
+                ),
+                io.Int.Input(
+                    "window",
+                    default=0,
+                    min=0,
+                    max=128,
+                    tooltip="Frames per model call; 0 = the model's frame count (25 for svd-xt).",
+                ),
+                io.Int.Input(
+                    "anchor_spacing",
+                    default=0,
+                    min=0,
+                    max=128,
+                    tooltip="anchor: at most this many frames between anchors (0 = window - 1).",
+                ),
+                io.Int.Input(
+                    "frames",
+                    default=0,
+                    min=0,
+                    max=100000,
+                    tooltip="Clip length, used only when neither condition nor images is connected.",
+                ),
+                io.String.Input(
+                    "keyframe_indices",
+                    default="",
+                    tooltip="Keyframes, comma-separated; ignored when the condition is connected "
+                    "(its keyframes are used).",
+                ),
                 KfiModel.Input("kfi_model", optional=True, tooltip="Gives the window size (its frame count)."),
-                KfiCondition.Input("condition", optional=True,
-                                   tooltip="From KFI Symmetric Mask Encode: gives frame count and keyframes."),
+                KfiCondition.Input(
+                    "condition",
+                    optional=True,
+                    tooltip="From KFI Symmetric Mask Encode: gives frame count and keyframes.",
+                ),
                 io.Image.Input("images", optional=True, tooltip="The clip's frames: gives the frame count."),
             ],
             outputs=[
@@ -48,9 +73,10 @@ class LongVideoAnchorSchedule(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, strategy, window, anchor_spacing, frames, keyframe_indices, kfi_model=None, condition=None,
-                images=None) -> io.NodeOutput:
-        from kfi_core.inference.schedules import build_schedule, render_schedule_preview
+    def execute(
+        cls, strategy, window, anchor_spacing, frames, keyframe_indices, kfi_model=None, condition=None, images=None
+    ) -> io.NodeOutput:
+        from kfi_core.inference import build_schedule, render_schedule_preview
 
         num_frames, keyframes = bridge.schedule_frames(frames, keyframe_indices, condition, images)
         size = bridge.schedule_window(window, kfi_model)

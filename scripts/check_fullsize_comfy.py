@@ -25,21 +25,42 @@ sys.path.insert(0, str(ROOT))
 
 # stabilityai/stable-video-diffusion-img2vid-xt unet/vae/image_encoder configs (shape-relevant parts)
 SVD_UNET = dict(
-    sample_size=96, in_channels=8, out_channels=4,
+    sample_size=96,
+    in_channels=8,
+    out_channels=4,
     down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
     up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), addition_time_embed_dim=256, projection_class_embeddings_input_dim=768,
-    layers_per_block=2, cross_attention_dim=1024, transformer_layers_per_block=1, num_attention_heads=(5, 10, 20, 20),
+    block_out_channels=(320, 640, 1280, 1280),
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=768,
+    layers_per_block=2,
+    cross_attention_dim=1024,
+    transformer_layers_per_block=1,
+    num_attention_heads=(5, 10, 20, 20),
     num_frames=25,
 )
 SVD_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=768,
-    scaling_factor=0.18215, force_upcast=True,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=768,
+    scaling_factor=0.18215,
+    force_upcast=True,
 )
 SVD_CLIP = dict(
-    hidden_size=1280, intermediate_size=5120, projection_dim=1024, num_hidden_layers=32, num_attention_heads=16,
-    num_channels=3, image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5,
+    hidden_size=1280,
+    intermediate_size=5120,
+    projection_dim=1024,
+    num_hidden_layers=32,
+    num_attention_heads=16,
+    num_channels=3,
+    image_size=224,
+    patch_size=14,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
 )
 
 
@@ -54,8 +75,11 @@ def random_state_dict(module, gen):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--comfyui", default=str(Path(__file__).resolve().parents[1] / ".venv" / "comfyui"),
-                        help="ComfyUI folder (read only)")
+    parser.add_argument(
+        "--comfyui",
+        default=str(Path(__file__).resolve().parents[1] / ".venv" / "comfyui"),
+        help="ComfyUI folder (read only)",
+    )
     parser.add_argument("--out", default=None, help="where to write the file (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the file")
     args = parser.parse_args()
@@ -83,8 +107,10 @@ def main() -> int:
     c = vae_sd["quant_conv.weight"].shape[0]
     vae_sd["quant_conv.weight"] = torch.eye(c, dtype=torch.float16)[:, :, None, None].contiguous()
     vae_sd["quant_conv.bias"] = torch.zeros(c, dtype=torch.float16)
-    counts = {n: sum(v.numel() for v in sd.values()) for n, sd in (("unet", unet_sd), ("vae", vae_sd),
-                                                                    ("image_encoder", clip_sd))}
+    counts = {
+        n: sum(v.numel() for v in sd.values())
+        for n, sd in (("unet", unet_sd), ("vae", vae_sd), ("image_encoder", clip_sd))
+    }
     sgm = cs.convert_diffusers_to_sgm(unet_sd, vae_sd, clip_sd)
     save_file({k: v.contiguous() for k, v in sgm.items()}, str(path))
     del sgm
@@ -94,15 +120,18 @@ def main() -> int:
     t = time.time()
     loaded = cs.load_single_file(path)
     ok = True
-    for name, want_sd, module in (("unet", unet_sd, loaded["unet"]), ("vae", vae_sd, loaded["vae"]),
-                                  ("image_encoder", clip_sd, loaded["image_encoder"])):
+    for name, want_sd, module in (
+        ("unet", unet_sd, loaded["unet"]),
+        ("vae", vae_sd, loaded["vae"]),
+        ("image_encoder", clip_sd, loaded["image_encoder"]),
+    ):
         got = module.state_dict()
         same = sorted(got) == sorted(want_sd) and all(torch.equal(got[k], want_sd[k]) for k in want_sd)
         ok &= same
         print(f"kfi load_single_file: {name} weights identical: {same}")
     for key, want in SVD_UNET.items():
         got = loaded["unet"].config[key]
-        norm = (lambda v: list(v) if isinstance(v, (tuple, list)) else v)
+        norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v
         if key == "transformer_layers_per_block":
             want = [want] * 4
         if norm(got) != norm(want):
@@ -137,8 +166,11 @@ def main() -> int:
     )[:4]
     print(f"ComfyUI load_checkpoint_guess_config: {time.time() - t:.0f} s")
     print(f"  model: {type(model.model).__name__} / config {type(model.model.model_config).__name__}")
-    print(f"  vae: {type(vae_c.first_stage_model).__name__}, decoder {type(vae_c.first_stage_model.decoder).__name__}"
-          if vae_c is not None else "  vae: None")
+    print(
+        f"  vae: {type(vae_c.first_stage_model).__name__}, decoder {type(vae_c.first_stage_model.decoder).__name__}"
+        if vae_c is not None
+        else "  vae: None"
+    )
     print(f"  clip vision: {type(clipvision.model).__name__ if clipvision is not None else None}")
     print(f"  text encoder: {clip_te}")
     print(f"  warnings logged: {len(warnings)}")

@@ -9,7 +9,6 @@ Only tests import this module; kfi_core never imports comfy.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def import_comfy():
 
 
 def _strip(sd: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def build_unet(sgm_sd: dict, num_head_channels: int):
@@ -60,8 +59,16 @@ def build_vae(sgm_sd: dict, ch: int, ch_mult: list, num_res_blocks: int, z_chann
     from comfy.ldm.models.autoencoder import AutoencodingEngine
 
     encoder_config = {
-        "double_z": True, "z_channels": z_channels, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": ch,
-        "ch_mult": list(ch_mult), "num_res_blocks": num_res_blocks, "attn_resolutions": [], "dropout": 0.0,
+        "double_z": True,
+        "z_channels": z_channels,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": ch,
+        "ch_mult": list(ch_mult),
+        "num_res_blocks": num_res_blocks,
+        "attn_resolutions": [],
+        "dropout": 0.0,
     }
     decoder_config = dict(encoder_config, video_kernel_size=[3, 1, 1], alpha=0.0)
     model = AutoencodingEngine(

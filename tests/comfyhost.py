@@ -26,8 +26,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "comfyui-kfi"
-BASE_SUBDIRS = ("custom_nodes", "models/diffusers", "models/checkpoints", "models/loras", "models/kfi_adapters",
-                "input", "output", "temp", "user")
+BASE_SUBDIRS = (
+    "custom_nodes",
+    "models/diffusers",
+    "models/checkpoints",
+    "models/loras",
+    "models/kfi_adapters",
+    "input",
+    "output",
+    "temp",
+    "user",
+)
 
 
 class HostNotInstalledError(RuntimeError):
@@ -82,11 +91,23 @@ class ComfyServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                "--base-directory", str(self.base), "--disable-auto-launch", "--disable-api-nodes",
-                "--database-url", "sqlite:///:memory:"]
+        return [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--disable-auto-launch",
+            "--disable-api-nodes",
+            "--database-url",
+            "sqlite:///:memory:",
+        ]
 
-    def start(self) -> "ComfyServer":
+    def start(self) -> ComfyServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("OMP_NUM_THREADS", "1")
         log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
@@ -115,7 +136,7 @@ class ComfyServer:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -134,8 +155,12 @@ class ComfyServer:
             return json.loads(resp.read().decode())
 
     def post(self, path: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 body = resp.read().decode()
@@ -187,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     server = ComfyServer(base, port=args.port)
     print(f"starting ComfyUI with the KFI pack: base directory {base}", flush=True)
     server.start()
-    print(f"ready: open {server.url} in a browser (the KFI nodes are under the KFI category). Ctrl+C stops it.",
-          flush=True)
+    print(
+        f"ready: open {server.url} in a browser (the KFI nodes are under the KFI category). Ctrl+C stops it.",
+        flush=True,
+    )
     try:
         while server.proc.poll() is None:
             time.sleep(0.5)
@@ -203,5 +230,12 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["ComfyServer", "make_base_dir", "missing_nodes", "free_port", "host_dir", "PromptRejected",
-           "HostNotInstalledError"]
+__all__ = [
+    "ComfyServer",
+    "make_base_dir",
+    "missing_nodes",
+    "free_port",
+    "host_dir",
+    "PromptRejected",
+    "HostNotInstalledError",
+]

@@ -36,15 +36,17 @@ def tiny_components() -> dict:
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """One real ComfyUI server for the session: pack linked in, tiny model in models/diffusers."""
-    from comfyhost import ComfyServer, make_base_dir
-
     import subprocess
+
+    from comfyhost import ComfyServer, make_base_dir
 
     base = make_base_dir(tmp_path_factory.mktemp("comfy-base"), tiny_model=True)
     tiny = base / "models" / "diffusers" / "tiny-svd"
     # a single-file copy (as svd_xt.safetensors would sit in checkpoints) and a fresh adapter
-    for args in (["convert", str(tiny), str(base / "models" / "checkpoints" / "svd_tiny_xt.safetensors")],
-                 ["init-adapter", str(tiny), str(base / "models" / "kfi_adapters" / "kfi_tiny.safetensors")]):
+    for args in (
+        ["convert", str(tiny), str(base / "models" / "checkpoints" / "svd_tiny_xt.safetensors")],
+        ["init-adapter", str(tiny), str(base / "models" / "kfi_adapters" / "kfi_tiny.safetensors")],
+    ):
         subprocess.run([sys.executable, "-m", "kfi_core", *args], check=True, capture_output=True, cwd=ROOT)
     with ComfyServer(base) as server:
         yield server

@@ -33,5 +33,6 @@ def unet_forward(unet, latents):
     image_embeddings = torch.randn(batch, 1, 32, generator=torch.Generator().manual_seed(1))  # [B, 1, D]
     added_time_ids = torch.tensor([[6.0, 127.0, 0.02]] * batch)  # fps - 1, motion bucket, noise aug
     with torch.no_grad():
-        return unet(latents, torch.tensor([1.0]), encoder_hidden_states=image_embeddings,
-                    added_time_ids=added_time_ids).sample
+        return unet(
+            latents, torch.tensor([1.0]), encoder_hidden_states=image_embeddings, added_time_ids=added_time_ids
+        ).sample

@@ -9,21 +9,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from kfi_testing import unet_forward
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kfi_core.model.adapter import (
-    ADAPTER_FORMAT, MAX_HEADER_BYTES, architecture_fingerprint, load_adapter, read_adapter_metadata, save_adapter,
-)
-from kfi_core.model.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, expand_conv_in
 from kfi_core.errors import (
-    AdapterMismatchError, CheckpointFormatError, KfiError, LoraError, ModelFileError, UnknownNameError,
+    AdapterMismatchError,
+    CheckpointFormatError,
+    KfiError,
+    LoraError,
+    ModelFileError,
+    UnknownNameError,
     UnsupportedSizeError,
 )
+from kfi_core.model.adapter import (
+    ADAPTER_FORMAT,
+    MAX_HEADER_BYTES,
+    architecture_fingerprint,
+    load_adapter,
+    read_adapter_metadata,
+    save_adapter,
+)
+from kfi_core.model.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, expand_conv_in
 from kfi_core.model.lora import LORA_ADAPTER_NAME, add_lora, lora_layers, lora_state_dict, merge_lora
 from kfi_core.model.tiny import tiny_unet_config
-
-from kfi_testing import unet_forward
 
 RANK = 8
 
@@ -62,8 +71,11 @@ def rewrite(src: Path, dst: Path, *, tensors=None, metadata=None) -> Path:
     with safe_open(str(src), framework="pt") as fh:
         original_meta = dict(fh.metadata())
         original = {key: fh.get_tensor(key) for key in fh.keys()}
-    save_file(tensors(original) if tensors else original, str(dst),
-              metadata=metadata(original_meta) if metadata else original_meta)
+    save_file(
+        tensors(original) if tensors else original,
+        str(dst),
+        metadata=metadata(original_meta) if metadata else original_meta,
+    )
     return dst
 
 
@@ -144,16 +156,22 @@ def test_save_is_atomic(trained_unet, tmp_path, monkeypatch):
 
 
 def test_other_variant_is_refused(adapter_path, base_unet):
-    with pytest.raises(AdapterMismatchError, match=r"made for base 'tiny' with 8 frames, but the loaded base is "
-                                                   r"'svd-xt' with 8 frames. Load the 'tiny' base model") as info:
+    with pytest.raises(
+        AdapterMismatchError,
+        match=r"made for base 'tiny' with 8 frames, but the loaded base is "
+        r"'svd-xt' with 8 frames. Load the 'tiny' base model",
+    ) as info:
         load_adapter(base_unet, adapter_path, base_variant="svd-xt", num_frames=8)
     assert str(adapter_path) in str(info.value)
     assert_untouched(base_unet)
 
 
 def test_other_frame_count_is_refused(adapter_path, base_unet):
-    with pytest.raises(AdapterMismatchError, match=r"'tiny' with 8 frames, but the loaded base takes 14 frames. "
-                                                   r"Load the base with 8 frames"):
+    with pytest.raises(
+        AdapterMismatchError,
+        match=r"'tiny' with 8 frames, but the loaded base takes 14 frames. "
+        r"Load the base with 8 frames",
+    ):
         load_adapter(base_unet, adapter_path, base_variant="tiny", num_frames=14)
     assert_untouched(base_unet)
 
@@ -163,15 +181,21 @@ def test_other_architecture_is_refused(adapter_path):
 
     torch.manual_seed(0)
     other = UNetSpatioTemporalConditionModel(**{**tiny_unet_config(), "cross_attention_dim": 64})
-    with pytest.raises(AdapterMismatchError, match=r"fingerprint [0-9a-f]{16}, this UNet's is [0-9a-f]{16} "
-                                                   r"\(cross_attention_dim: adapter 32 vs UNet 64\)"):
+    with pytest.raises(
+        AdapterMismatchError,
+        match=r"fingerprint [0-9a-f]{16}, this UNet's is [0-9a-f]{16} "
+        r"\(cross_attention_dim: adapter 32 vs UNet 64\)",
+    ):
         load_adapter(other, adapter_path, base_variant="tiny", num_frames=8)
     assert_untouched(other)
 
 
 def test_requested_rank_mismatch_is_refused(adapter_path, base_unet):
-    with pytest.raises(AdapterMismatchError, match=r"LoRA rank 8, but rank 32 was requested. Ask for rank 8 "
-                                                   r".* trained with rank 32\."):
+    with pytest.raises(
+        AdapterMismatchError,
+        match=r"LoRA rank 8, but rank 32 was requested. Ask for rank 8 "
+        r".* trained with rank 32\.",
+    ):
         load_adapter(base_unet, adapter_path, base_variant="tiny", num_frames=8, rank=32)
     assert_untouched(base_unet)
     load_adapter(base_unet, adapter_path, base_variant="tiny", num_frames=8, rank=RANK)  # the right rank loads
@@ -195,37 +219,52 @@ def test_unet_with_merged_lora_is_refused(adapter_path, base_unet):
 
 def test_missing_key_is_refused(adapter_path, tmp_path, base_unet):
     gone = "up_blocks.1.attentions.1.temporal_transformer_blocks.0.attn2.to_v.lora_B.weight"
-    bad = rewrite(adapter_path, tmp_path / "missing.safetensors",
-                  tensors=lambda t: {k: v for k, v in t.items() if k != gone})
-    with pytest.raises(CheckpointFormatError, match=rf"1 of 130 expected tensors are missing \(e.g. {gone}\).* "
-                                                    r"needs 130 tensors, the file has 129"):
+    bad = rewrite(
+        adapter_path, tmp_path / "missing.safetensors", tensors=lambda t: {k: v for k, v in t.items() if k != gone}
+    )
+    with pytest.raises(
+        CheckpointFormatError,
+        match=rf"1 of 130 expected tensors are missing \(e.g. {gone}\).* "
+        r"needs 130 tensors, the file has 129",
+    ):
         load_adapter(base_unet, bad, base_variant="tiny", num_frames=8)
     assert_untouched(base_unet)
 
 
 def test_extra_key_is_refused(adapter_path, tmp_path, base_unet):
-    bad = rewrite(adapter_path, tmp_path / "extra.safetensors",
-                  tensors=lambda t: {**t, "conv_out.lora_A.weight": torch.zeros(RANK, 32)})
-    with pytest.raises(CheckpointFormatError, match=r"1 unexpected tensors \(e.g. conv_out.lora_A.weight\).* "
-                                                    r"exactly 130 tensors, the file has 131"):
+    bad = rewrite(
+        adapter_path,
+        tmp_path / "extra.safetensors",
+        tensors=lambda t: {**t, "conv_out.lora_A.weight": torch.zeros(RANK, 32)},
+    )
+    with pytest.raises(
+        CheckpointFormatError,
+        match=r"1 unexpected tensors \(e.g. conv_out.lora_A.weight\).* "
+        r"exactly 130 tensors, the file has 131",
+    ):
         load_adapter(base_unet, bad, base_variant="tiny", num_frames=8)
     assert_untouched(base_unet)
 
 
 def test_wrong_shape_is_refused(adapter_path, tmp_path, base_unet):
     key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"
-    bad = rewrite(adapter_path, tmp_path / "shape.safetensors",
-                  tensors=lambda t: {**t, key: torch.zeros(RANK, 48)})
+    bad = rewrite(adapter_path, tmp_path / "shape.safetensors", tensors=lambda t: {**t, key: torch.zeros(RANK, 48)})
     with pytest.raises(CheckpointFormatError, match=rf"tensor {key} has shape \[8, 48\], this UNet needs \[8, 32\]"):
         load_adapter(base_unet, bad, base_variant="tiny", num_frames=8)
     assert_untouched(base_unet)
 
 
 def test_old_narrow_conv_in_is_refused(adapter_path, tmp_path, base_unet):
-    bad = rewrite(adapter_path, tmp_path / "conv8.safetensors",
-                  tensors=lambda t: {**t, "conv_in.weight": t["conv_in.weight"][:, :8].contiguous()})
-    with pytest.raises(CheckpointFormatError, match=r"conv_in.weight has shape \[32, 8, 3, 3\], this UNet needs "
-                                                    r"\[32, 12, 3, 3\]"):
+    bad = rewrite(
+        adapter_path,
+        tmp_path / "conv8.safetensors",
+        tensors=lambda t: {**t, "conv_in.weight": t["conv_in.weight"][:, :8].contiguous()},
+    )
+    with pytest.raises(
+        CheckpointFormatError,
+        match=r"conv_in.weight has shape \[32, 8, 3, 3\], this UNet needs "
+        r"\[32, 12, 3, 3\]",
+    ):
         load_adapter(base_unet, bad, base_variant="tiny", num_frames=8)
 
 
@@ -234,22 +273,31 @@ def test_old_narrow_conv_in_is_refused(adapter_path, tmp_path, base_unet):
 
 def test_plain_safetensors_without_metadata_is_not_an_adapter(adapter_path, tmp_path, base_unet):
     bad = rewrite(adapter_path, tmp_path / "plain.safetensors", metadata=lambda m: {})
-    with pytest.raises(ModelFileError, match=r"not a KFI adapter \(metadata kfi.format is 'absent', expected "
-                                             r"'kfi-adapter'\). It holds 128 LoRA tensors but no KFI metadata"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"not a KFI adapter \(metadata kfi.format is 'absent', expected "
+        r"'kfi-adapter'\). It holds 128 LoRA tensors but no KFI metadata",
+    ):
         load_adapter(base_unet, bad, base_variant="tiny", num_frames=8)
     assert_untouched(base_unet)
 
 
 def test_newer_format_version_is_refused(adapter_path, tmp_path):
     bad = rewrite(adapter_path, tmp_path / "v3.safetensors", metadata=lambda m: {**m, "kfi.format_version": "3"})
-    with pytest.raises(AdapterMismatchError, match=r"format version 3 is newer than this KFI reads \(version 1\).*"
-                                                   r"Update KFI"):
+    with pytest.raises(
+        AdapterMismatchError,
+        match=r"format version 3 is newer than this KFI reads \(version 1\).*"
+        r"Update KFI",
+    ):
         read_adapter_metadata(bad)
 
 
 def test_missing_metadata_field_is_refused(adapter_path, tmp_path):
-    bad = rewrite(adapter_path, tmp_path / "norank.safetensors",
-                  metadata=lambda m: {k: v for k, v in m.items() if k != "kfi.lora_rank"})
+    bad = rewrite(
+        adapter_path,
+        tmp_path / "norank.safetensors",
+        metadata=lambda m: {k: v for k, v in m.items() if k != "kfi.lora_rank"},
+    )
     with pytest.raises(ModelFileError, match=r"metadata kfi.lora_rank is missing"):
         read_adapter_metadata(bad)
     bad = rewrite(adapter_path, tmp_path / "badrank.safetensors", metadata=lambda m: {**m, "kfi.lora_rank": "0"})
@@ -266,8 +314,13 @@ def test_pickle_suffix_is_refused_unread(tmp_path, base_unet, suffix):
     assert_untouched(base_unet)
 
 
-@pytest.mark.parametrize("head", [b"PK\x03\x04" + b"\x00" * 60,  # torch.save zip container
-                                  b"\x80\x02}q\x00(X\x06\x00\x00\x00" + b"\x00" * 40])  # protocol-2 pickle stream
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"PK\x03\x04" + b"\x00" * 60,  # torch.save zip container
+        b"\x80\x02}q\x00(X\x06\x00\x00\x00" + b"\x00" * 40,
+    ],
+)  # protocol-2 pickle stream
 def test_pickle_content_with_safetensors_name_is_refused(tmp_path, head):
     path = tmp_path / "renamed.safetensors"
     path.write_bytes(head)
@@ -280,9 +333,12 @@ def test_truncated_file_is_refused(adapter_path, tmp_path, base_unet):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(data[:-100])
     data_len = len(data) - 8 - int.from_bytes(data[:8], "little")  # bytes after the 8-byte length and the header
-    with pytest.raises(ModelFileError, match=rf"truncated: the header needs {data_len} "
-                                             rf"bytes of tensor data but the file holds {data_len - 100}"
-                                             r".*Copy or download it again"):
+    with pytest.raises(
+        ModelFileError,
+        match=rf"truncated: the header needs {data_len} "
+        rf"bytes of tensor data but the file holds {data_len - 100}"
+        r".*Copy or download it again",
+    ):
         load_adapter(base_unet, cut, base_variant="tiny", num_frames=8)
     assert_untouched(base_unet)
     cut.write_bytes(data[:500])  # cut inside the header
@@ -303,8 +359,11 @@ def test_trailing_bytes_are_refused(adapter_path, tmp_path):
 def test_oversized_header_is_refused_unread(tmp_path):
     path = tmp_path / "huge.safetensors"
     path.write_bytes((MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b'{"' + b" " * 100)
-    with pytest.raises(ModelFileError, match=rf"header claims {MAX_HEADER_BYTES + 1} bytes, over KFI's limit of "
-                                             rf"{MAX_HEADER_BYTES} bytes"):
+    with pytest.raises(
+        ModelFileError,
+        match=rf"header claims {MAX_HEADER_BYTES + 1} bytes, over KFI's limit of "
+        rf"{MAX_HEADER_BYTES} bytes",
+    ):
         read_adapter_metadata(path)
 
 
@@ -345,13 +404,25 @@ def test_save_refusals(trained_unet, base_unet, tmp_path):
 
 
 def test_every_refusal_is_a_kfi_error():
-    for cls in (AdapterMismatchError, CheckpointFormatError, LoraError, ModelFileError, UnknownNameError,
-                UnsupportedSizeError):
+    for cls in (
+        AdapterMismatchError,
+        CheckpointFormatError,
+        LoraError,
+        ModelFileError,
+        UnknownNameError,
+        UnsupportedSizeError,
+    ):
         assert issubclass(cls, KfiError)
 
 
-@pytest.mark.parametrize("metadata", [{"kfi.format_version": "2", "kfi.reference_attention": "known_frames"},
-                                      {"kfi.format_version": "2"}, {"kfi.reference_attention": "known_frames"}])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"kfi.format_version": "2", "kfi.reference_attention": "known_frames"},
+        {"kfi.format_version": "2"},
+        {"kfi.reference_attention": "known_frames"},
+    ],
+)
 def test_a_file_trained_with_the_removed_reference_attention_is_refused(adapter_path, base_unet, tmp_path, metadata):
     """Format 2 meant reference attention, since removed: such a file is refused with that reason before the UNet is
     touched, never run without the attention it was trained with. Every shipped adapter is format 1 and loads."""

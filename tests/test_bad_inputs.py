@@ -21,9 +21,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,12 +59,12 @@ def make_inputs(d: Path, model_dir: Path) -> dict[str, Path]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from kfi_core.media.video import write_frames
     from kfi_core.model.adapter import save_adapter
     from kfi_core.model.conv_in import expand_conv_in
-    from kfi_core.model.single_file import save_single_file
     from kfi_core.model.loading import load_kfi_model
     from kfi_core.model.lora import add_lora
-    from kfi_core.media.video import write_frames
+    from kfi_core.model.single_file import save_single_file
 
     d.mkdir(parents=True, exist_ok=True)
     for name, n in (("frames4", 4), ("frames1", 1), ("frames20", 20)):
@@ -95,8 +96,11 @@ def make_inputs(d: Path, model_dir: Path) -> dict[str, Path]:
     torch.save({"w": torch.zeros(2)}, d / "adapter.pt")
 
     model = load_kfi_model(model_dir)
-    save_single_file({"unet": model.unet, "vae": model.vae, "image_encoder": model.image_encoder},
-                     d / "svd_single.safetensors", num_frames=model.num_frames)
+    save_single_file(
+        {"unet": model.unet, "vae": model.vae, "image_encoder": model.image_encoder},
+        d / "svd_single.safetensors",
+        num_frames=model.num_frames,
+    )
     single = (d / "svd_single.safetensors").read_bytes()
     (d / "svd_trunc.safetensors").write_bytes(single[: len(single) // 2])
     (d / "svd_single.safetensors").unlink()
@@ -124,11 +128,27 @@ def make_inputs(d: Path, model_dir: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- server prompts
 
 SERVER_FILES = {  # input file name on the server -> file in the inputs folder
-    "input": ["hole.png", "hole_small.png", "empty.png", "full.png", "thin.png", "kf.png", "kf_small.png",
-              "checker.png", "clip.mp4", "corrupt.mp4", "trunc.mp4"],
+    "input": [
+        "hole.png",
+        "hole_small.png",
+        "empty.png",
+        "full.png",
+        "thin.png",
+        "kf.png",
+        "kf_small.png",
+        "checker.png",
+        "clip.mp4",
+        "corrupt.mp4",
+        "trunc.mp4",
+    ],
     "models/checkpoints": ["svd_trunc.safetensors", "model.ckpt"],
-    "models/kfi_adapters": ["adapter_ok.safetensors", "adapter_xt.safetensors", "adapter_14f.safetensors",
-                            "adapter_trunc.safetensors", "adapter_rank8.safetensors"],
+    "models/kfi_adapters": [
+        "adapter_ok.safetensors",
+        "adapter_xt.safetensors",
+        "adapter_14f.safetensors",
+        "adapter_trunc.safetensors",
+        "adapter_rank8.safetensors",
+    ],
     "models/loras": ["adapter.pt"],
 }
 PFX = "kfibad_"  # server copies carry a prefix so that they do not clash with other tests' files
@@ -137,18 +157,44 @@ PFX = "kfibad_"  # server copies carry a prefix so that they do not clash with o
 def base_prompt(frames: int = 4, mask: str = "hole.png", steps: int = 1, **sampler) -> dict:
     """Frames (a solid EmptyImage batch) + a mask image -> encode -> sampler -> preview."""
     return {
-        "m": {"class_type": "LoadKFInpaintModel", "inputs": {"model": "diffusers/tiny-svd", "adapter": "none",
-                                                             "dtype": "auto", "frames": 0}},
-        "img": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": frames,
-                                                       "color": 0x406080}},
+        "m": {
+            "class_type": "LoadKFInpaintModel",
+            "inputs": {"model": "diffusers/tiny-svd", "adapter": "none", "dtype": "auto", "frames": 0},
+        },
+        "img": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": W, "height": H, "batch_size": frames, "color": 0x406080},
+        },
         "mask": {"class_type": "LoadImageMask", "inputs": {"image": PFX + mask, "channel": "red"}},
-        "enc": {"class_type": "SymmetricMaskEncode", "inputs": {"kfi_model": ["m", 0], "images": ["img", 0],
-                                                                "mask": ["mask", 0], "keyframe_indices": "",
-                                                                "grow": 0}},
-        "s": {"class_type": "KeyframePropagateSampler", "inputs": {
-            "kfi_model": ["m", 0], "condition": ["enc", 0], "seed": 0, "steps": steps, "sampler": "euler",
-            "min_guidance": 1.0, "max_guidance": 3.0, "fps": 7, "motion_bucket_id": 127, "noise_aug_strength": 0.02,
-            "composite": True, "feather": 0, "decode_chunk_size": 8, **sampler}},
+        "enc": {
+            "class_type": "SymmetricMaskEncode",
+            "inputs": {
+                "kfi_model": ["m", 0],
+                "images": ["img", 0],
+                "mask": ["mask", 0],
+                "keyframe_indices": "",
+                "grow": 0,
+            },
+        },
+        "s": {
+            "class_type": "KeyframePropagateSampler",
+            "inputs": {
+                "kfi_model": ["m", 0],
+                "condition": ["enc", 0],
+                "seed": 0,
+                "steps": steps,
+                "sampler": "euler",
+                "min_guidance": 1.0,
+                "max_guidance": 3.0,
+                "fps": 7,
+                "motion_bucket_id": 127,
+                "noise_aug_strength": 0.02,
+                "composite": True,
+                "feather": 0,
+                "decode_chunk_size": 8,
+                **sampler,
+            },
+        },
         "out": {"class_type": "PreviewImage", "inputs": {"images": ["s", 0]}},
     }
 
@@ -186,19 +232,30 @@ def _node(name: str, class_type: str, **inputs) -> Callable[[dict], dict]:
 
 
 def _keyframe(image: str, indices: str) -> Callable[[dict], dict]:
-    return _chain(_node("kf", "LoadImage", image=PFX + image),
-                  _set("enc", keyframes=["kf", 0], keyframe_indices=indices))
+    return _chain(
+        _node("kf", "LoadImage", image=PFX + image), _set("enc", keyframes=["kf", 0], keyframe_indices=indices)
+    )
 
 
 def _schedule(**inputs) -> Callable[[dict], dict]:
-    base = {"strategy": "anchor", "window": 0, "anchor_spacing": 0, "frames": 0, "keyframe_indices": "",
-            "kfi_model": ["m", 0], "condition": ["enc", 0]}
+    base = {
+        "strategy": "anchor",
+        "window": 0,
+        "anchor_spacing": 0,
+        "frames": 0,
+        "keyframe_indices": "",
+        "kfi_model": ["m", 0],
+        "condition": ["enc", 0],
+    }
     return _chain(_node("sch", "LongVideoAnchorSchedule", **{**base, **inputs}), _set("s", schedule=["sch", 0]))
 
 
 def _load_video(file: str) -> Callable[[dict], dict]:
-    return _chain(_node("v", "LoadVideo", file=PFX + file), _node("vc", "GetVideoComponents", video=["v", 0]),
-                  _set("enc", images=["vc", 0]))
+    return _chain(
+        _node("v", "LoadVideo", file=PFX + file),
+        _node("vc", "GetVideoComponents", video=["v", 0]),
+        _set("enc", images=["vc", 0]),
+    )
 
 
 # --------------------------------------------------------------------------- the table
@@ -243,154 +300,378 @@ NO_SERVER_FILES = "core loaders (LoadImage, LoadVideo) always give finite RGB in
 
 ROWS: list[Row] = [
     # ---- frames, masks, keyframes
-    Row("mask_count", (_inp("frames4", "masks3"), (ERR, "masks: got 3 masks for 4 frames")),
-        (_chain(_node("m3", "ImageToMask", image=["m3i", 0], channel="red"),
+    Row(
+        "mask_count",
+        (_inp("frames4", "masks3"), (ERR, "masks: got 3 masks for 4 frames")),
+        (
+            _chain(
+                _node("m3", "ImageToMask", image=["m3i", 0], channel="red"),
                 _node("m3i", "EmptyImage", width=W, height=H, batch_size=3, color=0xFFFFFF),
-                _set("enc", mask=["m3", 0])), (ERR, "masks: got 3 masks for 4 frames"))),
-    Row("mask_size", (_inp("frames4", "hole_small.png"), (ERR, "mask size 32x64 (width x height) does not match")),
-        (_set("mask", image=PFX + "hole_small.png"), (ERR, "mask size 32x64 (width x height) does not match"))),
-    Row("keyframe_size", (_inp("frames4", "hole.png", "--keyframe", "@kf_small.png", "--keyframe-index", "0"),
-                          (ERR, "keyframes: image size [32, 32]")),
-        (_keyframe("kf_small.png", "0"), (ERR, "keyframes: image size [32, 32]"))),
-    Row("keyframe_index_range", (_inp("frames4", "hole.png", "--keyframe", "@kf.png", "--keyframe-index", "9"),
-                                 (ERR, "keyframe_index: got 9 for a clip of 4 frames")),
-        (_keyframe("kf.png", "9"), (ERR, "keyframe_index: got 9 for a clip of 4 frames"))),
-    Row("keyframe_index_count", (_inp("frames4", "hole.png", "--keyframe", "@kf.png", "--keyframe-index", "0",
-                                      "--keyframe-index", "2"), (ERR, "got 2 indices for 1")),
-        (_keyframe("kf.png", "0, 2"), (ERR, "got 2 indices for 1"))),
-    Row("keyframe_index_twice", (_inp("frames4", "hole.png", "--keyframe-index", "1", "--keyframe-index", "1"),
-                                 (ERR, "names a frame twice")),
-        (_set("enc", keyframe_indices="1, 1"), (ERR, "names a frame twice"))),
-    Row("keyframe_index_text", (_inp("frames4", "hole.png", "--keyframe-index", "first"),
-                                (ERR, "argument --keyframe-index: invalid int value: 'first'")),
-        (_set("enc", keyframe_indices="0, first"), (ERR, "indices: could not read '0, first'"))),
-    Row("keyframe_multi_frame_file", (_inp("frames4", "hole.png", "--keyframe", "@frames4", "--keyframe-index", "0"),
-                                      (ERR, "holds 4 frames; give one image per --keyframe")),
-        (_chain(_node("kf", "EmptyImage", width=W, height=H, batch_size=2, color=0),
-                _set("enc", keyframes=["kf", 0], keyframe_indices="0")), (ERR, "got 1 indices for 2 keyframe images"))),
-    Row("empty_mask", (_inp("frames4", "empty.png"), (ERR, "masks: nothing to inpaint")),
-        (_set("mask", image=PFX + "empty.png"), (ERR, "masks: nothing to inpaint"))),
-    Row("mask_eroded_away", (_inp("frames4", "thin.png", "--grow", "-3"), (ERR, "masks: nothing to inpaint")),
-        (_chain(_set("mask", image=PFX + "thin.png"), _set("enc", grow=-3)), (ERR, "masks: nothing to inpaint"))),
-    Row("mask_only_on_keyframe", (_inp("frames1", "hole.png", "--keyframe-index", "0"),
-                                  (ERR, "masks: nothing to inpaint")),
-        (_chain(_set("img", batch_size=1), _set("enc", keyframe_indices="0")), (ERR, "masks: nothing to inpaint"))),
-    Row("full_mask_no_keyframe", (_inp("frames4", "full.png"), (WARN, "every pixel of every frame is masked")),
-        (_set("mask", image=PFX + "full.png"), (WARN, "every pixel of every frame is masked"))),
-    Row("one_frame_clip", (_inp("frames1", "hole.png"), (OK, None)),
-        (_set("img", batch_size=1), (OK, None))),
-    Row("long_clip", (_inp("frames20", "hole.png"), (OK, None)),
-        (_set("img", batch_size=20), (OK, None))),
-    Row("schedule_window_too_large", None,
+                _set("enc", mask=["m3", 0]),
+            ),
+            (ERR, "masks: got 3 masks for 4 frames"),
+        ),
+    ),
+    Row(
+        "mask_size",
+        (_inp("frames4", "hole_small.png"), (ERR, "mask size 32x64 (width x height) does not match")),
+        (_set("mask", image=PFX + "hole_small.png"), (ERR, "mask size 32x64 (width x height) does not match")),
+    ),
+    Row(
+        "keyframe_size",
+        (
+            _inp("frames4", "hole.png", "--keyframe", "@kf_small.png", "--keyframe-index", "0"),
+            (ERR, "keyframes: image size [32, 32]"),
+        ),
+        (_keyframe("kf_small.png", "0"), (ERR, "keyframes: image size [32, 32]")),
+    ),
+    Row(
+        "keyframe_index_range",
+        (
+            _inp("frames4", "hole.png", "--keyframe", "@kf.png", "--keyframe-index", "9"),
+            (ERR, "keyframe_index: got 9 for a clip of 4 frames"),
+        ),
+        (_keyframe("kf.png", "9"), (ERR, "keyframe_index: got 9 for a clip of 4 frames")),
+    ),
+    Row(
+        "keyframe_index_count",
+        (
+            _inp("frames4", "hole.png", "--keyframe", "@kf.png", "--keyframe-index", "0", "--keyframe-index", "2"),
+            (ERR, "got 2 indices for 1"),
+        ),
+        (_keyframe("kf.png", "0, 2"), (ERR, "got 2 indices for 1")),
+    ),
+    Row(
+        "keyframe_index_twice",
+        (_inp("frames4", "hole.png", "--keyframe-index", "1", "--keyframe-index", "1"), (ERR, "names a frame twice")),
+        (_set("enc", keyframe_indices="1, 1"), (ERR, "names a frame twice")),
+    ),
+    Row(
+        "keyframe_index_text",
+        (
+            _inp("frames4", "hole.png", "--keyframe-index", "first"),
+            (ERR, "argument --keyframe-index: invalid int value: 'first'"),
+        ),
+        (_set("enc", keyframe_indices="0, first"), (ERR, "indices: could not read '0, first'")),
+    ),
+    Row(
+        "keyframe_multi_frame_file",
+        (
+            _inp("frames4", "hole.png", "--keyframe", "@frames4", "--keyframe-index", "0"),
+            (ERR, "holds 4 frames; give one image per --keyframe"),
+        ),
+        (
+            _chain(
+                _node("kf", "EmptyImage", width=W, height=H, batch_size=2, color=0),
+                _set("enc", keyframes=["kf", 0], keyframe_indices="0"),
+            ),
+            (ERR, "got 1 indices for 2 keyframe images"),
+        ),
+    ),
+    Row(
+        "empty_mask",
+        (_inp("frames4", "empty.png"), (ERR, "masks: nothing to inpaint")),
+        (_set("mask", image=PFX + "empty.png"), (ERR, "masks: nothing to inpaint")),
+    ),
+    Row(
+        "mask_eroded_away",
+        (_inp("frames4", "thin.png", "--grow", "-3"), (ERR, "masks: nothing to inpaint")),
+        (_chain(_set("mask", image=PFX + "thin.png"), _set("enc", grow=-3)), (ERR, "masks: nothing to inpaint")),
+    ),
+    Row(
+        "mask_only_on_keyframe",
+        (_inp("frames1", "hole.png", "--keyframe-index", "0"), (ERR, "masks: nothing to inpaint")),
+        (_chain(_set("img", batch_size=1), _set("enc", keyframe_indices="0")), (ERR, "masks: nothing to inpaint")),
+    ),
+    Row(
+        "full_mask_no_keyframe",
+        (_inp("frames4", "full.png"), (WARN, "every pixel of every frame is masked")),
+        (_set("mask", image=PFX + "full.png"), (WARN, "every pixel of every frame is masked")),
+    ),
+    Row("one_frame_clip", (_inp("frames1", "hole.png"), (OK, None)), (_set("img", batch_size=1), (OK, None))),
+    Row("long_clip", (_inp("frames20", "hole.png"), (OK, None)), (_set("img", batch_size=20), (OK, None))),
+    Row(
+        "schedule_window_too_large",
+        None,
         (_schedule(window=12), (ERR, "window: 12 frames, but the model (custom) takes at most 8")),
-        why="the CLI sizes windows from the model; it has no window option"),
-    Row("schedule_frame_count", None,
+        why="the CLI sizes windows from the model; it has no window option",
+    ),
+    Row(
+        "schedule_frame_count",
+        None,
         (_chain(_schedule(frames=20, condition=None)), (ERR, "schedule: made for 20 frames but the clip has 4")),
-        why="the CLI builds the schedule from the clip itself"),
-    Row("unknown_schedule", (_inp("frames20", "hole.png", "--schedule", "zigzag"), (ERR, "zigzag")),
-        (_schedule(strategy="zigzag"), (ERR, "zigzag"))),
-    Row("size_not_multiple", (_inp("odd", "odd_hole.png"), (ERR, "70x60 (width x height) cannot be taken by this")),
-        (_chain(_set("img", width=70, height=60),
+        why="the CLI builds the schedule from the clip itself",
+    ),
+    Row(
+        "unknown_schedule",
+        (_inp("frames20", "hole.png", "--schedule", "zigzag"), (ERR, "zigzag")),
+        (_schedule(strategy="zigzag"), (ERR, "zigzag")),
+    ),
+    Row(
+        "size_not_multiple",
+        (_inp("odd", "odd_hole.png"), (ERR, "70x60 (width x height) cannot be taken by this")),
+        (
+            _chain(
+                _set("img", width=70, height=60),
                 _node("mr", "ImageToMask", image=["mi", 0], channel="red"),
                 _node("mi", "EmptyImage", width=70, height=60, batch_size=1, color=0xFFFFFF),
-                _set("enc", mask=["mr", 0])), (ERR, "70x60 (width x height) cannot be taken by this model"))),
-    Row("values_above_one", None,
-        (_chain(_node("ck", "LoadImage", image=PFX + "checker.png"),
-                _node("up", "ImageScale", image=["ck", 0], upscale_method="bicubic", width=W, height=H,
-                      crop="disabled"), _set("enc", images=["up", 0])),
-         (ERR, "frames: values must lie in 0..1, got -0.233185..1.23318. Small overshoots")),
-        why="files are read as 8-bit and divided by 255", lib=_lib_frames(200.0), lib_expect="divide by 255"),
-    Row("nan_frames", None, None, why=f"{NO_SERVER_FILES}; video and image files cannot hold NaN",
-        lib=_lib_frames(float("nan")), lib_expect="frames: contains NaN or infinity"),
-    Row("nan_mask", None, None, why=f"{NO_SERVER_FILES}; mask files cannot hold NaN",
-        lib=_lib_mask_nan, lib_expect="masks: contains NaN or infinity"),
-    Row("grayscale_frames", (_inp("gray", "hole.png"), (OK, None)),
+                _set("enc", mask=["mr", 0]),
+            ),
+            (ERR, "70x60 (width x height) cannot be taken by this model"),
+        ),
+    ),
+    Row(
+        "values_above_one",
+        None,
+        (
+            _chain(
+                _node("ck", "LoadImage", image=PFX + "checker.png"),
+                _node(
+                    "up", "ImageScale", image=["ck", 0], upscale_method="bicubic", width=W, height=H, crop="disabled"
+                ),
+                _set("enc", images=["up", 0]),
+            ),
+            (ERR, "frames: values must lie in 0..1, got -0.233185..1.23318. Small overshoots"),
+        ),
+        why="files are read as 8-bit and divided by 255",
+        lib=_lib_frames(200.0),
+        lib_expect="divide by 255",
+    ),
+    Row(
+        "nan_frames",
+        None,
+        None,
+        why=f"{NO_SERVER_FILES}; video and image files cannot hold NaN",
+        lib=_lib_frames(float("nan")),
+        lib_expect="frames: contains NaN or infinity",
+    ),
+    Row(
+        "nan_mask",
+        None,
+        None,
+        why=f"{NO_SERVER_FILES}; mask files cannot hold NaN",
+        lib=_lib_mask_nan,
+        lib_expect="masks: contains NaN or infinity",
+    ),
+    Row(
+        "grayscale_frames",
+        (_inp("gray", "hole.png"), (OK, None)),
         (_chain(_node("g", "LoadImage", image=PFX + "hole.png"), _set("enc", images=["g", 0])), (OK, None)),
-        lib=_lib_frames(channels=1), lib_expect="grayscale frames (1 channel)"),
-    Row("rgba_frames", (_inp("rgba", "hole.png"), (OK, None)),
-        (_chain(_set("img", batch_size=1), _node("a", "JoinImageWithAlpha", image=["img", 0], alpha=["mask", 0]),
-                _set("enc", images=["a", 0])), (ERR, "got RGBA frames (4 channels)"))),
+        lib=_lib_frames(channels=1),
+        lib_expect="grayscale frames (1 channel)",
+    ),
+    Row(
+        "rgba_frames",
+        (_inp("rgba", "hole.png"), (OK, None)),
+        (
+            _chain(
+                _set("img", batch_size=1),
+                _node("a", "JoinImageWithAlpha", image=["img", 0], alpha=["mask", 0]),
+                _set("enc", images=["a", 0]),
+            ),
+            (ERR, "got RGBA frames (4 channels)"),
+        ),
+    ),
     # ---- files
-    Row("missing_video", (_inp("nothing.mp4", "hole.png"), (ERR, "no such file or folder")),
-        (_load_video("nothing.mp4"), (REJ, "nothing.mp4"))),
-    Row("unknown_video_type", (_inp("notes.txt", "hole.png"), (ERR, "unknown file type '.txt'")), None,
+    Row(
+        "missing_video",
+        (_inp("nothing.mp4", "hole.png"), (ERR, "no such file or folder")),
+        (_load_video("nothing.mp4"), (REJ, "nothing.mp4")),
+    ),
+    Row(
+        "unknown_video_type",
+        (_inp("notes.txt", "hole.png"), (ERR, "unknown file type '.txt'")),
+        None,
         why="KFI reads no files in ComfyUI; the core LoadVideo dropdown lists video files only, and a forged name "
-            "gets LoadVideo's own decode error, as in corrupt_video"),
-    Row("corrupt_video", (_inp("corrupt.mp4", "hole.png"), (ERR, "cannot decode this video")),
-        (_load_video("corrupt.mp4"), (ERR, ""))),
-    Row("truncated_video", (_inp("trunc.mp4", "hole.png"), (ERR, "cannot decode this video")),
-        (_load_video("trunc.mp4"), (ERR, ""))),
-    Row("output_is_input", (["inpaint", "--video", "@frames4", "--mask", "@hole.png", "--steps", "1", "--out",
-                             "@frames4"], (ERR, "is also the --video input")), None,
-        why="nodes return tensors; core SaveImage writes files"),
-    Row("output_unwritable", (["inpaint", "--video", "@frames4", "--mask", "@hole.png", "--steps", "1", "--out",
-                               "@notes.txt/out.mp4"], (ERR, "cannot write it")), None,
-        why="nodes return tensors; core SaveImage writes files"),
-    Row("output_unknown_type", (["inpaint", "--video", "@frames4", "--mask", "@hole.png", "--steps", "1", "--out",
-                                 "@out.xyz"], (ERR, "cannot write '.xyz'")), None,
-        why="nodes return tensors; core SaveImage writes files"),
+        "gets LoadVideo's own decode error, as in corrupt_video",
+    ),
+    Row(
+        "corrupt_video",
+        (_inp("corrupt.mp4", "hole.png"), (ERR, "cannot decode this video")),
+        (_load_video("corrupt.mp4"), (ERR, "")),
+    ),
+    Row(
+        "truncated_video",
+        (_inp("trunc.mp4", "hole.png"), (ERR, "cannot decode this video")),
+        (_load_video("trunc.mp4"), (ERR, "")),
+    ),
+    Row(
+        "output_is_input",
+        (
+            ["inpaint", "--video", "@frames4", "--mask", "@hole.png", "--steps", "1", "--out", "@frames4"],
+            (ERR, "is also the --video input"),
+        ),
+        None,
+        why="nodes return tensors; core SaveImage writes files",
+    ),
+    Row(
+        "output_unwritable",
+        (
+            ["inpaint", "--video", "@frames4", "--mask", "@hole.png", "--steps", "1", "--out", "@notes.txt/out.mp4"],
+            (ERR, "cannot write it"),
+        ),
+        None,
+        why="nodes return tensors; core SaveImage writes files",
+    ),
+    Row(
+        "output_unknown_type",
+        (
+            ["inpaint", "--video", "@frames4", "--mask", "@hole.png", "--steps", "1", "--out", "@out.xyz"],
+            (ERR, "cannot write '.xyz'"),
+        ),
+        None,
+        why="nodes return tensors; core SaveImage writes files",
+    ),
     # ---- model files
-    Row("missing_model", (_inp() + ["--model", "@no_model"], (ERR, "does not exist")),
-        (_set("m", model="diffusers/no_model"), (REJ, "'diffusers/no_model' is not in models/diffusers"))),
-    Row("pickle_model", (_inp() + ["--model", "@model.ckpt"], (ERR, "is a pickle file (.ckpt)")),
+    Row(
+        "missing_model",
+        (_inp() + ["--model", "@no_model"], (ERR, "does not exist")),
+        (_set("m", model="diffusers/no_model"), (REJ, "'diffusers/no_model' is not in models/diffusers")),
+    ),
+    Row(
+        "pickle_model",
+        (_inp() + ["--model", "@model.ckpt"], (ERR, "is a pickle file (.ckpt)")),
         (_set("m", model=f"checkpoints/{PFX}model.ckpt"), (REJ, "is a pickle file (.ckpt)")),
-        why="the dropdown lists only .safetensors (checked); a forged prompt naming the .ckpt is refused"),
-    Row("truncated_model", (_inp() + ["--model", "@svd_trunc.safetensors"], (ERR, "svd_trunc.safetensors")),
-        (_set("m", model=f"checkpoints/{PFX}svd_trunc.safetensors"), (ERR, "svd_trunc.safetensors"))),
-    Row("adapter_other_base", (_inp() + ["--adapter", "@adapter_xt.safetensors"],
-                               (ERR, "made for base 'svd-xt' with 25 frames")),
-        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_xt.safetensors"), (ERR, "made for base 'svd-xt' with 25"))),
-    Row("adapter_frame_count", (_inp() + ["--adapter", "@adapter_14f.safetensors"],
-                                (ERR, "with 14 frames, but the loaded base takes 8 frames")),
-        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_14f.safetensors"),
-         (ERR, "with 14 frames, but the loaded base takes 8 frames"))),
-    Row("adapter_rank", (_inp() + ["--adapter", "@adapter_rank8.safetensors"], (ERR, "(LoRA rank 8")),
-        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_rank8.safetensors"), (ERR, "(LoRA rank 8"))),
-    Row("truncated_adapter", (_inp() + ["--adapter", "@adapter_trunc.safetensors"], (ERR, "adapter_trunc")),
-        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_trunc.safetensors"), (ERR, "adapter_trunc"))),
-    Row("pickle_adapter", (_inp() + ["--adapter", "@adapter.pt"], (ERR, "is a pickle file (.pt)")),
+        why="the dropdown lists only .safetensors (checked); a forged prompt naming the .ckpt is refused",
+    ),
+    Row(
+        "truncated_model",
+        (_inp() + ["--model", "@svd_trunc.safetensors"], (ERR, "svd_trunc.safetensors")),
+        (_set("m", model=f"checkpoints/{PFX}svd_trunc.safetensors"), (ERR, "svd_trunc.safetensors")),
+    ),
+    Row(
+        "adapter_other_base",
+        (_inp() + ["--adapter", "@adapter_xt.safetensors"], (ERR, "made for base 'svd-xt' with 25 frames")),
+        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_xt.safetensors"), (ERR, "made for base 'svd-xt' with 25")),
+    ),
+    Row(
+        "adapter_frame_count",
+        (
+            _inp() + ["--adapter", "@adapter_14f.safetensors"],
+            (ERR, "with 14 frames, but the loaded base takes 8 frames"),
+        ),
+        (
+            _set("m", adapter=f"kfi_adapters/{PFX}adapter_14f.safetensors"),
+            (ERR, "with 14 frames, but the loaded base takes 8 frames"),
+        ),
+    ),
+    Row(
+        "adapter_rank",
+        (_inp() + ["--adapter", "@adapter_rank8.safetensors"], (ERR, "(LoRA rank 8")),
+        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_rank8.safetensors"), (ERR, "(LoRA rank 8")),
+    ),
+    Row(
+        "truncated_adapter",
+        (_inp() + ["--adapter", "@adapter_trunc.safetensors"], (ERR, "adapter_trunc")),
+        (_set("m", adapter=f"kfi_adapters/{PFX}adapter_trunc.safetensors"), (ERR, "adapter_trunc")),
+    ),
+    Row(
+        "pickle_adapter",
+        (_inp() + ["--adapter", "@adapter.pt"], (ERR, "is a pickle file (.pt)")),
         (_set("m", adapter=f"loras/{PFX}adapter.pt"), (ERR, "is a pickle file (.pt)")),
-        why="the dropdown lists only .safetensors (checked); a forged prompt naming the .pt is refused"),
+        why="the dropdown lists only .safetensors (checked); a forged prompt naming the .pt is refused",
+    ),
     # ---- sampling settings
-    Row("unknown_sampler", (_inp() + ["--sampler", "ddim"], (ERR, "sampler: got 'ddim'; choose one of euler")),
-        (_set("s", sampler="ddim"), (ERR, "sampler: got 'ddim'; choose one of euler"))),
-    Row("unknown_color_match", (_inp() + ["--color-match", "auto"], (ERR, "color_match: got 'auto'; choose one of none")),
-        (_set("s", color_match="auto"), (ERR, "color_match: got 'auto'; choose one of none"))),
+    Row(
+        "unknown_sampler",
+        (_inp() + ["--sampler", "ddim"], (ERR, "sampler: got 'ddim'; choose one of euler")),
+        (_set("s", sampler="ddim"), (ERR, "sampler: got 'ddim'; choose one of euler")),
+    ),
+    Row(
+        "unknown_color_match",
+        (_inp() + ["--color-match", "auto"], (ERR, "color_match: got 'auto'; choose one of none")),
+        (_set("s", color_match="auto"), (ERR, "color_match: got 'auto'; choose one of none")),
+    ),
     Row("zero_steps", (_inp() + ["--steps", "0"], (ERR, "steps: got 0")), (_set("s", steps=0), (REJ, "steps"))),
-    Row("negative_guidance", (_inp() + ["--min-guidance", "-1"], (ERR, "min_guidance: got -1.0")),
-        (_set("s", min_guidance=-1.0), (REJ, "min_guidance"))),
-    Row("guidance_min_above_max", (_inp() + ["--min-guidance", "4"], (ERR, "min_guidance 4.0 is larger than")),
-        (_set("s", min_guidance=4.0), (ERR, "min_guidance 4.0 is larger than"))),
-    Row("seed_out_of_range", (_inp() + ["--seed", "-1"], (ERR, "seed: got -1")),
-        (_set("s", seed=2**64), (REJ, "seed"))),
-    Row("zero_decode_chunk", (_inp() + ["--decode-chunk-size", "0"], (ERR, "decode_chunk_size: got 0")),
-        (_set("s", decode_chunk_size=0), (REJ, "decode_chunk_size"))),
+    Row(
+        "negative_guidance",
+        (_inp() + ["--min-guidance", "-1"], (ERR, "min_guidance: got -1.0")),
+        (_set("s", min_guidance=-1.0), (REJ, "min_guidance")),
+    ),
+    Row(
+        "guidance_min_above_max",
+        (_inp() + ["--min-guidance", "4"], (ERR, "min_guidance 4.0 is larger than")),
+        (_set("s", min_guidance=4.0), (ERR, "min_guidance 4.0 is larger than")),
+    ),
+    Row(
+        "seed_out_of_range", (_inp() + ["--seed", "-1"], (ERR, "seed: got -1")), (_set("s", seed=2**64), (REJ, "seed"))
+    ),
+    Row(
+        "zero_decode_chunk",
+        (_inp() + ["--decode-chunk-size", "0"], (ERR, "decode_chunk_size: got 0")),
+        (_set("s", decode_chunk_size=0), (REJ, "decode_chunk_size")),
+    ),
     Row("zero_fps", (_inp() + ["--fps", "0"], (ERR, "fps: got 0")), (_set("s", fps=0), (REJ, "fps"))),
-    Row("zero_num_samples", (_inp() + ["--num-samples", "0"], (ERR, "num_samples: got 0")),
-        (_set("s", num_samples=0), (REJ, "num_samples"))),
-    Row("width_without_height", (_inp() + ["--width", "64"], (ERR, "--width/--height: give both")), None,
-        why="the nodes take the clip's own size"),
+    Row(
+        "zero_num_samples",
+        (_inp() + ["--num-samples", "0"], (ERR, "num_samples: got 0")),
+        (_set("s", num_samples=0), (REJ, "num_samples")),
+    ),
+    Row(
+        "width_without_height",
+        (_inp() + ["--width", "64"], (ERR, "--width/--height: give both")),
+        None,
+        why="the nodes take the clip's own size",
+    ),
     # ---- schedules and crops
-    Row("bad_schedule_option", (["schedule", "--frames", "40", "--window", "8", "-o", "strides=[15,"],
-                                (ERR, "schedule 'anchor': unknown options ['strides']")), None,
-        why="the schedule node has no free-form options"),
+    Row(
+        "bad_schedule_option",
+        (
+            ["schedule", "--frames", "40", "--window", "8", "-o", "strides=[15,"],
+            (ERR, "schedule 'anchor': unknown options ['strides']"),
+        ),
+        None,
+        why="the schedule node has no free-form options",
+    ),
     # ---- training configs (checked before anything is written)
-    Row("train_unknown_key", (["train", "--config", "@train_typo.json", "--model", "@no_model", "--data", "@frames4"],
-                              (ERR, "unknown setting(s) ['lerning_rate']")), None,
-        why="training runs from the CLI only"),
-    Row("train_bad_json", (["train", "--config", "@train_broken.json", "--model", "@no_model", "--data", "@frames4"],
-                           (ERR, "cannot parse it")), None, why="training runs from the CLI only"),
-    Row("train_removed_option", (["train", "--config", "@train_removed.json", "--model", "@no_model", "--data",
-                                  "@frames4"], (ERR, "reference_attention = True, but reference attention was measured "
-                                                     "to gain nothing and removed")), None,
-        why="training runs from the CLI only"),
-    Row("bad_schedule_json", None, None, why="schedules travel as objects in both paths; only the library reads JSON",
+    Row(
+        "train_unknown_key",
+        (
+            ["train", "--config", "@train_typo.json", "--model", "@no_model", "--data", "@frames4"],
+            (ERR, "unknown setting(s) ['lerning_rate']"),
+        ),
+        None,
+        why="training runs from the CLI only",
+    ),
+    Row(
+        "train_bad_json",
+        (
+            ["train", "--config", "@train_broken.json", "--model", "@no_model", "--data", "@frames4"],
+            (ERR, "cannot parse it"),
+        ),
+        None,
+        why="training runs from the CLI only",
+    ),
+    Row(
+        "train_removed_option",
+        (
+            ["train", "--config", "@train_removed.json", "--model", "@no_model", "--data", "@frames4"],
+            (ERR, "reference_attention = True, but reference attention was measured to gain nothing and removed"),
+        ),
+        None,
+        why="training runs from the CLI only",
+    ),
+    Row(
+        "bad_schedule_json",
+        None,
+        None,
+        why="schedules travel as objects in both paths; only the library reads JSON",
         lib=lambda: __import__("kfi_core.inference.schedules", fromlist=["x"]).Schedule.from_json("{not json"),
-        lib_expect="schedule: not valid JSON"),
-    Row("crop_empty_mask", None,
-        (_chain(_node("cr", "KFICropForInpaint", image=["img", 0], mask=["mask", 0], size=64, padding=0.2),
-                _set("mask", image=PFX + "empty.png"), _set("out", images=["cr", 0])),
-         (ERR, "mask: the mask is empty")), why="the CLI has no crop command"),
+        lib_expect="schedule: not valid JSON",
+    ),
+    Row(
+        "crop_empty_mask",
+        None,
+        (
+            _chain(
+                _node("cr", "KFICropForInpaint", image=["img", 0], mask=["mask", 0], size=64, padding=0.2),
+                _set("mask", image=PFX + "empty.png"),
+                _set("out", images=["cr", 0]),
+            ),
+            (ERR, "mask: the mask is empty"),
+        ),
+        why="the CLI has no crop command",
+    ),
 ]
 ROW_IDS = [r.id for r in ROWS]
 
@@ -450,8 +731,9 @@ def bad_inputs(tmp_path_factory, tiny_model_dir) -> Path:
 def cli_results(bad_inputs, tiny_model_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bad-outputs")
     todo = [(r.id, _argv(r, bad_inputs, tiny_model_dir, out)) for r in ROWS if r.cli]
-    proc = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(todo), capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER], input=json.dumps(todo), capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {"results": json.loads(proc.stdout.strip().splitlines()[-1]), "out": out}
 
@@ -478,17 +760,32 @@ def test_cli(row, cli_results):
 def test_real_cli_process(rid, bad_inputs, tiny_model_dir, tmp_path):
     """Two rows through a real `python -m kfi_core` process: exit code 2, message, no traceback."""
     row = ROWS[ROW_IDS.index(rid)]
-    proc = subprocess.run([sys.executable, "-m", "kfi_core", *_argv(row, bad_inputs, tiny_model_dir, tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfi_core", *_argv(row, bad_inputs, tiny_model_dir, tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 2 and row.cli[1][1] in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.lib], ids=lambda r: r.id)
 def test_library(row):
-    from kfi_core.errors import KfiError
+    """The library raises the row's message, as the class docs/ERRORS.md names for it."""
+    from kfi_core import errors
 
-    with pytest.raises(KfiError, match=re.escape(row.lib_expect)):
+    documented = doc_error_class(row.id)
+    with pytest.raises(getattr(errors, documented), match=re.escape(row.lib_expect)) as caught:
         row.lib()
+    assert type(caught.value).__name__ == documented
+
+
+def doc_error_class(row_id: str) -> str:
+    """The exception class in the row's 'KFI error' column of docs/ERRORS.md (the first *Error name there: a row whose
+    paths run says which class the library alone raises)."""
+    line = next(line for line in DOC.read_text().splitlines() if line.startswith(f"| `{row_id}` |"))
+    return re.search(r"\b(\w+Error)\b", line.split(" | ")[4]).group(1)
 
 
 # --------------------------------------------------------------------------- server path

@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.evaluation.baselines import (BASELINES, flow_warp, keyframe_colour_fill, keyframe_paste, mean_fill,
-                                nearest_keyframe, telea_fill, vae_ceiling)
 from kfi_core.errors import InputMismatchError, KeyframeError, UnknownNameError
+from kfi_core.evaluation.baselines import (
+    BASELINES,
+    flow_warp,
+    keyframe_colour_fill,
+    keyframe_paste,
+    mean_fill,
+    nearest_keyframe,
+    telea_fill,
+    vae_ceiling,
+)
 from kfi_core.evaluation.metrics import psnr
 from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip
 
@@ -75,7 +83,7 @@ def test_keyframe_colour_fill_puts_the_keyframes_colour_in_every_hole():
     masks = torch.zeros(n, 1, h, w)
     a, b = torch.tensor([0.9, 0.1, 0.2]), torch.tensor([0.1, 0.3, 0.8])
     for t in range(n):
-        masks[t, :, 6:14, 2 + 3 * t: 10 + 3 * t] = 1
+        masks[t, :, 6:14, 2 + 3 * t : 10 + 3 * t] = 1
         frames[t][:, masks[t, 0] == 1] = a[:, None]
     keyframe = frames[0].clone()
     keyframe[:, masks[0, 0] == 1] = b[:, None]
@@ -108,8 +116,16 @@ def test_flow_warp_recovers_a_translating_clip(texture):
     the known-region flow gives the background in the hole. Tolerance 27 dB: sub-pixel flow error and
     bilinear resampling of textures with 8-px periods; measured 33-48 dB on these seeds. Paste is wrong
     by the pan (under 25 dB), so the warp must beat it by 5 dB."""
-    c = make_procedural_clip("removal", 8, 64, 64, seed=5, config=ProceduralConfig(
-        texture=texture, texture_period=8.0, pan=(1.0, 0.0), distractor=False, lighting_change=0.0))
+    c = make_procedural_clip(
+        "removal",
+        8,
+        64,
+        64,
+        seed=5,
+        config=ProceduralConfig(
+            texture=texture, texture_period=8.0, pan=(1.0, 0.0), distractor=False, lighting_change=0.0
+        ),
+    )
     scored = c.masks.clone()
     scored[c.keyframe_index] = 0  # the keyframe's own hole is given
     warped = psnr(flow_warp(c.frames, c.masks, c.keyframes, region="known"), c.ground_truth, scored)
@@ -152,9 +168,28 @@ def test_vae_ceiling_is_the_vae_reconstruction_in_the_hole(tiny_components):
 @pytest.mark.slow
 def test_results_script_smoke(tmp_path):
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "--clips", "1", "--frames", "4",
-                           "--steps", "1", "--no-real", "--tiny", "--difficulty", "medium", "--out", str(out)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "results.py"),
+            "--clips",
+            "1",
+            "--frames",
+            "4",
+            "--steps",
+            "1",
+            "--no-real",
+            "--tiny",
+            "--difficulty",
+            "medium",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "UNTRAINED" in text and "Seeds 1000000..1000000" in text
@@ -172,9 +207,25 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     import re
 
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "--clips", "1", "--steps", "2",
-                           "--no-real", "--difficulty", "easy", "--out", str(out)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "results.py"),
+            "--clips",
+            "1",
+            "--steps",
+            "2",
+            "--no-real",
+            "--difficulty",
+            "easy",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "kfi_core/assets/demo_model" in text and "UNTRAINED" not in text
@@ -184,8 +235,11 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     removal_table = text.split("## Object removal (procedural, easy)")[1].split("\n## ")[0]
     for row in ("KFI removal adapter, keyframe", "KFI removal adapter, no keyframe + colour match"):
         assert text.count(f"| {row} |") == 1 and f"| {row} |" in removal_table, row  # the removal table's alone
-    for row in ("KFI adapter, keyframe + colour match", "training-free, keyframe + colour match",
-                "VAE ceiling (reference) + colour match"):
+    for row in (
+        "KFI adapter, keyframe + colour match",
+        "training-free, keyframe + colour match",
+        "VAE ceiling (reference) + colour match",
+    ):
         assert text.count(f"| {row} |") == 3, row  # the colour-matched variants (--color-match affine by default)
     summary = text.split("## Summary, easy clips")[1].split("\n## ")[0]
     assert "Edit propagation (recolour)" in summary and "Edit propagation (texture swap)" in summary
@@ -198,15 +252,22 @@ def test_results_script_defaults_to_the_demo_model_and_summarises(tmp_path):
     assert "raw model output" in summary and "with colour matching" in summary
     # --num-samples 4 (the default): the removal adapter's mean of samples, in the removal table alone, and its
     # line under each removal verdict quotes that row's number
-    for row in ("KFI removal adapter, no keyframe, mean of 4 samples", "KFI removal adapter, keyframe, mean of 4 samples",
-                "KFI removal adapter, no keyframe, mean of 4 samples + colour match"):
+    for row in (
+        "KFI removal adapter, no keyframe, mean of 4 samples",
+        "KFI removal adapter, keyframe, mean of 4 samples",
+        "KFI removal adapter, no keyframe, mean of 4 samples + colour match",
+    ):
         assert text.count(f"| {row} |") == 1 and f"| {row} |" in removal_table, row
-    for row, variant in (("no keyframe, mean of 4 samples", "raw model output"),
-                         ("no keyframe, mean of 4 samples + colour match", "with colour matching")):
+    for row, variant in (
+        ("no keyframe, mean of 4 samples", "raw model output"),
+        ("no keyframe, mean of 4 samples + colour match", "with colour matching"),
+    ):
         number = re.search(rf"\| KFI removal adapter, {re.escape(row)} \| [^|]+\| ([0-9.]+) \|", text).group(1)
         block = summary.split(f"- **Removal, {variant}**")[1].split("\n- **")[0]
-        assert f"**no keyframe, mean of 4 samples** (num_samples; lower error, softer fill): KFI (removal adapter) " \
-               f"{number} dB against mean-colour fill" in block, (row, block)
+        assert (
+            f"**no keyframe, mean of 4 samples** (num_samples; lower error, softer fill): KFI (removal adapter) "
+            f"{number} dB against mean-colour fill" in block
+        ), (row, block)
     assert "| chroma gain mask | s/clip |" in text
     assert "Colour through the VAE" in summary  # the measured chroma gain of the ceiling beside KFI's
     assert text.count("| keyframe colour fill |") == 3  # in every task
@@ -221,7 +282,8 @@ def test_results_script_task_and_pattern_choices(capsys):
 
     args = parse_args(["--tasks", "edit", "--edit-patterns", "checker"])
     assert [(key, task, pattern) for key, task, pattern, _, _ in procedural_sections(args)] == [
-        ("edit/checker", "edit", "checker")]
+        ("edit/checker", "edit", "checker")
+    ]
     args = parse_args([])
     assert [key for key, *_ in procedural_sections(args)] == ["removal", "edit/recolour", "edit/checker"]
     for flag, value, name in (("--edit-patterns", "plaid", "--edit-patterns"), ("--tasks", "paint", "--tasks")):
@@ -269,14 +331,36 @@ def test_results_verdict_clips_judge_the_edit_on_more_clips(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "bench"))
     from results import methods_for, parse_args, procedural_clips, score
 
-    from kfi_core.model.loading import load_kfi_model
     from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR
+    from kfi_core.model.loading import load_kfi_model
 
     out = tmp_path / "RESULTS.md"
-    argv = ["--clips", "1", "--verdict-clips", "3", "--steps", "1", "--no-real", "--difficulty", "easy", "--tasks",
-            "edit", "--edit-patterns", "recolour", "--color-match", "none", "--out", str(out)]
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), *argv], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+    argv = [
+        "--clips",
+        "1",
+        "--verdict-clips",
+        "3",
+        "--steps",
+        "1",
+        "--no-real",
+        "--difficulty",
+        "easy",
+        "--tasks",
+        "edit",
+        "--edit-patterns",
+        "recolour",
+        "--color-match",
+        "none",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "results.py"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "**Verdict clips**" in text and "seeds 1000000..1000002" in text
@@ -314,8 +398,14 @@ def test_results_keyframe_colour_match_rows_fit_on_the_decoded_keyframe(tiny_mod
     args = parse_args(["--steps", "1", "--color-match", "keyframe"])
     model, adapter = load_kfi_model(tiny_model_dir), load_with_random_adapter(tiny_model_dir)
     c = make_procedural_clip("edit", 8, 64, 64, seed=2)
-    clip = {"name": "c", "frames": c.frames, "masks": c.masks, "ground_truth": c.ground_truth, "keyframe_index": 0,
-            "keyframe": c.keyframe}
+    clip = {
+        "name": "c",
+        "frames": c.frames,
+        "masks": c.masks,
+        "ground_truth": c.ground_truth,
+        "keyframe_index": 0,
+        "keyframe": c.keyframe,
+    }
     rows = dict(methods_for("edit", model, adapter, args))
     for m, label in ((model, "training-free, keyframe"), (adapter, "KFI adapter, keyframe")):
         matched, raw = rows[f"{label} + colour match"](clip), rows[label](clip)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.errors import BatchError, KfiError
+from kfi_core.errors import BatchError
+from kfi_core.inference.settings import PropagateSettings
 from kfi_core.jobs import batch_jobs, run_batch, shard_rank_world
-from kfi_core.model.loading import load_kfi_model
-from kfi_core.inference.propagate import PropagateSettings
 from kfi_core.media.video import read_frames, write_frames
+from kfi_core.model.loading import load_kfi_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = PropagateSettings(steps=1, decode_chunk_size=4)
@@ -133,8 +133,22 @@ def test_cli_requires_video_and_mask_or_batch(tiny_model_dir, tmp_path, capsys):
 
     assert main(["inpaint", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o.mp4")]) == 2
     assert "give --video and --mask (one clip), or --batch DIR" in capsys.readouterr().err
-    assert main(["inpaint", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--batch", str(tmp_path),
-                 "--video", "x.mp4"]) == 2
+    assert (
+        main(
+            [
+                "inpaint",
+                "--model",
+                str(tiny_model_dir),
+                "--out",
+                str(tmp_path / "o"),
+                "--batch",
+                str(tmp_path),
+                "--video",
+                "x.mp4",
+            ]
+        )
+        == 2
+    )
     assert "drop --video, --mask" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["inpaint", "--model", "m", "--video", "v", "--mask", "k"])  # --out stays required
@@ -146,13 +160,32 @@ def test_two_processes_write_every_output_once(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     accelerate = Path(sys.executable).with_name("accelerate")
     if accelerate.exists():
-        launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kfi_core"]
+        launcher = [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "kfi_core",
+        ]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "kfi_core"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([*launcher, "inpaint", "--batch", str(src), "--model", str(tiny_model_dir), "--out",
-                           str(out), *FAST_ARGS], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run(
+        [*launcher, "inpaint", "--batch", str(src), "--model", str(tiny_model_dir), "--out", str(out), *FAST_ARGS],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = sorted(line for line in proc.stdout.splitlines() if line.endswith(".mp4"))
     assert sorted(Path(p).name for p in written) == ["a_street.mp4", "b_room.mp4", "c_park.mp4", "d_lake.mp4"]

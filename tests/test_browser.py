@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from comfyhost import ROOT, ComfyServer, make_base_dir
 
 pytestmark = [pytest.mark.comfy, pytest.mark.browser]
@@ -22,8 +21,15 @@ pytestmark = [pytest.mark.comfy, pytest.mark.browser]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 DEMOS = [p for p in WORKFLOWS if p.stem.startswith("KFI demo")]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RUN_TIMEOUT_S = 240  # a demo workflow must finish within this (it takes about a minute on 2 cores)
 
 
@@ -33,8 +39,11 @@ def browser_server(tmp_path_factory):
     (base / "custom_nodes" / "recorded_nodes").symlink_to(ROOT / "tests" / "data" / "recorded_nodes")
     with ComfyServer(base) as server:
         # a returning user: no first-run template gallery; the missing-models dialog on, as it is by default
-        for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Workflow.ShowMissingModelsWarning", True),
-                           ("LiteGraph.Canvas.LowQualityRenderingZoomThreshold", 0.2)):
+        for key, value in (
+            ("Comfy.TutorialCompleted", True),
+            ("Comfy.Workflow.ShowMissingModelsWarning", True),
+            ("LiteGraph.Canvas.LowQualityRenderingZoomThreshold", 0.2),
+        ):
             status, _ = server.post(f"/settings/{key}", value)
             assert status == 200
         yield server
@@ -43,8 +52,9 @@ def browser_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(browser_server):
     if not os.path.exists(CHROMIUM):
-        raise RuntimeError(f"chromium not found at {CHROMIUM}: `bash scripts/dev setup` installs it "
-                           "(apt-get install chromium)")
+        raise RuntimeError(
+            f"chromium not found at {CHROMIUM}: `bash scripts/dev setup` installs it (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -84,8 +94,9 @@ def _open(page, path: Path) -> dict:
 
 def _press_run(page) -> tuple[int, dict]:
     """Press Run (the editor converts the graph and posts it); the server's answer to that post."""
-    with page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST",
-                              timeout=60_000) as answer:
+    with page.expect_response(
+        lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST", timeout=60_000
+    ) as answer:
         page.evaluate("() => window.app.queuePrompt(0, 1)")
     response = answer.value
     return response.status, response.json()
@@ -103,8 +114,11 @@ def _wait_for_history(server, prompt_id: str) -> dict:
 
 
 def _declared_models(workflow: dict) -> dict[int, list[str]]:
-    return {n["id"]: [m["name"] for m in n.get("properties", {}).get("models", [])] for n in workflow["nodes"]
-            if n.get("properties", {}).get("models")}
+    return {
+        n["id"]: [m["name"] for m in n.get("properties", {}).get("models", [])]
+        for n in workflow["nodes"]
+        if n.get("properties", {}).get("models")
+    }
 
 
 def _screenshot(page, path: Path, tmp_path: Path) -> None:
@@ -162,6 +176,7 @@ def test_workflow_opens_and_runs_as_shipped(page, browser_server, path, tmp_path
                 said = f"{err.get('extra_info', {}).get('received_value', '')} {err.get('details', '')}"
                 assert any(name in said for name in names), (
                     f"node {node_id} ({error['class_type']}) fails on something the pack does not ship or declare: "
-                    f"{json.dumps(err)[:1500]}")
+                    f"{json.dumps(err)[:1500]}"
+                )
     _close_dialogs(page)
     assert not page.errors, page.errors

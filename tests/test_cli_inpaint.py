@@ -14,8 +14,9 @@ from kfi_core.media.video import read_frames, read_masks, write_frames
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kfi_core", *map(str, args)], capture_output=True, text=True,
-                          check=False, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "kfi_core", *map(str, args)], capture_output=True, text=True, check=False, cwd=cwd
+    )
 
 
 def test_bundled_sample_matches_its_generator():
@@ -29,9 +30,23 @@ def test_bundled_sample_matches_its_generator():
 @pytest.mark.slow
 def test_inpaint_png_folders_keeps_unmasked_pixels(tmp_path, tiny_model_dir):
     out = tmp_path / "result"
-    proc = run_cli("inpaint", "--model", tiny_model_dir, "--video", SAMPLE_DIR / "frames", "--mask",
-                   SAMPLE_DIR / "masks", "--out", out, "--steps", "2", "--preview", tmp_path / "p.png",
-                   "--num-samples", "2")
+    proc = run_cli(
+        "inpaint",
+        "--model",
+        tiny_model_dir,
+        "--video",
+        SAMPLE_DIR / "frames",
+        "--mask",
+        SAMPLE_DIR / "masks",
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--preview",
+        tmp_path / "p.png",
+        "--num-samples",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     frames, _ = read_frames(SAMPLE_DIR / "frames")
     masks = read_masks(SAMPLE_DIR / "masks")
@@ -51,9 +66,25 @@ def test_inpaint_mp4_with_a_keyframe_and_a_single_mask_image(tmp_path, tiny_mode
     write_frames(clip["frames"], tmp_path / "in.mp4", fps=10)
     write_frames(clip["masks"][3:4].expand(-1, 3, -1, -1), tmp_path / "mask.png")
     write_frames(clip["ground_truth"][2:3], tmp_path / "edit.png")
-    proc = run_cli("inpaint", "--model", tiny_model_dir, "--video", tmp_path / "in.mp4", "--mask",
-                   tmp_path / "mask.png", "--keyframe", tmp_path / "edit.png", "--keyframe-index", 2,
-                   "--out", tmp_path / "out.mp4", "--steps", "2", "--sampler", "heun")
+    proc = run_cli(
+        "inpaint",
+        "--model",
+        tiny_model_dir,
+        "--video",
+        tmp_path / "in.mp4",
+        "--mask",
+        tmp_path / "mask.png",
+        "--keyframe",
+        tmp_path / "edit.png",
+        "--keyframe-index",
+        2,
+        "--out",
+        tmp_path / "out.mp4",
+        "--steps",
+        "2",
+        "--sampler",
+        "heun",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result, fps = read_frames(tmp_path / "out.mp4")
     assert result.shape == clip["frames"].shape and fps == pytest.approx(10)
@@ -69,12 +100,38 @@ def test_sizes_the_model_cannot_take(tmp_path, tiny_model_dir):
     m = torch.zeros(1, 3, 60, 70)
     m[..., 20:40, 20:40] = 1
     write_frames(m, tmp_path / "m.png")
-    refused = run_cli("inpaint", "--model", tiny_model_dir, "--video", tmp_path / "odd", "--mask", tmp_path / "m.png",
-                      "--out", tmp_path / "o", "--steps", "1")
+    refused = run_cli(
+        "inpaint",
+        "--model",
+        tiny_model_dir,
+        "--video",
+        tmp_path / "odd",
+        "--mask",
+        tmp_path / "m.png",
+        "--out",
+        tmp_path / "o",
+        "--steps",
+        "1",
+    )
     assert refused.returncode == 2 and "multiples of 8" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "o").exists()
-    ok = run_cli("inpaint", "--model", tiny_model_dir, "--video", tmp_path / "odd", "--mask", tmp_path / "m.png",
-                 "--out", tmp_path / "o", "--steps", "1", "--width", "64", "--height", "64")
+    ok = run_cli(
+        "inpaint",
+        "--model",
+        tiny_model_dir,
+        "--video",
+        tmp_path / "odd",
+        "--mask",
+        tmp_path / "m.png",
+        "--out",
+        tmp_path / "o",
+        "--steps",
+        "1",
+        "--width",
+        "64",
+        "--height",
+        "64",
+    )
     assert ok.returncode == 0, ok.stderr[-3000:]
     result, _ = read_frames(tmp_path / "o")
     assert result.shape == (4, 3, 60, 70), "the output goes back to the input size"
@@ -88,16 +145,19 @@ def test_clear_errors(tmp_path, tiny_model_dir):
     write_frames(make_sample_clip()["frames"][:1], tmp_path / "kf.png")
     cases = [
         (["--mask", SAMPLE_DIR / "masks", "--keyframe", tmp_path / "kf.png"], "0 indices for 1 --keyframe"),
-        (["--mask", SAMPLE_DIR / "masks", "--keyframe", tmp_path / "kf.png", "--keyframe-index", "12"],
-         "got 12 for a clip of 8 frames"),
+        (
+            ["--mask", SAMPLE_DIR / "masks", "--keyframe", tmp_path / "kf.png", "--keyframe-index", "12"],
+            "got 12 for a clip of 8 frames",
+        ),
         (["--mask", tmp_path / "missing.png"], "no such file"),
         (["--mask", SAMPLE_DIR / "masks", "--sampler", "ddim"], "choose one of euler, heun"),
         (["--mask", SAMPLE_DIR / "masks", "--steps", "0"], "steps: got 0"),
         (["--mask", SAMPLE_DIR / "masks", "--num-samples", "0"], "num_samples: got 0"),
     ]
     for args, want in cases:
-        proc = run_cli("inpaint", "--model", tiny_model_dir, "--video", SAMPLE_DIR / "frames", "--out",
-                       tmp_path / "x", *args)
+        proc = run_cli(
+            "inpaint", "--model", tiny_model_dir, "--video", SAMPLE_DIR / "frames", "--out", tmp_path / "x", *args
+        )
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert want in proc.stderr and "Traceback" not in proc.stderr, (want, proc.stderr[-2000:])
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kfi_core.errors import InputMismatchError, UnknownNameError
 from kfi_core.inference.color_match import MIN_PIXELS, fit_color_transform, match_colors, ring_width
 from kfi_core.inference.condition import prepare_clip
-from kfi_core.errors import InputMismatchError, UnknownNameError
-from kfi_core.inference.propagate import PropagateSettings, composite
+from kfi_core.inference.settings import PropagateSettings
+from kfi_core.inference.window import composite
 
 
 def clip(n=3, h=48, w=64, seed=0):
@@ -97,10 +98,11 @@ def edit_clip(n=4, h=48, w=64, keyframe=0):
     masks = torch.zeros(n, 1, h, w)
     for t in range(n):
         x = 12 + 4 * t  # the object moves right
-        reference[t, :, 16:32, x:x + 16] = torch.tensor([0.2, 0.9, 0.3]).view(3, 1, 1) + 0.1 * torch.rand(
-            3, 16, 16, generator=g)  # a saturated green object
+        reference[t, :, 16:32, x : x + 16] = torch.tensor([0.2, 0.9, 0.3]).view(3, 1, 1) + 0.1 * torch.rand(
+            3, 16, 16, generator=g
+        )  # a saturated green object
         if t != keyframe:
-            masks[t, :, 16:32, x:x + 16] = 1.0
+            masks[t, :, 16:32, x : x + 16] = 1.0
     return reference, masks
 
 
@@ -111,17 +113,20 @@ def test_keyframe_mode_fits_the_edit_colours_the_ring_never_shows():
     hole = masks.bool().expand_as(reference)
     ring = match_colors(generated, reference, masks, "affine")
     keyed = match_colors(generated, reference, masks, "keyframe", keyframes=[0])
-    error = {name: (out - reference)[hole].abs().mean() for name, out in
-             (("generated", generated), ("ring", ring), ("keyframe", keyed))}
+    error = {
+        name: (out - reference)[hole].abs().mean()
+        for name, out in (("generated", generated), ("ring", ring), ("keyframe", keyed))
+    }
     assert error["keyframe"] < 0.01 < error["ring"] and error["keyframe"] < 0.1 * error["generated"], error
     # one transform for the whole clip: a colour maps to the same colour in every frame
     same = generated.clone()
     same[1:, :, 16:32] = generated[1:2, :, 16:32]
     keyed_same = match_colors(same, reference, masks, "keyframe", keyframes=[0])
     for t in (2, 3):
-        torch.testing.assert_close(keyed_same[t, :, 16:32][hole[t, :, 16:32]],
-                                   match_colors(same, reference, masks, "keyframe", keyframes=[0])[t, :, 16:32][
-                                       hole[t, :, 16:32]])
+        torch.testing.assert_close(
+            keyed_same[t, :, 16:32][hole[t, :, 16:32]],
+            match_colors(same, reference, masks, "keyframe", keyframes=[0])[t, :, 16:32][hole[t, :, 16:32]],
+        )
         torch.testing.assert_close(keyed_same[t, :, 16:32, 30:36], keyed_same[1, :, 16:32, 30:36])
 
 
@@ -131,14 +136,16 @@ def test_keyframe_mode_without_a_usable_keyframe_is_affine():
     affine = match_colors(generated, reference, masks, "affine")
     torch.testing.assert_close(match_colors(generated, reference, masks, "keyframe"), affine, atol=0, rtol=0)
     # a "keyframe" that still has a hole is not known, so it is not fitted on
-    torch.testing.assert_close(match_colors(generated, reference, masks, "keyframe", keyframes=[2]), affine,
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        match_colors(generated, reference, masks, "keyframe", keyframes=[2]), affine, atol=0, rtol=0
+    )
 
 
 def test_keyframe_mode_through_composite_uses_the_clip_keyframes():
     reference, masks = edit_clip()
-    generated = distort(reference, torch.tensor([[0.5, 0.3, 0.1], [0.2, 0.4, 0.2], [0.1, 0.3, 0.5]]),
-                        torch.tensor([0.05, 0.02, 0.0]))
+    generated = distort(
+        reference, torch.tensor([[0.5, 0.3, 0.1], [0.2, 0.4, 0.2], [0.1, 0.3, 0.5]]), torch.tensor([0.05, 0.02, 0.0])
+    )
     prepared = prepare_clip(reference, masks, keyframe_indices=[0])
     out = composite(prepared, generated, color_match="keyframe")
     keep = masks.expand_as(reference) == 0
@@ -172,8 +179,21 @@ def test_inpaint_command_takes_the_option(tiny_model_dir, tmp_path):
     outs = {}
     for mode in ("none", "affine"):
         out = tmp_path / f"out_{mode}"  # no suffix: a PNG folder, lossless
-        args = ["inpaint", "--model", str(tiny_model_dir), "--video", str(tmp_path / "in"), "--mask",
-                str(tmp_path / "mask"), "--out", str(out), "--steps", "2", "--color-match", mode]
+        args = [
+            "inpaint",
+            "--model",
+            str(tiny_model_dir),
+            "--video",
+            str(tmp_path / "in"),
+            "--mask",
+            str(tmp_path / "mask"),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--color-match",
+            mode,
+        ]
         assert cli.main(args) == 0
         outs[mode] = read_frames(out)[0]
     keep = sample["masks"].expand_as(outs["none"]) == 0

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from comfyhost import ROOT, ComfyServer, host_dir, make_base_dir, missing_nodes
+from PIL import Image
 
 # Every node the pack registers. A node missing from /object_info means the pack failed to load.
 EXPECTED_NODES = [
@@ -71,8 +70,10 @@ def test_mask_prepare_runs_through_prompt(comfy_server):
     _save_mask_png(comfy_server.base / "input" / "kfi_test_mask.png", mask)
     prompt = {
         "1": {"class_type": "LoadImageMask", "inputs": {"image": "kfi_test_mask.png", "channel": "red"}},
-        "2": {"class_type": "KFIMaskPrepare", "inputs": {"mask": ["1", 0], "threshold": 0.5, "grow": 3,
-                                                         "temporal_dilation": 0, "feather": 0}},
+        "2": {
+            "class_type": "KFIMaskPrepare",
+            "inputs": {"mask": ["1", 0], "threshold": 0.5, "grow": 3, "temporal_dilation": 0, "feather": 0},
+        },
         "3": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "kfi_mask_prepare"}},
     }
@@ -83,7 +84,7 @@ def test_mask_prepare_runs_through_prompt(comfy_server):
     want = grow(torch.from_numpy(mask)[None, None], 3)[0, 0].numpy()
     assert got.shape == mask.shape
     assert np.array_equal(got > 127, want > 0.5)
-    assert (want.sum() > mask.sum()), "growing must add pixels"
+    assert want.sum() > mask.sum(), "growing must add pixels"
 
 
 def test_bad_input_comes_back_as_execution_error_and_server_keeps_serving(comfy_server):
@@ -109,7 +110,7 @@ def test_importing_the_pack_is_cheap_and_names_missing_dependencies(tmp_path):
 import asyncio, importlib.util, sys
 sys.path.insert(0, {str(host_dir())!r})
 import comfy.cli_args; comfy.cli_args.args.cpu = True
-spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / '__init__.py')!r},
+spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / "__init__.py")!r},
                                               submodule_search_locations=[{str(ROOT)!r}])
 pack = importlib.util.module_from_spec(spec); sys.modules["kfi_pack"] = pack; spec.loader.exec_module(pack)
 ext = asyncio.run(pack.comfy_entrypoint())
@@ -145,17 +146,22 @@ def test_model_dropdowns_list_folders_and_single_files(comfy_server):
     assert "bundled/kfi-demo-64px-removal.safetensors" in adapters  # its adapter tuned on removal
 
 
-@pytest.mark.parametrize("model, adapter, channels, rank, frames", [
-    ("diffusers/tiny-svd", "none", 8, None, 8),
-    ("diffusers/tiny-svd", "kfi_adapters/kfi_tiny.safetensors", 12, 32, 8),
-    ("checkpoints/svd_tiny_xt.safetensors", "none", 8, None, 8),  # a value saved by older workflows still runs
-    ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px.safetensors", 12, 32, 8),
-    ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px-removal.safetensors", 12, 32, 8),
-])
+@pytest.mark.parametrize(
+    "model, adapter, channels, rank, frames",
+    [
+        ("diffusers/tiny-svd", "none", 8, None, 8),
+        ("diffusers/tiny-svd", "kfi_adapters/kfi_tiny.safetensors", 12, 32, 8),
+        ("checkpoints/svd_tiny_xt.safetensors", "none", 8, None, 8),  # a value saved by older workflows still runs
+        ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px.safetensors", 12, 32, 8),
+        ("bundled/kfi-demo-64px", "bundled/kfi-demo-64px-removal.safetensors", 12, 32, 8),
+    ],
+)
 def test_load_model_and_show_info_through_prompt(comfy_server, model, adapter, channels, rank, frames):
     prompt = {
-        "1": {"class_type": "LoadKFInpaintModel", "inputs": {"model": model, "adapter": adapter, "dtype": "auto",
-                                                              "frames": 0}},
+        "1": {
+            "class_type": "LoadKFInpaintModel",
+            "inputs": {"model": model, "adapter": adapter, "dtype": "auto", "frames": 0},
+        },
         "2": {"class_type": "KFIModelInfo", "inputs": {"kfi_model": ["1", 0]}},
     }
     entry = comfy_server.run_prompt(prompt)
@@ -167,8 +173,10 @@ def test_load_model_and_show_info_through_prompt(comfy_server, model, adapter, c
 
 def test_single_file_loader_runs_through_prompt(comfy_server):
     prompt = {
-        "1": {"class_type": "LoadKFInpaintCheckpoint", "inputs": {"ckpt_name": "svd_tiny_xt.safetensors",
-                                                                   "adapter": "none", "dtype": "auto", "frames": 0}},
+        "1": {
+            "class_type": "LoadKFInpaintCheckpoint",
+            "inputs": {"ckpt_name": "svd_tiny_xt.safetensors", "adapter": "none", "dtype": "auto", "frames": 0},
+        },
         "2": {"class_type": "KFIModelInfo", "inputs": {"kfi_model": ["1", 0]}},
     }
     entry = comfy_server.run_prompt(prompt)
@@ -176,12 +184,15 @@ def test_single_file_loader_runs_through_prompt(comfy_server):
     assert json.loads(entry["outputs"]["2"]["text"][0])["num_frames"] == 8
 
 
-@pytest.mark.parametrize("node, name, value", [
-    ("LoadKFInpaintModel", "model", "../../etc/passwd"),
-    ("LoadKFInpaintModel", "model", "checkpoints/not_there.safetensors"),
-    ("LoadKFInpaintCheckpoint", "ckpt_name", "../../etc/passwd"),
-    ("LoadKFInpaintCheckpoint", "ckpt_name", "svd_xt.safetensors"),
-])
+@pytest.mark.parametrize(
+    "node, name, value",
+    [
+        ("LoadKFInpaintModel", "model", "../../etc/passwd"),
+        ("LoadKFInpaintModel", "model", "checkpoints/not_there.safetensors"),
+        ("LoadKFInpaintCheckpoint", "ckpt_name", "../../etc/passwd"),
+        ("LoadKFInpaintCheckpoint", "ckpt_name", "svd_xt.safetensors"),
+    ],
+)
 def test_model_names_outside_the_lists_are_refused(comfy_server, node, name, value):
     """ComfyUI 0.3.75 does not check V3 combo values itself: the loaders' validate_inputs refuse them before
     anything runs, naming the value (the missing-models dialog matches the same names)."""
@@ -220,15 +231,38 @@ def _removal_prompt(steps=2, keyframe_indices="", seed=0, color_match=None, num_
         "3": {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample_mask.mp4"}},
         "4": {"class_type": "GetVideoComponents", "inputs": {"video": ["3", 0]}},
         "5": {"class_type": "ImageToMask", "inputs": {"image": ["4", 0], "channel": "red"}},
-        "6": {"class_type": "LoadKFInpaintModel", "inputs": {"model": "diffusers/tiny-svd", "adapter": "none",
-                                                              "dtype": "auto", "frames": 0}},
-        "7": {"class_type": "SymmetricMaskEncode", "inputs": {"kfi_model": ["6", 0], "images": ["2", 0],
-                                                               "mask": ["5", 0], "keyframe_indices": keyframe_indices,
-                                                               "grow": 0}},
-        "8": {"class_type": "KeyframePropagateSampler", "inputs": {
-            "kfi_model": ["6", 0], "condition": ["7", 0], "seed": seed, "steps": steps, "sampler": "euler",
-            "min_guidance": 1.0, "max_guidance": 3.0, "fps": 7, "motion_bucket_id": 127, "noise_aug_strength": 0.02,
-            "composite": True, "feather": 0, "decode_chunk_size": 8}},
+        "6": {
+            "class_type": "LoadKFInpaintModel",
+            "inputs": {"model": "diffusers/tiny-svd", "adapter": "none", "dtype": "auto", "frames": 0},
+        },
+        "7": {
+            "class_type": "SymmetricMaskEncode",
+            "inputs": {
+                "kfi_model": ["6", 0],
+                "images": ["2", 0],
+                "mask": ["5", 0],
+                "keyframe_indices": keyframe_indices,
+                "grow": 0,
+            },
+        },
+        "8": {
+            "class_type": "KeyframePropagateSampler",
+            "inputs": {
+                "kfi_model": ["6", 0],
+                "condition": ["7", 0],
+                "seed": seed,
+                "steps": steps,
+                "sampler": "euler",
+                "min_guidance": 1.0,
+                "max_guidance": 3.0,
+                "fps": 7,
+                "motion_bucket_id": 127,
+                "noise_aug_strength": 0.02,
+                "composite": True,
+                "feather": 0,
+                "decode_chunk_size": 8,
+            },
+        },
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"kfi_removal_{seed}"}},
     }
     if color_match is not None:  # optional input: prompts from before it existed leave it out
@@ -242,8 +276,7 @@ def _removal_prompt(steps=2, keyframe_indices="", seed=0, color_match=None, num_
 
 def _saved_frames(comfy_server, entry, node="9"):
     images = entry["outputs"][node]["images"]
-    arrays = [np.asarray(Image.open(comfy_server.base / "output" / im["subfolder"] / im["filename"]))
-              for im in images]
+    arrays = [np.asarray(Image.open(comfy_server.base / "output" / im["subfolder"] / im["filename"])) for im in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfi_core.inference.condition import (check_frames, encode_symmetric, fill_masked, first_frame_for_embedding,
-                                prepare_clip)
 from kfi_core.errors import InputMismatchError, KeyframeError, NonFiniteError
+from kfi_core.inference.condition import (
+    check_frames,
+    encode_symmetric,
+    fill_masked,
+    first_frame_for_embedding,
+    prepare_clip,
+)
 
 
 def clip(n=4, h=64, w=64):
@@ -18,13 +23,16 @@ def clip(n=4, h=64, w=64):
     return frames, masks
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.rand(2, 1, 8, 8), "grayscale"),
-    (torch.rand(2, 4, 8, 8), "RGBA"),
-    (torch.rand(2, 3, 8, 8) * 255, "divide by 255"),
-    (torch.full((2, 3, 8, 8), float("nan")), "NaN"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "float"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.rand(2, 1, 8, 8), "grayscale"),
+        (torch.rand(2, 4, 8, 8), "RGBA"),
+        (torch.rand(2, 3, 8, 8) * 255, "divide by 255"),
+        (torch.full((2, 3, 8, 8), float("nan")), "NaN"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "float"),
+    ],
+)
 def test_check_frames_errors(bad, match):
     with pytest.raises((InputMismatchError, NonFiniteError), match=match):
         check_frames(bad)

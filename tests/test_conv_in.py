@@ -6,13 +6,12 @@ import copy
 
 import pytest
 import torch
+from kfi_testing import unet_forward
 
-from kfi_core.model.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, check_conv_in, expand_conv_in
 from kfi_core.errors import CheckpointFormatError, KfiError
+from kfi_core.model.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, check_conv_in, expand_conv_in
 from kfi_core.model.lora import add_lora
 from kfi_core.model.tiny import tiny_unet_config
-
-from kfi_testing import unet_forward
 
 
 @pytest.fixture()
@@ -66,9 +65,11 @@ def test_widened_conv_and_fresh_lora_equal_the_base_unet(tiny_components, base_u
     gen = torch.Generator().manual_seed(0)
     noisy_and_black = torch.randn(2, 8, STOCK_IN_CHANNELS, 16, 16, generator=gen)  # [B, F, 8, h, w]
     expected = unet_forward(base, noisy_and_black)
-    for white in (torch.rand(2, 8, 4, 16, 16, generator=gen) * 200 - 100,  # anything finite
-                  torch.ones(2, 8, 4, 16, 16),
-                  torch.zeros(2, 8, 4, 16, 16)):
+    for white in (
+        torch.rand(2, 8, 4, 16, 16, generator=gen) * 200 - 100,  # anything finite
+        torch.ones(2, 8, 4, 16, 16),
+        torch.zeros(2, 8, 4, 16, 16),
+    ):
         got = unet_forward(kfi, torch.cat([noisy_and_black, white], dim=2))  # [B, F, 12, h, w]
         assert torch.equal(got, expected)
 
@@ -97,6 +98,7 @@ def test_other_channel_count_is_refused():
 
 def test_conv_in_disagreeing_with_config_is_refused(base_unet):
     base_unet.register_to_config(in_channels=12)  # config edited, weight still 8 channels
-    with pytest.raises(CheckpointFormatError,
-                       match=r"weight takes 8 input channels .* unet.config.in_channels says 12"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"weight takes 8 input channels .* unet.config.in_channels says 12"
+    ):
         expand_conv_in(base_unet)

@@ -24,11 +24,12 @@ import pickle
 
 import pytest
 import torch
+from comfy_oracle import build_clip_vision, build_unet, build_vae, encode_image_embeds, import_comfy
 from safetensors.torch import load_file, save_file
 
-from comfy_oracle import build_clip_vision, build_unet, build_vae, encode_image_embeds, import_comfy
-from kfi_core.model import single_file as cs
 from kfi_core.errors import CheckpointFormatError, ModelFileError
+from kfi_core.model import single_file as cs
+from kfi_core.model import single_file_keys
 from kfi_core.model.tiny import TINY_CLIP_VISION_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny_components
 
 ATOL = 2e-5
@@ -83,8 +84,9 @@ def _rewrite(src, dst, edit):
 def test_sgm_layout_and_detection(comps, sgm_sd):
     assert cs.is_svd_sgm_checkpoint(sgm_sd)
     assert not cs.is_svd_sgm_checkpoint(comps["unet"].state_dict())  # diffusers names
-    assert not cs.is_svd_sgm_checkpoint(["model.diffusion_model.input_blocks.0.0.weight",
-                                         "first_stage_model.decoder.mid.block_1.norm1.weight"])  # SD 1.x image model
+    assert not cs.is_svd_sgm_checkpoint(
+        ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.mid.block_1.norm1.weight"]
+    )  # SD 1.x image model
     prefixes = {k.split(".visual.")[0] + ".visual." if ".visual." in k else ".".join(k.split(".")[:1]) for k in sgm_sd}
     assert prefixes == {"model", "first_stage_model", cs.SGM_PREFIXES["image_encoder"]}
     # a few keys whose names carry the special cases
@@ -110,7 +112,7 @@ def test_round_trip_sgm_diffusers_sgm_is_bit_exact(sgm_sd):
 
 def test_round_trip_diffusers_sgm_diffusers_is_bit_exact(comps):
     unet, image_encoder = comps["unet"].state_dict(), comps["image_encoder"].state_dict()
-    vae = cs.fold_vae_quant_conv(comps["vae"].state_dict())  # the form an sgm file can hold
+    vae = single_file_keys.fold_vae_quant_conv(comps["vae"].state_dict())  # the form an sgm file can hold
     d = cs.convert_sgm_to_diffusers(cs.convert_diffusers_to_sgm(unet, vae, image_encoder))
     _assert_sd_equal(d["unet"], unet)
     _assert_sd_equal(d["vae"], vae)
@@ -121,9 +123,9 @@ def test_quant_conv_fold_keeps_the_encoder_function(comps):
     vae = copy.deepcopy(comps["vae"])
     torch.manual_seed(5)
     torch.nn.init.normal_(vae.quant_conv.weight, std=0.3)  # a non-identity quant_conv (the tiny one is identity)
-    assert not cs._is_identity_quant_conv(vae.quant_conv.weight, vae.quant_conv.bias)
+    assert not single_file_keys.is_identity_quant_conv(vae.quant_conv.weight, vae.quant_conv.bias)
     folded = copy.deepcopy(vae)
-    folded.load_state_dict(cs.fold_vae_quant_conv(vae.state_dict()), strict=True)
+    folded.load_state_dict(single_file_keys.fold_vae_quant_conv(vae.state_dict()), strict=True)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():
         ref, got = vae.encode(x).latent_dist, folded.encode(x).latent_dist
@@ -241,12 +243,14 @@ def test_wrong_rename_breaks_the_unet_oracle(comps, monkeypatch):
     resnets' two [C, C, 3, 1, 1] convs) loads fine into ComfyUI but changes the output."""
     rules = [
         (s, d.replace("conv1", "TMP").replace("conv2", "conv1").replace("TMP", "conv2"), h)
-        if s.startswith("time_stack.") else (s, d, h)
-        for s, d, h in cs.UNET_RESNET_RULES
+        if s.startswith("time_stack.")
+        else (s, d, h)
+        for s, d, h in single_file_keys.UNET_RESNET_RULES
     ]
-    monkeypatch.setattr(cs, "UNET_RESNET_RULES", rules)
-    wrong = cs.convert_diffusers_to_sgm(comps["unet"].state_dict(), comps["vae"].state_dict(),
-                                        comps["image_encoder"].state_dict())
+    monkeypatch.setattr(single_file_keys, "UNET_RESNET_RULES", rules)
+    wrong = cs.convert_diffusers_to_sgm(
+        comps["unet"].state_dict(), comps["vae"].state_dict(), comps["image_encoder"].state_dict()
+    )
     model, _ = build_unet(wrong, num_head_channels=UNET_HEAD_DIM)
     inputs = _unet_inputs()
     with torch.no_grad():
@@ -260,8 +264,13 @@ def comfy_vae(sgm_sd):
     import_comfy()
     cfg = TINY_VAE_CONFIG
     ch = cfg["block_out_channels"][0]
-    return build_vae(sgm_sd, ch=ch, ch_mult=[c // ch for c in cfg["block_out_channels"]], num_res_blocks=2,
-                     z_channels=cfg["latent_channels"])
+    return build_vae(
+        sgm_sd,
+        ch=ch,
+        ch_mult=[c // ch for c in cfg["block_out_channels"]],
+        num_res_blocks=2,
+        z_channels=cfg["latent_channels"],
+    )
 
 
 def test_vae_encode_matches_comfyui(comps, comfy_vae):
@@ -303,12 +312,13 @@ def test_save_and_load_single_file_is_exact(comps, tiny_file):
     assert loaded["num_frames"] == FRAMES and loaded["unet"].config.num_frames == FRAMES
     _assert_sd_equal(loaded["unet"], comps["unet"])
     _assert_sd_equal(loaded["image_encoder"], comps["image_encoder"])
-    _assert_sd_equal(loaded["vae"], cs.fold_vae_quant_conv(comps["vae"].state_dict()))
+    _assert_sd_equal(loaded["vae"], single_file_keys.fold_vae_quant_conv(comps["vae"].state_dict()))
     for name in ("unet", "vae"):
         want = {k: v for k, v in comps[name].config.items() if not k.startswith("_")}
         got = {k: loaded[name].config[k] for k in want}
-        assert {k: list(v) if isinstance(v, tuple) else v for k, v in got.items()} == \
-            {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
+        assert {k: list(v) if isinstance(v, tuple) else v for k, v in got.items()} == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in want.items()
+        }
     assert loaded["image_encoder"].config.num_attention_heads == TINY_CLIP_VISION_CONFIG["num_attention_heads"]
     assert type(loaded["scheduler"]).__name__ == "EulerDiscreteScheduler"
     assert loaded["scheduler"].config.prediction_type == "v_prediction"
@@ -367,7 +377,9 @@ def test_truncated_file_is_reported(tiny_file, tmp_path):
 
 def test_missing_key_is_named(tiny_file, tmp_path):
     key = "model.diffusion_model.output_blocks.0.0.time_stack.out_layers.3.weight"
-    path = _rewrite(tiny_file, tmp_path / "svd_missing.safetensors", lambda sd: {k: v for k, v in sd.items() if k != key})
+    path = _rewrite(
+        tiny_file, tmp_path / "svd_missing.safetensors", lambda sd: {k: v for k, v in sd.items() if k != key}
+    )
     with pytest.raises(CheckpointFormatError, match=r"svd_missing\.safetensors.*missing") as exc:
         cs.load_single_file(path)
     assert "up_blocks.0.resnets.0.temporal_res_block.conv2.weight" in str(exc.value)

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kfi_core.media.crop import CropBox, crop_for_inpaint, crop_mask, crop_to_square, plan_square_crop, stitch_crop
 from kfi_core.errors import InputMismatchError, KfiError, UnsupportedSizeError
+from kfi_core.media.crop import CropBox, crop_for_inpaint, crop_mask, crop_to_square, plan_square_crop, stitch_crop
 
 
 def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
@@ -62,9 +62,9 @@ def test_box_is_a_square_holding_the_bbox_with_padding_inside_the_frame(seed):
         height, width = int(rng.integers(8, 160)), int(rng.integers(8, 160))
         mask = torch.zeros(1, height, width)
         for _ in range(int(rng.integers(1, 4))):  # a few rectangles and stray pixels
-            t, l = int(rng.integers(0, height)), int(rng.integers(0, width))
+            y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
             h, w = int(rng.integers(1, height)), int(rng.integers(1, width))
-            mask[:, t : t + h, l : l + w] = float(rng.uniform(0.1, 1))
+            mask[:, y0 : y0 + h, x0 : x0 + w] = float(rng.uniform(0.1, 1))
         padding = float(rng.choice([0.0, 0.1, 0.2, 0.5, 1.0]))
         min_side = int(rng.choice([0, 0, 32, 200]))
         box = plan_square_crop(mask, padding=padding, min_side=min_side, size=64)
@@ -181,8 +181,9 @@ def test_a_solid_edit_changes_only_the_feathered_mask():
     region = mask[0] > 0
     assert not (changed & ~_dilate(region, 8)).any(), "a pixel beyond the feather band changed"
     assert not (changed & ~_box_region(box)).any(), "a pixel outside the box changed"
-    assert torch.allclose(out[:, region], red[:, :1, 0].expand(-1, int(region.sum())), atol=1e-5), \
+    assert torch.allclose(out[:, region], red[:, :1, 0].expand(-1, int(region.sum())), atol=1e-5), (
         "the mask is fully the edit"
+    )
     ring = _dilate(region, 3) & ~region
     assert changed[ring].all() and (out[0, ring] < 1 - 1e-3).any(), "the band near the mask is blended"
     # feather 0: exactly the mask
@@ -245,8 +246,11 @@ def test_stitch_size_mismatches_name_both_sizes():
         stitch_crop(image, torch.zeros(3, 72, 72), box)
     with pytest.raises(InputMismatchError, match=r"image: size 81x60 .* does not match the crop's frame size 80x60"):
         stitch_crop(torch.zeros(3, 60, 81), torch.zeros(3, 64, 64), box)
-    with pytest.raises(InputMismatchError, match=r"mask: size 64x64 .* does not match the image's 80x60.*not the "
-                                                 r"cropped mask"):
+    with pytest.raises(
+        InputMismatchError,
+        match=r"mask: size 64x64 .* does not match the image's 80x60.*not the "
+        r"cropped mask",
+    ):
         stitch_crop(image, torch.zeros(3, 64, 64), box, torch.ones(1, 64, 64))
     with pytest.raises(InputMismatchError, match="edited_crop: got 2 edited crops for 1 images"):
         stitch_crop(image[None], torch.zeros(2, 3, 64, 64), box)

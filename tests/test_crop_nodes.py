@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import torch
@@ -32,26 +31,47 @@ def _inputs(comfy_server) -> tuple[np.ndarray, np.ndarray]:
 
 def _saved(comfy_server, entry, node) -> np.ndarray:
     images = entry["outputs"][node]["images"]
-    return np.stack([np.asarray(Image.open(comfy_server.base / "output" / im["subfolder"] / im["filename"]))
-                     for im in images]).astype(np.float32) / 255
+    return (
+        np.stack(
+            [np.asarray(Image.open(comfy_server.base / "output" / im["subfolder"] / im["filename"])) for im in images]
+        ).astype(np.float32)
+        / 255
+    )
 
 
 def _crop_prompt(size=64, stitch_size=None):
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "kfi_crop_image.png"}},
         "2": {"class_type": "LoadImageMask", "inputs": {"image": "kfi_crop_mask.png", "channel": "red"}},
-        "3": {"class_type": "KFICropForInpaint", "inputs": {"image": ["1", 0], "mask": ["2", 0], "size": size,
-                                                            "padding": 0.2}},
+        "3": {
+            "class_type": "KFICropForInpaint",
+            "inputs": {"image": ["1", 0], "mask": ["2", 0], "size": size, "padding": 0.2},
+        },
         "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},  # the 'edit'
-        "5": {"class_type": "KFIStitchCrop", "inputs": {"image": ["1", 0], "edited_crop": ["4", 0], "crop": ["3", 2],
-                                                        "mask": ["2", 0], "feather": FEATHER}},
+        "5": {
+            "class_type": "KFIStitchCrop",
+            "inputs": {
+                "image": ["1", 0],
+                "edited_crop": ["4", 0],
+                "crop": ["3", 2],
+                "mask": ["2", 0],
+                "feather": FEATHER,
+            },
+        },
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "kfi_stitched"}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "kfi_cropped"}},
     }
     if stitch_size is not None:  # the edit comes back at another size
-        prompt["8"] = {"class_type": "ImageScale", "inputs": {"image": ["4", 0], "upscale_method": "bilinear",
-                                                             "width": stitch_size, "height": stitch_size,
-                                                             "crop": "disabled"}}
+        prompt["8"] = {
+            "class_type": "ImageScale",
+            "inputs": {
+                "image": ["4", 0],
+                "upscale_method": "bilinear",
+                "width": stitch_size,
+                "height": stitch_size,
+                "crop": "disabled",
+            },
+        }
         prompt["5"]["inputs"]["edited_crop"] = ["8", 0]
     return prompt
 
@@ -87,9 +107,15 @@ def test_crop_edit_stitch_changes_only_the_feathered_mask(comfy_server):
     assert diff.max(axis=-1)[inside & visible].min() > 0.05, "every masked pixel is edited"
     # the box is square around the mask with 0.2 padding: 30 px wide -> 6 px on each side -> a 42-pixel square
     top, bottom, left, right = MASK_BOX
-    expected = np.asarray(Image.fromarray((image[top - 11 : top - 11 + 42, left - 6 : right + 6] * 255)
-                                          .round().astype(np.uint8)).resize((64, 64), Image.BICUBIC),
-                          dtype=np.float32) / 255
+    expected = (
+        np.asarray(
+            Image.fromarray(
+                (image[top - 11 : top - 11 + 42, left - 6 : right + 6] * 255).round().astype(np.uint8)
+            ).resize((64, 64), Image.BICUBIC),
+            dtype=np.float32,
+        )
+        / 255
+    )
     assert np.abs(cropped[0] - expected).mean() < 0.01, "the crop shows the square around the mask"
 
 
@@ -98,11 +124,15 @@ def test_a_batch_and_a_mask_larger_than_the_frame(comfy_server):
     prompt = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 80, "height": 48, "batch_size": 2, "color": 0x204060}},
         "2": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 80, "height": 48}},
-        "3": {"class_type": "KFICropForInpaint", "inputs": {"image": ["1", 0], "mask": ["2", 0], "size": 64,
-                                                            "padding": 0.2}},
+        "3": {
+            "class_type": "KFICropForInpaint",
+            "inputs": {"image": ["1", 0], "mask": ["2", 0], "size": 64, "padding": 0.2},
+        },
         "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
-        "5": {"class_type": "KFIStitchCrop", "inputs": {"image": ["1", 0], "edited_crop": ["4", 0], "crop": ["3", 2],
-                                                        "feather": 8}},
+        "5": {
+            "class_type": "KFIStitchCrop",
+            "inputs": {"image": ["1", 0], "edited_crop": ["4", 0], "crop": ["3", 2], "feather": 8},
+        },
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "kfi_stitched_batch"}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "kfi_cropped_batch"}},
     }

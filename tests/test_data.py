@@ -7,11 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kfi_core.training.data import (NO_KEYFRAME, ClipDataset, StreamSampler, collate_samples, draw_keyframe, find_sources,
-                           frames_needed, random_crop_box)
-from kfi_core.errors import DatasetError, VideoFileError
 from kfi_core.bundled import make_sample_clip
+from kfi_core.errors import DatasetError, VideoFileError
 from kfi_core.media.video import write_frames
+from kfi_core.training.data import (
+    NO_KEYFRAME,
+    ClipDataset,
+    StreamSampler,
+    collate_samples,
+    draw_keyframe,
+    find_sources,
+    frames_needed,
+    random_crop_box,
+)
 
 
 def index_clip(n: int, h: int = 48, w: int = 80) -> torch.Tensor:
@@ -30,8 +38,10 @@ def data_dir(tmp_path_factory):
 
 def test_sources_found_in_name_order_with_frame_counts(data_dir):
     sources = find_sources(data_dir)
-    assert [(s.path.name, s.num_frames, s.is_folder) for s in sources] == [("ball.mp4", 12, False),
-                                                                           ("counter", 30, True)]
+    assert [(s.path.name, s.num_frames, s.is_folder) for s in sources] == [
+        ("ball.mp4", 12, False),
+        ("counter", 30, True),
+    ]
 
 
 def test_a_folder_of_frames_is_one_video(data_dir):
@@ -112,8 +122,17 @@ def test_keyframe_probability_in_dataset(data_dir):
 
 
 def test_collate_and_stream_sampler():
-    batch = collate_samples([{"frames": torch.zeros(8, 3, 4, 4), "masks": torch.zeros(8, 1, 4, 4),
-                              "keyframe_index": i - 1, "source": "x"} for i in range(2)])
+    batch = collate_samples(
+        [
+            {
+                "frames": torch.zeros(8, 3, 4, 4),
+                "masks": torch.zeros(8, 1, 4, 4),
+                "keyframe_index": i - 1,
+                "source": "x",
+            }
+            for i in range(2)
+        ]
+    )
     assert batch["frames"].shape == (2, 8, 3, 4, 4) and batch["keyframe_index"].tolist() == [-1, 0]
 
     def take(sampler, n):
@@ -163,7 +182,7 @@ def _box_masks(n: int, h: int, w: int) -> torch.Tensor:
     """Frame t's mask: a 10x12 box whose left edge is at 4 + 2 t (a moving object)."""
     masks = torch.zeros(n, 1, h, w)
     for t in range(n):
-        masks[t, :, 10:20, 4 + 2 * t:16 + 2 * t] = 1.0
+        masks[t, :, 10:20, 4 + 2 * t : 16 + 2 * t] = 1.0
     return masks
 
 
@@ -179,32 +198,50 @@ def track_dir(tmp_path_factory):
 def test_masks_folder_is_found_with_its_clip_and_is_not_a_video(track_dir):
     sources = find_sources(track_dir)
     assert [(s.path.name, s.mask_folder.name if s.mask_folder else None) for s in sources] == [
-        ("plain", None), ("tracked", "masks")]
+        ("plain", None),
+        ("tracked", "masks"),
+    ]
     # a frame folder given as the dataset root keeps its masks/ as masks, not as a second video
     alone = find_sources(track_dir / "tracked")
     assert len(alone) == 1 and alone[0].mask_folder is not None
 
 
 def test_track_masks_follow_the_clip_crop_and_need_a_keyframe(track_dir):
-    ds = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(48, 80), crop_scale=(1, 1),
-                     keyframe_prob=1.0, track_mask_prob=1.0)
+    ds = ClipDataset(
+        track_dir / "tracked",
+        num_frames=8,
+        resolution=(48, 80),
+        crop_scale=(1, 1),
+        keyframe_prob=1.0,
+        track_mask_prob=1.0,
+    )
     for epoch in range(4):
         s = ds.get(epoch, 0)
         assert s.track_masks and s.keyframe_index != NO_KEYFRAME
-        assert torch.equal(s.masks, _box_masks(12, 48, 80)[s.start:s.start + 8])  # the source frames' own masks
+        assert torch.equal(s.masks, _box_masks(12, 48, 80)[s.start : s.start + 8])  # the source frames' own masks
     # cropped and resized with the frames: the box stays on the same content
-    ds = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(24, 40), crop_scale=(0.5, 0.5),
-                     keyframe_prob=1.0, track_mask_prob=1.0)
+    ds = ClipDataset(
+        track_dir / "tracked",
+        num_frames=8,
+        resolution=(24, 40),
+        crop_scale=(0.5, 0.5),
+        keyframe_prob=1.0,
+        track_mask_prob=1.0,
+    )
     s = ds.get(0, 0)
     top, left, h, w = s.crop
-    expected = F.interpolate(_box_masks(12, 48, 80)[s.start:s.start + 8, :, top:top + h, left:left + w],
-                             size=(24, 40), mode="area") > 0
+    expected = (
+        F.interpolate(
+            _box_masks(12, 48, 80)[s.start : s.start + 8, :, top : top + h, left : left + w], size=(24, 40), mode="area"
+        )
+        > 0
+    )
     assert torch.equal(s.masks > 0, expected)
     # never without a keyframe; never with probability 0
-    never = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(48, 80), keyframe_prob=0.0,
-                        track_mask_prob=1.0)
-    off = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(48, 80), keyframe_prob=1.0,
-                      track_mask_prob=0.0)
+    never = ClipDataset(
+        track_dir / "tracked", num_frames=8, resolution=(48, 80), keyframe_prob=0.0, track_mask_prob=1.0
+    )
+    off = ClipDataset(track_dir / "tracked", num_frames=8, resolution=(48, 80), keyframe_prob=1.0, track_mask_prob=0.0)
     assert not any(d.get(e, 0).track_masks for d in (never, off) for e in range(4))
 
 
@@ -242,20 +279,33 @@ def test_hole_masks_are_used_with_or_without_a_keyframe_after_track_masks(hole_d
     alone = find_sources(hole_dir / "clip")  # the clip as the root: neither folder is a second video
     assert len(alone) == 1 and alone[0].hole_folder is not None
     for keyframe_prob in (0.0, 1.0):
-        ds = ClipDataset(hole_dir, num_frames=8, resolution=(48, 80), crop_scale=(1, 1),
-                         keyframe_prob=keyframe_prob, hole_mask_prob=1.0)
+        ds = ClipDataset(
+            hole_dir,
+            num_frames=8,
+            resolution=(48, 80),
+            crop_scale=(1, 1),
+            keyframe_prob=keyframe_prob,
+            hole_mask_prob=1.0,
+        )
         for epoch in range(4):
             s = ds.get(epoch, 0)
             assert s.hole_masks and not s.track_masks and s.as_dict()["hole_masks"]
-            assert torch.equal(s.masks, holes[s.start:s.start + 8])
+            assert torch.equal(s.masks, holes[s.start : s.start + 8])
     # a sample with a keyframe that draws its track masks keeps them; the others fall back to the holes
-    both = ClipDataset(hole_dir, num_frames=8, resolution=(48, 80), crop_scale=(1, 1), keyframe_prob=0.5,
-                       track_mask_prob=1.0, hole_mask_prob=1.0)
+    both = ClipDataset(
+        hole_dir,
+        num_frames=8,
+        resolution=(48, 80),
+        crop_scale=(1, 1),
+        keyframe_prob=0.5,
+        track_mask_prob=1.0,
+        hole_mask_prob=1.0,
+    )
     kinds = set()
     for epoch in range(12):
         s = both.get(epoch, 0)
         kinds.add((s.keyframe_index != NO_KEYFRAME, s.track_masks, s.hole_masks))
-        own = (_box_masks(12, 48, 80) if s.track_masks else holes)[s.start:s.start + 8]
+        own = (_box_masks(12, 48, 80) if s.track_masks else holes)[s.start : s.start + 8]
         assert torch.equal(s.masks, own)
     assert kinds == {(True, True, False), (False, False, True)}
     # probability 0 (the default): synthetic masks, as before the option, from the same streams

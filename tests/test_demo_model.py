@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfi_core.inference.condition import prepare_clip
-from kfi_core.inference.executor import inpaint
+from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, DEMO_SAMPLING, demo_model_available
 from kfi_core.evaluation.metrics import psnr
 from kfi_core.evaluation.procedural import EVAL_SEED_BASE, make_procedural_clip
-from kfi_core.inference.propagate import PropagateSettings
-from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, DEMO_SAMPLING, demo_model_available
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import inpaint
+from kfi_core.inference.settings import PropagateSettings
 
 SEEDS = [EVAL_SEED_BASE + 500 + i for i in range(3)]  # held out, and not the clips of docs/RESULTS.md
 SETTINGS = PropagateSettings(steps=12, seed=0)
@@ -61,7 +61,8 @@ def _round_trip(vae, clip: torch.Tensor) -> torch.Tensor:
 
 
 def test_demo_model_ships_an_edit_and_a_removal_adapter():
-    """The package ships two adapters of the same backbone (research/demo_model/recipe.json's rounds 3 and 6, package_as):
+    """The package ships two adapters of the same backbone (research/demo_model/recipe.json's rounds 3 and 6,
+    package_as):
     the same tensors, different weights, and both load strictly as KFI adapters of the bundled model."""
     from safetensors.torch import load_file
 
@@ -77,8 +78,9 @@ def test_demo_model_ships_an_edit_and_a_removal_adapter():
 @pytest.mark.slow
 def test_the_removal_adapter_removes_better_than_the_edit_adapter(demo_model):
     """Removal without a keyframe, as `demo` runs it (its sampling defaults, colour matching on): on 12 held-out
-    clips (6 medium, 6 easy) the removal adapter's fill errs less in the hole than the edit adapter's on most clips
-    and on average (validation, 32 clips a level: +0.56 / +0.81 dB; research/demo_model/NOTES.md, 'Two adapters: edit and removal')."""
+    clips (6 medium, 6 easy) the removal adapter's fill errs less in the hole than the edit adapter's on most clips and
+    on average (validation, 32 clips a level: +0.56 / +0.81 dB; research/demo_model/NOTES.md, 'Two adapters: edit and
+    removal')."""
     from kfi_core.model.loading import load_kfi_model
 
     removal = load_kfi_model(DEMO_MODEL_DIR, adapter=DEMO_REMOVAL_ADAPTER)
@@ -125,8 +127,9 @@ def test_demo_vae_is_trained(demo_model):
 @torch.no_grad()
 def test_demo_vae_keeps_colour(demo_model):
     """recipe.json's VAE is trained to keep colour (chroma loss, colour anchor, GroupNorm reference): its
-    reconstructions of held-out clips keep a clear part of their chroma. The VAE it replaced kept 0.02 in the hole
-    of the edit task (a flat red frame came back dark grey; research/demo_model/NOTES.md, 'Why the keyframe cannot help yet')."""
+    reconstructions of held-out clips keep a clear part of their chroma. The VAE it replaced kept 0.02 in the hole of
+    the edit task (a flat red frame came back dark grey; research/demo_model/NOTES.md, 'Why the keyframe cannot help
+    yet')."""
     from kfi_core.evaluation.metrics import chroma_gain
 
     clips = [make_procedural_clip("edit", 8, 64, 64, seed=s, difficulty="medium").ground_truth for s in SEEDS]
@@ -160,8 +163,9 @@ def test_demo_model_carries_an_edit_from_its_keyframe(demo_model):
         for s in SEEDS[:2]:
             c = make_procedural_clip("edit", 8, 64, 64, seed=s, config=cfg)
             k = c.keyframe_index
-            edited = inpaint(demo_model, prepare_clip(c.frames, c.masks, keyframes=c.keyframe[None],
-                                                      keyframe_indices=[k]), SETTINGS)
+            edited = inpaint(
+                demo_model, prepare_clip(c.frames, c.masks, keyframes=c.keyframe[None], keyframe_indices=[k]), SETTINGS
+            )
             plain = inpaint(demo_model, prepare_clip(c.frames, c.masks), SETTINGS)
             assert torch.equal(edited[k], c.keyframe)  # the keyframe is reproduced exactly
             others = [t for t in range(8) if t != k]
@@ -172,7 +176,8 @@ def test_demo_model_carries_an_edit_from_its_keyframe(demo_model):
 
 @pytest.mark.slow
 def test_colour_matching_fixes_the_demo_vaes_colour_drift(demo_model):
-    """The small demo VAE's colours drift (less since it keeps colour, but the fill's do); fitting the fill's colours to the
+    """The small demo VAE's colours drift (less since it keeps colour, but the fill's do); fitting the fill's colours to
+    the
     known pixels around the hole (kfi_core.inference.color_match) lifts the fill above the raw output, and the VAE's
     own ceiling above mean-colour fill (docs/RESULTS.md: 18.2 -> 20.7 dB against mean fill's 18.0, medium)."""
     from dataclasses import replace
@@ -187,6 +192,7 @@ def test_colour_matching_fixes_the_demo_vaes_colour_drift(demo_model):
     def mean_psnr(fn):
         return sum(psnr(fn(c), c.ground_truth, c.masks) for c in clips) / len(clips)
 
-    ceiling = mean_psnr(lambda c: vae_ceiling(demo_model.vae, c.ground_truth, c.masks, frames=c.frames,
-                                              color_match="affine"))
+    ceiling = mean_psnr(
+        lambda c: vae_ceiling(demo_model.vae, c.ground_truth, c.masks, frames=c.frames, color_match="affine")
+    )
     assert ceiling > mean_psnr(lambda c: mean_fill(c.frames, c.masks)) + 1.0

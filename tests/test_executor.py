@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kfi_core.inference.condition import prepare_clip
-from kfi_core.errors import ScheduleError
-from kfi_core.inference.executor import inpaint, run_schedule, total_steps
-from kfi_core.model.loading import load_kfi_model
-from kfi_core.inference.propagate import PropagateSettings, propagate
-from kfi_core.inference.schedules import SCHEDULES, build_schedule
-
 from kfi_testing import load_with_random_adapter
+
+from kfi_core.errors import ScheduleError
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import inpaint, propagate, run_schedule, total_steps
+from kfi_core.inference.schedule_builders import SCHEDULES, build_schedule
+from kfi_core.inference.settings import PropagateSettings
 
 FAST = dict(steps=2, decode_chunk_size=8)
 
@@ -28,7 +26,7 @@ def make_clip(n, seed=0, keyframes=()):
     masks = torch.zeros(n, 1, 64, 64)
     for t in range(n):
         x = 8 + (t * 3) % 32
-        masks[t, :, 16:40, x:x + 20] = 1.0
+        masks[t, :, 16:40, x : x + 20] = 1.0
     return prepare_clip(frames, masks, keyframe_indices=list(keyframes))
 
 
@@ -43,8 +41,9 @@ def test_a_clip_that_fits_one_window_gives_the_single_window_result(model, strat
 
 def _unet_frames(model):
     seen = []
-    handle = model.unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(args[0].shape[1]),
-                                                  with_kwargs=True)
+    handle = model.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(args[0].shape[1]), with_kwargs=True
+    )
     return seen, handle
 
 
@@ -110,8 +109,10 @@ def test_keyframe_colour_matching_in_windows(model):
     torch.testing.assert_close(inpaint(model, clip, settings), propagate(model, clip, settings), atol=1e-5, rtol=0)
     long = make_clip(20, keyframes=[0, 13])
     for strategy in ("anchor", "multidiffusion"):
-        outs = {mode: inpaint(model, long, PropagateSettings(seed=1, color_match=mode, **FAST), strategy=strategy)
-                for mode in ("none", "affine", "keyframe")}
+        outs = {
+            mode: inpaint(model, long, PropagateSettings(seed=1, color_match=mode, **FAST), strategy=strategy)
+            for mode in ("none", "affine", "keyframe")
+        }
         keep = (long.masks == 0).expand_as(outs["none"])
         for out in outs.values():
             assert torch.equal(out[keep], long.frames[keep])
@@ -121,11 +122,14 @@ def test_keyframe_colour_matching_in_windows(model):
 # --------------------------------------------------------------------------- mean of samples (num_samples)
 
 
-@pytest.mark.parametrize("length,strategy,feather_px,color_match",
-                         [(6, None, 0, "none"), (6, None, 3, "affine"), (20, "anchor", 3, "affine")])
+@pytest.mark.parametrize(
+    "length,strategy,feather_px,color_match",
+    [(6, None, 0, "none"), (6, None, 3, "affine"), (20, "anchor", 3, "affine")],
+)
 @pytest.mark.slow
-def test_num_samples_is_the_mean_of_one_sample_runs_with_consecutive_seeds(model, length, strategy, feather_px,
-                                                                           color_match):
+def test_num_samples_is_the_mean_of_one_sample_runs_with_consecutive_seeds(
+    model, length, strategy, feather_px, color_match
+):
     """Oracle: the mean of num_samples=3 equals the mean of three one-sample runs (seeds 7, 8, 9), whatever the
     schedule, feather and colour matching; what the composite keeps stays bit-exact; sample 0 is the seed's own run."""
     clip = make_clip(length, keyframes=[2])
@@ -134,7 +138,7 @@ def test_num_samples_is_the_mean_of_one_sample_runs_with_consecutive_seeds(model
     got = inpaint(model, clip, PropagateSettings(seed=7, num_samples=3, **base), strategy=strategy)
     torch.testing.assert_close(got, sum(singles) / 3, rtol=0, atol=1e-6)
     assert not torch.allclose(singles[0], singles[1]), "the samples differ (different seeds)"
-    from kfi_core.inference.propagate import composite_mask
+    from kfi_core.inference.window import composite_mask
 
     keep = (composite_mask(clip, feather_px) == 0).expand_as(got)
     assert torch.equal(got[keep], clip.frames[keep]), "pixels the composite keeps, keyframe included, are exact"
@@ -156,8 +160,12 @@ def test_num_samples_through_propagate_and_uncomposited(model):
 def test_num_samples_progress_counts_every_sample(model):
     clip = make_clip(20)
     steps = []
-    inpaint(model, clip, PropagateSettings(num_samples=2, **FAST),
-            callback=lambda d: steps.append((d["i"], d["total"], d["sample"])))
+    inpaint(
+        model,
+        clip,
+        PropagateSettings(num_samples=2, **FAST),
+        callback=lambda d: steps.append((d["i"], d["total"], d["sample"])),
+    )
     one = total_steps(build_schedule("anchor", 20, model.num_frames, []), 2)
     assert [i for i, _, _ in steps] == list(range(2 * one))
     assert {t for _, t, _ in steps} == {2 * one}
@@ -181,10 +189,12 @@ def test_num_samples_with_a_working_size_averages_at_the_input_size(model):
     frames, masks = torch.rand(6, 3, 56, 72, generator=g), torch.zeros(6, 1, 56, 72)
     masks[:, :, 16:40, 20:44] = 1.0
     base = dict(FAST, color_match="affine")
-    singles = [inpaint_clip(model, frames, masks, settings=PropagateSettings(seed=s, **base), size=(64, 64))[0]
-               for s in (2, 3)]
-    got, _ = inpaint_clip(model, frames, masks, settings=PropagateSettings(seed=2, num_samples=2, **base),
-                          size=(64, 64))
+    singles = [
+        inpaint_clip(model, frames, masks, settings=PropagateSettings(seed=s, **base), size=(64, 64))[0] for s in (2, 3)
+    ]
+    got, _ = inpaint_clip(
+        model, frames, masks, settings=PropagateSettings(seed=2, num_samples=2, **base), size=(64, 64)
+    )
     assert got.shape == frames.shape
     torch.testing.assert_close(got, (singles[0] + singles[1]) / 2, rtol=0, atol=1e-6)
     keep = (masks == 0).expand_as(got)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.inference.condition import prepare_clip
 from kfi_core.errors import CancelledError
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import propagate
 from kfi_core.inference.memory import is_out_of_memory, retry_on_oom
-from kfi_core.inference.propagate import PropagateSettings, propagate
+from kfi_core.inference.settings import PropagateSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +88,7 @@ def test_decode_out_of_memory_retries_and_matches_the_small_chunk_run(model, mon
     assert torch.equal(got, reference)
     assert "out of device memory with decode_chunk_size=8" in caplog.text
     assert sizes[0] == 6 and reached in sizes, sizes
-    assert all(s <= reached for s in sizes[sizes.index(reached):]), sizes
+    assert all(s <= reached for s in sizes[sizes.index(reached) :]), sizes
 
 
 def test_decode_out_of_memory_at_one_frame_is_raised(model, monkeypatch):
@@ -178,9 +179,28 @@ def test_cli_write_that_fails_leaves_no_partial_output(tmp_path, tiny_model_dir)
 
     out = tmp_path / "out" / "result.mp4"
     out.parent.mkdir()
-    proc = subprocess.run([sys.executable, "-c", FAILING_WRITE, "inpaint", "--model", str(tiny_model_dir),
-                           "--video", str(SAMPLE_DIR / "frames"), "--mask", str(SAMPLE_DIR / "masks"), "--out",
-                           str(out), "--steps", "1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FAILING_WRITE,
+            "inpaint",
+            "--model",
+            str(tiny_model_dir),
+            "--video",
+            str(SAMPLE_DIR / "frames"),
+            "--mask",
+            str(SAMPLE_DIR / "masks"),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "cannot write it" in proc.stderr and "No space left" in proc.stderr and "Traceback" not in proc.stderr
     assert list(out.parent.iterdir()) == [], "no partial or temporary file is left"

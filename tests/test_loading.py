@@ -8,11 +8,10 @@ import sys
 
 import pytest
 import torch
+from kfi_testing import load_with_random_adapter, unet_forward
 
 from kfi_core.errors import AdapterMismatchError, ModelFileError, UnknownNameError
 from kfi_core.model.loading import describe_model, load_kfi_model
-
-from kfi_testing import load_with_random_adapter, unet_forward
 
 
 def test_diffusers_folder_matches_the_components(tiny_model_dir, tiny_components):
@@ -69,8 +68,9 @@ def test_adapter_for_another_frame_count_is_refused(tmp_path, tiny_model_dir):
 
     other = build_tiny_pipeline_folder(tmp_path / "m14", num_frames=14)
     adapter = tmp_path / "a14.safetensors"
-    subprocess.run([sys.executable, "-m", "kfi_core", "init-adapter", str(other), str(adapter)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "kfi_core", "init-adapter", str(other), str(adapter)], check=True, capture_output=True
+    )
     with pytest.raises(AdapterMismatchError, match="14"):
         load_kfi_model(tiny_model_dir, adapter=adapter)
 

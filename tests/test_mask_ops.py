@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kfi_core.errors import InputMismatchError, KeyframeError
+from kfi_core.errors import InputMismatchError, KeyframeError, NonFiniteError
 from kfi_core.media.keyframes import check_frame_index, insert_keyframes, parse_indices, select_frame
 from kfi_core.media.mask_ops import binarize, expand_masks, feather, grow, prepare_masks, temporal_dilate
 
@@ -88,7 +88,7 @@ def test_temporal_dilation_spreads_over_neighbours_only():
 def test_prepare_masks_checks_values():
     with pytest.raises(InputMismatchError, match="divide it by 255"):
         prepare_masks(torch.full((2, 1, 4, 4), 255.0))
-    with pytest.raises(InputMismatchError, match="NaN"):
+    with pytest.raises(NonFiniteError, match="NaN"):  # as NaN frames and NaN metrics inputs
         prepare_masks(torch.full((2, 1, 4, 4), float("nan")))
     with pytest.raises(InputMismatchError, match="single-channel"):
         prepare_masks(torch.zeros(2, 3, 4, 4))

@@ -12,9 +12,7 @@ import torch
 
 from kfi_core.cli import main as cli_main
 from kfi_core.errors import KfiError, MaskSynthesisError, UnknownNameError
-from kfi_core.training.mask_synthesis import (
-    MASK_TYPES,
-    MaskConfig,
+from kfi_core.training.mask_generators import (
     animate,
     blob_mask,
     coverage,
@@ -22,12 +20,16 @@ from kfi_core.training.mask_synthesis import (
     grid_cell_pixels,
     grid_mask,
     invert,
-    preview_sheet_size,
-    sample_masks,
-    sample_masks_with_info,
     scribble_mask,
     square_mask,
     stationary,
+)
+from kfi_core.training.mask_synthesis import (
+    MASK_TYPES,
+    MaskConfig,
+    preview_sheet_size,
+    sample_masks,
+    sample_masks_with_info,
 )
 
 
@@ -37,15 +39,14 @@ def assert_binary_masks(m, frames, h, w):
 
 
 def centroid(frame):  # [1, H, W] -> (y, x)
-    ys, xs = torch.meshgrid(torch.arange(frame.shape[-2]).float(), torch.arange(frame.shape[-1]).float(),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(frame.shape[-2]).float(), torch.arange(frame.shape[-1]).float(), indexing="ij")
     total = frame[0].sum()
     return float((frame[0] * ys).sum() / total), float((frame[0] * xs).sum() / total)
 
 
 def box(h=96, w=96, top=40, left=40, side=12):
     m = torch.zeros(h, w)
-    m[top:top + side, left:left + side] = 1
+    m[top : top + side, left : left + side] = 1
     return m
 
 
@@ -58,13 +59,16 @@ def test_full_mask_covers_everything():
     assert torch.equal(coverage(m), torch.ones(3))
 
 
-@pytest.mark.parametrize("h, w, cell, ratio, offset, axes", [
-    (64, 64, 0.125, 0.25, (0.0, 0.0), "both"),   # period 8 divides 64: exact
-    (64, 64, 0.25, 0.5, (0.3, 0.7), "both"),
-    (64, 96, 0.15, 0.3, (0.5, 0.1), "both"),     # period 10 does not divide 64 or 96
-    (48, 80, 0.2, 0.4, (0.0, 0.0), "rows"),
-    (48, 80, 0.2, 0.4, (0.2, 0.0), "cols"),
-])
+@pytest.mark.parametrize(
+    "h, w, cell, ratio, offset, axes",
+    [
+        (64, 64, 0.125, 0.25, (0.0, 0.0), "both"),  # period 8 divides 64: exact
+        (64, 64, 0.25, 0.5, (0.3, 0.7), "both"),
+        (64, 96, 0.15, 0.3, (0.5, 0.1), "both"),  # period 10 does not divide 64 or 96
+        (48, 80, 0.2, 0.4, (0.0, 0.0), "rows"),
+        (48, 80, 0.2, 0.4, (0.2, 0.0), "cols"),
+    ],
+)
 def test_grid_coverage_matches_its_line_ratio(h, w, cell, ratio, offset, axes):
     m = grid_mask(h, w, num_frames=2, cell=cell, line_ratio=ratio, offset=offset, axes=axes)
     assert_binary_masks(m, 2, h, w)
@@ -139,7 +143,8 @@ def test_blob_feature_size_controls_the_number_of_blobs():
     # smaller features -> more boundary per area; count boundary pixels (a 4-neighbour differs)
     def boundary(m):
         m = m[0, 0]
-        return int(((m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()))
+        return int((m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum())
+
     fine = sum(boundary(blob_mask(96, 96, s, feature_size=0.1)) for s in range(5))
     coarse = sum(boundary(blob_mask(96, 96, s, feature_size=0.5)) for s in range(5))
     assert fine > 2 * coarse
@@ -232,8 +237,15 @@ def test_wrapped_animation_of_a_grid_is_the_grid_shifted():
 
 def test_moving_grids_and_blobs_from_sample_masks_keep_covering_the_frame():
     for kind, ratio in (("grid", 0.8), ("blob", 0.6)):  # blobs: a zoom shows another share of the field
-        cfg = MaskConfig(type_weights={kind: 1.0}, motion_prob=1.0, invert_prob=0.0, max_speed=0.05,
-                         max_scale_rate=0.03, max_elastic=0.0, max_dilate=0.0)
+        cfg = MaskConfig(
+            type_weights={kind: 1.0},
+            motion_prob=1.0,
+            invert_prob=0.0,
+            max_speed=0.05,
+            max_scale_rate=0.03,
+            max_elastic=0.0,
+            max_dilate=0.0,
+        )
         for seed in range(6):
             m = sample_masks(12, 48, 64, seed, cfg)
             cov = coverage(m)
@@ -271,8 +283,13 @@ def test_no_global_random_state_is_read_or_advanced():
 
 
 def test_sample_masks_respects_coverage_limits_and_draws_every_type():
-    cfg = MaskConfig(type_weights={k: 1.0 for k in MASK_TYPES if k != "full"}, min_coverage=0.1,
-                     max_coverage=0.6, invert_prob=0.3, motion_prob=0.6)
+    cfg = MaskConfig(
+        type_weights={k: 1.0 for k in MASK_TYPES if k != "full"},
+        min_coverage=0.1,
+        max_coverage=0.6,
+        invert_prob=0.3,
+        motion_prob=0.6,
+    )
     kinds, inverted, moving, tries = set(), 0, 0, []
     for seed in range(120):
         m, info = sample_masks_with_info(5, 32, 48, seed, cfg)
@@ -292,8 +309,9 @@ def test_type_weights_select_the_type():
     for kind in MASK_TYPES:
         _, info = sample_masks_with_info(3, 24, 24, 0, MaskConfig(type_weights={kind: 1.0}))
         assert info.kind == kind and info.label.startswith(kind)
-    m, info = sample_masks_with_info(3, 24, 24, 0, MaskConfig(type_weights={"full": 1.0}, invert_prob=1.0,
-                                                              motion_prob=1.0))
+    m, info = sample_masks_with_info(
+        3, 24, 24, 0, MaskConfig(type_weights={"full": 1.0}, invert_prob=1.0, motion_prob=1.0)
+    )
     assert torch.equal(m, torch.ones(3, 1, 24, 24)) and not info.inverted and info.motion is None
 
 
@@ -308,45 +326,57 @@ def test_default_coverage_stays_within_defaults_at_training_size():
 # --------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: grid_mask(32, 32, cell=0.0), r"cell: got \(0, 0\).*\(0, 1e\+06\]"),
-    (lambda: grid_mask(32, 32, line_ratio=1.5), r"line_ratio: got \(1\.5, 1\.5\).*\(0, 1\]"),
-    (lambda: grid_mask(32, 0), r"width: got 0; give a positive integer"),
-    (lambda: square_mask(32, 32, 0, size=(0.5, 0.2)), r"size: got \(0\.5, 0\.2\).*low <= high"),
-    (lambda: square_mask(32, 32, 0, num_boxes=0), r"num_boxes: got \(0, 0\).*1 <= low <= high"),
-    (lambda: scribble_mask(32, 32, -1), r"rng: got -1.*numpy\.random\.Generator or a non-negative int"),
-    (lambda: scribble_mask(32, 32, 0, brush_width="wide"), r"brush_width: got 'wide'; give a number or"),
-    (lambda: blob_mask(32, 32, 0, coverage=1.0), r"coverage: got 1; .*full_mask"),
-    (lambda: animate(box(), 4, elastic=0.1), r"rng: elastic or dilate jitter is random"),
-    (lambda: animate(box(), 4, scale_rate=-1.0), r"scale_rate: got -1; it must be > -1"),
-    (lambda: animate(torch.zeros(2, 8, 8), 4), r"mask: expected one mask .* got shape \[2, 8, 8\]"),
-    (lambda: stationary(box(), 0), r"num_frames: got 0"),
-    (lambda: invert(torch.ones(2, 2, dtype=torch.uint8)), r"masks: expected a float tensor"),
-    (lambda: MaskConfig(min_coverage=0.5, max_coverage=0.2, type_weights={"grid": 1}), r"min_coverage <= max"),
-    (lambda: MaskConfig(max_coverage=0.9), r"type_weights\['full'\] is 0\.05 but max_coverage is 0\.9"),
-    (lambda: MaskConfig(type_weights={"grid": 0.0}), r"at least one > 0"),
-    (lambda: MaskConfig(invert_prob=2.0), r"MaskConfig\.invert_prob: got \(2, 2\).*\[0, 1\]"),
-    (lambda: MaskConfig(max_tries=0), r"max_tries: got 0"),
-    (lambda: sample_masks(4, 32, 32, "seed"), r"generator: got 'seed'"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: grid_mask(32, 32, cell=0.0), r"cell: got \(0, 0\).*\(0, 1e\+06\]"),
+        (lambda: grid_mask(32, 32, line_ratio=1.5), r"line_ratio: got \(1\.5, 1\.5\).*\(0, 1\]"),
+        (lambda: grid_mask(32, 0), r"width: got 0; give a positive integer"),
+        (lambda: square_mask(32, 32, 0, size=(0.5, 0.2)), r"size: got \(0\.5, 0\.2\).*low <= high"),
+        (lambda: square_mask(32, 32, 0, num_boxes=0), r"num_boxes: got \(0, 0\).*1 <= low <= high"),
+        (lambda: scribble_mask(32, 32, -1), r"rng: got -1.*numpy\.random\.Generator or a non-negative int"),
+        (lambda: scribble_mask(32, 32, 0, brush_width="wide"), r"brush_width: got 'wide'; give a number or"),
+        (lambda: blob_mask(32, 32, 0, coverage=1.0), r"coverage: got 1; .*full_mask"),
+        (lambda: animate(box(), 4, elastic=0.1), r"rng: elastic or dilate jitter is random"),
+        (lambda: animate(box(), 4, scale_rate=-1.0), r"scale_rate: got -1; it must be > -1"),
+        (lambda: animate(torch.zeros(2, 8, 8), 4), r"mask: expected one mask .* got shape \[2, 8, 8\]"),
+        (lambda: stationary(box(), 0), r"num_frames: got 0"),
+        (lambda: invert(torch.ones(2, 2, dtype=torch.uint8)), r"masks: expected a float tensor"),
+        (lambda: MaskConfig(min_coverage=0.5, max_coverage=0.2, type_weights={"grid": 1}), r"min_coverage <= max"),
+        (lambda: MaskConfig(max_coverage=0.9), r"type_weights\['full'\] is 0\.05 but max_coverage is 0\.9"),
+        (lambda: MaskConfig(type_weights={"grid": 0.0}), r"at least one > 0"),
+        (lambda: MaskConfig(invert_prob=2.0), r"MaskConfig\.invert_prob: got \(2, 2\).*\[0, 1\]"),
+        (lambda: MaskConfig(max_tries=0), r"max_tries: got 0"),
+        (lambda: sample_masks(4, 32, 32, "seed"), r"generator: got 'seed'"),
+    ],
+)
 def test_bad_parameters_raise_a_clear_mask_synthesis_error(call, match):
     with pytest.raises(MaskSynthesisError, match=match) as err:
         call()
     assert isinstance(err.value, KfiError) and isinstance(err.value, ValueError)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: grid_mask(32, 32, axes="diagonal"), r"axes: unknown grid axes 'diagonal'; use one of both, rows"),
-    (lambda: MaskConfig(type_weights={"circle": 1.0}), r"unknown mask type\(s\) \['circle'\]; use full, grid"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: grid_mask(32, 32, axes="diagonal"), r"axes: unknown grid axes 'diagonal'; use one of both, rows"),
+        (lambda: MaskConfig(type_weights={"circle": 1.0}), r"unknown mask type\(s\) \['circle'\]; use full, grid"),
+    ],
+)
 def test_unknown_names_raise_unknown_name_error(call, match):
     with pytest.raises(UnknownNameError, match=match):
         call()
 
 
 def test_unreachable_coverage_gives_up_after_max_tries():
-    cfg = MaskConfig(type_weights={"square": 1.0}, square_size=(0.1, 0.1), square_boxes=1, invert_prob=0.0,
-                     min_coverage=0.5, max_tries=7)
+    cfg = MaskConfig(
+        type_weights={"square": 1.0},
+        square_size=(0.1, 0.1),
+        square_boxes=1,
+        invert_prob=0.0,
+        min_coverage=0.5,
+        max_tries=7,
+    )
     with pytest.raises(MaskSynthesisError, match=r"within \[0\.5, 1\] in 7 tries \(last: square .*\)\. Widen"):
         sample_masks(3, 32, 32, 0, cfg)
 
@@ -358,8 +388,10 @@ def test_cli_preview_sheet_is_a_png_of_the_expected_size(tmp_path):
     from PIL import Image
 
     out = tmp_path / "sheet.png"
-    assert cli_main(["masks", "--preview", str(out), "--count", "5", "--frames", "6", "--size", "40x72",
-                     "--seed", "2"]) == 0
+    assert (
+        cli_main(["masks", "--preview", str(out), "--count", "5", "--frames", "6", "--size", "40x72", "--seed", "2"])
+        == 0
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as im:
         assert im.format == "PNG" and im.mode == "RGB"
@@ -372,7 +404,10 @@ def test_cli_preview_sheet_is_a_png_of_the_expected_size(tmp_path):
 
 
 def test_cli_masks_bad_size_is_a_user_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "kfi_core", "masks", "--preview", str(tmp_path / "a.png"),
-                           "--size", "64"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfi_core", "masks", "--preview", str(tmp_path / "a.png"), "--size", "64"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "--size: got '64'; give HEIGHTxWIDTH" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "a.png").exists()

@@ -13,12 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from kfi_core.evaluation import metrics
 from kfi_core.cli import main
-from kfi_core.errors import (InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError,
-                             UnsupportedSizeError)
-from kfi_core.evaluation.metrics import (METRIC_KEYS, compute_gt_flow, evaluate, flicker_delta, keyframe_fidelity, psnr, ssim,
-                              temporal_flicker, warping_error)
+from kfi_core.errors import InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError, UnsupportedSizeError
+from kfi_core.evaluation import metrics
+from kfi_core.evaluation.metrics import (
+    METRIC_KEYS,
+    compute_gt_flow,
+    evaluate,
+    flicker_delta,
+    keyframe_fidelity,
+    psnr,
+    ssim,
+    temporal_flicker,
+    warping_error,
+)
 from kfi_core.media.video import write_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +46,7 @@ def smooth_texture(h: int, w: int, seed: int) -> np.ndarray:
 def translating_clip(n: int = 6, seed: int = 0) -> np.ndarray:
     """[n, 3, H, W]: a window sliding (DX, DY) per frame over a texture, so content moves by (-DX, -DY)."""
     tex = smooth_texture(H + n * DY, W + n * DX, seed)
-    return np.stack([tex[:, t * DY:t * DY + H, t * DX:t * DX + W] for t in range(n)])
+    return np.stack([tex[:, t * DY : t * DY + H, t * DX : t * DX + W] for t in range(n)])
 
 
 def static_clip(n: int = 5, seed: int = 0) -> np.ndarray:
@@ -119,7 +127,7 @@ def ssim_brute_force(a: np.ndarray, b: np.ndarray) -> float:
     for c in range(a.shape[0]):
         for y in range(5, a.shape[1] - 5):
             for x in range(5, a.shape[2] - 5):
-                pa, pb = a[c, y - 5:y + 6, x - 5:x + 6], b[c, y - 5:y + 6, x - 5:x + 6]
+                pa, pb = a[c, y - 5 : y + 6, x - 5 : x + 6], b[c, y - 5 : y + 6, x - 5 : x + 6]
                 ma, mb = (win * pa).sum(), (win * pb).sum()
                 va, vb = (win * (pa - ma) ** 2).sum(), (win * (pb - mb) ** 2).sum()
                 cov = (win * (pa - ma) * (pb - mb)).sum()
@@ -164,11 +172,13 @@ def test_occlusion_check_excludes_background_covered_by_a_moving_object():
     bg, fg = smooth_texture(h, w, 0), smooth_texture(size, size, 1) * 0.5 + 0.5
     gt = np.repeat(bg[None], 5, axis=0)
     for t in range(5):
-        gt[t, :, 32:32 + size, 8 + speed * t:8 + speed * t + size] = fg
+        gt[t, :, 32 : 32 + size, 8 + speed * t : 8 + speed * t + size] = fg
     flow = compute_gt_flow(gt)
     # the strip just right of the square at t is covered at t+1: it has no match (occluded)
-    covered = np.mean([flow.valid[t, 34:62, 8 + speed * t + size:8 + speed * (t + 1) + size].mean() for t in range(4)])
-    far = np.mean([flow.valid[t, :, 8 + speed * t + size + 12:].mean() for t in range(4)])
+    covered = np.mean(
+        [flow.valid[t, 34:62, 8 + speed * t + size : 8 + speed * (t + 1) + size].mean() for t in range(4)]
+    )
+    far = np.mean([flow.valid[t, :, 8 + speed * t + size + 12 :].mean() for t in range(4)])
     assert covered < 0.5 and far > 0.95  # measured 0.29 and 0.98 (DIS smears flow a little across the edge)
     unmasked = warping_error(gt, gt, flow=compute_gt_flow(gt, occlusion=False))
     assert warping_error(gt, gt, flow=flow) < 0.5 * unmasked  # measured 4.8e-4 vs 1.5e-3
@@ -318,8 +328,19 @@ def test_cli_eval_on_png_folders_and_mp4(tmp_path, capsys):
     write_frames(as_tensor(np.repeat(box_mask(1), 3, axis=1)), tmp_path / "mask.png")
     write_frames(as_tensor(pred), tmp_path / "pred.mp4")
 
-    argv = ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--mask",
-            str(tmp_path / "mask.png"), "--keyframe-index", "0", "3", "--json"]
+    argv = [
+        "eval",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--gt",
+        str(tmp_path / "gt"),
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "--keyframe-index",
+        "0",
+        "3",
+        "--json",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert all(k in out for k in METRIC_KEYS) and out["settings"]["frames"] == 6
@@ -341,8 +362,13 @@ def test_cli_eval_mismatch_is_a_clear_error_with_exit_code_2(tmp_path):
     gt = translating_clip()
     write_frames(as_tensor(gt), tmp_path / "gt")
     write_frames(as_tensor(gt[:4]), tmp_path / "pred")
-    proc = subprocess.run([sys.executable, "-m", "kfi_core", "eval", "--pred", str(tmp_path / "pred"), "--gt",
-                           str(tmp_path / "gt")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfi_core", "eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"--pred {tmp_path / 'pred'} has 4 frames but --gt {tmp_path / 'gt'} has 6" in proc.stderr
     assert "Traceback" not in proc.stderr

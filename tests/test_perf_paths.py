@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import propagate
+from kfi_core.inference.settings import PropagateSettings
 from kfi_core.model.loading import load_kfi_model, optimize_unet
-from kfi_core.inference.propagate import PropagateSettings, propagate
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = PropagateSettings(steps=2, seed=3)
@@ -56,6 +57,7 @@ def test_compile_failure_falls_back_with_warning(tiny_model_dir, reference, monk
     def broken_compile(fn, *args, **kwargs):
         def call(*a, **k):
             raise RuntimeError("simulated inductor failure: no C++ compiler")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -75,6 +77,7 @@ def test_compile_wrapper_is_idempotent_and_uses_compiled_forward(tiny_model_dir,
         def call(*a, **k):
             calls.append(1)
             return fn(*a, **k)
+
         return call
 
     monkeypatch.setattr(torch, "compile", tracing_compile)
@@ -87,8 +90,9 @@ def test_compile_wrapper_is_idempotent_and_uses_compiled_forward(tiny_model_dir,
 def test_cli_accepts_fast_path_flags():
     from kfi_core.cli import build_parser
 
-    args = build_parser().parse_args(["inpaint", "--model", "m", "--video", "v", "--mask", "k", "--out", "o",
-                                      "--channels-last", "--compile"])
+    args = build_parser().parse_args(
+        ["inpaint", "--model", "m", "--video", "v", "--mask", "k", "--out", "o", "--channels-last", "--compile"]
+    )
     assert args.channels_last and args.compile
 
 
@@ -113,11 +117,15 @@ def test_unet_attention_uses_pytorch_sdpa(tiny_model_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_fullsize_bench_dry_run():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_fullsize.py"), "--dry-run", "--steps", "2",
-                           "--json"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_fullsize.py"), "--dry-run", "--steps", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert result["attention"] == "AttnProcessor2_0" and result["finite"] and result["steps"] == 2
     assert result["s_per_step"] > 0 and result["fraction_of_peak"] > 0

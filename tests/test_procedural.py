@@ -60,8 +60,8 @@ def _affine_residual(x: torch.Tensor, y: torch.Tensor) -> float:
     worst = 0.0
     for ch in range(3):
         design = torch.stack([x[:, ch], torch.ones_like(x[:, ch])], dim=1).double()
-        coef = torch.linalg.lstsq(design, y[:, ch:ch + 1].double()).solution
-        worst = max(worst, float((design @ coef - y[:, ch:ch + 1].double()).abs().max()))
+        coef = torch.linalg.lstsq(design, y[:, ch : ch + 1].double()).solution
+        worst = max(worst, float((design @ coef - y[:, ch : ch + 1].double()).abs().max()))
     return worst
 
 
@@ -110,8 +110,8 @@ def test_pan_moves_content_by_the_requested_speed(pan):
     for t in range(1, 4):
         sx, sy = dx * t, dy * t
         # frame t at (y, x) shows frame 0 at (y - sy, x - sx)
-        now = g[t][:, max(sy, 0): 64 + min(sy, 0), max(sx, 0): 64 + min(sx, 0)]
-        before = g[0][:, max(-sy, 0): 64 + min(-sy, 0), max(-sx, 0): 64 + min(-sx, 0)]
+        now = g[t][:, max(sy, 0) : 64 + min(sy, 0), max(sx, 0) : 64 + min(sx, 0)]
+        before = g[0][:, max(-sy, 0) : 64 + min(-sy, 0), max(-sx, 0) : 64 + min(-sx, 0)]
         assert torch.allclose(now, before, atol=1e-5), (pan, t)
         assert not torch.allclose(g[t], g[0], atol=1e-3)  # it did move
 

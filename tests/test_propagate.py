@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kfi_core.inference.condition import prepare_clip
-from kfi_core.errors import (CancelledError, InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError,
-                             UnsupportedSizeError)
-from kfi_core.model.loading import load_kfi_model
-from kfi_core.inference.propagate import PropagateSettings, propagate
-
 from kfi_testing import load_with_random_adapter
+
+from kfi_core.errors import (
+    CancelledError,
+    InputMismatchError,
+    KeyframeError,
+    NonFiniteError,
+    UnknownNameError,
+    UnsupportedSizeError,
+)
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import propagate
+from kfi_core.inference.settings import PropagateSettings
+from kfi_core.model.loading import load_kfi_model
 
 FAST = dict(steps=2, decode_chunk_size=4)
 
@@ -89,7 +95,7 @@ def test_latent_blending_keeps_the_known_region_on_the_input_latents(request, wh
     """Latent blending (the training-free mode's default, opt-in with an adapter): the sampled latents outside
     the (latent) mask equal the input's clean latents, and a mid-clip keyframe is known throughout."""
     from kfi_core.inference.condition import encode_frames
-    from kfi_core.inference.propagate import latent_masks, sample_window_latents
+    from kfi_core.inference.window import latent_masks, sample_window_latents
 
     model = request.getfixturevalue(which)
     frames, masks = make_clip()
@@ -107,7 +113,7 @@ def test_without_latent_blending_the_known_region_is_sampled(request, which, ble
     """Off (the adapter's default, or asked for): the known latents are the model's own, not the input's, and the
     composite still restores every known pixel exactly."""
     from kfi_core.inference.condition import encode_frames
-    from kfi_core.inference.propagate import latent_masks, sample_window_latents
+    from kfi_core.inference.window import latent_masks, sample_window_latents
 
     model = request.getfixturevalue(which)
     frames, masks = make_clip()
@@ -135,16 +141,19 @@ def test_composite_off_and_feather(kfi_model):
     assert not torch.equal(soft, hard), "the edge just outside the hole is blended"
 
 
-@pytest.mark.parametrize("settings, error, match", [
-    (dict(steps=0), InputMismatchError, "steps: got 0"),
-    (dict(min_guidance=-1.0), InputMismatchError, "min_guidance: got -1.0"),
-    (dict(min_guidance=3.0, max_guidance=1.0), InputMismatchError, "swap them"),
-    (dict(sampler="dpm"), UnknownNameError, "choose one of euler, heun"),
-    (dict(seed=-5), InputMismatchError, "seed: got -5"),
-    (dict(seed=2**64), InputMismatchError, "seed"),
-    (dict(noise_aug_strength=float("nan")), InputMismatchError, "noise_aug_strength"),
-    (dict(blend_known="yes"), UnknownNameError, "blend_known: got 'yes'; choose one of auto, on, off"),
-])
+@pytest.mark.parametrize(
+    "settings, error, match",
+    [
+        (dict(steps=0), InputMismatchError, "steps: got 0"),
+        (dict(min_guidance=-1.0), InputMismatchError, "min_guidance: got -1.0"),
+        (dict(min_guidance=3.0, max_guidance=1.0), InputMismatchError, "swap them"),
+        (dict(sampler="dpm"), UnknownNameError, "choose one of euler, heun"),
+        (dict(seed=-5), InputMismatchError, "seed: got -5"),
+        (dict(seed=2**64), InputMismatchError, "seed"),
+        (dict(noise_aug_strength=float("nan")), InputMismatchError, "noise_aug_strength"),
+        (dict(blend_known="yes"), UnknownNameError, "blend_known: got 'yes'; choose one of auto, on, off"),
+    ],
+)
 def test_bad_settings(settings, error, match):
     with pytest.raises(error, match=match):
         PropagateSettings(**settings).check()

@@ -13,14 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from kfi_core.inference.denoiser import (
-    SVDDenoiser,
-    denoised_from_v,
-    edm_scalings,
-    per_frame_guidance,
-    scale_model_input,
-    sigma_to_timestep,
-)
 from kfi_core.errors import (
     CancelledError,
     InputMismatchError,
@@ -29,6 +21,15 @@ from kfi_core.errors import (
     NonFiniteError,
     UnknownNameError,
     UnsupportedSizeError,
+)
+from kfi_core.evaluation.stock_pipeline import sample_stock_img2vid
+from kfi_core.inference.denoiser import (
+    SVDDenoiser,
+    denoised_from_v,
+    edm_scalings,
+    per_frame_guidance,
+    scale_model_input,
+    sigma_to_timestep,
 )
 from kfi_core.inference.sampling import (
     SAMPLERS,
@@ -39,7 +40,6 @@ from kfi_core.inference.sampling import (
     sample_euler,
     sample_heun,
 )
-from kfi_core.evaluation.stock_pipeline import sample_stock_img2vid
 from kfi_core.model.tiny import SVD_SCHEDULER_CONFIG
 
 FRAMES, SIZE, STEPS, SEED = 8, 64, 3, 42
@@ -159,7 +159,7 @@ def test_preconditioning_and_euler_step_equal_the_scheduler():
         assert torch.equal(denoised_from_v(v, x, sigma), out.pred_original_sample)
         torch.testing.assert_close(c_skip * x + c_out * v, out.pred_original_sample, rtol=1e-5, atol=1e-6)
         # one Euler step of KFI's sampler over [sigma_i, sigma_i+1] == the scheduler's step
-        mine = sample_euler(lambda z, s: denoised_from_v(v, z, s), x, sigmas[i : i + 2])
+        mine = sample_euler(lambda z, s, v=v: denoised_from_v(v, z, s), x, sigmas[i : i + 2])
         assert torch.equal(mine, out.prev_sample), i
         x = out.prev_sample
 
@@ -180,15 +180,30 @@ def test_denoiser_guidance_switch_and_shape_errors(tiny_components):
     cond = torch.zeros(1, FRAMES, 4, 16, 16)
     emb, ids = torch.zeros(1, 1, 32), torch.zeros(1, 3)
     unet = tiny_components["unet"]
-    on = SVDDenoiser(unet, condition_latents=cond, encoder_hidden_states=emb, added_time_ids=ids,
-                     guidance=per_frame_guidance(1.0, 3.0, FRAMES))
-    off = SVDDenoiser(unet, condition_latents=cond, encoder_hidden_states=emb, added_time_ids=ids,
-                      guidance=per_frame_guidance(1.0, 1.0, FRAMES))
+    on = SVDDenoiser(
+        unet,
+        condition_latents=cond,
+        encoder_hidden_states=emb,
+        added_time_ids=ids,
+        guidance=per_frame_guidance(1.0, 3.0, FRAMES),
+    )
+    off = SVDDenoiser(
+        unet,
+        condition_latents=cond,
+        encoder_hidden_states=emb,
+        added_time_ids=ids,
+        guidance=per_frame_guidance(1.0, 1.0, FRAMES),
+    )
     assert on.do_classifier_free_guidance and on.condition_latents.shape[0] == 2
     assert not off.do_classifier_free_guidance and off.condition_latents.shape[0] == 1
     with pytest.raises(InputMismatchError, match="guidance: got 7 per-frame scales for 8 frames"):
-        SVDDenoiser(unet, condition_latents=cond, encoder_hidden_states=emb, added_time_ids=ids,
-                    guidance=per_frame_guidance(1.0, 3.0, 7))
+        SVDDenoiser(
+            unet,
+            condition_latents=cond,
+            encoder_hidden_states=emb,
+            added_time_ids=ids,
+            guidance=per_frame_guidance(1.0, 3.0, 7),
+        )
     with pytest.raises(InputMismatchError, match="in_channels=8"):
         off(torch.zeros(1, FRAMES, 8, 16, 16), 1.0)
 
@@ -253,20 +268,33 @@ def test_stock_euler_matches_diffusers_pipeline(
     tiny_components, pipeline, max_guidance, output_type, decode_chunk_size, image_hw
 ):
     image = _make_image(*image_hw)  # 80 x 96: CLIP sees it as is, the VAE a 64 x 64 Lanczos resize
-    common = dict(num_frames=FRAMES, height=SIZE, width=SIZE, min_guidance_scale=1.0,
-                  max_guidance_scale=max_guidance, decode_chunk_size=decode_chunk_size)
+    common = dict(
+        num_frames=FRAMES,
+        height=SIZE,
+        width=SIZE,
+        min_guidance_scale=1.0,
+        max_guidance_scale=max_guidance,
+        decode_chunk_size=decode_chunk_size,
+    )
     expected_steps = []
 
     def record(pipe, i, t, kwargs):
         expected_steps.append(kwargs["latents"].clone())
         return kwargs
 
-    expected = pipeline(image, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(SEED),
-                        output_type=output_type, callback_on_step_end=record, **common).frames
+    expected = pipeline(
+        image,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type=output_type,
+        callback_on_step_end=record,
+        **common,
+    ).frames
     ours_steps = []
     knobs = dict(min_guidance=1.0, max_guidance=max_guidance, decode_chunk_size=decode_chunk_size)
-    latents = _stock(tiny_components, image, output_type="latent",
-                     callback=lambda info: ours_steps.append(info["x"]), **knobs)
+    latents = _stock(
+        tiny_components, image, output_type="latent", callback=lambda info: ours_steps.append(info["x"]), **knobs
+    )
     frames = _stock(tiny_components, image, output_type=output_type, **knobs)
 
     # latents after every step (ours: the next step's input, then the result)
@@ -283,8 +311,15 @@ def test_stock_euler_matches_diffusers_pipeline(
 
 def test_oracle_tolerance_can_fail(tiny_components, pipeline, image):
     """Another seed is far outside the tolerance, so the oracle test is not vacuous."""
-    expected = pipeline(image, num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-                        generator=torch.Generator().manual_seed(SEED), output_type="latent").frames
+    expected = pipeline(
+        image,
+        num_frames=FRAMES,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type="latent",
+    ).frames
     other = _stock(tiny_components, image, seed=SEED + 1, output_type="latent")
     assert (other - expected).abs().max().item() > 1e4 * ORACLE_ATOL
 

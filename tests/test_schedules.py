@@ -15,28 +15,34 @@ import numpy as np
 import pytest
 
 from kfi_core.errors import KeyframeError, ScheduleError, UnknownNameError, UnsupportedSizeError
+from kfi_core.inference.schedule_builders import SCHEDULES, build_schedule, schedule_options
 from kfi_core.inference.schedules import (
     PREVIEW_COLOURS,
-    SCHEDULES,
     Schedule,
     Stage,
     Window,
-    build_schedule,
     format_schedule_summary,
     render_schedule_preview,
     schedule_cost,
-    schedule_options,
 )
 
 STRATEGIES = list(SCHEDULES)
-EXPECTED_STRATEGIES = ["anchor", "multidiffusion", "autoregressive", "hierarchy2", "improved-ar", "far-future",
-                       "3-res", "reverse"]
+EXPECTED_STRATEGIES = [
+    "anchor",
+    "multidiffusion",
+    "autoregressive",
+    "hierarchy2",
+    "improved-ar",
+    "far-future",
+    "3-res",
+    "reverse",
+]
 
 
 @pytest.fixture(autouse=True)
 def _quiet_schedule_log(caplog):
     # build_schedule logs its cost at INFO; thousands of records would only slow the sweep down.
-    caplog.set_level("WARNING", logger="kfi_core.inference.schedules")
+    caplog.set_level("WARNING", logger="kfi_core.inference.schedule_builders")
 
 
 def keyframe_sets(n: int) -> list[tuple[int, ...]]:
@@ -315,14 +321,25 @@ def _broken() -> dict:
         "known too early": (_set_role(s, 0, 0, gen0, "known"), "no earlier stage generated it"),
         "context already generated": (_set_role(s, 1, 0, known_later, "context"), "already generated"),
         "generated twice": (_set_role(s, 1, 0, known_later, "generate"), "already in stage"),
-        "two windows one frame": (_edit(s, 1, 1, frames=sorted({*sub.frames, w21.generate[0]}),
-                                        roles=["generate" if f == w21.generate[0] else sub.role_of(f)
-                                               for f in sorted({*sub.frames, w21.generate[0]})]),
-                                  "two windows of stage 2"),
+        "two windows one frame": (
+            _edit(
+                s,
+                1,
+                1,
+                frames=sorted({*sub.frames, w21.generate[0]}),
+                roles=[
+                    "generate" if f == w21.generate[0] else sub.role_of(f)
+                    for f in sorted({*sub.frames, w21.generate[0]})
+                ],
+            ),
+            "two windows of stage 2",
+        ),
         "never generated": (Schedule(s.strategy, 40, 8, s.keyframes, s.stages[:1], {}), "never generated"),
         "bad role": (_set_role(s, 1, 0, w21.generate[0], "guess"), r"roles \['guess'\]"),
-        "nothing generated": (_edit(s, 1, 0, roles=["known" if r == "generate" else r for r in w21.roles]),
-                              "generates no frame"),
+        "nothing generated": (
+            _edit(s, 1, 0, roles=["known" if r == "generate" else r for r in w21.roles]),
+            "generates no frame",
+        ),
     }
 
 
@@ -393,8 +410,10 @@ def _count(img: np.ndarray, colour) -> int:
     return int(np.all(img == np.array(colour, dtype=np.uint8), axis=-1).sum())
 
 
-@pytest.mark.parametrize("strategy,n,keys", [("anchor", 60, (0, 30)), ("improved-ar", 100, (50,)),
-                                            ("3-res", 300, ()), ("autoregressive", 1, ())])
+@pytest.mark.parametrize(
+    "strategy,n,keys",
+    [("anchor", 60, (0, 30)), ("improved-ar", 100, (50,)), ("3-res", 300, ()), ("autoregressive", 1, ())],
+)
 def test_preview_image(strategy, n, keys):
     s = build_schedule(strategy, n, 14, keys)
     img = render_schedule_preview(s)
@@ -422,8 +441,24 @@ def test_cli_schedule(capsys, tmp_path):
     from kfi_core.cli import main
 
     out = tmp_path / "sub" / "preview.png"
-    code = main(["schedule", "--frames", "100", "--window", "14", "--strategy", "3-res", "--keyframes", "0,50",
-                 "-o", "strides=[9,3]", "--json", "--preview", str(out)])
+    code = main(
+        [
+            "schedule",
+            "--frames",
+            "100",
+            "--window",
+            "14",
+            "--strategy",
+            "3-res",
+            "--keyframes",
+            "0,50",
+            "-o",
+            "strides=[9,3]",
+            "--json",
+            "--preview",
+            str(out),
+        ]
+    )
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     s = Schedule.from_dict(data["schedule"])

@@ -14,8 +14,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "__init__.py", *sorted((ROOT / "nodes").rglob("*.py")), *sorted((ROOT / "kfi_core").rglob("*.py"))]
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
-FORBIDDEN_MODULES = {"subprocess", "socket", "urllib", "http", "requests", "httpx", "aiohttp", "ftplib", "pickle",
-                     "dill", "shelve", "marshal"}
+FORBIDDEN_MODULES = {
+    "subprocess",
+    "socket",
+    "urllib",
+    "http",
+    "requests",
+    "httpx",
+    "aiohttp",
+    "ftplib",
+    "pickle",
+    "dill",
+    "shelve",
+    "marshal",
+}
 FORBIDDEN_ATTRS = {("os", "system"), ("os", "popen"), ("torch", "load"), ("os", "execv"), ("os", "spawnv")}
 
 
@@ -26,12 +38,18 @@ def problems_in(path: Path) -> list[str]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
             found.append(f"{path.name}:{node.lineno} calls {node.func.id}()")
         elif isinstance(node, ast.Import):
-            found += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names
-                      if a.name.split(".")[0] in FORBIDDEN_MODULES]
+            found += [
+                f"{path.name}:{node.lineno} imports {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] in FORBIDDEN_MODULES
+            ]
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in FORBIDDEN_MODULES:
             found.append(f"{path.name}:{node.lineno} imports from {node.module}")
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
-                (node.value.id, node.attr) in FORBIDDEN_ATTRS:
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and (node.value.id, node.attr) in FORBIDDEN_ATTRS
+        ):
             found.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
     return found
 
@@ -43,8 +61,10 @@ def test_shipped_file_is_clean(path):
 
 def test_the_scan_finds_what_it_looks_for(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import subprocess\nfrom urllib import request\nimport os\nos.system('x')\neval('1')\n"
-                   "import torch\ntorch.load('m.ckpt')\nimport pickle\n")
+    bad.write_text(
+        "import subprocess\nfrom urllib import request\nimport os\nos.system('x')\neval('1')\n"
+        "import torch\ntorch.load('m.ckpt')\nimport pickle\n"
+    )
     assert len(problems_in(bad)) == 6
 
 

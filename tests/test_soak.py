@@ -35,42 +35,71 @@ def mask_prompt(i: int) -> dict:
     threshold = 0.3 + (i % 50) / 100  # masks are 0/1, so the result is the same; a new value defeats the cache
     return {
         "1": {"class_type": "LoadImageMask", "inputs": {"image": "kfi_soak_mask.png", "channel": "red"}},
-        "2": {"class_type": "KFIMaskPrepare", "inputs": {"mask": ["1", 0], "threshold": threshold, "grow": grow,
-                                                         "temporal_dilation": 0, "feather": 0}},
+        "2": {
+            "class_type": "KFIMaskPrepare",
+            "inputs": {"mask": ["1", 0], "threshold": threshold, "grow": grow, "temporal_dilation": 0, "feather": 0},
+        },
         "3": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": f"kfi_soak_mask_{i}"}},
     }
 
 
 def sampler_prompt(i: int, steps: int = 1, frames: int = 4, mask_frames: int | None = None, index: str = "") -> dict:
-    mask = ({"class_type": "LoadImageMask", "inputs": {"image": "kfi_soak_mask.png", "channel": "red"}}
-            if mask_frames is None else
-            {"class_type": "ImageToMask", "inputs": {"image": ["mi", 0], "channel": "red"}})
+    mask = (
+        {"class_type": "LoadImageMask", "inputs": {"image": "kfi_soak_mask.png", "channel": "red"}}
+        if mask_frames is None
+        else {"class_type": "ImageToMask", "inputs": {"image": ["mi", 0], "channel": "red"}}
+    )
     prompt = {
-        "m": {"class_type": "LoadKFInpaintModel", "inputs": {"model": "diffusers/tiny-svd", "adapter": "none",
-                                                             "dtype": "auto", "frames": 0}},
-        "img": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": frames,
-                                                       "color": COLOR}},
+        "m": {
+            "class_type": "LoadKFInpaintModel",
+            "inputs": {"model": "diffusers/tiny-svd", "adapter": "none", "dtype": "auto", "frames": 0},
+        },
+        "img": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": frames, "color": COLOR}},
         "mask": mask,
-        "enc": {"class_type": "SymmetricMaskEncode", "inputs": {"kfi_model": ["m", 0], "images": ["img", 0],
-                                                                "mask": ["mask", 0], "keyframe_indices": index,
-                                                                "grow": 0}},
-        "s": {"class_type": "KeyframePropagateSampler", "inputs": {
-            "kfi_model": ["m", 0], "condition": ["enc", 0], "seed": i, "steps": steps, "sampler": "euler",
-            "min_guidance": 1.0, "max_guidance": 3.0, "fps": 7, "motion_bucket_id": 127, "noise_aug_strength": 0.02,
-            "composite": True, "feather": 0, "decode_chunk_size": 8}},
+        "enc": {
+            "class_type": "SymmetricMaskEncode",
+            "inputs": {
+                "kfi_model": ["m", 0],
+                "images": ["img", 0],
+                "mask": ["mask", 0],
+                "keyframe_indices": index,
+                "grow": 0,
+            },
+        },
+        "s": {
+            "class_type": "KeyframePropagateSampler",
+            "inputs": {
+                "kfi_model": ["m", 0],
+                "condition": ["enc", 0],
+                "seed": i,
+                "steps": steps,
+                "sampler": "euler",
+                "min_guidance": 1.0,
+                "max_guidance": 3.0,
+                "fps": 7,
+                "motion_bucket_id": 127,
+                "noise_aug_strength": 0.02,
+                "composite": True,
+                "feather": 0,
+                "decode_chunk_size": 8,
+            },
+        },
         "out": {"class_type": "SaveImage", "inputs": {"images": ["s", 0], "filename_prefix": f"kfi_soak_run_{i}"}},
     }
     if mask_frames is not None:
-        prompt["mi"] = {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": mask_frames,
-                                                               "color": 0xFFFFFF}}
+        prompt["mi"] = {
+            "class_type": "EmptyImage",
+            "inputs": {"width": W, "height": H, "batch_size": mask_frames, "color": 0xFFFFFF},
+        }
     return prompt
 
 
 def _saved(server, entry, node: str) -> np.ndarray:
     images = entry["outputs"][node]["images"]
-    return np.stack([np.asarray(Image.open(server.base / "output" / im["subfolder"] / im["filename"]))
-                     for im in images])
+    return np.stack(
+        [np.asarray(Image.open(server.base / "output" / im["subfolder"] / im["filename"])) for im in images]
+    )
 
 
 def _errors(entry) -> list[dict]:
@@ -148,17 +177,21 @@ class Soak:
 
     def rejected(self, i: int) -> None:
         self.counts["rejected"] += 1
-        bad = [{"1": {"class_type": "KFINoSuchNode", "inputs": {}}},
-               {"1": {"class_type": "KFIMaskPrepare", "inputs": {"threshold": 0.5}}},
-               sampler_prompt(i, steps=0)][i // 10 % 3]
+        bad = [
+            {"1": {"class_type": "KFINoSuchNode", "inputs": {}}},
+            {"1": {"class_type": "KFIMaskPrepare", "inputs": {"threshold": 0.5}}},
+            sampler_prompt(i, steps=0),
+        ][i // 10 % 3]
         status, body = self.server.post("/prompt", {"prompt": bad})
         if status != 400:
             self.fail(i, "rejected", f"HTTP {status}: {json.dumps(body)}")
 
     def error(self, i: int) -> None:
         self.counts["error"] += 1
-        prompt, text = [(sampler_prompt(i, mask_frames=3), "got 3 masks for 4 frames"),
-                        (sampler_prompt(i, index="9"), "got 9 for a clip of 4 frames")][i // 10 % 2]
+        prompt, text = [
+            (sampler_prompt(i, mask_frames=3), "got 3 masks for 4 frames"),
+            (sampler_prompt(i, index="9"), "got 9 for a clip of 4 frames"),
+        ][i // 10 % 2]
         entry = self.server.run_prompt(prompt)
         errors = _errors(entry)
         if entry["status"]["status_str"] != "error" or not errors or text not in errors[0]["exception_message"]:
@@ -189,7 +222,8 @@ def test_soak_mixed_prompts(comfy_server):
     from kfi_core.media.video import write_frames  # noqa: F401 - the pack's deps import in this process too
 
     Image.fromarray((_mask_array() * 255).astype(np.uint8), mode="L").save(
-        comfy_server.base / "input" / "kfi_soak_mask.png")
+        comfy_server.base / "input" / "kfi_soak_mask.png"
+    )
     soak = Soak(comfy_server)
     pid = comfy_server.proc.pid
     t0 = time.monotonic()
@@ -203,9 +237,11 @@ def test_soak_mixed_prompts(comfy_server):
     after = _rss_mb(pid)
     elapsed = time.monotonic() - t0
     limit = max(RSS_FACTOR * baseline, baseline + RSS_SLACK_MB)
-    print(f"\nsoak: {PROMPTS} prompts after a 10-prompt warm-up in {elapsed:.1f} s: {soak.counts}; "
-          f"failures {len(soak.failures)}; cancels stopped in at most {max(soak.stop_seconds):.2f} s; "
-          f"server RSS {baseline:.0f} MB after warm-up -> {after:.0f} MB after the run (limit {limit:.0f} MB)")
+    print(
+        f"\nsoak: {PROMPTS} prompts after a 10-prompt warm-up in {elapsed:.1f} s: {soak.counts}; "
+        f"failures {len(soak.failures)}; cancels stopped in at most {max(soak.stop_seconds):.2f} s; "
+        f"server RSS {baseline:.0f} MB after warm-up -> {after:.0f} MB after the run (limit {limit:.0f} MB)"
+    )
     assert not soak.failures, "\n".join(soak.failures)
     assert sum(soak.counts.values()) == PROMPTS + 10
     assert max(soak.stop_seconds) < 10

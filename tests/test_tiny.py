@@ -21,8 +21,15 @@ def test_folder_loads_in_diffusers_and_runs(tiny_model_dir):
     assert pipe.unet.config.in_channels == 8
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     image = Image.new("RGB", (64, 64), (120, 40, 200))
-    frames = pipe(image, height=64, width=64, num_frames=8, num_inference_steps=2, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).frames
+    frames = pipe(
+        image,
+        height=64,
+        width=64,
+        num_frames=8,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).frames
     assert frames.shape == (1, 8, 64, 64, 3)
 
 
@@ -54,11 +61,16 @@ def test_refuses_non_empty_folder(tmp_path):
 @pytest.mark.slow
 def test_cli_make_tiny_model(tmp_path):
     out = tmp_path / "cli-model"
-    proc = subprocess.run([sys.executable, "-m", "kfi_core", "make-tiny-model", str(out), "--frames", "6", "--seed", "2"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfi_core", "make-tiny-model", str(out), "--frames", "6", "--seed", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (out / "model_index.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "kfi_core", "make-tiny-model", str(out)],
-                         capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "kfi_core", "make-tiny-model", str(out)], capture_output=True, text=True, check=False
+    )
     assert bad.returncode == 2
     assert "already exists" in bad.stderr and "Traceback" not in bad.stderr

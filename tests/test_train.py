@@ -14,14 +14,21 @@ import pytest
 import torch
 
 from kfi_core import cli
-from kfi_core.training.data import ClipDataset, collate_samples
-from kfi_core.errors import ResumeError, TrainConfigError, UnsupportedSizeError
 from kfi_core.bundled import make_sample_clip
-from kfi_core.training.train import (ADAPTER_FILE, LOG_FILE, TrainLog, apply_overrides, build_unet_inputs, compute_loss,
-                            config_from_dict, kfi_loss, list_checkpoints, load_train_config, parse_resolution,
-                            optimizer_groups, read_train_log, sample_generator, setup_trainable_unet, stage_at,
-                            train)
+from kfi_core.errors import ResumeError, TrainConfigError, UnsupportedSizeError
 from kfi_core.media.video import read_frames, write_frames
+from kfi_core.training.checkpoints import list_checkpoints
+from kfi_core.training.config import apply_overrides, config_from_dict, load_train_config, parse_resolution, stage_at
+from kfi_core.training.data import ClipDataset, collate_samples
+from kfi_core.training.objective import (
+    build_unet_inputs,
+    compute_loss,
+    kfi_loss,
+    optimizer_groups,
+    sample_generator,
+    setup_trainable_unet,
+)
+from kfi_core.training.trainer import ADAPTER_FILE, LOG_FILE, TrainLog, read_train_log, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tiny.json"
@@ -36,13 +43,22 @@ def one_clip_data(tmp_path_factory) -> Path:
 
 
 def tiny_config(model, data, out, **overrides):
-    return apply_overrides(load_train_config(TINY_CONFIG), model=str(model), data=str(data), out=str(out),
-                           **overrides)
+    return apply_overrides(load_train_config(TINY_CONFIG), model=str(model), data=str(data), out=str(out), **overrides)
 
 
 def train_args(model, data, out, *extra) -> list[str]:
-    return ["train", "--config", str(TINY_CONFIG), "--model", str(model), "--data", str(data), "--out", str(out),
-            *extra]
+    return [
+        "train",
+        "--config",
+        str(TINY_CONFIG),
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def losses(out: Path) -> list[float]:
@@ -53,7 +69,8 @@ def losses(out: Path) -> list[float]:
 
 
 def test_loss_is_edm_weighted_denoised_error():
-    """kfi_loss (v-MSE) == mean(w(sigma) * (D - x0)^2), w = (sigma^2 + 1) / sigma^2, D from kfi_core.inference.denoiser."""
+    """kfi_loss (v-MSE) == mean(w(sigma) * (D - x0)^2), w = (sigma^2 + 1) / sigma^2, D from
+    kfi_core.inference.denoiser."""
     from kfi_core.inference.denoiser import denoised_from_v
 
     g = torch.Generator().manual_seed(0)
@@ -88,8 +105,9 @@ def one_batch(data, keyframe_prob=1.0):
 
 def test_only_lora_and_conv_in_receive_gradients(trainable_model, one_clip_data):
     cfg = config_from_dict({"cond_dropout_prob": 0.0})
-    inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data), cfg, [sample_generator(0, 0, 0)],
-                               torch.device("cpu"))
+    inputs = build_unet_inputs(
+        trainable_model, one_batch(one_clip_data), cfg, [sample_generator(0, 0, 0)], torch.device("cpu")
+    )
     unet = trainable_model.unet
     unet.zero_grad(set_to_none=True)
     compute_loss(unet, inputs).backward()
@@ -129,7 +147,8 @@ def test_lora_lr_moves_the_lora_weights_at_their_own_rate(trainable_model):
 
 
 def test_training_inputs_are_what_inference_feeds(trainable_model, one_clip_data):
-    """The training forward equals kfi_core.inference.denoiser.SVDDenoiser (the sampler's path) on the same condition."""
+    """The training forward equals kfi_core.inference.denoiser.SVDDenoiser (the sampler's path) on the same
+    condition."""
     from kfi_core.inference.condition import encode_symmetric, prepare_clip
     from kfi_core.inference.denoiser import SVDDenoiser, denoised_from_v
 
@@ -147,20 +166,30 @@ def test_training_inputs_are_what_inference_feeds(trainable_model, one_clip_data
     cond = encode_symmetric(trainable_model.vae, clip, noise_aug_strength=0.02, generator=gen)
     assert torch.equal(inputs.model_in[:, :, 4:], cond)
     with torch.no_grad():
-        v = trainable_model.unet(inputs.model_in, inputs.timestep, encoder_hidden_states=inputs.encoder_hidden_states,
-                                 added_time_ids=inputs.added_time_ids, return_dict=False)[0]
+        v = trainable_model.unet(
+            inputs.model_in,
+            inputs.timestep,
+            encoder_hidden_states=inputs.encoder_hidden_states,
+            added_time_ids=inputs.added_time_ids,
+            return_dict=False,
+        )[0]
         d_train = denoised_from_v(v, inputs.x_t, sigma.view(-1, 1, 1, 1, 1))
-        denoiser = SVDDenoiser(trainable_model.unet, condition_latents=cond,
-                               encoder_hidden_states=inputs.encoder_hidden_states,
-                               added_time_ids=inputs.added_time_ids, guidance=1.0)
+        denoiser = SVDDenoiser(
+            trainable_model.unet,
+            condition_latents=cond,
+            encoder_hidden_states=inputs.encoder_hidden_states,
+            added_time_ids=inputs.added_time_ids,
+            guidance=1.0,
+        )
         d_infer = denoiser(inputs.x_t, sigma)
     assert torch.equal(d_train, d_infer)
 
 
 def test_conditioning_dropout_zeroes_embedding_and_condition(trainable_model, one_clip_data):
     cfg = config_from_dict({"cond_dropout_prob": 1.0})
-    inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data), cfg, [sample_generator(0, 0, 0)],
-                               torch.device("cpu"))
+    inputs = build_unet_inputs(
+        trainable_model, one_batch(one_clip_data), cfg, [sample_generator(0, 0, 0)], torch.device("cpu")
+    )
     assert inputs.dropped.tolist() == [True]
     assert not inputs.model_in[:, :, 4:].any() and not inputs.encoder_hidden_states.any()
     assert inputs.model_in[:, :, :4].abs().sum() > 0
@@ -168,17 +197,28 @@ def test_conditioning_dropout_zeroes_embedding_and_condition(trainable_model, on
 
 def test_region_weight_inside_latent_mask(trainable_model, one_clip_data):
     cfg = config_from_dict({"masked_loss_weight": 4.0})
-    inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data, keyframe_prob=0.0), cfg,
-                               [sample_generator(0, 0, 0)], torch.device("cpu"))
+    inputs = build_unet_inputs(
+        trainable_model,
+        one_batch(one_clip_data, keyframe_prob=0.0),
+        cfg,
+        [sample_generator(0, 0, 0)],
+        torch.device("cpu"),
+    )
     assert set(torch.unique(inputs.weight).tolist()) == {1.0, 4.0}
 
 
 def test_latent_channel_weights_split_the_loss_by_channel(trainable_model, one_clip_data):
     """Invariant: with the same draws, the losses weighted by each channel alone add up to the plain loss (the loss is
     a mean over channels), and they combine with the region weight; a count other than the VAE's is refused."""
+
     def loss(**settings):
-        inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data, keyframe_prob=0.0),
-                                   config_from_dict(settings), [sample_generator(0, 0, 1)], torch.device("cpu"))
+        inputs = build_unet_inputs(
+            trainable_model,
+            one_batch(one_clip_data, keyframe_prob=0.0),
+            config_from_dict(settings),
+            [sample_generator(0, 0, 1)],
+            torch.device("cpu"),
+        )
         with torch.no_grad():
             return float(compute_loss(trainable_model.unet, inputs))
 
@@ -188,7 +228,8 @@ def test_latent_channel_weights_split_the_loss_by_channel(trainable_model, one_c
         assert all(p > 0 for p in parts)
         assert sum(parts) == pytest.approx(whole, rel=1e-5)
         assert loss(latent_channel_weights=[2.0, 0.0, 0.0, 0.5], **region) == pytest.approx(
-            2.0 * parts[0] + 0.5 * parts[3], rel=1e-5)
+            2.0 * parts[0] + 0.5 * parts[3], rel=1e-5
+        )
     with pytest.raises(TrainConfigError, match="got 3 weights but the model's VAE has 4 latent channels"):
         loss(latent_channel_weights=[1.0, 1.0, 1.0])
     for bad in ([1.0, -1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], []):
@@ -198,9 +239,13 @@ def test_latent_channel_weights_split_the_loss_by_channel(trainable_model, one_c
 
 def test_keyframe_p_mean_and_std_set_the_noise_levels_of_keyframe_samples_only(trainable_model, one_clip_data):
     def sigma(keyframe_prob, **settings):
-        inputs = build_unet_inputs(trainable_model, one_batch(one_clip_data, keyframe_prob=keyframe_prob),
-                                   config_from_dict({"p_mean": 0.3, **settings}), [sample_generator(0, 0, 3)],
-                                   torch.device("cpu"))
+        inputs = build_unet_inputs(
+            trainable_model,
+            one_batch(one_clip_data, keyframe_prob=keyframe_prob),
+            config_from_dict({"p_mean": 0.3, **settings}),
+            [sample_generator(0, 0, 3)],
+            torch.device("cpu"),
+        )
         return float(inputs.sigma[0])
 
     assert sigma(1.0, keyframe_p_mean=2.3) == pytest.approx(sigma(1.0) * math.exp(2.0), rel=1e-5)  # same draw
@@ -208,8 +253,7 @@ def test_keyframe_p_mean_and_std_set_the_noise_levels_of_keyframe_samples_only(t
     assert sigma(1.0, keyframe_p_mean=None) == sigma(1.0)
     # ln(sigma) = p_mean + p_std * z with the same z: the spread scales the draw's distance from the mean
     z = math.log(sigma(1.0)) - 0.3
-    assert math.log(sigma(1.0, keyframe_p_mean=2.3, keyframe_p_std=0.3)) == pytest.approx(2.3 + 0.3 * z / 1.6,
-                                                                                         rel=1e-5)
+    assert math.log(sigma(1.0, keyframe_p_mean=2.3, keyframe_p_std=0.3)) == pytest.approx(2.3 + 0.3 * z / 1.6, rel=1e-5)
     assert sigma(0.0, keyframe_p_std=0.3) == sigma(0.0)
     with pytest.raises(TrainConfigError, match="keyframe_p_mean"):
         config_from_dict({"keyframe_p_mean": float("nan")}).check()
@@ -227,18 +271,26 @@ def test_loss_goes_down_on_one_clip(tiny_model_dir, one_clip_data, tmp_path):
     adapter's loss is below 0.6 x the fresh one's."""
     from kfi_core.model.loading import load_kfi_model
     from kfi_core.training.data import collate_samples
-    from kfi_core.training.train import _dataset, build_unet_inputs, compute_loss, sample_generator, setup_trainable_unet
+    from kfi_core.training.trainer import stage_dataset
 
-    cfg = tiny_config(tiny_model_dir, one_clip_data, tmp_path, steps=100, lr=5e-3, rank=8, cond_dropout_prob=0.0,
-                      checkpoint_every=0)
+    cfg = tiny_config(
+        tiny_model_dir, one_clip_data, tmp_path, steps=100, lr=5e-3, rank=8, cond_dropout_prob=0.0, checkpoint_every=0
+    )
     train(cfg)
     assert [e["step"] for e in read_train_log(tmp_path / LOG_FILE)] == list(range(1, 101))
 
     def fixed_loss(model) -> float:
-        batch = collate_samples([_dataset(cfg, model, 0)[0]])
+        batch = collate_samples([stage_dataset(cfg, model, 0)[0]])
         with torch.no_grad():
-            losses = [float(compute_loss(model.unet, build_unet_inputs(model, batch, cfg, [sample_generator(7, 0, n)],
-                                                                        torch.device("cpu")))) for n in range(8)]
+            losses = [
+                float(
+                    compute_loss(
+                        model.unet,
+                        build_unet_inputs(model, batch, cfg, [sample_generator(7, 0, n)], torch.device("cpu")),
+                    )
+                )
+                for n in range(8)
+            ]
         return sum(losses) / len(losses)
 
     fresh = load_kfi_model(tiny_model_dir)
@@ -251,13 +303,14 @@ def test_loss_goes_down_on_one_clip(tiny_model_dir, one_clip_data, tmp_path):
 def test_lr_decay_fraction_anneals_the_last_steps(tiny_model_dir, one_clip_data, tmp_path):
     """Analytic: with lr_decay_fraction 0.5 of 8 steps the rate holds for 4 steps, then falls linearly to 10 %; the
     training log's lr (the rate after each step's scheduler update) follows lr_scale exactly. 0 keeps it constant."""
-    from kfi_core.training.train import lr_scale
+    from kfi_core.training.objective import lr_scale
 
     assert [lr_scale(k, 8, 0, 0.5) for k in range(1, 9)] == pytest.approx([1, 1, 1, 1, 0.775, 0.55, 0.325, 0.1])
     assert [lr_scale(k, 8, 0, 0.0) for k in range(8)] == [1.0] * 8
     assert lr_scale(0, 100, 10, 0.2) == pytest.approx(0.1) and lr_scale(100, 100, 10, 0.2) == pytest.approx(0.1)
-    cfg = tiny_config(tiny_model_dir, one_clip_data, tmp_path, steps=8, lr=1e-3, lr_decay_fraction=0.5,
-                      checkpoint_every=0)
+    cfg = tiny_config(
+        tiny_model_dir, one_clip_data, tmp_path, steps=8, lr=1e-3, lr_decay_fraction=0.5, checkpoint_every=0
+    )
     train(cfg)
     logged = [e["lr"] for e in read_train_log(tmp_path / LOG_FILE)]
     assert logged == pytest.approx([1e-3 * lr_scale(k, 8, 0, 0.5) for k in range(1, 9)])
@@ -333,8 +386,9 @@ def test_validation_video_is_a_grid(runs):
 
 def test_adapter_loads_and_inpaints(runs, tiny_model_dir, tmp_path):
     from kfi_core.inference.condition import prepare_clip
+    from kfi_core.inference.executor import propagate
+    from kfi_core.inference.settings import PropagateSettings
     from kfi_core.model.loading import load_kfi_model
-    from kfi_core.inference.propagate import PropagateSettings, propagate
 
     model = load_kfi_model(tiny_model_dir, adapter=runs["a"] / ADAPTER_FILE)
     assert model.in_channels == 12 and model.adapter.rank == 4 and model.adapter.training_resolution == (64, 64)
@@ -348,8 +402,21 @@ def test_adapter_loads_and_inpaints(runs, tiny_model_dir, tmp_path):
     # and through the inpaint command
     write_frames(sample["frames"], tmp_path / "in")
     write_frames(sample["masks"].expand(-1, 3, -1, -1), tmp_path / "mask")
-    args = ["inpaint", "--model", str(tiny_model_dir), "--adapter", str(runs["a"] / ADAPTER_FILE), "--video",
-            str(tmp_path / "in"), "--mask", str(tmp_path / "mask"), "--out", str(tmp_path / "out.mp4"), "--steps", "2"]
+    args = [
+        "inpaint",
+        "--model",
+        str(tiny_model_dir),
+        "--adapter",
+        str(runs["a"] / ADAPTER_FILE),
+        "--video",
+        str(tmp_path / "in"),
+        "--mask",
+        str(tmp_path / "mask"),
+        "--out",
+        str(tmp_path / "out.mp4"),
+        "--steps",
+        "2",
+    ]
     assert cli.main(args) == 0 and (tmp_path / "out.mp4").is_file()
 
 
@@ -360,7 +427,7 @@ def test_export_adapter_writes_what_the_run_wrote_at_that_step(runs, tiny_model_
     from safetensors.torch import load_file
 
     from kfi_core.model.loading import load_kfi_model
-    from kfi_core.training.train import export_checkpoint
+    from kfi_core.training import export_checkpoint
 
     a = runs["a"]
     (_, at4), (_, at8) = list_checkpoints(a)
@@ -390,8 +457,22 @@ def test_from_adapter_starts_from_the_file(runs, tiny_model_dir, one_clip_data, 
 
     a = runs["a"]
     out = tmp_path / "ft"
-    assert cli.main(train_args(tiny_model_dir, one_clip_data, out, "--steps", "1", "--lr", "1e-12",
-                               "--from-adapter", str(a / ADAPTER_FILE))) == 0
+    assert (
+        cli.main(
+            train_args(
+                tiny_model_dir,
+                one_clip_data,
+                out,
+                "--steps",
+                "1",
+                "--lr",
+                "1e-12",
+                "--from-adapter",
+                str(a / ADAPTER_FILE),
+            )
+        )
+        == 0
+    )
     ref, got = load_file(str(a / ADAPTER_FILE)), load_file(str(out / ADAPTER_FILE))
     assert ref.keys() == got.keys()
     for key in ref:
@@ -400,11 +481,21 @@ def test_from_adapter_starts_from_the_file(runs, tiny_model_dir, one_clip_data, 
     assert float(ref["conv_in.weight"][:, 8:].abs().max()) > 0  # the start is not the fresh one
 
     with pytest.raises(TrainConfigError, match=r"from_adapter: .* rank 4 alpha 4, this run rank 8"):
-        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "r8", steps=1, rank=8,
-                          from_adapter=str(a / ADAPTER_FILE)))
+        train(
+            tiny_config(
+                tiny_model_dir, one_clip_data, tmp_path / "r8", steps=1, rank=8, from_adapter=str(a / ADAPTER_FILE)
+            )
+        )
     with pytest.raises(TrainConfigError, match=r"from_adapter: .*missing.safetensors: no such file"):
-        train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "none", steps=1,
-                          from_adapter=str(tmp_path / "missing.safetensors")))
+        train(
+            tiny_config(
+                tiny_model_dir,
+                one_clip_data,
+                tmp_path / "none",
+                steps=1,
+                from_adapter=str(tmp_path / "missing.safetensors"),
+            )
+        )
     assert not (tmp_path / "r8" / ADAPTER_FILE).exists()
 
 
@@ -416,7 +507,7 @@ def test_removed_options_are_refused_when_on_and_dropped_when_off(tiny_model_dir
         with pytest.raises(TrainConfigError, match=rf"config: {name} = {on!r}, but .* removed from this KFI"):
             config_from_dict({name: on})
     train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "run", steps=1, checkpoint_every=1))
-    (_, last), = list_checkpoints(tmp_path / "run")[-1:]
+    ((_, last),) = list_checkpoints(tmp_path / "run")[-1:]
     state_file = last / "training_state.json"
     state = json.loads(state_file.read_text())
     state["fingerprint"]["reference_attention"] = True  # as a run with the option on wrote it
@@ -471,6 +562,7 @@ def test_resume_from_missing_corrupt_or_changed_checkpoint(runs, tiny_model_dir,
     foreign = tmp_path / "foreign"  # an optimizer file of another model: refused by name, not by a torch error
     shutil.copytree(src, foreign)
     from safetensors.torch import save_file
+
     save_file({"0.step": torch.zeros(())}, str(foreign / "optimizer.safetensors"))
     with pytest.raises(ResumeError, match="not an optimizer state file"):
         train(tiny_config(tiny_model_dir, one_clip_data, tmp_path / "o7", steps=8, resume=str(foreign)))
@@ -491,15 +583,34 @@ def test_two_process_run_writes_one_adapter_and_matches_batch_two(tiny_model_dir
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     mp = tmp_path / "two"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "kfi_core",
-           *train_args(tiny_model_dir, one_clip_data, mp, "--steps", "3", "--checkpoint-every", "2")]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "kfi_core",
+        *train_args(tiny_model_dir, one_clip_data, mp, "--steps", "3", "--checkpoint-every", "2"),
+    ]
     result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stderr
     assert result.stdout.strip().splitlines() == [str(mp / ADAPTER_FILE)]  # printed once, by the main process
-    assert sorted(p.name for p in mp.iterdir()) == ["adapter.safetensors", "checkpoints", "train_config.json",
-                                                     "train_log.jsonl"]
+    assert sorted(p.name for p in mp.iterdir()) == [
+        "adapter.safetensors",
+        "checkpoints",
+        "train_config.json",
+        "train_log.jsonl",
+    ]
     ckpt = list_checkpoints(mp)[-1][1]
     assert {p.name for p in ckpt.iterdir()} == {"trainable.safetensors", "optimizer.safetensors", "training_state.json"}
     log = read_train_log(mp / LOG_FILE)
@@ -516,7 +627,9 @@ def test_two_process_run_writes_one_adapter_and_matches_batch_two(tiny_model_dir
 def test_paper_config():
     cfg = load_train_config(ROOT / "configs" / "kfi_svd_xt.json").check()
     assert [(s.steps, s.resolution, s.batch_size, s.gradient_checkpointing) for s in cfg.stages] == [
-        (45000, (320, 576), 1, False), (5000, (576, 1024), 1, True)]
+        (45000, (320, 576), 1, False),
+        (5000, (576, 1024), 1, True),
+    ]
     assert (cfg.lr, cfg.adam_betas, cfg.rank, cfg.mixed_precision) == (5e-5, (0.9, 0.999), 32, "bf16")
     assert stage_at(cfg, 44999) == (0, 0) and stage_at(cfg, 45000) == (1, 45000)
     load_train_config(TINY_CONFIG).check()
@@ -524,12 +637,36 @@ def test_paper_config():
 
 def test_cli_overrides_config():
     cfg = load_train_config(ROOT / "configs" / "kfi_svd_xt.json")
-    one = apply_overrides(cfg, steps=10, resolution=parse_resolution("64x128"), batch_size=2, lr=1e-3,
-                          gradient_checkpointing=True)
+    one = apply_overrides(
+        cfg, steps=10, resolution=parse_resolution("64x128"), batch_size=2, lr=1e-3, gradient_checkpointing=True
+    )
     assert [(s.steps, s.resolution, s.batch_size, s.gradient_checkpointing) for s in one.stages] == [
-        (10, (64, 128), 2, True)]
+        (10, (64, 128), 2, True)
+    ]
     assert one.lr == 1e-3 and cfg.lr == 5e-5 and cfg.stages[0].batch_size == 1  # the original is untouched
     assert apply_overrides(cfg, rank=None).stages == cfg.stages  # None = not given
+
+
+def test_one_config_reader_for_training_configs_and_demo_recipes(tmp_path):
+    """load_train_config and research's load_recipe both read through read_config_file: JSON or YAML, one message
+    for a missing or unparsable file, naming the flag."""
+    yaml = pytest.importorskip("yaml")
+    from kfi_core.training.config import read_config_file
+    from research.demo_model.recipe import load_recipe
+
+    data = json.loads(TINY_CONFIG.read_text())
+    as_yaml = tmp_path / "tiny.yaml"
+    as_yaml.write_text(yaml.safe_dump(data))
+    assert read_config_file(as_yaml) == data == read_config_file(TINY_CONFIG)
+    assert load_train_config(as_yaml) == load_train_config(TINY_CONFIG)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,")
+    with pytest.raises(TrainConfigError, match=r"^--config .*bad.yaml: cannot parse it"):
+        load_train_config(bad)
+    with pytest.raises(TrainConfigError, match=r"^--recipe .*bad.yaml: cannot parse it"):
+        load_recipe(bad)
+    with pytest.raises(TrainConfigError, match=r"^--recipe .*none.json: no such file. Give a recipe JSON"):
+        load_recipe(tmp_path / "none.json")
 
 
 def test_config_errors(tmp_path):
@@ -555,18 +692,19 @@ def test_config_errors(tmp_path):
 def test_the_training_dataset_gets_the_configs_mask_options(one_clip_data, tmp_path):
     from types import SimpleNamespace
 
-    from kfi_core.training.train import _dataset
+    from kfi_core.training.trainer import stage_dataset
 
-    config = tiny_config("unused", one_clip_data, tmp_path, keyframe_prob=0.25, track_mask_prob=0.5,
-                         hole_mask_prob=0.75)
-    ds = _dataset(config.check(), SimpleNamespace(num_frames=4), 0)
+    config = tiny_config(
+        "unused", one_clip_data, tmp_path, keyframe_prob=0.25, track_mask_prob=0.5, hole_mask_prob=0.75
+    )
+    ds = stage_dataset(config.check(), SimpleNamespace(num_frames=4), 0)
     assert (ds.keyframe_prob, ds.track_mask_prob, ds.hole_mask_prob) == (0.25, 0.5, 0.75)
 
 
 def test_cpu_mixed_precision_falls_back_to_fp32_with_warning(tiny_model_dir, one_clip_data, tmp_path, caplog):
-    from kfi_core.training.train import setup
+    from kfi_core.training.trainer import setup
 
-    with caplog.at_level(logging.WARNING, logger="kfi_core.training.train"):
+    with caplog.at_level(logging.WARNING, logger="kfi_core.training.trainer"):
         trainer = setup(tiny_config(tiny_model_dir, one_clip_data, tmp_path, mixed_precision="bf16"))
     assert trainer.weight_dtype == torch.float32
     assert "no GPU: training in fp32 on CPU" in caplog.text
@@ -577,8 +715,10 @@ def test_cpu_mixed_precision_falls_back_to_fp32_with_warning(tiny_model_dir, one
 def test_two_stage_schedule_resumes_across_the_stage_change(tiny_model_dir, one_clip_data, tmp_path):
     """3 steps at 64x64, then 3 at 32x32 with gradient checkpointing; killed at step 5 (checkpoint at 3, the end of
     stage 0), resumed: the same losses as straight through, and the log says which stage each step was."""
-    stages = [{"steps": 3, "resolution": [64, 64]},
-              {"steps": 3, "resolution": [32, 32], "gradient_checkpointing": True}]
+    stages = [
+        {"steps": 3, "resolution": [64, 64]},
+        {"steps": 3, "resolution": [32, 32], "gradient_checkpointing": True},
+    ]
     base = config_from_dict({**json.loads(TINY_CONFIG.read_text()), "stages": stages, "checkpoint_every": 3})
 
     def run(out, **kw):
@@ -601,7 +741,13 @@ def test_two_stage_schedule_resumes_across_the_stage_change(tiny_model_dir, one_
     adapter = run(tmp_path / "b", resume="latest")
     log = read_train_log(tmp_path / "b" / LOG_FILE)
     assert [(e["step"], e["stage"], e["samples_seen"]) for e in log] == [
-        (1, 0, 1), (2, 0, 2), (3, 0, 3), (4, 1, 1), (5, 1, 2), (6, 1, 3)]
+        (1, 0, 1),
+        (2, 0, 2),
+        (3, 0, 3),
+        (4, 1, 1),
+        (5, 1, 2),
+        (6, 1, 3),
+    ]
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     from kfi_core.model.adapter import read_adapter_metadata
 

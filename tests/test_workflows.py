@@ -5,23 +5,42 @@ from __future__ import annotations
 
 import json
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
-
 from comfyhost import ROOT
 from workflow_tools import is_widget, layout_problems, recorded_schemas, schema_inputs, ui_to_api, validate_workflow
 
 WORKFLOW_DIR = ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
-LOADERS = {"LoadKFInpaintCheckpoint", "UNETLoader", "DualCLIPLoader", "VAELoader", "ControlNetLoader",
-           "DownloadAndLoadSAM2Model", "CheckpointLoaderSimple"}
+LOADERS = {
+    "LoadKFInpaintCheckpoint",
+    "UNETLoader",
+    "DualCLIPLoader",
+    "VAELoader",
+    "ControlNetLoader",
+    "DownloadAndLoadSAM2Model",
+    "CheckpointLoaderSimple",
+}
 # nodes whose model files the test host cannot have (FLUX, SAM2): their parts are replaced, see _runnable
-EXTERNAL_MODEL_NODES = {"UNETLoader", "DualCLIPLoader", "VAELoader", "ControlNetLoader", "CLIPTextEncode",
-                        "FluxGuidance", "ConditioningZeroOut", "DifferentialDiffusion", "InpaintModelConditioning",
-                        "ControlNetInpaintingAliMamaApply", "VAEEncode", "KSampler", "VAEDecode",
-                        "DownloadAndLoadSAM2Model", "Sam2Segmentation", "PrimitiveString"}
+EXTERNAL_MODEL_NODES = {
+    "UNETLoader",
+    "DualCLIPLoader",
+    "VAELoader",
+    "ControlNetLoader",
+    "CLIPTextEncode",
+    "FluxGuidance",
+    "ConditioningZeroOut",
+    "DifferentialDiffusion",
+    "InpaintModelConditioning",
+    "ControlNetInpaintingAliMamaApply",
+    "VAEEncode",
+    "KSampler",
+    "VAEDecode",
+    "DownloadAndLoadSAM2Model",
+    "Sam2Segmentation",
+    "PrimitiveString",
+}
 
 
 DEMOS = [p for p in WORKFLOWS if p.stem.startswith("KFI demo")]
@@ -70,8 +89,10 @@ def test_workflow_is_valid_and_documented(path, schemas):
             assert models, f"{node['type']} has no download links (properties.models)"
             for m in models:
                 assert m["url"].startswith("https://") and m["directory"] and m["name"]
-    assert any(t.startswith("KFI") or t in ("LoadKFInpaintModel", "SymmetricMaskEncode", "KeyframePropagateSampler")
-               for t in types)
+    assert any(
+        t.startswith("KFI") or t in ("LoadKFInpaintModel", "SymmetricMaskEncode", "KeyframePropagateSampler")
+        for t in types
+    )
     assert path.with_suffix(".jpg").is_file(), "every workflow has a thumbnail of the same name"
 
 
@@ -128,7 +149,9 @@ def _result(comfy_server, workflow: dict, entry: dict) -> torch.Tensor:
     from kfi_core.media.video import read_frames
 
     result_id = next(str(n["id"]) for n in workflow["nodes"] if n.get("title") == "Result")
-    files = [comfy_server.base / i["type"] / i["subfolder"] / i["filename"] for i in entry["outputs"][result_id]["images"]]
+    files = [
+        comfy_server.base / i["type"] / i["subfolder"] / i["filename"] for i in entry["outputs"][result_id]["images"]
+    ]
     return torch.cat([read_frames(f)[0] for f in files])
 
 
@@ -176,7 +199,9 @@ def test_a_workflow_saved_before_the_checkpoint_loader_still_runs(schemas, comfy
     node = next(v for v in prompt.values() if v["class_type"] == "KeyframePropagateSampler")
     assert "blend_known" not in node["inputs"] and "num_samples" not in node["inputs"]
     node["inputs"].update(steps=2, seed=zlib.crc32(b"legacy checkpoint value"))
-    assert next(v for v in prompt.values() if v["class_type"] == "LoadKFInpaintModel")["inputs"]["model"] == \
-        "checkpoints/svd_tiny_xt.safetensors"
+    assert (
+        next(v for v in prompt.values() if v["class_type"] == "LoadKFInpaintModel")["inputs"]["model"]
+        == "checkpoints/svd_tiny_xt.safetensors"
+    )
     entry = comfy_server.run_prompt(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]

@@ -116,17 +116,37 @@ class Graph:
         return n
 
     def note(self, text: str, pos, box=(420, 220), title="Note"):
-        self.notes.append({"id": len(self.nodes) + len(self.notes) + 1, "type": "Note", "pos": list(pos),
-                           "size": list(box), "title": title, "text": text})
+        self.notes.append(
+            {
+                "id": len(self.nodes) + len(self.notes) + 1,
+                "type": "Note",
+                "pos": list(pos),
+                "size": list(box),
+                "title": title,
+                "text": text,
+            }
+        )
 
     def group(self, title: str, members: list, color: str = "#3f789e", pad: int = 20) -> None:
         """A titled box around ``members`` (nodes, or note dicts), as the editor draws a group."""
-        rects = [(m.pos[0], m.pos[1] - TITLE_H, m.size[0], m.size[1] + TITLE_H) if isinstance(m, Node)
-                 else (m["pos"][0], m["pos"][1] - TITLE_H, m["size"][0], m["size"][1] + TITLE_H) for m in members]
+        rects = [
+            (m.pos[0], m.pos[1] - TITLE_H, m.size[0], m.size[1] + TITLE_H)
+            if isinstance(m, Node)
+            else (m["pos"][0], m["pos"][1] - TITLE_H, m["size"][0], m["size"][1] + TITLE_H)
+            for m in members
+        ]
         x0, y0 = min(r[0] for r in rects) - pad, min(r[1] for r in rects) - pad - GROUP_TITLE_H
         x1, y1 = max(r[0] + r[2] for r in rects) + pad, max(r[1] + r[3] for r in rects) + pad
-        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
-                            "color": color, "font_size": 24, "flags": {}})
+        self.groups.append(
+            {
+                "id": len(self.groups) + 1,
+                "title": title,
+                "bounding": [x0, y0, x1 - x0, y1 - y0],
+                "color": color,
+                "font_size": 24,
+                "flags": {},
+            }
+        )
 
     def _output_slot(self, node: Node, output) -> tuple[int, str]:
         schema = self.schemas[node.type]
@@ -168,27 +188,58 @@ class Graph:
                         extra -= 1
                     values += ["image"] * extra
                     if link is not None:
-                        inputs.append({"name": name, "type": _spec_type(spec), "widget": {"name": name},
-                                       "link": link[0]})
+                        inputs.append(
+                            {"name": name, "type": _spec_type(spec), "widget": {"name": name}, "link": link[0]}
+                        )
                 elif link is not None or required:
                     inputs.append({"name": name, "type": _spec_type(spec), "link": link[0] if link else None})
                 else:
                     inputs.append({"name": name, "type": _spec_type(spec), "link": None, "shape": 7})
             names = schema.get("output_name", schema["output"])
-            outputs = [{"name": names[i], "type": t, "slot_index": i,
-                        "links": [ln[0] for ln in self.links if ln[1] == n.id and ln[2] == i]}
-                       for i, t in enumerate(schema["output"])]
-            entry = {"id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {},
-                     "order": order, "mode": n.mode, "inputs": inputs, "outputs": outputs,
-                     "properties": n.properties, "widgets_values": values}
+            outputs = [
+                {
+                    "name": names[i],
+                    "type": t,
+                    "slot_index": i,
+                    "links": [ln[0] for ln in self.links if ln[1] == n.id and ln[2] == i],
+                }
+                for i, t in enumerate(schema["output"])
+            ]
+            entry = {
+                "id": n.id,
+                "type": n.type,
+                "pos": list(n.pos),
+                "size": list(n.size),
+                "flags": {},
+                "order": order,
+                "mode": n.mode,
+                "inputs": inputs,
+                "outputs": outputs,
+                "properties": n.properties,
+                "widgets_values": values,
+            }
             if n.title:
                 entry["title"] = n.title
             ui_nodes.append(entry)
         for note in self.notes:
-            ui_nodes.append({"id": note["id"], "type": "Note", "pos": note["pos"], "size": note["size"], "flags": {},
-                             "order": len(ui_nodes), "mode": 0, "inputs": [], "outputs": [], "title": note["title"],
-                             "properties": {}, "widgets_values": [note["text"]],
-                             "color": "#432", "bgcolor": "#653"})
+            ui_nodes.append(
+                {
+                    "id": note["id"],
+                    "type": "Note",
+                    "pos": note["pos"],
+                    "size": note["size"],
+                    "flags": {},
+                    "order": len(ui_nodes),
+                    "mode": 0,
+                    "inputs": [],
+                    "outputs": [],
+                    "title": note["title"],
+                    "properties": {},
+                    "widgets_values": [note["text"]],
+                    "color": "#432",
+                    "bgcolor": "#653",
+                }
+            )
         links = []
         for ln in self.links:
             dst = next(n for n in ui_nodes if n["id"] == ln[3])
@@ -262,8 +313,10 @@ def validate_workflow(workflow: dict, schemas: dict) -> list[str]:
         out_type = nodes[src]["outputs"][src_slot]["type"]
         in_type = nodes[dst]["inputs"][dst_slot]["type"]
         if "*" not in (out_type, in_type) and out_type != in_type:
-            problems.append(f"link {link_id}: {nodes[src]['type']} gives {out_type} but "
-                            f"{nodes[dst]['type']}.{nodes[dst]['inputs'][dst_slot]['name']} takes {in_type}")
+            problems.append(
+                f"link {link_id}: {nodes[src]['type']} gives {out_type} but "
+                f"{nodes[dst]['type']}.{nodes[dst]['inputs'][dst_slot]['name']} takes {in_type}"
+            )
     try:
         prompt = ui_to_api(workflow, schemas)
     except WorkflowError as err:
@@ -282,7 +335,7 @@ def validate_workflow(workflow: dict, schemas: dict) -> list[str]:
                 continue  # a link, checked above
             if kind == "COMBO":
                 options = combo_options(spec)
-                if value not in options and value not in models and not str(value).split("/")[-1] in models:
+                if value not in options and value not in models and str(value).split("/")[-1] not in models:
                     problems.append(f"{where}: {value!r} is not one of {options[:8]}")
             elif kind == "INT" and (not isinstance(value, int) or isinstance(value, bool)):
                 problems.append(f"{where}: {value!r} is not an integer")
@@ -310,8 +363,10 @@ def _segment_hits_rect(p, q, rect, margin=4.0) -> bool:
     """Does the segment p-q pass through the rectangle (shrunk by margin)? Sampled: links are short."""
     x0, y0, x1, y1 = rect[0] + margin, rect[1] + margin, rect[2] - margin, rect[3] - margin
     steps = max(2, int(max(abs(q[0] - p[0]), abs(q[1] - p[1])) / 4))
-    return any(x0 < p[0] + (q[0] - p[0]) * t / steps < x1 and y0 < p[1] + (q[1] - p[1]) * t / steps < y1
-               for t in range(steps + 1))
+    return any(
+        x0 < p[0] + (q[0] - p[0]) * t / steps < x1 and y0 < p[1] + (q[1] - p[1]) * t / steps < y1
+        for t in range(steps + 1)
+    )
 
 
 def layout_problems(workflow: dict) -> list[str]:
@@ -327,21 +382,33 @@ def layout_problems(workflow: dict) -> list[str]:
             problems.append(f"link {ln[0]}: {src['type']} -> {dst['type']} runs right to left")
         for other in workflow["nodes"]:
             if other["id"] not in (src["id"], dst["id"]) and _segment_hits_rect(p, q, _rect(other)):
-                problems.append(f"link {ln[0]}: {src['type']} -> {dst['type']} crosses {other['type']} "
-                                f"({other.get('title', '')})")
+                problems.append(
+                    f"link {ln[0]}: {src['type']} -> {dst['type']} crosses {other['type']} ({other.get('title', '')})"
+                )
     rects = [(n, _rect(n)) for n in workflow["nodes"]]
     for i, (a, ra) in enumerate(rects):
-        for b, rb in rects[i + 1:]:
+        for b, rb in rects[i + 1 :]:
             if ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]:
                 problems.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
-    boxes = [(g["title"], (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
-                           g["bounding"][1] + g["bounding"][3])) for g in workflow.get("groups", [])]
+    boxes = [
+        (
+            g["title"],
+            (
+                g["bounding"][0],
+                g["bounding"][1],
+                g["bounding"][0] + g["bounding"][2],
+                g["bounding"][1] + g["bounding"][3],
+            ),
+        )
+        for g in workflow.get("groups", [])
+    ]
     for i, (ta, ra) in enumerate(boxes):
-        for tb, rb in boxes[i + 1:]:
+        for tb, rb in boxes[i + 1 :]:
             if ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]:
                 problems.append(f"groups {ta!r} and {tb!r} overlap")
     for n, r in rects:
         if n["type"] not in ("Note", "MarkdownNote") and not any(
-                b[0] <= r[0] and b[1] <= r[1] and r[2] <= b[2] and r[3] <= b[3] for _, b in boxes):
+            b[0] <= r[0] and b[1] <= r[1] and r[2] <= b[2] and r[3] <= b[3] for _, b in boxes
+        ):
             problems.append(f"node {n['id']} ({n['type']}) is in no group")
     return problems

@@ -38,14 +38,17 @@ Definitions
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from kfi_core.errors import InputMismatchError, KeyframeError, UnknownNameError
-from kfi_core.evaluation.metrics import FLOW_METHODS  # one list for metrics and baselines
+from kfi_core.evaluation.optical_flow import optical_flow_fn  # the metrics' flow, with smaller windows
+from kfi_core.inference.color_match import match_colors
+from kfi_core.inference.condition import encode_frames
+from kfi_core.model.encoders import decode_latents
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +63,9 @@ Baseline = Callable[..., torch.Tensor]
 # --------------------------------------------------------------------------- checks and helpers
 
 
-def check_baseline_inputs(frames: torch.Tensor, masks: torch.Tensor,
-                          keyframes: Mapping[int, torch.Tensor] | None = None):
+def check_baseline_inputs(
+    frames: torch.Tensor, masks: torch.Tensor, keyframes: Mapping[int, torch.Tensor] | None = None
+):
     """Return (frames float32 [F,3,H,W], masks bool [F,1,H,W], keyframes {int: float32 [3,H,W]})."""
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3:
         shape = list(frames.shape) if hasattr(frames, "shape") else type(frames).__name__
@@ -70,10 +74,12 @@ def check_baseline_inputs(frames: torch.Tensor, masks: torch.Tensor,
     if masks.ndim != 4 or masks.shape[1] != 1 or tuple(masks.shape[2:]) != (height, width):
         raise InputMismatchError(
             f"masks: expected [frames, 1, {height}, {width}], got {list(masks.shape)}. Give one single-channel mask "
-            "per frame at the frame size.")
+            "per frame at the frame size."
+        )
     if masks.shape[0] not in (1, num):
         raise InputMismatchError(
-            f"masks: got {masks.shape[0]} masks for {num} frames. Give one mask per frame, or one mask for all frames.")
+            f"masks: got {masks.shape[0]} masks for {num} frames. Give one mask per frame, or one mask for all frames."
+        )
     m = (masks.float() > MASK_THRESHOLD).expand(num, -1, -1, -1).cpu()
     kf: dict[int, torch.Tensor] = {}
     for k, image in (keyframes or {}).items():
@@ -81,8 +87,9 @@ def check_baseline_inputs(frames: torch.Tensor, masks: torch.Tensor,
             raise KeyframeError(f"keyframes: index {k!r} is outside the clip (0..{num - 1}).")
         if tuple(image.shape) != (3, height, width):
             raise KeyframeError(
-                f"keyframes[{k}]: shape {list(image.shape)} does not fit frames of {width}x{height}; give [3, {height}, "
-                f"{width}].")
+                f"keyframes[{k}]: shape {list(image.shape)} does not fit frames of {width}x{height}; "
+                f"give [3, {height}, {width}]."
+            )
         kf[int(k)] = image.detach().float().cpu()
     return frames.detach().float().cpu(), m, kf
 
@@ -92,8 +99,9 @@ def _composite(frames: torch.Tensor, masks: torch.Tensor, fill: torch.Tensor) ->
     return torch.where(masks, fill.to(frames.dtype), frames)
 
 
-def _with_keyframes(frames: torch.Tensor, masks: torch.Tensor, out: torch.Tensor,
-                    keyframes: Mapping[int, torch.Tensor]) -> torch.Tensor:
+def _with_keyframes(
+    frames: torch.Tensor, masks: torch.Tensor, out: torch.Tensor, keyframes: Mapping[int, torch.Tensor]
+) -> torch.Tensor:
     for k, image in keyframes.items():
         out[k] = torch.where(masks[k], image, frames[k])
     return out
@@ -127,8 +135,9 @@ def _telea(frame: torch.Tensor, mask: torch.Tensor, radius: int = TELEA_RADIUS) 
 # --------------------------------------------------------------------------- baselines
 
 
-def mean_fill(frames: torch.Tensor, masks: torch.Tensor,
-              keyframes: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+def mean_fill(
+    frames: torch.Tensor, masks: torch.Tensor, keyframes: Mapping[int, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Per frame, fill the hole with the mean colour of the frame's known pixels (0.5 if none)."""
     frames, m, kf = check_baseline_inputs(frames, masks, keyframes)
     known = (~m).float()  # [F, 1, H, W]
@@ -139,8 +148,12 @@ def mean_fill(frames: torch.Tensor, masks: torch.Tensor,
     return _with_keyframes(frames, m, out, kf)
 
 
-def telea_fill(frames: torch.Tensor, masks: torch.Tensor,
-               keyframes: Mapping[int, torch.Tensor] | None = None, radius: int = TELEA_RADIUS) -> torch.Tensor:
+def telea_fill(
+    frames: torch.Tensor,
+    masks: torch.Tensor,
+    keyframes: Mapping[int, torch.Tensor] | None = None,
+    radius: int = TELEA_RADIUS,
+) -> torch.Tensor:
     """Per frame, OpenCV Telea inpainting (``cv2.INPAINT_TELEA``, ``radius`` px)."""
     frames, m, kf = check_baseline_inputs(frames, masks, keyframes)
     fill = torch.stack([_telea(frames[t], m[t], radius) for t in range(frames.shape[0])])
@@ -148,8 +161,9 @@ def telea_fill(frames: torch.Tensor, masks: torch.Tensor,
     return _with_keyframes(frames, m, out, kf)
 
 
-def keyframe_paste(frames: torch.Tensor, masks: torch.Tensor,
-                   keyframes: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+def keyframe_paste(
+    frames: torch.Tensor, masks: torch.Tensor, keyframes: Mapping[int, torch.Tensor] | None = None
+) -> torch.Tensor:
     """The hole of every frame holds the same pixels of the nearest keyframe."""
     frames, m, kf = check_baseline_inputs(frames, masks, keyframes)
     _require_keyframes(kf, "keyframe_paste")
@@ -157,8 +171,9 @@ def keyframe_paste(frames: torch.Tensor, masks: torch.Tensor,
     return _composite(frames, m, fill)
 
 
-def keyframe_colour_fill(frames: torch.Tensor, masks: torch.Tensor,
-                         keyframes: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+def keyframe_colour_fill(
+    frames: torch.Tensor, masks: torch.Tensor, keyframes: Mapping[int, torch.Tensor] | None = None
+) -> torch.Tensor:
     """The hole of every frame holds one colour: the nearest keyframe's mean inside its own frame's mask (else under
     the frame's hole; else the whole keyframe's mean)."""
     frames, m, kf = check_baseline_inputs(frames, masks, keyframes)
@@ -174,8 +189,6 @@ def keyframe_colour_fill(frames: torch.Tensor, masks: torch.Tensor,
 
 def _flow_fn(method: str):
     # smaller windows than the metrics' defaults: the baselines track small objects on small frames
-    from kfi_core.evaluation.metrics import optical_flow_fn
-
     return optical_flow_fn(method, levels=3, winsize=9)
 
 
@@ -205,8 +218,9 @@ def _complete_flow(flow: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return out
 
 
-def estimate_flow(frames: torch.Tensor, masks: torch.Tensor, source: int, target: int, *,
-                  region: str = "known", method: str = "dis") -> np.ndarray:
+def estimate_flow(
+    frames: torch.Tensor, masks: torch.Tensor, source: int, target: int, *, region: str = "known", method: str = "dis"
+) -> np.ndarray:
     """Flow [H, W, 2] (dx, dy) from frame ``source`` to frame ``target``: frames[source](x) ~ frames[target](x + f(x)).
 
     ``frames`` float [F, 3, H, W], ``masks`` bool [F, 1, H, W] (as :func:`check_baseline_inputs` returns).
@@ -236,8 +250,9 @@ def warp(image: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
     height, width = flow.shape[:2]
     gx, gy = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     src = np.ascontiguousarray(image.permute(1, 2, 0).numpy().astype(np.float32))
-    out = cv2.remap(src, gx + flow[..., 0], gy + flow[..., 1], interpolation=cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.remap(
+        src, gx + flow[..., 0], gy + flow[..., 1], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     return torch.from_numpy(out.reshape(height, width, 3)).permute(2, 0, 1).clamp(0, 1)
 
 
@@ -248,13 +263,24 @@ def compose_flows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
     height, width = first.shape[:2]
     gx, gy = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    moved = cv2.remap(np.ascontiguousarray(second, dtype=np.float32), gx + first[..., 0], gy + first[..., 1],
-                      interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    moved = cv2.remap(
+        np.ascontiguousarray(second, dtype=np.float32),
+        gx + first[..., 0],
+        gy + first[..., 1],
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return first + moved
 
 
-def flow_warp(frames: torch.Tensor, masks: torch.Tensor, keyframes: Mapping[int, torch.Tensor] | None = None, *,
-              region: str = "known", method: str = "dis") -> torch.Tensor:
+def flow_warp(
+    frames: torch.Tensor,
+    masks: torch.Tensor,
+    keyframes: Mapping[int, torch.Tensor] | None = None,
+    *,
+    region: str = "known",
+    method: str = "dis",
+) -> torch.Tensor:
     """The hole of frame t holds the nearest keyframe k warped by the flow from frame t to frame k.
 
     The flow t -> k is chained from consecutive frames (t -> t-1 -> ... -> k, composed with
@@ -305,23 +331,26 @@ def get_baseline(name: str) -> Baseline:
 
 
 @torch.no_grad()
-def vae_ceiling(vae, ground_truth: torch.Tensor, masks: torch.Tensor, frames: torch.Tensor | None = None,
-                chunk_size: int = 8, color_match: str = "none",
-                keyframes: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+def vae_ceiling(
+    vae,
+    ground_truth: torch.Tensor,
+    masks: torch.Tensor,
+    frames: torch.Tensor | None = None,
+    chunk_size: int = 8,
+    color_match: str = "none",
+    keyframes: Mapping[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The ground truth through ``vae`` (encode to the posterior mode, decode with the temporal decoder),
     composited into the hole of ``frames`` (default: the ground truth itself).
 
     ``vae`` is a diffusers ``AutoencoderKLTemporalDecoder`` (``KfiModel.vae``). The latents are scaled
-    by the VAE scaling factor and decoded exactly as sampled latents are (:func:`kfi_core.evaluation.stock_pipeline.decode_latents`).
+    by the VAE scaling factor and decoded exactly as sampled latents are
+    (:func:`kfi_core.model.encoders.decode_latents`).
     ``color_match`` post-processes the reconstruction as the sampler's composite does
     (:func:`kfi_core.inference.color_match.match_colors`, fitted on the known pixels of ``frames``). ``keyframes``
     ({index: [3, H, W]}) enter as the keyframe methods get them: known frames, kept exactly, which colour
     matching mode ``keyframe`` fits on.
     """
-    from kfi_core.inference.color_match import match_colors
-    from kfi_core.inference.condition import encode_frames
-    from kfi_core.evaluation.stock_pipeline import decode_latents
-
     truth, m, kf = check_baseline_inputs(ground_truth, masks, keyframes)
     base = truth if frames is None else check_baseline_inputs(frames, masks)[0]
     if base.shape != truth.shape:

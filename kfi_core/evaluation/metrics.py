@@ -52,12 +52,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from kfi_core.errors import InputMismatchError, KeyframeError, NonFiniteError, UnknownNameError, UnsupportedSizeError
+from kfi_core.errors import InputMismatchError, KeyframeError, NonFiniteError, UnsupportedSizeError
+from kfi_core.evaluation.optical_flow import (
+    DEFAULT_FLOW_METHOD,
+    GtFlow,
+    flow_between_frames,
+    optical_flow_fn,
+    sample_bilinear,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,22 +74,23 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-FLOW_METHODS = ("dis", "farneback")
-DEFAULT_FLOW_METHOD = "dis"
-# Occlusion test of Ruder et al. 2016 as used by Lai et al. 2018 (squared pixels): forward-backward
-# consistency |f + b(x + f)|^2 <= FB_REL (|f|^2 + |b(x + f)|^2) + FB_ABS, and no motion boundary,
-# |grad f|^2 <= MB_REL |f|^2 + MB_ABS.
-FB_REL = 0.01
-FB_ABS = 0.5
-MB_REL = 0.01
-MB_ABS = 0.002
 # Optional learned metrics: environment variable naming a local weights file.
 WEIGHTS_ENV = {"lpips": "KFI_LPIPS_WEIGHTS", "vfid": "KFI_VFID_WEIGHTS"}
 # Every key :func:`evaluate` returns a value for (None when not applicable, reason under "unavailable").
 METRIC_KEYS = (
-    "psnr", "psnr_mask", "ssim", "ssim_mask", "lpips", "vfid",
-    "warping_error", "warping_error_mask", "warping_error_gt",
-    "temporal_flicker", "temporal_flicker_gt", "flicker_delta", "keyframe_psnr",
+    "psnr",
+    "psnr_mask",
+    "ssim",
+    "ssim_mask",
+    "lpips",
+    "vfid",
+    "warping_error",
+    "warping_error_mask",
+    "warping_error_gt",
+    "temporal_flicker",
+    "temporal_flicker_gt",
+    "flicker_delta",
+    "keyframe_psnr",
 )
 
 
@@ -96,7 +104,7 @@ def _to_array(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def check_frames(frames: Any, name: str = "frames") -> np.ndarray:
+def frames_array(frames: Any, name: str = "frames") -> np.ndarray:
     """Return ``frames`` as float64 [F, 3, H, W]; raise unless finite, RGB, 4-D and in 0..1."""
     arr = _to_array(frames)
     if arr.ndim != 4 or arr.shape[1] != 3:
@@ -117,7 +125,7 @@ def check_frames(frames: Any, name: str = "frames") -> np.ndarray:
     return arr
 
 
-def check_mask(mask: Any, num_frames: int, size: tuple[int, int], name: str = "mask") -> np.ndarray:
+def mask_array(mask: Any, num_frames: int, size: tuple[int, int], name: str = "mask") -> np.ndarray:
     """Return ``mask`` as bool [F, 1, H, W] (one mask broadcast to every frame), binarised at > 0.5."""
     arr = _to_array(mask)
     if arr.ndim != 4 or arr.shape[1] != 1:
@@ -149,8 +157,8 @@ def check_inputs(pred: Any, gt: Any, mask: Any = None, names: Mapping[str, str] 
     or None)``.
     """
     names = {"pred": "pred", "gt": "gt", "mask": "mask", **(names or {})}
-    p = check_frames(pred, names["pred"])
-    g = check_frames(gt, names["gt"])
+    p = frames_array(pred, names["pred"])
+    g = frames_array(gt, names["gt"])
     if p.shape[0] != g.shape[0]:
         raise InputMismatchError(
             f"{names['pred']} has {p.shape[0]} frames but {names['gt']} has {g.shape[0]}. Compare clips of "
@@ -161,7 +169,7 @@ def check_inputs(pred: Any, gt: Any, mask: Any = None, names: Mapping[str, str] 
             f"{names['pred']} frames are {p.shape[3]}x{p.shape[2]} (WxH) but {names['gt']} frames are "
             f"{g.shape[3]}x{g.shape[2]}. Resize or crop the prediction to the ground truth's size."
         )
-    m = None if mask is None else check_mask(mask, g.shape[0], g.shape[2:], names["mask"])
+    m = None if mask is None else mask_array(mask, g.shape[0], g.shape[2:], names["mask"])
     return p, g, m
 
 
@@ -259,58 +267,7 @@ def ssim(pred: Any, gt: Any, mask: Any = None) -> float:
     return float(np.mean(values))
 
 
-# --------------------------------------------------------------------------- optical flow, warping error
-
-
-@dataclass
-class GtFlow:
-    """Optical flow between consecutive ground-truth frames, for the warping error.
-
-    ``forward[t]`` [H, W, 2] (dx, dy) maps GT frame t to t+1: gt[t](x) ~ gt[t+1](x + forward[t](x));
-    ``valid[t]`` [H, W] bool is the non-occlusion mask M_t (target inside the frame, the
-    forward-backward check passed, not on a motion boundary). ``t`` runs over 0..F-2.
-    """
-
-    forward: np.ndarray  # [F-1, H, W, 2] float32
-    valid: np.ndarray  # [F-1, H, W] bool
-    method: str
-
-
-def _gray_uint8(frame: np.ndarray) -> np.ndarray:
-    import cv2
-
-    rgb = np.ascontiguousarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0))
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)  # [H, W] uint8, BT.601 luma
-
-
-def optical_flow_fn(method: str, *, levels: int = 4, winsize: int = 15):
-    """``calc(a, b) -> flow [H, W, 2]`` on uint8 grayscale frames with OpenCV: DIS (medium preset)
-    or Farneback (pyramid ``levels``, window ``winsize``). Shared by the metrics and the baselines."""
-    import cv2
-
-    if method == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        return lambda a, b: dis.calc(a, b, None)
-    if method == "farneback":
-        return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=levels, winsize=winsize,
-                                                         iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
-    raise UnknownNameError(f"flow_method: unknown {method!r}; choose one of {', '.join(FLOW_METHODS)}.")
-
-
-def _sample(img: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of img [H, W, C] at (map_x, map_y) [H, W]; replicate outside (masked anyway)."""
-    import cv2
-
-    out = cv2.remap(img, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(*map_x.shape, img.shape[2])
-
-
-def _motion_boundary(flow: np.ndarray) -> np.ndarray:
-    """[H, W, 2] -> [H, W] bool: |grad u|^2 + |grad v|^2 > MB_REL |f|^2 + MB_ABS (forward differences, 0 at the end)."""
-    grad = np.zeros(flow.shape[:2], dtype=np.float64)
-    grad[:, :-1] += ((flow[:, :-1] - flow[:, 1:]) ** 2).sum(-1)  # d/dx of u and v
-    grad[:-1, :] += ((flow[:-1, :] - flow[1:, :]) ** 2).sum(-1)  # d/dy of u and v
-    return grad > MB_REL * (flow.astype(np.float64) ** 2).sum(-1) + MB_ABS
+# --------------------------------------------------------------------------- warping error
 
 
 def compute_gt_flow(gt: Any, flow_method: str = DEFAULT_FLOW_METHOD, occlusion: bool = True) -> GtFlow:
@@ -318,35 +275,15 @@ def compute_gt_flow(gt: Any, flow_method: str = DEFAULT_FLOW_METHOD, occlusion: 
 
     ``occlusion=False`` keeps every pixel (M_t = 1), for diagnostics and tests only.
     """
-    g = check_frames(gt, "gt")
+    g = frames_array(gt, "gt")
     if g.shape[0] < 2:
-        raise InputMismatchError(
-            f"gt: {g.shape[0]} frame; optical flow and the warping error need at least 2 frames."
-        )
-    calc = optical_flow_fn(flow_method)
-    height, width = g.shape[2:]
-    gx, gy = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    gray = [_gray_uint8(f) for f in g]
-    forward, valid = [], []
-    for t in range(g.shape[0] - 1):
-        fwd = calc(gray[t], gray[t + 1]).astype(np.float32)  # [H, W, 2]: t -> t+1
-        map_x, map_y = gx + fwd[..., 0], gy + fwd[..., 1]
-        ok = np.ones((height, width), dtype=bool)
-        if occlusion:
-            bwd = calc(gray[t + 1], gray[t]).astype(np.float32)  # t+1 -> t
-            bwd_at = _sample(bwd, map_x, map_y)  # b_t(x + f_t(x))
-            inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
-            err = ((fwd + bwd_at) ** 2).sum(-1)
-            bound = FB_REL * ((fwd**2).sum(-1) + (bwd_at**2).sum(-1)) + FB_ABS
-            ok = inside & (err <= bound) & ~_motion_boundary(fwd)
-        forward.append(fwd)
-        valid.append(ok)
-        logger.debug("flow %d->%d: %.1f%% pixels non-occluded", t, t + 1, 100.0 * ok.mean())
-    return GtFlow(np.stack(forward), np.stack(valid), flow_method)
+        raise InputMismatchError(f"gt: {g.shape[0]} frame; optical flow and the warping error need at least 2 frames.")
+    return flow_between_frames(g, flow_method, occlusion)
 
 
-def warping_error(pred: Any, gt: Any, mask: Any = None, flow: GtFlow | None = None,
-                  flow_method: str = DEFAULT_FLOW_METHOD) -> float:
+def warping_error(
+    pred: Any, gt: Any, mask: Any = None, flow: GtFlow | None = None, flow_method: str = DEFAULT_FLOW_METHOD
+) -> float:
     """Flow warping error of Lai et al. 2018 (ECCV), flow from the ground truth.
 
     ``mean_t [ sum_x M_t(x) ||pred_t(x) - pred_{t+1}(x + f_t(x))||^2 / sum_x M_t(x) ]``, ||.||^2 summed over the
@@ -371,7 +308,7 @@ def warping_error(pred: Any, gt: Any, mask: Any = None, flow: GtFlow | None = No
             continue
         fwd = flow.forward[t]
         nxt = np.ascontiguousarray(p[t + 1].transpose(1, 2, 0))  # [H, W, 3] float64
-        warped = _sample(nxt, gx + fwd[..., 0], gy + fwd[..., 1]).transpose(2, 0, 1)  # [3, H, W]
+        warped = sample_bilinear(nxt, gx + fwd[..., 0], gy + fwd[..., 1]).transpose(2, 0, 1)  # [3, H, W]
         sq = ((p[t] - warped) ** 2).sum(0)  # [H, W], summed over channels
         errors.append(float(sq[region].mean()))
     if not errors:
@@ -394,10 +331,10 @@ def temporal_flicker(pred: Any, mask: Any = None) -> float:
     both are empty are left out). No motion compensation: a moving scene flickers too, so compare with
     the ground truth (:func:`flicker_delta`).
     """
-    p = check_frames(pred, "pred")
+    p = frames_array(pred, "pred")
     if p.shape[0] < 2:
         raise InputMismatchError(f"pred: {p.shape[0]} frame; temporal flicker needs at least 2 frames.")
-    m = None if mask is None else check_mask(mask, p.shape[0], p.shape[2:])
+    m = None if mask is None else mask_array(mask, p.shape[0], p.shape[2:])
     values = []
     for t in range(p.shape[0] - 1):
         diff = np.abs(p[t + 1] - p[t])  # [3, H, W]
@@ -441,7 +378,8 @@ def chroma_gain(pred: Any, ref: Any, mask: Any = None) -> float:
     if energy <= 1e-12:
         raise InputMismatchError(
             "ref: has no colour (every pixel grey) where chroma gain is measured, so the gain is undefined. "
-            "Measure it on coloured content.")
+            "Measure it on coloured content."
+        )
     return float((cp * cg).sum() / energy)
 
 
@@ -479,7 +417,7 @@ def check_keyframes(keyframes: Mapping[int, Any], num_frames: int, shape: tuple[
                 f"keyframe {k}: shape {list(arr.shape)}, expected {list(shape)} (3 x the clip's height x width). "
                 "Give the keyframe at the clip's size, channel-first, values 0..1."
             )
-        out[k] = check_frames(arr[None], f"keyframe {k}")[0]
+        out[k] = frames_array(arr[None], f"keyframe {k}")[0]
     return out
 
 
@@ -488,10 +426,10 @@ def keyframe_psnrs(pred: Any, keyframes: Mapping[int, Any], mask: Any = None) ->
 
     With ``mask``: inside mask_k only; a keyframe whose mask is empty is left out (with a warning).
     """
-    p = check_frames(pred, "pred")
+    p = frames_array(pred, "pred")
     num_frames = p.shape[0]
     keys = check_keyframes(keyframes, num_frames, p.shape[1:])
-    m = None if mask is None else check_mask(mask, num_frames, p.shape[2:])
+    m = None if mask is None else mask_array(mask, num_frames, p.shape[2:])
     out: dict[int, float] = {}
     for k, key in keys.items():
         if m is not None and not m[k].any():
@@ -532,8 +470,14 @@ def learned_metric_status(name: str) -> tuple[float | None, str]:
 # --------------------------------------------------------------------------- everything
 
 
-def evaluate(pred: Any, gt: Any, mask: Any = None, keyframes: Mapping[int, Any] | None = None,
-             flow_method: str = DEFAULT_FLOW_METHOD, names: Mapping[str, str] | None = None) -> dict[str, Any]:
+def evaluate(
+    pred: Any,
+    gt: Any,
+    mask: Any = None,
+    keyframes: Mapping[int, Any] | None = None,
+    flow_method: str = DEFAULT_FLOW_METHOD,
+    names: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Every metric of this module as a JSON-ready dict.
 
     Keys: each of :data:`METRIC_KEYS` (a float, or ``None`` when not applicable: a ``*_mask`` metric
@@ -576,25 +520,7 @@ def evaluate(pred: Any, gt: Any, mask: Any = None, keyframes: Mapping[int, Any] 
         skip(("psnr_mask", "ssim_mask", "warping_error_mask"), "no mask given")
 
     # 4. Temporal consistency
-    temporal = ("warping_error", "warping_error_mask", "warping_error_gt", "temporal_flicker",
-                "temporal_flicker_gt", "flicker_delta")
-    if num_frames < 2:
-        skip(temporal, f"the clip has {num_frames} frame; temporal metrics need at least 2")
-    else:
-        flow = compute_gt_flow(g, flow_method)
-        try:
-            out["warping_error"] = warping_error(p, g, flow=flow)
-            out["warping_error_gt"] = warping_error(g, g, flow=flow)
-        except InputMismatchError as err:  # every pixel occluded: undefined, say why
-            skip(("warping_error", "warping_error_gt"), str(err))
-        if m is not None:
-            try:
-                out["warping_error_mask"] = warping_error(p, g, m, flow=flow)
-            except InputMismatchError as err:
-                skip(("warping_error_mask",), str(err))
-        out["temporal_flicker"] = temporal_flicker(p, m)
-        out["temporal_flicker_gt"] = temporal_flicker(g, m)
-        out["flicker_delta"] = out["temporal_flicker"] - out["temporal_flicker_gt"]
+    _temporal_metrics(p, g, m, flow_method, out, skip)
 
     # 5. Learned metrics (local weights only)
     for name in WEIGHTS_ENV:
@@ -606,11 +532,45 @@ def evaluate(pred: Any, gt: Any, mask: Any = None, keyframes: Mapping[int, Any] 
     out["unavailable"] = {k: unavailable[k] for k in METRIC_KEYS if out[k] is None and k in unavailable}
     out["keyframe_psnr_per_index"] = per_index
     out["settings"] = {
-        "frames": num_frames, "height": height, "width": width, "psnr_cap_db": PSNR_CAP_DB,
+        "frames": num_frames,
+        "height": height,
+        "width": width,
+        "psnr_cap_db": PSNR_CAP_DB,
         "flow_method": flow_method if num_frames > 1 else None,
         "flicker_region": "mask" if m is not None else "frame",
         "masked_frames": None if m is None else int(m.any(axis=(1, 2, 3)).sum()),
     }
-    logger.info("evaluated %d frames of %dx%d: PSNR %.2f dB, SSIM %.4f", num_frames, width, height,
-                out["psnr"], out["ssim"])
+    logger.info(
+        "evaluated %d frames of %dx%d: PSNR %.2f dB, SSIM %.4f", num_frames, width, height, out["psnr"], out["ssim"]
+    )
     return out
+
+
+def _temporal_metrics(p: np.ndarray, g: np.ndarray, m: np.ndarray | None, flow_method: str, out: dict, skip) -> None:
+    """:func:`evaluate`'s step 4: warping errors and flicker into ``out``; ``skip(keys, reason)`` the rest."""
+    num_frames = g.shape[0]
+    temporal = (
+        "warping_error",
+        "warping_error_mask",
+        "warping_error_gt",
+        "temporal_flicker",
+        "temporal_flicker_gt",
+        "flicker_delta",
+    )
+    if num_frames < 2:
+        skip(temporal, f"the clip has {num_frames} frame; temporal metrics need at least 2")
+        return
+    flow = compute_gt_flow(g, flow_method)
+    try:
+        out["warping_error"] = warping_error(p, g, flow=flow)
+        out["warping_error_gt"] = warping_error(g, g, flow=flow)
+    except InputMismatchError as err:  # every pixel occluded: undefined, say why
+        skip(("warping_error", "warping_error_gt"), str(err))
+    if m is not None:
+        try:
+            out["warping_error_mask"] = warping_error(p, g, m, flow=flow)
+        except InputMismatchError as err:
+            skip(("warping_error_mask",), str(err))
+    out["temporal_flicker"] = temporal_flicker(p, m)
+    out["temporal_flicker_gt"] = temporal_flicker(g, m)
+    out["flicker_delta"] = out["temporal_flicker"] - out["temporal_flicker_gt"]

@@ -76,12 +76,13 @@ class ProceduralConfig:
     keyframe_index: int = 0
     edit_pattern: str = "checker"  # the edit task's change: see EDIT_PATTERNS and the module docstring
 
-    def check(self) -> "ProceduralConfig":
+    def check(self) -> ProceduralConfig:
         if self.texture not in TEXTURES:
             raise UnknownNameError(f"texture: got {self.texture!r}; choose one of {', '.join(TEXTURES)}.")
         if self.edit_pattern not in EDIT_PATTERNS:
             raise UnknownNameError(
-                f"edit_pattern: got {self.edit_pattern!r}; choose one of {', '.join(EDIT_PATTERNS)}.")
+                f"edit_pattern: got {self.edit_pattern!r}; choose one of {', '.join(EDIT_PATTERNS)}."
+            )
         if not self.texture_period >= 2.0:
             raise InputMismatchError(f"texture_period: got {self.texture_period}; give at least 2 pixels.")
         if self.pan is not None and len(self.pan) != 2:
@@ -96,12 +97,18 @@ class ProceduralConfig:
         return self
 
     @classmethod
-    def preset(cls, difficulty: str) -> "ProceduralConfig":
+    def preset(cls, difficulty: str) -> ProceduralConfig:
         """``easy``: smooth-ish stripes, slow, constant light; ``medium``: the defaults; ``hard``:
         fine mixed textures, fast pan and objects, strong lighting change."""
         if difficulty == "easy":
-            return cls(texture="stripes", texture_period=12.0, max_pan=0.5, object_speed=1.0, distractor=False,
-                       lighting_change=0.0)
+            return cls(
+                texture="stripes",
+                texture_period=12.0,
+                max_pan=0.5,
+                object_speed=1.0,
+                distractor=False,
+                lighting_change=0.0,
+            )
         if difficulty == "medium":
             return cls()
         if difficulty == "hard":
@@ -194,9 +201,18 @@ def _draw_scene(rng: np.random.Generator, cfg: ProceduralConfig, num_frames: int
         mid = (num_frames - 1) / 2
         cx = width / 2 + rng.uniform(-0.15, 0.15) * width - vx * mid
         cy = height / 2 + rng.uniform(-0.15, 0.15) * height - vy * mid
-        return {"rx": rx, "ry": ry, "cx": cx, "cy": cy, "vx": vx, "vy": vy,
-                "wobble": rng.uniform(0.0, 2.0), "phase": rng.uniform(0, 2 * math.pi),
-                "tex_angle": rng.uniform(0, math.pi), "tex_period": max(2.0, cfg.texture_period * rng.uniform(0.6, 1.0))}
+        return {
+            "rx": rx,
+            "ry": ry,
+            "cx": cx,
+            "cy": cy,
+            "vx": vx,
+            "vy": vy,
+            "wobble": rng.uniform(0.0, 2.0),
+            "phase": rng.uniform(0, 2 * math.pi),
+            "tex_angle": rng.uniform(0, math.pi),
+            "tex_period": max(2.0, cfg.texture_period * rng.uniform(0.6, 1.0)),
+        }
 
     return {
         "pan": pan,
@@ -262,8 +278,9 @@ def _lighting(p: dict, cfg: ProceduralConfig, t: int, num_frames: int, xx: torch
 
 def _render(p: dict, edit: dict | None, cfg: ProceduralConfig, num_frames: int, height: int, width: int):
     """(frames with the original target, frames without it, frames with the edited target, visible target masks)."""
-    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     with_target, without, edited, visible = [], [], [], []
     for t in range(num_frames):
         bg = _background(p, cfg, t, xx, yy, height)
@@ -326,7 +343,8 @@ def make_procedural_clip(
         raise InputMismatchError(f"clip size: got {num_frames} frames of {width}x{height}; give >= 1 frame of >= 8x8.")
     if not 0 <= cfg.keyframe_index < num_frames:
         raise InputMismatchError(
-            f"keyframe_index: got {cfg.keyframe_index} for {num_frames} frames; give 0..{num_frames - 1}.")
+            f"keyframe_index: got {cfg.keyframe_index} for {num_frames} frames; give 0..{num_frames - 1}."
+        )
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputMismatchError(f"seed: got {seed!r}; give a whole number >= 0.")
 
@@ -347,13 +365,26 @@ def make_procedural_clip(
     else:
         frames, truth = original, edited
     k = cfg.keyframe_index
-    params = {"pan": scene["pan"], "distractor_in_front": scene["distractor_in_front"],
-              "target": {k_: v for k_, v in scene["target"].items()},
-              "coverage": float(masks.mean()), "config": asdict(cfg)}
+    params = {
+        "pan": scene["pan"],
+        "distractor_in_front": scene["distractor_in_front"],
+        "target": {k_: v for k_, v in scene["target"].items()},
+        "coverage": float(masks.mean()),
+        "config": asdict(cfg),
+    }
     logger.debug("procedural %s clip seed %d: pan %s, mask coverage %.3f", task, seed, scene["pan"], params["coverage"])
-    return ProceduralClip(task=task, seed=int(seed), frames=frames, masks=masks, ground_truth=truth,
-                          object_masks=visible, keyframe_index=k, keyframe=truth[k].clone(), config=cfg,
-                          params=params)
+    return ProceduralClip(
+        task=task,
+        seed=int(seed),
+        frames=frames,
+        masks=masks,
+        ground_truth=truth,
+        object_masks=visible,
+        keyframe_index=k,
+        keyframe=truth[k].clone(),
+        config=cfg,
+        params=params,
+    )
 
 
 def with_config(config: ProceduralConfig, **changes) -> ProceduralConfig:

@@ -19,18 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from kfi_core.errors import InputMismatchError, SettingsError, UnknownNameError, UnsupportedSizeError
 from kfi_core.inference.denoiser import SVDDenoiser, per_frame_guidance
-from kfi_core.errors import InputMismatchError, KfiError, UnknownNameError, UnsupportedSizeError
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd, init_noise_sigma
+from kfi_core.model.encoders import decode_latents, encode_image_clip, module_device, module_dtype
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pt", "np", "latent")
 COMPONENT_KEYS = ("unet", "vae", "image_encoder", "scheduler", "feature_extractor")
-#: The SVD pipeline always embeds the image at CLIP's 224 x 224.
-CLIP_SIZE = 224
 
 
 # --------------------------------------------------------------------------- image handling
@@ -65,66 +63,12 @@ def _image_to_tensor(image: Any) -> torch.Tensor:
     )
 
 
-def _gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    offsets = torch.arange(size, dtype=torch.float32) - size // 2
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-def resize_for_clip(images: torch.Tensor, size: int = CLIP_SIZE) -> torch.Tensor:
-    """Anti-aliased resize of [B, 3, H, W] to size x size, as SVD (and the diffusers pipeline) do.
-
-    A separable Gaussian blur of sigma (H / size - 1) / 2 per axis (scikit-image's rule for
-    anti-aliasing, floor 0.001 so up-scaling does not blur), kernel about 4 sigma wide and odd,
-    reflect padding, horizontal pass first; then bicubic interpolation with aligned corners.
-    """
-    batch, channels, height, width = images.shape
-    sigmas = (max((height / size - 1.0) / 2.0, 0.001), max((width / size - 1.0) / 2.0, 0.001))
-    size_y, size_x = (int(max(4.0 * s, 3)) | 1 for s in sigmas)  # odd kernel sizes
-    kernel_x = _gaussian_kernel(size_x, sigmas[1]).to(images).reshape(1, 1, 1, size_x)
-    kernel_y = _gaussian_kernel(size_y, sigmas[0]).to(images).reshape(1, 1, size_y, 1)
-    flat = images.reshape(batch * channels, 1, height, width)  # [B*3, 1, H, W]: one channel per image
-    flat = F.conv2d(F.pad(flat, (size_x // 2, size_x // 2, 0, 0), mode="reflect"), kernel_x)
-    flat = F.conv2d(F.pad(flat, (0, 0, size_y // 2, size_y // 2), mode="reflect"), kernel_y)
-    blurred = flat.reshape(batch, channels, height, width)
-    return F.interpolate(blurred, size=(size, size), mode="bicubic", align_corners=True)
-
-
-def _module_dtype(module: torch.nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-@torch.no_grad()
-def encode_image_clip(image_encoder: torch.nn.Module, feature_extractor: Any, image: torch.Tensor) -> torch.Tensor:
-    """CLIP image embedding of [1, 3, H, W] in 0..1 -> encoder_hidden_states [1, 1, D], as SVD computes it.
-
-    The pipeline resizes in -1..1 with anti-aliasing to 224 x 224, goes back to 0..1, normalises
-    with the feature extractor's mean and std (no crop, no rescale) and takes
-    ``image_embeds`` (the projected pooled output).
-    """
-    pixels = clip_pixels(feature_extractor, image)
-    pixels = pixels.to(device=_module_device(image_encoder), dtype=_module_dtype(image_encoder))
-    return image_encoder(pixels).image_embeds[:, None]  # [1, D] -> [1, 1, D]
-
-
-def clip_pixels(feature_extractor: Any, image: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] in 0..1 -> the image encoder's input [B, 3, 224, 224], as SVD prepares it (differentiable)."""
-    resized = (resize_for_clip(image * 2.0 - 1.0) + 1.0) / 2.0  # [B, 3, 224, 224] in 0..1
-    mean = torch.tensor(feature_extractor.image_mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-    std = torch.tensor(feature_extractor.image_std, dtype=torch.float32).reshape(1, 3, 1, 1)
-    return (resized - mean.to(resized)) / std.to(resized)
-
-
 def _check_stock_inputs(
     components: Mapping, num_frames: int, height: int, width: int, output_type: str, decode_chunk_size
 ) -> None:
     missing = [key for key in COMPONENT_KEYS if key not in components]
     if missing:
-        raise KfiError(
+        raise SettingsError(
             f"components: missing {', '.join(missing)}; pass the dict of build_tiny_components() or a loaded "
             f"SVD model's components ({', '.join(COMPONENT_KEYS)})."
         )
@@ -138,7 +82,7 @@ def _check_stock_inputs(
             "requires (e.g. 576 x 1024, or 64 x 64 for the tiny model)."
         )
     if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
-        raise KfiError(
+        raise SettingsError(
             f"decode_chunk_size: got {decode_chunk_size!r}; give a whole number of frames >= 1, or None to decode "
             "all frames at once."
         )
@@ -157,26 +101,6 @@ def _check_stock_inputs(
             f"!= add_embedding input {expected}; the UNet config does not match its weights (see "
             "projection_class_embeddings_input_dim)."
         )
-
-
-@torch.no_grad()
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
-    """Latents [B, F, C, h, w] -> frames [B, F, 3, H, W] in -1..1 (float32), ``decode_chunk_size`` frames at a time.
-
-    As the pipeline's ``decode_latents``: undo the VAE scaling factor, decode with the temporal
-    decoder told how many frames each chunk holds (``num_frames``; without it its temporal layers
-    would see one frame).
-    """
-    batch, frames = latents.shape[:2]
-    chunk = decode_chunk_size or frames
-    flat = latents.flatten(0, 1)  # [B, F, C, h, w] -> [B*F, C, h, w]
-    flat = (1 / vae.config.scaling_factor * flat).to(_module_dtype(vae))
-    pieces = []
-    for start in range(0, flat.shape[0], chunk):
-        part = flat[start : start + chunk]
-        pieces.append(vae.decode(part, num_frames=part.shape[0]).sample)
-    decoded = torch.cat(pieces).float()  # [B*F, 3, H, W]
-    return decoded.reshape(batch, frames, *decoded.shape[1:])  # [B*F, 3, H, W] -> [B, F, 3, H, W]
 
 
 @torch.no_grad()
@@ -218,33 +142,21 @@ def sample_stock_img2vid(
     sample = get_sampler(sampler)
     _check_stock_inputs(components, num_frames, height, width, output_type, decode_chunk_size)
     unet, vae = components["unet"], components["vae"]
-    device, unet_dtype = _module_device(unet), _module_dtype(unet)
+    device, unet_dtype = module_device(unet), module_dtype(unet)
     pixels = _image_to_tensor(image)  # [1, 3, H0, W0] in 0..1, the image's own size
-    if pixels.shape[-2:] != (height, width):
-        import PIL.Image
-
-        if not isinstance(image, PIL.Image.Image):
-            raise InputMismatchError(
-                f"image: got {pixels.shape[-2]} x {pixels.shape[-1]} pixels for a {height} x {width} clip; "
-                "resize the tensor first, or pass a PIL image (resized with Lanczos, as the pipeline does)."
-            )
-        # The VAE sees the image resized as diffusers' VaeImageProcessor does; CLIP sees the original.
-        vae_pixels = _image_to_tensor(image.convert("RGB").resize((width, height), resample=PIL.Image.LANCZOS))
-    else:
-        vae_pixels = pixels
+    vae_pixels = _vae_pixels(image, pixels, height, width)
     sigmas = get_sigmas_svd(steps, components["scheduler"].config)
     guidance = per_frame_guidance(min_guidance, max_guidance, num_frames)
-    logger.debug("stock img2vid: %d frames %dx%d, %d %s steps, seed %d", num_frames, height, width, steps, sampler, seed)
+    logger.debug(
+        "stock img2vid: %d frames %dx%d, %d %s steps, seed %d", num_frames, height, width, steps, sampler, seed
+    )
 
     # 2. CLIP image embedding [1, 1, D]
     image_embeddings = encode_image_clip(components["image_encoder"], components["feature_extractor"], pixels)
 
     # 3. Noise-augmented image -> VAE latents; the first draw from the generator
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    vae_in = vae_pixels * 2.0 - 1.0  # [1, 3, H, W] in -1..1
-    aug_noise = torch.randn(vae_in.shape, generator=generator, dtype=vae_in.dtype)
-    vae_in = (vae_in + noise_aug_strength * aug_noise).to(device=_module_device(vae), dtype=_module_dtype(vae))
-    image_latents = vae.encode(vae_in).latent_dist.mode()  # [1, C, h, w], not multiplied by scaling_factor
+    image_latents = _encode_condition_latents(vae, vae_pixels, generator, noise_aug_strength)  # [1, C, h, w]
     # [1, C, h, w] -> [1, F, C, h, w]: the same condition for every frame
     image_latents = image_latents.to(device=device, dtype=unet_dtype)[:, None].repeat(1, num_frames, 1, 1, 1)
 
@@ -269,7 +181,40 @@ def sample_stock_img2vid(
     if output_type == "latent":
         return latents
 
-    # 7. Decode and post-process as the pipeline: -1..1 -> 0..1, clamped
+    # 7. Decode and post-process as the pipeline
+    return _decode_frames(vae, latents, decode_chunk_size, output_type)
+
+
+def _vae_pixels(image: Any, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The image the VAE encodes, [1, 3, H, W] in 0..1: ``pixels`` when already H x W, else the PIL
+    image resized with Lanczos as diffusers' VaeImageProcessor does (CLIP still sees the original)."""
+    if pixels.shape[-2:] == (height, width):
+        return pixels
+    import PIL.Image
+
+    if not isinstance(image, PIL.Image.Image):
+        raise InputMismatchError(
+            f"image: got {pixels.shape[-2]} x {pixels.shape[-1]} pixels for a {height} x {width} clip; "
+            "resize the tensor first, or pass a PIL image (resized with Lanczos, as the pipeline does)."
+        )
+    return _image_to_tensor(image.convert("RGB").resize((width, height), resample=PIL.Image.LANCZOS))
+
+
+def _encode_condition_latents(
+    vae, vae_pixels: torch.Tensor, generator: torch.Generator, noise_aug_strength: float
+) -> torch.Tensor:
+    """Noise-augment [1, 3, H, W] in 0..1 (one draw from ``generator``) and encode it: -> [1, C, h, w],
+    the latent mode, not multiplied by the scaling factor (as the pipeline's ``_encode_vae_image``)."""
+    vae_in = vae_pixels * 2.0 - 1.0  # [1, 3, H, W] in -1..1
+    aug_noise = torch.randn(vae_in.shape, generator=generator, dtype=vae_in.dtype)
+    vae_in = (vae_in + noise_aug_strength * aug_noise).to(device=module_device(vae), dtype=module_dtype(vae))
+    return vae.encode(vae_in).latent_dist.mode()
+
+
+def _decode_frames(
+    vae, latents: torch.Tensor, decode_chunk_size: int | None, output_type: str
+) -> torch.Tensor | np.ndarray:
+    """Decode and post-process as the pipeline: -1..1 -> 0..1, clamped; ``"np"`` as [1, F, H, W, 3]."""
     frames = decode_latents(vae, latents, decode_chunk_size)  # [1, F, 3, H, W]
     frames = (frames * 0.5 + 0.5).clamp(0, 1)
     if output_type == "np":

@@ -29,7 +29,8 @@ perfect decoder the fit is the identity and nothing changes.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kfi_core.errors import InputMismatchError, UnknownNameError
 
@@ -82,8 +83,9 @@ def _apply(frame: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (flat @ w[:3] + w[3]).T.reshape(3, height, width)
 
 
-def keyframe_transform(generated: torch.Tensor, reference: torch.Tensor, hole: torch.Tensor, near: torch.Tensor,
-                       keyframes: Sequence[int]) -> torch.Tensor | None:
+def keyframe_transform(
+    generated: torch.Tensor, reference: torch.Tensor, hole: torch.Tensor, near: torch.Tensor, keyframes: Sequence[int]
+) -> torch.Tensor | None:
     """The ``keyframe`` mode's one affine fit [4, 3]: the keyframes' generated colours against their reference
     colours, on the pixels within the ring of any frame's hole (all of each keyframe's pixels when that region is
     too small). None when no keyframe is given or the keyframes have fewer than :data:`MIN_PIXELS` pixels."""
@@ -102,8 +104,14 @@ def keyframe_transform(generated: torch.Tensor, reference: torch.Tensor, hole: t
     return fit_color_transform(g, r, "affine").to(generated.dtype)
 
 
-def match_colors(generated: torch.Tensor, reference: torch.Tensor, masks: torch.Tensor, mode: str = "affine",
-                 ring: int | None = None, keyframes: Sequence[int] = ()) -> torch.Tensor:
+def match_colors(
+    generated: torch.Tensor,
+    reference: torch.Tensor,
+    masks: torch.Tensor,
+    mode: str = "affine",
+    ring: int | None = None,
+    keyframes: Sequence[int] = (),
+) -> torch.Tensor:
     """Return ``generated`` [F, 3, H, W] (0..1) with each frame's colours fitted to ``reference`` (the input
     frames, same shape) on known pixels (``masks`` [F, 1, H, W] below 0.5) within ``ring`` pixels of the
     hole (default :func:`ring_width`). Clamped to 0..1; ``mode`` ``none`` returns ``generated`` unchanged.
@@ -113,11 +121,14 @@ def match_colors(generated: torch.Tensor, reference: torch.Tensor, masks: torch.
     if mode == "none":
         return generated
     if generated.shape != reference.shape or generated.ndim != 4 or generated.shape[1] != 3:
-        raise InputMismatchError(f"color_match: generated {list(generated.shape)} and reference "
-                                 f"{list(reference.shape)} must both be [frames, 3, height, width].")
+        raise InputMismatchError(
+            f"color_match: generated {list(generated.shape)} and reference "
+            f"{list(reference.shape)} must both be [frames, 3, height, width]."
+        )
     if masks.shape[0] != generated.shape[0] or masks.shape[-2:] != generated.shape[-2:]:
-        raise InputMismatchError(f"color_match: masks {list(masks.shape)} do not match the frames "
-                                 f"{list(generated.shape)}.")
+        raise InputMismatchError(
+            f"color_match: masks {list(masks.shape)} do not match the frames {list(generated.shape)}."
+        )
     height, width = generated.shape[-2:]
     radius = ring_width(height, width) if ring is None else int(ring)
     if radius < 1:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kfi_core.errors import InputMismatchError, NonFiniteError
+from kfi_core.inference.memory import retry_on_oom
 from kfi_core.media.keyframes import check_frame_index, insert_keyframes
 from kfi_core.media.mask_ops import DEFAULT_THRESHOLD, binarize, expand_masks, grow
 
@@ -57,7 +58,9 @@ def check_frames(frames: torch.Tensor, name: str = "frames") -> None:
     if channels == 1:
         raise InputMismatchError(f"{name}: got grayscale frames (1 channel); convert them to RGB first.")
     if channels == 4:
-        raise InputMismatchError(f"{name}: got RGBA frames (4 channels); drop the alpha channel (convert to RGB) first.")
+        raise InputMismatchError(
+            f"{name}: got RGBA frames (4 channels); drop the alpha channel (convert to RGB) first."
+        )
     if channels != 3:
         raise InputMismatchError(f"{name}: expected 3 colour channels (RGB), got {channels}.")
     if frames.shape[0] < 1:
@@ -68,9 +71,12 @@ def check_frames(frames: torch.Tensor, name: str = "frames") -> None:
         raise NonFiniteError(f"{name}: contains NaN or infinity; check the node or file that produced the frames.")
     lo, hi = float(frames.min()), float(frames.max())
     if lo < 0.0 or hi > 1.0:
-        hint = (" They look like 0..255 values: divide by 255." if hi > 1.5 else
-                " Small overshoots come from bicubic resizing: clamp the images to 0..1, or resize with bilinear, "
-                "area or lanczos.")
+        hint = (
+            " They look like 0..255 values: divide by 255."
+            if hi > 1.5
+            else " Small overshoots come from bicubic resizing: clamp the images to 0..1, or resize with bilinear, "
+            "area or lanczos."
+        )
         raise InputMismatchError(f"{name}: values must lie in 0..1, got {lo:g}..{hi:g}.{hint}")
 
 
@@ -135,7 +141,6 @@ def fill_masked(frames: torch.Tensor, masks: torch.Tensor, value: float) -> torc
 @torch.no_grad()
 def encode_frames(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """VAE posterior modes of pixels [N, 3, H, W] in -1..1, ``chunk_size`` frames at a time -> [N, 4, h, w]."""
-    from kfi_core.inference.memory import retry_on_oom
 
     dtype = next(vae.parameters()).dtype
     device = next(vae.parameters()).device

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from kfi_core.errors import InputMismatchError, KfiError, UnsupportedSizeError
+from kfi_core.errors import InputMismatchError, SettingsError, UnsupportedSizeError
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def per_frame_guidance(min_guidance: float, max_guidance: float, num_frames: int
         raise UnsupportedSizeError(f"num_frames: got {num_frames!r}; give at least 1 frame (SVD-XT uses 25).")
     for name, value in (("min_guidance", min_guidance), ("max_guidance", max_guidance)):
         if not math.isfinite(float(value)):
-            raise KfiError(f"{name}: got {value!r}; give a finite guidance scale (SVD uses 1.0 to 3.0).")
+            raise SettingsError(f"{name}: got {value!r}; give a finite guidance scale (SVD uses 1.0 to 3.0).")
     return torch.linspace(float(min_guidance), float(max_guidance), num_frames, dtype=torch.float32)
 
 

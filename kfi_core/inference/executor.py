@@ -1,4 +1,9 @@
-"""Run any long-video schedule (:mod:`kfi_core.inference.schedules`) with the propagation sampler.
+"""The entry points of inpainting: :func:`inpaint` (a clip of any length), :func:`propagate` (one window) and
+:func:`run_schedule` (a given schedule).
+
+The flow runs one way: an entry point checks everything once (settings, sizes, masks, the schedule), plans the
+windows (:mod:`kfi_core.inference.schedules`), and runs each with :func:`kfi_core.inference.window.run_window`'s steps
+(encode, denoise, sample, decode, composite), which hand the frames back; nothing below calls up.
 
 Each window is conditioned on what is known when it runs:
 - ``generate`` frames: the input frame with its mask (the hole is generated and kept);
@@ -13,22 +18,40 @@ host and moves one window's slice to the device per model call), so device memor
 grow with clip length.
 
 Seeds: the first window of a run uses ``settings.seed`` itself, so a clip that fits one window
-gives exactly :func:`kfi_core.inference.propagate.propagate`'s output; window ``k`` uses a seed derived
+gives exactly :func:`propagate`'s output; window ``k`` uses a seed derived
 from ``(seed, k)``.
+
+``num_samples`` > 1 runs the whole inpaint that many times, with seeds ``seed``, ``seed + 1``, ...
+(:func:`sample_seed`), and returns the mean of the outputs (:func:`mean_of_samples`). Each sample is a
+plausible fill; their mean approximates the posterior mean, which minimises the expected squared error
+(lower error, higher PSNR) at the cost of detail where the samples disagree: the perception-distortion
+trade-off (Blau and Michaeli 2018). The seeds say nothing about this choice; KFI's own. One sample (the
+default) is SVD's and the paper's way.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from kfi_core.inference.condition import ClipInputs
-from kfi_core.errors import ScheduleError
-from kfi_core.inference.propagate import (PropagateSettings, WindowDenoiser, check_size, composite, decode_window, initial_latents,
-                        mean_of_samples, sample_window_latents)
+from kfi_core.errors import InputMismatchError, ScheduleError
+from kfi_core.inference.condition import ClipInputs, check_mask_coverage
+from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
+from kfi_core.inference.schedule_builders import build_schedule
+from kfi_core.inference.settings import ProgressCallback, PropagateSettings, check_size, check_window
+from kfi_core.inference.window import (
+    WindowDenoiser,
+    composite,
+    composite_mask,
+    decode_window,
+    initial_latents,
+    run_window,
+    sample_window_latents,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,25 +123,45 @@ def run_schedule(
 ) -> torch.Tensor:
     """Inpaint ``clip`` following ``schedule``; frames [N, 3, H, W] in 0..1 on the host.
 
-    ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean
-    (:func:`kfi_core.inference.propagate.mean_of_samples`)."""
-    settings = (settings or PropagateSettings()).check()
+    ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean (:func:`mean_of_samples`)."""
+    settings = _checked(settings, clip)
     check_size(model, *clip.size)
     check_schedule(schedule, clip, model)
-    if settings.num_samples > 1:
-        return mean_of_samples(
-            lambda s, cb: run_schedule(model, clip, schedule, s, callback=cb, check_cancel=check_cancel),
-            clip, settings, callback)
+    return _samples(lambda s, cb: _run_schedule(model, clip, schedule, s, cb, check_cancel), clip, settings, callback)
+
+
+def _run_schedule(
+    model,
+    clip: ClipInputs,
+    schedule,
+    settings: PropagateSettings,
+    callback: ProgressCallback | None,
+    check_cancel: Callable[[], Any] | None,
+) -> torch.Tensor:
+    """One sample of a checked schedule: each stage's windows in turn (a fused stage's all at once)."""
     total = total_steps(schedule, settings.steps)
-    logger.info("running schedule %s: %d frames, %d stages, %d windows, %d sampling steps", schedule.strategy,
-                clip.num_frames, len(schedule.stages), len(schedule.windows), total)
+    logger.info(
+        "running schedule %s: %d frames, %d stages, %d windows, %d sampling steps",
+        schedule.strategy,
+        clip.num_frames,
+        len(schedule.stages),
+        len(schedule.windows),
+        total,
+    )
     result = clip.frames.float().clone()  # composited frames: known content for later windows
     raw = result.clone() if not settings.composite else None
     done, k = 0, 0
     for s, stage in enumerate(schedule.stages):
         if stage.fused:
-            generated = _run_fused_stage(model, clip, result, stage, replace(settings, seed=window_seed(settings.seed, k)),
-                                         _progress(callback, done, total, s, 0), check_cancel)
+            generated = _run_fused_stage(
+                model,
+                clip,
+                result,
+                stage,
+                replace(settings, seed=window_seed(settings.seed, k)),
+                _progress(callback, done, total, s, 0),
+                check_cancel,
+            )
             frames = sorted({f for w in stage.windows for f in w.generate})
             known = sorted({f for w in stage.windows for f, r in zip(w.frames, w.roles) if r == "known"} - set(frames))
             _keep(clip, result, raw, frames, generated[frames], settings, known=(result[known], generated[known]))
@@ -128,20 +171,38 @@ def run_schedule(
         for w, window in enumerate(stage.windows):
             sub = window_clip(clip, result, window)
             latents = sample_window_latents(
-                model, sub, replace(settings, seed=window_seed(settings.seed, k)),
-                callback=_progress(callback, done, total, s, w), check_cancel=check_cancel)
+                model,
+                sub,
+                replace(settings, seed=window_seed(settings.seed, k)),
+                callback=_progress(callback, done, total, s, w),
+                check_cancel=check_cancel,
+            )
             decoded = decode_window(model, latents, settings.decode_chunk_size)  # [F_w, 3, H, W]
             positions = [j for j, role in enumerate(window.roles) if role == "generate"]
             known = [j for j, role in enumerate(window.roles) if role == "known"]
-            _keep(clip, result, raw, [window.frames[j] for j in positions], decoded[positions], settings,
-                  known=(sub.frames[known], decoded[known]))
+            _keep(
+                clip,
+                result,
+                raw,
+                [window.frames[j] for j in positions],
+                decoded[positions],
+                settings,
+                known=(sub.frames[known], decoded[known]),
+            )
             done += settings.steps
             k += 1
     return result if settings.composite else raw
 
 
-def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, settings,
-          known: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+def _keep(
+    clip,
+    result,
+    raw,
+    frames: list[int],
+    generated: torch.Tensor,
+    settings,
+    known: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
     """Store generated frames: composited into ``result`` (what later windows see), raw if asked.
 
     ``known`` (the window's fully known frames and their decoded versions) is what colour matching mode
@@ -151,9 +212,11 @@ def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, setting
     both = generated
     if known is not None and settings.color_match == "keyframe" and known[0].shape[0]:
         reference, decoded = known
-        part = ClipInputs(frames=torch.cat([part.frames, reference.float()]),
-                          masks=torch.cat([part.masks, torch.zeros_like(part.masks[:1]).expand(len(reference), -1, -1, -1)]),
-                          keyframe_indices=list(range(n, n + len(reference))))
+        part = ClipInputs(
+            frames=torch.cat([part.frames, reference.float()]),
+            masks=torch.cat([part.masks, torch.zeros_like(part.masks[:1]).expand(len(reference), -1, -1, -1)]),
+            keyframe_indices=list(range(n, n + len(reference))),
+        )
         both = torch.cat([generated, decoded.to(generated.dtype)])
     result[frames] = composite(part, both, settings.feather, settings.color_match)[:n]
     if raw is not None:
@@ -162,11 +225,11 @@ def _keep(clip, result, raw, frames: list[int], generated: torch.Tensor, setting
 
 def _run_fused_stage(model, clip, result, stage, settings, callback, check_cancel) -> torch.Tensor:
     """Temporal MultiDiffusion: every step denoises each window and averages overlapping frames."""
-    from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
-
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    denoisers = [(w, WindowDenoiser(model, window_clip(clip, result, w), settings, generator, resident=False))
-                 for w in stage.windows]
+    denoisers = [
+        (w, WindowDenoiser(model, window_clip(clip, result, w), settings, generator, resident=False))
+        for w in stage.windows
+    ]
     _, _, channels, h, wd = denoisers[0][1].latent_shape
     x = initial_latents((1, clip.num_frames, channels, h, wd), settings, model, generator)  # host
 
@@ -204,14 +267,105 @@ def inpaint(
     ``schedule`` (a :class:`~kfi_core.inference.schedules.Schedule`) wins; else ``strategy`` names a builder;
     else clips longer than the model's window use the coarse-to-fine ``anchor`` schedule.
     """
-    from kfi_core.inference.condition import check_mask_coverage
-    from kfi_core.inference.schedules import build_schedule
-
     check_mask_coverage(clip)
     if schedule is None:
         name = strategy or DEFAULT_SCHEDULE
         schedule = build_schedule(name, clip.num_frames, model.num_frames, clip.keyframe_indices)
         if clip.num_frames > model.num_frames:
-            logger.info("%d frames exceed the model's %d: using the %s schedule", clip.num_frames, model.num_frames,
-                        name)
+            logger.info(
+                "%d frames exceed the model's %d: using the %s schedule", clip.num_frames, model.num_frames, name
+            )
     return run_schedule(model, clip, schedule, settings, callback=callback, check_cancel=check_cancel)
+
+
+def propagate(
+    model,
+    clip: ClipInputs,
+    settings: PropagateSettings | None = None,
+    *,
+    callback: ProgressCallback | None = None,
+    check_cancel: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Inpaint one window: ``clip`` (from :func:`kfi_core.inference.condition.prepare_clip`) -> frames [F, 3, H, W]
+    in 0..1.
+
+    With ``settings.composite`` (default) pixels outside the mask and keyframes are the input's,
+    exactly. ``callback`` gets a dict per step (``i``, ``total``, ``sigma``, ``x``, ``denoised``);
+    ``check_cancel()`` runs between steps and may raise to stop.
+    """
+    # 1. Check inputs before any compute
+    settings = _checked(settings, clip)
+    height, width = clip.size
+    check_size(model, height, width)
+    check_window(model, clip.num_frames)
+    logger.info(
+        "propagating %d frames %dx%d (%s mode, %d %s steps, seed %d, keyframes %s)",
+        clip.num_frames,
+        width,
+        height,
+        "KFI" if model.in_channels == 12 else "training-free",
+        settings.steps,
+        settings.sampler,
+        settings.seed,
+        clip.keyframe_indices or "none",
+    )
+    # 2. The window's steps, once per sample
+    return _samples(
+        lambda s, cb: run_window(model, clip, s, callback=cb, check_cancel=check_cancel), clip, settings, callback
+    )
+
+
+def _checked(settings: PropagateSettings | None, clip) -> PropagateSettings:
+    if not isinstance(clip, ClipInputs):
+        raise InputMismatchError(
+            "clip: pass the result of kfi_core.inference.condition.prepare_clip(frames, masks, ...)."
+        )
+    return (settings or PropagateSettings()).check()
+
+
+def _samples(
+    run: Callable[[PropagateSettings, Any], torch.Tensor],
+    clip: ClipInputs,
+    settings: PropagateSettings,
+    callback: ProgressCallback | None,
+) -> torch.Tensor:
+    """``run(settings, callback)`` once, or the mean of ``settings.num_samples`` runs."""
+    if settings.num_samples > 1:
+        return mean_of_samples(run, clip, settings, callback)
+    return run(settings, callback)
+
+
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of sample ``k`` of a ``num_samples`` run: ``seed + k`` (mod 2**64); sample 0 is the one-sample run."""
+    return (seed + k) % 2**64
+
+
+def mean_of_samples(
+    run: Callable[[PropagateSettings, Any], torch.Tensor],
+    clip: ClipInputs,
+    settings: PropagateSettings,
+    callback: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """The mean of ``settings.num_samples`` runs of ``run(one_sample_settings, callback)`` -> frames [F, 3, H, W].
+
+    Sample ``k`` uses :func:`sample_seed` ``(seed, k)`` and otherwise the same settings, so each is composited and
+    colour-matched as a one-sample run is; with ``composite`` on, pixels the composite keeps (mask 0 beyond any
+    feather, keyframes too) are then set to the input's again, so they stay bit-exact after the division. With it
+    off, the mean of the raw outputs. Progress counts the steps of all samples (``i`` and ``total``), with
+    ``sample`` the sample's index."""
+    n = settings.num_samples
+    logger.info("averaging %d samples (seeds %d..%d)", n, settings.seed, settings.seed + n - 1)
+    total = None
+    for k in range(n):
+        report = None
+        if callback is not None:
+
+            def report(info: dict, k: int = k) -> None:
+                callback({**info, "i": k * info["total"] + info["i"], "total": n * info["total"], "sample": k})
+
+        frames = run(replace(settings, seed=sample_seed(settings.seed, k), num_samples=1), report).float()
+        total = frames.clone() if total is None else total.add_(frames)
+    mean = total / n
+    if settings.composite:
+        mean = torch.where(composite_mask(clip, settings.feather) == 0, clip.frames.float(), mean)
+    return mean

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -23,8 +24,14 @@ T = TypeVar("T")
 
 def is_out_of_memory(err: BaseException) -> bool:
     """True for torch's OutOfMemoryError (CUDA, and other backends) and RuntimeErrors saying 'out of memory'."""
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if t is not None)
+    oom_types = tuple(
+        t
+        for t in (
+            getattr(torch, "OutOfMemoryError", None),
+            getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None),
+        )
+        if t is not None
+    )
     if oom_types and isinstance(err, oom_types):
         return True
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
@@ -50,8 +57,14 @@ def retry_on_oom(fn: Callable[[int], T], chunk: int, *, floor: int = 1, what: st
             if not is_out_of_memory(err) or chunk <= floor:
                 raise
             smaller = max(floor, chunk // 2)
-            logger.warning("out of device memory with %s=%d; retrying with %d (set %s=%d or lower to skip this)",
-                           what, chunk, smaller, what, smaller)
+            logger.warning(
+                "out of device memory with %s=%d; retrying with %d (set %s=%d or lower to skip this)",
+                what,
+                chunk,
+                smaller,
+                what,
+                smaller,
+            )
         # outside the except block: the failed attempt's traceback (and its tensors) is gone
         free_device_cache()
         chunk = smaller

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from kfi_core.errors import KfiError, ModelFileError, NonFiniteError, UnknownNameError
+from kfi_core.errors import ModelFileError, NonFiniteError, SettingsError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -115,20 +115,21 @@ def init_noise_sigma(sigmas: torch.Tensor, scheduler_config: Any) -> torch.Tenso
 
 
 def _check_steps(steps: int) -> None:
-    # errors.py has no generic bad-number class yet; KfiError is what tiny.py uses for --frames.
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise KfiError(f"steps: got {steps!r}; give a whole number of sampling steps, at least 1 (SVD's default is 25).")
+        raise SettingsError(
+            f"steps: got {steps!r}; give a whole number of sampling steps, at least 1 (SVD's default is 25)."
+        )
 
 
 def _check_sigmas(sigmas: torch.Tensor) -> None:
     if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or sigmas.shape[0] < 2:
         got = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
-        raise KfiError(
+        raise SettingsError(
             f"sigmas: got {got}; pass a 1-D tensor of at least two noise levels ending in 0, "
             "e.g. get_sigmas_svd(steps, scheduler.config)."
         )
     if not bool(torch.isfinite(sigmas).all()) or bool((sigmas[:-1] <= sigmas[1:]).any()) or float(sigmas[-1]) < 0:
-        raise KfiError(
+        raise SettingsError(
             f"sigmas: {sigmas.tolist()} is not a finite, strictly decreasing, non-negative schedule; "
             "build it with get_sigmas_svd(steps, scheduler.config)."
         )

@@ -1,1 +1,36 @@
-"""media"""
+"""Media: video and mask files, mask operations, keyframe handling and crops around the mask."""
+
+from kfi_core.media.crop import (
+    DEFAULT_FEATHER,
+    DEFAULT_PADDING,
+    DEFAULT_SIZE,
+    MAX_SIZE,
+    CropBox,
+    crop_for_inpaint,
+    stitch_crop,
+)
+from kfi_core.media.keyframes import check_frame_index, insert_keyframes, parse_indices, select_frame
+from kfi_core.media.mask_ops import expand_masks, grow, prepare_masks
+from kfi_core.media.video import atomic_path, read_frames, read_masks, to_uint8, write_frames
+
+__all__ = [
+    "CropBox",
+    "DEFAULT_FEATHER",
+    "DEFAULT_PADDING",
+    "DEFAULT_SIZE",
+    "MAX_SIZE",
+    "atomic_path",
+    "check_frame_index",
+    "crop_for_inpaint",
+    "expand_masks",
+    "grow",
+    "insert_keyframes",
+    "parse_indices",
+    "prepare_masks",
+    "read_frames",
+    "read_masks",
+    "select_frame",
+    "stitch_crop",
+    "to_uint8",
+    "write_frames",
+]

@@ -78,7 +78,7 @@ class CropBox:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CropBox":
+    def from_dict(cls, data: dict) -> CropBox:
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in data]
         if missing:
@@ -189,11 +189,22 @@ def plan_square_crop(
     side = max(extent + 2 * margin, int(min_side), 1)
 
     # 4. Place it: centred on the bbox, shifted into the frame (or over the whole axis)
-    box = CropBox(x0=_place(left, right - left, side, width), y0=_place(top, bottom - top, side, height),
-                  side=side, frame_width=int(width), frame_height=int(height), size=int(size))
+    box = CropBox(
+        x0=_place(left, right - left, side, width),
+        y0=_place(top, bottom - top, side, height),
+        side=side,
+        frame_width=int(width),
+        frame_height=int(height),
+        size=int(size),
+    )
     if side > min(width, height):
-        logger.info("crop: a %d-pixel square is larger than the %dx%d frame; the part outside is filled with "
-                    "mirrored content for the inpainter and dropped when stitching", side, width, height)
+        logger.info(
+            "crop: a %d-pixel square is larger than the %dx%d frame; the part outside is filled with "
+            "mirrored content for the inpainter and dropped when stitching",
+            side,
+            width,
+            height,
+        )
     logger.debug("crop: mask bbox x %d..%d, y %d..%d -> %s", left, right, top, bottom, box)
     return box
 
@@ -258,8 +269,13 @@ def crop_mask(mask: torch.Tensor, box: CropBox) -> torch.Tensor:
 
 
 def crop_for_inpaint(
-    frames: torch.Tensor, masks: torch.Tensor, *, size: int = DEFAULT_SIZE, padding: float = DEFAULT_PADDING,
-    min_side: int = 0, pad_mode: str = "reflect",
+    frames: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    size: int = DEFAULT_SIZE,
+    padding: float = DEFAULT_PADDING,
+    min_side: int = 0,
+    pad_mode: str = "reflect",
 ) -> tuple[torch.Tensor, torch.Tensor, CropBox]:
     """Plan one square for all frames (the union of their masks) and crop frames and masks with it.
 
@@ -315,13 +331,20 @@ def stitch_weights(box: CropBox, masks: torch.Tensor | None = None, *, feather: 
     weights = torch.maximum(region, soft) * (ramp > 0)
     outside = region * (ramp == 0)
     if bool(outside.any()):
-        logger.warning("stitch: %d masked pixel(s) lie outside the crop box and keep the original image; plan the "
-                       "crop on the same mask", int(outside.sum()))
+        logger.warning(
+            "stitch: %d masked pixel(s) lie outside the crop box and keep the original image; plan the "
+            "crop on the same mask",
+            int(outside.sum()),
+        )
     return weights
 
 
 def stitch_crop(
-    image: torch.Tensor, edited_crop: torch.Tensor, box: CropBox, mask: torch.Tensor | None = None, *,
+    image: torch.Tensor,
+    edited_crop: torch.Tensor,
+    box: CropBox,
+    mask: torch.Tensor | None = None,
+    *,
     feather: int = DEFAULT_FEATHER,
 ) -> torch.Tensor:
     """Resize ``edited_crop`` [C, size, size] back to the box and paste it into ``image`` [C, H, W].

@@ -11,7 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from kfi_core.errors import InputMismatchError
+from kfi_core.errors import InputMismatchError, NonFiniteError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def check_masks(masks: torch.Tensor, name: str = "masks") -> None:
     if not masks.is_floating_point():
         raise InputMismatchError(f"{name}: expected a float tensor with values 0..1, got dtype {masks.dtype}.")
     if not torch.isfinite(masks).all():
-        raise InputMismatchError(f"{name}: contains NaN or infinity. Check the node or file that produced the mask.")
+        raise NonFiniteError(f"{name}: contains NaN or infinity. Check the node or file that produced the mask.")
     lo, hi = float(masks.min()), float(masks.max())
     if lo < 0.0 or hi > 1.0:
         raise InputMismatchError(
@@ -66,7 +66,7 @@ def _dilate_disk(src: torch.Tensor, radius: int) -> torch.Tensor:
     for dy in range(min(radius, height - 1) + 1):  # the disk's rows dy and -dy have the same half-width
         k = int(half[radius + dy])
         # any source pixel within k columns of x, same row: counts over padded columns x+r-k .. x+r+k
-        run = counts[..., radius + k + 1: radius + k + 1 + width] > counts[..., radius - k: radius - k + width]
+        run = counts[..., radius + k + 1 : radius + k + 1 + width] > counts[..., radius - k : radius - k + width]
         out[..., : height - dy, :] |= run[..., dy:, :]  # output row y reads source row y + dy
         out[..., dy:, :] |= run[..., : height - dy, :]  # and source row y - dy
     return out

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from kfi_core.errors import InputMismatchError, VideoFileError
+from kfi_core.files import atomic_file, atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -126,32 +125,24 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 @contextmanager
 def atomic_path(target: Path, is_dir: bool = False):
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success
+    (:func:`kfi_core.files.atomic_file`, or :func:`~kfi_core.files.atomic_folder` with ``is_dir``). An ``OSError``
+    becomes a :class:`VideoFileError` naming ``target``."""
+    target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise VideoFileError(
             f"{target}: cannot write it ({err}); nothing was written. Give an output path in a writable folder."
         ) from err
-    suffix = "" if is_dir else target.suffix
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) if is_dir else \
-        target.parent / f".{target.stem}.partial-{os.getpid()}{suffix}"
     try:
-        yield tmp
-        if is_dir and target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException as err:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise VideoFileError(
-                f"{target}: cannot write it ({err}); nothing was written. Check that the folder is writable and has "
-                "free space, and that the name is not an existing folder."
-            ) from err
-        raise
+        with atomic_folder(target) if is_dir else atomic_file(target) as tmp:
+            yield tmp
+    except OSError as err:
+        raise VideoFileError(
+            f"{target}: cannot write it ({err}); nothing was written. Check that the folder is writable and has "
+            "free space, and that the name is not an existing folder."
+        ) from err
 
 
 def write_frames(frames: torch.Tensor, path: str | os.PathLike, fps: float = DEFAULT_FPS) -> Path:
@@ -174,8 +165,9 @@ def write_frames(frames: torch.Tensor, path: str | os.PathLike, fps: float = DEF
         raise VideoFileError(
             f"{path}: cannot write {suffix!r}; use one of {', '.join(_CODECS)} or a folder name (PNG frames)."
         )
-    import av
     from fractions import Fraction
+
+    import av
 
     height, width = data.shape[1:3]
     if suffix != ".webm" and (height % 2 or width % 2):

@@ -30,13 +30,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kfi_core.errors import (AdapterMismatchError, CheckpointFormatError, KfiError, LoraError, ModelFileError,
-                     UnknownNameError, UnsupportedSizeError)
+from kfi_core import __version__
+from kfi_core.errors import (
+    AdapterMismatchError,
+    CheckpointFormatError,
+    KfiError,
+    LoraError,
+    ModelFileError,
+    UnknownNameError,
+    UnsupportedSizeError,
+)
+from kfi_core.files import atomic_file
+from kfi_core.model.conv_in import KFI_IN_CHANNELS, check_conv_in, expand_conv_in
+from kfi_core.model.lora import (
+    LoraSettings,
+    add_lora,
+    check_lora_settings,
+    expected_lora_shapes,
+    get_lora_settings,
+    lora_layers,
+    lora_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +101,6 @@ class AdapterInfo:
 
     @property
     def lora_settings(self):
-        from kfi_core.model.lora import LoraSettings
 
         return LoraSettings(rank=self.rank, alpha=self.alpha, target_modules=self.target_modules)
 
@@ -112,24 +128,33 @@ def architecture_fingerprint(unet_config) -> str:
 
 def _check_save_args(path: Path, base_variant, num_frames, training_resolution) -> None:
     if path.suffix.lower() != ADAPTER_SUFFIX:
-        raise ModelFileError(f"adapter path {path}: KFI adapters are safetensors files; name it "
-                             f"{path.with_suffix(ADAPTER_SUFFIX).name}.")
+        raise ModelFileError(
+            f"adapter path {path}: KFI adapters are safetensors files; name it {path.with_suffix(ADAPTER_SUFFIX).name}."
+        )
     if not isinstance(base_variant, str) or not base_variant.strip():
-        raise UnknownNameError(f"base_variant: got {base_variant!r}; give the base model's variant name, "
-                               "e.g. 'svd-xt' or 'svd'.")
+        raise UnknownNameError(
+            f"base_variant: got {base_variant!r}; give the base model's variant name, e.g. 'svd-xt' or 'svd'."
+        )
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise UnsupportedSizeError(f"num_frames: got {num_frames!r}; give the base model's frame count "
-                                   "(25 for svd-xt, 14 for svd).")
+        raise UnsupportedSizeError(
+            f"num_frames: got {num_frames!r}; give the base model's frame count (25 for svd-xt, 14 for svd)."
+        )
     if training_resolution is not None:
-        ok = (isinstance(training_resolution, (tuple, list)) and len(training_resolution) == 2
-              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in training_resolution))
+        ok = (
+            isinstance(training_resolution, (tuple, list))
+            and len(training_resolution) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in training_resolution)
+        )
         if not ok:
-            raise UnsupportedSizeError(f"training_resolution: got {training_resolution!r}; give (height, width) "
-                                       "in pixels, e.g. (576, 1024), or None.")
+            raise UnsupportedSizeError(
+                f"training_resolution: got {training_resolution!r}; give (height, width) "
+                "in pixels, e.g. (576, 1024), or None."
+            )
 
 
-def save_adapter(unet, path, *, base_variant: str, num_frames: int,
-                 training_resolution: tuple[int, int] | None = None) -> Path:
+def save_adapter(
+    unet, path, *, base_variant: str, num_frames: int, training_resolution: tuple[int, int] | None = None
+) -> Path:
     """Write the LoRA and conv_in of ``unet`` to ``path`` (a ``.safetensors`` file); return the path.
 
     The file is written to a temporary name next to ``path`` and renamed into place, so a crash
@@ -138,24 +163,28 @@ def save_adapter(unet, path, *, base_variant: str, num_frames: int,
     import torch
     from safetensors.torch import save_file
 
-    from kfi_core import __version__
-    from kfi_core.model.conv_in import KFI_IN_CHANNELS, check_conv_in
-    from kfi_core.model.lora import get_lora_settings, lora_state_dict
-
     path = Path(path)
     _check_save_args(path, base_variant, num_frames, training_resolution)
     settings = get_lora_settings(unet)
     if settings is None:
-        raise LoraError(f"save_adapter {path}: the UNet has no LoRA layers. Call add_lora(unet) (and train) or "
-                        "load_adapter(unet, ...) first.")
+        raise LoraError(
+            f"save_adapter {path}: the UNet has no LoRA layers. Call add_lora(unet) (and train) or "
+            "load_adapter(unet, ...) first."
+        )
     channels = check_conv_in(unet)
     if channels != KFI_IN_CHANNELS:
-        raise LoraError(f"save_adapter {path}: conv_in takes {channels} input channels, a KFI UNet takes "
-                        f"{KFI_IN_CHANNELS}. Call expand_conv_in(unet) before training and saving.")
+        raise LoraError(
+            f"save_adapter {path}: conv_in takes {channels} input channels, a KFI UNet takes "
+            f"{KFI_IN_CHANNELS}. Call expand_conv_in(unet) before training and saving."
+        )
     config_frames = unet.config.get("num_frames")
     if config_frames is not None and config_frames != num_frames:
-        logger.warning("save_adapter: num_frames=%d but the UNet config says %d frames; the adapter records %d",
-                       num_frames, config_frames, num_frames)
+        logger.warning(
+            "save_adapter: num_frames=%d but the UNet config says %d frames; the adapter records %d",
+            num_frames,
+            config_frames,
+            num_frames,
+        )
 
     tensors = {}
     with torch.no_grad():
@@ -179,17 +208,16 @@ def save_adapter(unet, path, *, base_variant: str, num_frames: int,
     if training_resolution is not None:
         metadata["kfi.training_resolution"] = json.dumps([int(v) for v in training_resolution])
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    logger.info("saved KFI adapter (%s, %d frames, LoRA rank %d, %d tensors) to %s", base_variant, num_frames,
-                settings.rank, len(tensors), path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    logger.info(
+        "saved KFI adapter (%s, %d frames, LoRA rank %d, %d tensors) to %s",
+        base_variant,
+        num_frames,
+        settings.rank,
+        len(tensors),
+        path,
+    )
     return path
 
 
@@ -219,8 +247,10 @@ def _read_header(path: Path) -> tuple[dict, int]:
     with path.open("rb") as fh:
         head = fh.read(9)
         if len(head) < 9:
-            raise ModelFileError(f"adapter {path}: the file is {size} bytes, too short for a safetensors file "
-                                 "(truncated or empty). Copy or download it again.")
+            raise ModelFileError(
+                f"adapter {path}: the file is {size} bytes, too short for a safetensors file "
+                "(truncated or empty). Copy or download it again."
+            )
         header_len = int.from_bytes(head[:8], "little")
         plausible = 2 <= header_len <= MAX_HEADER_BYTES and 8 + header_len <= size and head[8:9] == b"{"
         if not plausible:
@@ -237,14 +267,18 @@ def _read_header(path: Path) -> tuple[dict, int]:
                     f"adapter {path}: truncated: the header alone needs {8 + header_len} bytes but the file has "
                     f"{size}. Copy or download it again."
                 )
-            raise ModelFileError(f"adapter {path}: not a safetensors file (no JSON header). Give a KFI adapter "
-                                 ".safetensors file written by save_adapter.")
+            raise ModelFileError(
+                f"adapter {path}: not a safetensors file (no JSON header). Give a KFI adapter "
+                ".safetensors file written by save_adapter."
+            )
         raw = head[8:] + fh.read(header_len - 1)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"adapter {path}: the safetensors header is not valid JSON ({err}); the file is "
-                             "damaged. Copy or re-export it.") from err
+        raise ModelFileError(
+            f"adapter {path}: the safetensors header is not valid JSON ({err}); the file is "
+            "damaged. Copy or re-export it."
+        ) from err
     if not isinstance(header, dict):
         raise ModelFileError(f"adapter {path}: the safetensors header is not a JSON object; the file is damaged.")
     data_len = size - 8 - header_len
@@ -256,8 +290,10 @@ def _read_header(path: Path) -> tuple[dict, int]:
             begin, end = entry["data_offsets"]
             needed = max(needed, int(end))
         except (TypeError, KeyError, ValueError) as err:
-            raise ModelFileError(f"adapter {path}: tensor {key} has no valid data_offsets in the header; the file "
-                                 "is damaged. Re-export it with save_adapter.") from err
+            raise ModelFileError(
+                f"adapter {path}: tensor {key} has no valid data_offsets in the header; the file "
+                "is damaged. Re-export it with save_adapter."
+            ) from err
     if needed > data_len:
         raise ModelFileError(
             f"adapter {path}: truncated: the header needs {needed} bytes of tensor data but the file holds "
@@ -271,28 +307,56 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, size
 
 
-def read_adapter_metadata(path) -> AdapterInfo:
-    """Read and check an adapter's header only (cheap, bounded by :data:`MAX_HEADER_BYTES`)."""
-    from kfi_core.model.lora import check_lora_settings
-
-    path = Path(path)
-    header, _ = _read_header(path)
-    metadata = header.get("__metadata__") or {}
+def _check_is_kfi_adapter(path: Path, header: dict, metadata: dict) -> None:
     if metadata.get("kfi.format") != ADAPTER_FORMAT:
         lora_like = sum(1 for key in header if ".lora_" in key or "lora_up" in key or "lora_down" in key)
-        hint = (f" It holds {lora_like} LoRA tensors but no KFI metadata: a plain LoRA is not a KFI adapter (KFI "
-                "also needs the 12-channel conv_in)." if lora_like else "")
+        hint = (
+            f" It holds {lora_like} LoRA tensors but no KFI metadata: a plain LoRA is not a KFI adapter (KFI "
+            "also needs the 12-channel conv_in)."
+            if lora_like
+            else ""
+        )
         raise ModelFileError(
             f"adapter {path}: not a KFI adapter (metadata kfi.format is "
             f"{metadata.get('kfi.format', 'absent')!r}, expected {ADAPTER_FORMAT!r}).{hint} Give a file written by "
             "KFI's save_adapter / training script."
         )
 
+
+def _check_format_version(path: Path, metadata: dict, version: int) -> None:
+    """Format 1 loads; 2 (reference attention, removed) and newer ones are refused with the reason."""
+    written_by = metadata.get("kfi.version", "?")
+    if "kfi.reference_attention" in metadata or version == 2:
+        raise AdapterMismatchError(
+            f"adapter {path}: trained with reference_attention (format version {version}), an option that was "
+            "measured to gain nothing and removed from KFI; this KFI would run it without the attention it was "
+            f"trained with. Load it with kfi_core {written_by}, which wrote it, or train the adapter again without "
+            "reference_attention."
+        )
+    if version > ADAPTER_FORMAT_VERSION:
+        raise AdapterMismatchError(
+            f"adapter {path}: format version {version} is newer than this KFI reads (version "
+            f"{ADAPTER_FORMAT_VERSION}); it was written by kfi_core {written_by}. Update KFI to load it."
+        )
+    if version < 1:
+        raise ModelFileError(f"adapter {path}: format version {version} does not exist; the file is damaged.")
+
+
+def read_adapter_metadata(path) -> AdapterInfo:
+    """Read and check an adapter's header only (cheap, bounded by :data:`MAX_HEADER_BYTES`)."""
+
+    path = Path(path)
+    header, _ = _read_header(path)
+    metadata = header.get("__metadata__") or {}
+    _check_is_kfi_adapter(path, header, metadata)
+
     def get(name: str) -> str:
         value = metadata.get(f"kfi.{name}")
         if value is None:
-            raise ModelFileError(f"adapter {path}: metadata kfi.{name} is missing; the file is damaged or was "
-                                 "edited. Re-export it with save_adapter.")
+            raise ModelFileError(
+                f"adapter {path}: metadata kfi.{name} is missing; the file is damaged or was "
+                "edited. Re-export it with save_adapter."
+            )
         return value
 
     def parse(name: str, convert):
@@ -300,24 +364,13 @@ def read_adapter_metadata(path) -> AdapterInfo:
         try:
             return convert(value)
         except (ValueError, TypeError) as err:
-            raise ModelFileError(f"adapter {path}: metadata kfi.{name} = {value!r} cannot be read ({err}); "
-                                 "the file is damaged. Re-export it with save_adapter.") from err
+            raise ModelFileError(
+                f"adapter {path}: metadata kfi.{name} = {value!r} cannot be read ({err}); "
+                "the file is damaged. Re-export it with save_adapter."
+            ) from err
 
     version = parse("format_version", int)
-    if "kfi.reference_attention" in metadata or version == 2:
-        raise AdapterMismatchError(
-            f"adapter {path}: trained with reference_attention (format version {version}), an option that was "
-            "measured to gain nothing and removed from KFI; this KFI would run it without the attention it was "
-            f"trained with. Load it with kfi_core {metadata.get('kfi.version', '?')}, which wrote it, or train the "
-            "adapter again without reference_attention.")
-    if version > ADAPTER_FORMAT_VERSION:
-        raise AdapterMismatchError(
-            f"adapter {path}: format version {version} is newer than this KFI reads (version "
-            f"{ADAPTER_FORMAT_VERSION}); it was written by kfi_core {metadata.get('kfi.version', '?')}. "
-            "Update KFI to load it."
-        )
-    if version < 1:
-        raise ModelFileError(f"adapter {path}: format version {version} does not exist; the file is damaged.")
+    _check_format_version(path, metadata, version)
 
     def json_list(value):
         loaded = json.loads(value)
@@ -330,8 +383,9 @@ def read_adapter_metadata(path) -> AdapterInfo:
         resolution = parse("training_resolution", lambda v: tuple(int(x) for x in json_list(v)))
     architecture = parse("base_architecture", json.loads)
     try:
-        settings = check_lora_settings(parse("lora_rank", int), parse("lora_alpha", float),
-                                       tuple(parse("lora_target_modules", json_list)))
+        settings = check_lora_settings(
+            parse("lora_rank", int), parse("lora_alpha", float), tuple(parse("lora_target_modules", json_list))
+        )
     except KfiError as err:
         raise ModelFileError(f"adapter {path}: its LoRA metadata is invalid: {err}") from err
     shapes = {key: tuple(entry.get("shape", ())) for key, entry in header.items() if key != "__metadata__"}
@@ -355,10 +409,8 @@ def read_adapter_metadata(path) -> AdapterInfo:
 # --------------------------------------------------------------------------- load
 
 
-def check_adapter_base(info: AdapterInfo, unet, *, base_variant: str, num_frames: int,
-                       rank: int | None = None) -> None:
+def check_adapter_base(info: AdapterInfo, unet, *, base_variant: str, num_frames: int, rank: int | None = None) -> None:
     """Raise :class:`AdapterMismatchError` if ``info`` was made for another base, frame count or rank."""
-    from kfi_core.model.conv_in import KFI_IN_CHANNELS
 
     path = info.path
     if info.base_variant == base_variant and info.num_frames != num_frames:
@@ -376,8 +428,11 @@ def check_adapter_base(info: AdapterInfo, unet, *, base_variant: str, num_frames
     fingerprint = architecture_fingerprint(unet.config)
     if info.base_fingerprint != fingerprint:
         ours = base_architecture(unet.config)
-        diffs = [f"{name}: adapter {info.base_architecture.get(name, _MISSING)} vs UNet {ours[name]}"
-                 for name in FINGERPRINT_FIELDS if info.base_architecture.get(name, _MISSING) != ours[name]]
+        diffs = [
+            f"{name}: adapter {info.base_architecture.get(name, _MISSING)} vs UNet {ours[name]}"
+            for name in FINGERPRINT_FIELDS
+            if info.base_architecture.get(name, _MISSING) != ours[name]
+        ]
         raise AdapterMismatchError(
             f"adapter {path}: made for a UNet architecture with fingerprint {info.base_fingerprint}, this UNet's is "
             f"{fingerprint} ({'; '.join(diffs) or 'fields equal, hash differs: the file was edited'}). The "
@@ -435,9 +490,6 @@ def load_adapter(unet, path, *, base_variant: str, num_frames: int, rank: int | 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from kfi_core.model.conv_in import KFI_IN_CHANNELS, check_conv_in, expand_conv_in
-    from kfi_core.model.lora import add_lora, expected_lora_shapes, get_lora_settings, lora_layers, lora_state_dict
-
     path = Path(path)
     # 1. Header: format, version, metadata; base and rank.
     info = read_adapter_metadata(path)
@@ -454,8 +506,10 @@ def load_adapter(unet, path, *, base_variant: str, num_frames: int, rank: int | 
             f"{list(settings.target_modules)}. Load the adapter into a freshly loaded base UNet."
         )
     if existing is not None and any(layer.merged for layer in lora_layers(unet).values()):
-        raise LoraError(f"adapter {path}: the UNet's LoRA is merged; call unmerge_lora(unet) before loading "
-                        "another adapter, or load into a freshly loaded base UNet.")
+        raise LoraError(
+            f"adapter {path}: the UNet's LoRA is merged; call unmerge_lora(unet) before loading "
+            "another adapter, or load into a freshly loaded base UNet."
+        )
 
     # 3. Keys and shapes, from the header, before reading any tensor data.
     conv = unet.conv_in
@@ -468,12 +522,15 @@ def load_adapter(unet, path, *, base_variant: str, num_frames: int, rank: int | 
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as err:
-        raise ModelFileError(f"adapter {path}: cannot read the tensor data ({err}); the file is damaged. "
-                             "Copy or re-export it.") from err
+        raise ModelFileError(
+            f"adapter {path}: cannot read the tensor data ({err}); the file is damaged. Copy or re-export it."
+        ) from err
     not_float = sorted(key for key, tensor in tensors.items() if not tensor.is_floating_point())
     if not_float:
-        raise CheckpointFormatError(f"adapter {path}: tensor {not_float[0]} has dtype {tensors[not_float[0]].dtype}; "
-                                    "adapter tensors are floating point. Re-export it with save_adapter.")
+        raise CheckpointFormatError(
+            f"adapter {path}: tensor {not_float[0]} has dtype {tensors[not_float[0]].dtype}; "
+            "adapter tensors are floating point. Re-export it with save_adapter."
+        )
 
     # 5. Modify the UNet: widen conv_in, inject LoRA, copy every tensor.
     expand_conv_in(unet)
@@ -487,6 +544,12 @@ def load_adapter(unet, path, *, base_variant: str, num_frames: int, rank: int | 
     with torch.no_grad():
         for key, param in targets.items():
             param.copy_(tensors[key])
-    logger.info("loaded KFI adapter %s (base %s, %d frames, LoRA rank %d, %d tensors)", path, info.base_variant,
-                info.num_frames, info.rank, len(tensors))
+    logger.info(
+        "loaded KFI adapter %s (base %s, %d frames, LoRA rank %d, %d tensors)",
+        path,
+        info.base_variant,
+        info.num_frames,
+        info.rank,
+        len(tensors),
+    )
     return info

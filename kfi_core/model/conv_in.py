@@ -84,6 +84,7 @@ def expand_conv_in(unet):
     new.train(old.training)
     unet.conv_in = new
     unet.register_to_config(in_channels=KFI_IN_CHANNELS)
-    logger.info("widened UNet conv_in from %d to %d input channels (new channels zero)",
-                STOCK_IN_CHANNELS, KFI_IN_CHANNELS)
+    logger.info(
+        "widened UNet conv_in from %d to %d input channels (new channels zero)", STOCK_IN_CHANNELS, KFI_IN_CHANNELS
+    )
     return unet

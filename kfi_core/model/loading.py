@@ -24,6 +24,10 @@ from typing import Any
 import torch
 
 from kfi_core.errors import ModelFileError, UnknownNameError
+from kfi_core.model.adapter import load_adapter
+from kfi_core.model.lora import lora_layers
+from kfi_core.model.lora import merge_lora as _merge
+from kfi_core.model.single_file import load_single_file
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +129,9 @@ def _load_diffusers_folder(path: Path) -> dict:
     try:
         unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True)
         vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", use_safetensors=True)
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder",
-                                                                      use_safetensors=True)
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+            path, subfolder="image_encoder", use_safetensors=True
+        )
         feature_extractor = CLIPImageProcessor.from_pretrained(path, subfolder="feature_extractor")
     except (OSError, ValueError, RuntimeError) as err:
         raise ModelFileError(f"model: could not load the diffusers folder {path}: {err}") from err
@@ -142,7 +147,6 @@ def _load_diffusers_folder(path: Path) -> dict:
 
 
 def _load_single_file(path: Path, num_frames: int | None) -> dict:
-    from kfi_core.model.single_file import load_single_file
 
     parts = load_single_file(path, num_frames=num_frames)
     return {
@@ -210,21 +214,23 @@ def load_kfi_model(
         source=str(path),
     )
     if adapter is not None:
-        from kfi_core.model.adapter import load_adapter
-
         check_not_pickle(Path(adapter), "adapter")
         kfi.adapter = load_adapter(unet, adapter, base_variant=kfi.variant, num_frames=frames)
         if merge_lora:
-            from kfi_core.model.lora import merge_lora as _merge
-
             _merge(unet)
     place_model(kfi, dtype=unet_dtype, vae_dtype=vae_dt, device=dev)
     if channels_last or compile_unet:
         optimize_unet(kfi, channels_last=channels_last, compile_unet=compile_unet)
-    logger.info("loaded %s (%s, %d frames, UNet %d input channels, %s%s) from %s", kfi.variant,
-                "diffusers folder" if path.is_dir() else "single file", frames, kfi.in_channels,
-                str(unet_dtype).replace("torch.", ""),
-                f", adapter rank {kfi.lora_rank}" if kfi.adapter else ", no adapter (training-free mode)", path)
+    logger.info(
+        "loaded %s (%s, %d frames, UNet %d input channels, %s%s) from %s",
+        kfi.variant,
+        "diffusers folder" if path.is_dir() else "single file",
+        frames,
+        kfi.in_channels,
+        str(unet_dtype).replace("torch.", ""),
+        f", adapter rank {kfi.lora_rank}" if kfi.adapter else ", no adapter (training-free mode)",
+        path,
+    )
     return kfi
 
 
@@ -267,8 +273,9 @@ def optimize_unet(kfi: KfiModel, *, channels_last: bool = False, compile_unet: b
         try:
             compiled = torch.compile(eager)
         except Exception as err:  # noqa: BLE001 - any failure means: run eagerly
-            logger.warning("torch.compile of the UNet failed (%s: %s); running the UNet eagerly.",
-                           type(err).__name__, err)
+            logger.warning(
+                "torch.compile of the UNet failed (%s: %s); running the UNet eagerly.", type(err).__name__, err
+            )
             return kfi
         state = {"failed": False}
 
@@ -278,9 +285,12 @@ def optimize_unet(kfi: KfiModel, *, channels_last: bool = False, compile_unet: b
                     return compiled(*args, **kwargs)
                 except Exception as err:  # noqa: BLE001 - compile errors surface at the first call
                     state["failed"] = True
-                    logger.warning("torch.compile of the UNet failed on the first call (%s: %s); running the UNet "
-                                   "eagerly from now on. Leave compile off to skip this attempt.",
-                                   type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                    logger.warning(
+                        "torch.compile of the UNet failed on the first call (%s: %s); running the UNet "
+                        "eagerly from now on. Leave compile off to skip this attempt.",
+                        type(err).__name__,
+                        str(err).splitlines()[0] if str(err) else "",
+                    )
             return eager(*args, **kwargs)
 
         unet.forward = forward  # instance attribute: nn.Module.__call__ looks up self.forward
@@ -290,7 +300,6 @@ def optimize_unet(kfi: KfiModel, *, channels_last: bool = False, compile_unet: b
 
 
 def _lora_merged(unet) -> bool:
-    from kfi_core.model.lora import lora_layers
 
     layers = lora_layers(unet)
     return bool(layers) and all(layer.merged for layer in layers.values())

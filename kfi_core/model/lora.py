@@ -46,6 +46,7 @@ import re
 from dataclasses import dataclass, field
 
 from kfi_core.errors import CheckpointFormatError, LoraError, UnknownNameError
+from kfi_core.model.conv_in import KFI_IN_CHANNELS, STOCK_IN_CHANNELS, check_conv_in, expand_conv_in
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +125,16 @@ class KfiParameterCount:
 # --------------------------------------------------------------------------- settings
 
 
-def check_lora_settings(rank: int, alpha: float | None = None,
-                        target_modules=LORA_TARGET_MODULES) -> LoraSettings:
+def check_lora_settings(rank: int, alpha: float | None = None, target_modules=LORA_TARGET_MODULES) -> LoraSettings:
     """Validate rank, alpha and targets; return them as :class:`LoraSettings` (alpha defaults to rank)."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise LoraError(f"LoRA rank: got {rank!r}; give a positive integer ({DEFAULT_LORA_RANK} is the paper's).")
     if alpha is None:
         alpha = float(rank)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise LoraError(f"LoRA alpha: got {alpha!r}; give a positive number, or leave it out to use the rank "
-                        f"({rank}, scale 1).")
+        raise LoraError(
+            f"LoRA alpha: got {alpha!r}; give a positive number, or leave it out to use the rank ({rank}, scale 1)."
+        )
     targets = tuple(target_modules)
     unknown = [t for t in targets if t not in LORA_TARGET_MODULES]
     if unknown or not targets or len(set(targets)) != len(targets):
@@ -202,15 +203,21 @@ def get_lora_settings(unet) -> LoraSettings | None:
     ranks = {layer.r[LORA_ADAPTER_NAME] for layer in layers.values()}
     alphas = {layer.lora_alpha[LORA_ADAPTER_NAME] for layer in layers.values()}
     if len(ranks) != 1 or len(alphas) != 1:
-        raise LoraError(f"UNet LoRA: layers have ranks {sorted(ranks)} and alphas {sorted(alphas)}; KFI uses one "
-                        "rank and alpha for all layers. Rebuild the UNet and add LoRA once.")
+        raise LoraError(
+            f"UNet LoRA: layers have ranks {sorted(ranks)} and alphas {sorted(alphas)}; KFI uses one "
+            "rank and alpha for all layers. Rebuild the UNet and add LoRA once."
+        )
     suffixes = {t for name in layers for t in LORA_TARGET_MODULES if name.endswith("." + t)}
-    return LoraSettings(rank=ranks.pop(), alpha=float(alphas.pop()),
-                        target_modules=tuple(t for t in LORA_TARGET_MODULES if t in suffixes))
+    return LoraSettings(
+        rank=ranks.pop(),
+        alpha=float(alphas.pop()),
+        target_modules=tuple(t for t in LORA_TARGET_MODULES if t in suffixes),
+    )
 
 
-def add_lora(unet, rank: int = DEFAULT_LORA_RANK, alpha: float | None = None, *,
-             target_modules=LORA_TARGET_MODULES) -> LoraSettings:
+def add_lora(
+    unet, rank: int = DEFAULT_LORA_RANK, alpha: float | None = None, *, target_modules=LORA_TARGET_MODULES
+) -> LoraSettings:
     """Inject LoRA (peft, adapter name 'default') into every attention projection of ``unet``.
 
     ``alpha`` defaults to ``rank`` (scale 1). The new LoRA is a no-op (lora_B = 0). Only the LoRA
@@ -237,8 +244,13 @@ def add_lora(unet, rank: int = DEFAULT_LORA_RANK, alpha: float | None = None, *,
     wrapped = sorted(lora_layers(unet))
     if wrapped != sorted(targets):  # peft matched something else: a bug here, not user input
         raise AssertionError(f"peft wrapped {len(wrapped)} modules, expected {len(targets)}")
-    logger.info("added LoRA rank %d alpha %g to %d attention projections (%s)", settings.rank, settings.alpha,
-                len(wrapped), ", ".join(settings.target_modules))
+    logger.info(
+        "added LoRA rank %d alpha %g to %d attention projections (%s)",
+        settings.rank,
+        settings.alpha,
+        len(wrapped),
+        ", ".join(settings.target_modules),
+    )
     return settings
 
 
@@ -257,8 +269,10 @@ def merge_lora(unet) -> None:
     layers = _require_lora(unet, "merge_lora")
     merged = [name for name, layer in layers.items() if layer.merged]
     if merged:
-        raise LoraError(f"merge_lora: {len(merged)} of {len(layers)} LoRA layers are already merged "
-                        f"(e.g. {merged[0]}). Call unmerge_lora(unet) first, or merge only once.")
+        raise LoraError(
+            f"merge_lora: {len(merged)} of {len(layers)} LoRA layers are already merged "
+            f"(e.g. {merged[0]}). Call unmerge_lora(unet) first, or merge only once."
+        )
     for layer in layers.values():
         layer.merge()
     logger.info("merged LoRA into %d layers", len(layers))
@@ -269,8 +283,10 @@ def unmerge_lora(unet) -> None:
     layers = _require_lora(unet, "unmerge_lora")
     unmerged = [name for name, layer in layers.items() if not layer.merged]
     if unmerged:
-        raise LoraError(f"unmerge_lora: {len(unmerged)} of {len(layers)} LoRA layers are not merged "
-                        f"(e.g. {unmerged[0]}). Call merge_lora(unet) before unmerge_lora(unet).")
+        raise LoraError(
+            f"unmerge_lora: {len(unmerged)} of {len(layers)} LoRA layers are not merged "
+            f"(e.g. {unmerged[0]}). Call merge_lora(unet) before unmerge_lora(unet)."
+        )
     for layer in layers.values():
         layer.unmerge()
     logger.info("unmerged LoRA from %d layers", len(layers))
@@ -285,13 +301,14 @@ def mark_trainable(unet) -> int:
 
     Needs LoRA (:func:`add_lora`) and the 12-channel conv_in (:func:`~kfi_core.model.conv_in.expand_conv_in`).
     """
-    from kfi_core.model.conv_in import KFI_IN_CHANNELS, check_conv_in
 
     _require_lora(unet, "mark_trainable")
     channels = check_conv_in(unet)
     if channels != KFI_IN_CHANNELS:
-        raise LoraError(f"mark_trainable: conv_in takes {channels} input channels; KFI trains the "
-                        f"{KFI_IN_CHANNELS}-channel conv_in. Call expand_conv_in(unet) first.")
+        raise LoraError(
+            f"mark_trainable: conv_in takes {channels} input channels; KFI trains the "
+            f"{KFI_IN_CHANNELS}-channel conv_in. Call expand_conv_in(unet) first."
+        )
     for name, param in unet.named_parameters():
         param.requires_grad_(is_lora_parameter(name) or name.startswith("conv_in."))
     count = trainable_parameter_count(unet)
@@ -330,8 +347,9 @@ def expected_lora_shapes(unet, settings: LoraSettings) -> dict[str, tuple[int, .
 # --------------------------------------------------------------------------- counting
 
 
-def count_kfi_trainable_parameters(unet_config: dict, rank: int = DEFAULT_LORA_RANK, *,
-                                   target_modules=LORA_TARGET_MODULES) -> KfiParameterCount:
+def count_kfi_trainable_parameters(
+    unet_config: dict, rank: int = DEFAULT_LORA_RANK, *, target_modules=LORA_TARGET_MODULES
+) -> KfiParameterCount:
     """Count KFI's trainable parameters for a UNet config without allocating weights (meta device).
 
     ``unet_config`` is a diffusers ``UNetSpatioTemporalConditionModel`` config (e.g.
@@ -339,8 +357,6 @@ def count_kfi_trainable_parameters(unet_config: dict, rank: int = DEFAULT_LORA_R
     """
     import torch
     from diffusers import UNetSpatioTemporalConditionModel
-
-    from kfi_core.model.conv_in import STOCK_IN_CHANNELS, expand_conv_in
 
     settings = check_lora_settings(rank, None, target_modules)
     config = {key: value for key, value in dict(unet_config).items() if not key.startswith("_")}
@@ -357,5 +373,6 @@ def count_kfi_trainable_parameters(unet_config: dict, rank: int = DEFAULT_LORA_R
     conv = unet.conv_in
     conv_in = sum(p.numel() for p in conv.parameters())
     conv_in_new = conv.weight[:, STOCK_IN_CHANNELS:].numel()
-    return KfiParameterCount(rank=settings.rank, lora=lora, conv_in=conv_in, conv_in_new=conv_in_new, base=base,
-                             lora_by_group=by_group)
+    return KfiParameterCount(
+        rank=settings.rank, lora=lora, conv_in=conv_in, conv_in_new=conv_in_new, base=base, lora_by_group=by_group
+    )

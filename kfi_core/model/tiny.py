@@ -21,7 +21,8 @@ import logging
 import os
 from pathlib import Path
 
-from kfi_core.errors import KfiError
+from kfi_core.errors import ModelFileError, SettingsError
+from kfi_core.files import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def tiny_unet_config(num_frames: int = 8) -> dict:
 
 def _check_frames(num_frames: int) -> None:
     if not 1 <= num_frames <= 128:
-        raise KfiError(f"--frames: got {num_frames}; give a frame count between 1 and 128 (8 is the default).")
+        raise SettingsError(f"--frames: got {num_frames}; give a frame count between 1 and 128 (8 is the default).")
 
 
 def build_tiny_components(num_frames: int = 8, seed: int = 0, vae_config: dict | None = None) -> dict:
@@ -169,11 +170,12 @@ def build_tiny_pipeline_folder(out_dir: str | os.PathLike, num_frames: int = 8, 
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise KfiError(
+        raise ModelFileError(
             f"make-tiny-model: {out} already exists and is not an empty folder. "
             "Give a new folder name or delete the old one first."
         )
     pipe = build_tiny_pipeline(num_frames=num_frames, seed=seed)
-    pipe.save_pretrained(out, safe_serialization=True)
+    with atomic_folder(out) as tmp:  # an interrupted write leaves no half model folder
+        pipe.save_pretrained(tmp, safe_serialization=True)
     logger.info("wrote tiny SVD img2vid model (%d frames, seed %d) to %s", num_frames, seed, out)
     return out

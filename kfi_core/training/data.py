@@ -43,17 +43,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kfi_core.errors import DatasetError, VideoFileError
+from kfi_core.media.video import IMAGE_SUFFIXES, _image_to_array, list_frame_files
 from kfi_core.training.mask_synthesis import MaskConfig, sample_masks
-from kfi_core.media.video import IMAGE_SUFFIXES, list_frame_files
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,16 @@ class ClipSample:
     hole_masks: bool = False  # True: masks are the clip's own holes (holes/ folder), not synthetic
 
     def as_dict(self) -> dict:
-        return {"frames": self.frames, "masks": self.masks, "keyframe_index": self.keyframe_index,
-                "source": self.source, "start": self.start, "crop": self.crop, "track_masks": self.track_masks,
-                "hole_masks": self.hole_masks}
+        return {
+            "frames": self.frames,
+            "masks": self.masks,
+            "keyframe_index": self.keyframe_index,
+            "source": self.source,
+            "start": self.start,
+            "crop": self.crop,
+            "track_masks": self.track_masks,
+            "hole_masks": self.hole_masks,
+        }
 
 
 # --------------------------------------------------------------------------- discovery
@@ -106,8 +113,10 @@ def _video_frame_count(path: Path) -> int:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VideoFileError(f"dataset video {path}: the file has no video stream. Remove it from the "
-                                     "dataset folder or re-export it.")
+                raise VideoFileError(
+                    f"dataset video {path}: the file has no video stream. Remove it from the "
+                    "dataset folder or re-export it."
+                )
             stream = container.streams.video[0]
             if stream.frames and stream.frames > 0:
                 return int(stream.frames)
@@ -127,14 +136,20 @@ def find_sources(root: str | os.PathLike) -> list[VideoSource]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"--data {root}: no such folder. Give a folder of videos (mp4, webm, mov) or of frame "
-                           "folders.")
+        raise DatasetError(
+            f"--data {root}: no such folder. Give a folder of videos (mp4, webm, mov) or of frame folders."
+        )
     entries = sorted(root.iterdir(), key=lambda p: p.name)
     videos = [p for p in entries if p.is_file() and p.suffix.lower() in DATASET_VIDEO_SUFFIXES]
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")
-               and not (images and p.name in _MASK_FOLDERS)  # root is itself one video with its masks
-               and any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir())]
+    folders = [
+        p
+        for p in entries
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and not (images and p.name in _MASK_FOLDERS)  # root is itself one video with its masks
+        and any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir())
+    ]
     sources: list[VideoSource] = []
     if images and not videos and not folders:
         sources.append(_frame_folder_source(root))
@@ -165,7 +180,8 @@ def _frame_folder_source(path: Path) -> VideoSource:
         if masks != count:
             raise DatasetError(
                 f"dataset masks {mask_dir}: {masks} mask images for {count} frames. A clip's {name}/ "
-                "folder needs exactly one mask per frame (same order); fix or remove it.")
+                "folder needs exactly one mask per frame (same order); fix or remove it."
+            )
         found.append(mask_dir)
     return VideoSource(path, count, True, *found)
 
@@ -193,28 +209,26 @@ def check_sources(sources: Sequence[VideoSource], num_frames: int, frame_stride:
 
 
 def _read_folder_frames(source: VideoSource, indices: Sequence[int]) -> np.ndarray:
-    from kfi_core.media.video import _image_to_array
-
     files = list_frame_files(source.path)
     arrays = [_image_to_array(files[i], "RGB") for i in indices]
     if len({a.shape for a in arrays}) != 1:
-        raise VideoFileError(f"dataset frames {source.path}: frames have different sizes; all frames of a video "
-                             "must have the same size.")
+        raise VideoFileError(
+            f"dataset frames {source.path}: frames have different sizes; all frames of a video must have the same size."
+        )
     return np.stack(arrays)  # [F, H, W, 3] uint8
 
 
 def _read_clip_masks(folder: Path, indices: Sequence[int], frame_size: tuple[int, int]) -> np.ndarray:
     """The clip's own masks (``masks/`` or ``holes/`` folder) at ``indices``: [F, H, W] float32, 1 where the image
     is brighter than half."""
-    from kfi_core.media.video import _image_to_array
-
     files = list_frame_files(folder)
     arrays = [_image_to_array(files[i], "L") for i in indices]
     for i, a in zip(indices, arrays):
         if a.shape[:2] != tuple(frame_size):
             raise DatasetError(
                 f"dataset masks {files[i]}: {a.shape[1]}x{a.shape[0]} but the frames are "
-                f"{frame_size[1]}x{frame_size[0]}; a mask must have its frame's size. Resize or remove it.")
+                f"{frame_size[1]}x{frame_size[0]}; a mask must have its frame's size. Resize or remove it."
+            )
     return (np.stack(arrays).reshape(len(arrays), *frame_size) >= 128).astype(np.float32)
 
 
@@ -234,8 +248,10 @@ def _read_video_frames(source: VideoSource, indices: Sequence[int] | None) -> np
                 if last is not None and i >= last:
                     break
     except av.error.FFmpegError as err:
-        raise VideoFileError(f"dataset video {source.path}: decoding failed ({err}); the file may be damaged. "
-                             "Re-export it or remove it from the dataset folder.") from err
+        raise VideoFileError(
+            f"dataset video {source.path}: decoding failed ({err}); the file may be damaged. "
+            "Re-export it or remove it from the dataset folder."
+        ) from err
     order = sorted(found) if indices is None else list(indices)
     missing = [i for i in order if i not in found]
     if missing:
@@ -246,8 +262,9 @@ def _read_video_frames(source: VideoSource, indices: Sequence[int] | None) -> np
     return np.stack([found[i] for i in order])
 
 
-def random_crop_box(rng: np.random.Generator, src_h: int, src_w: int, out_h: int, out_w: int,
-                    crop_scale: tuple[float, float]) -> tuple[int, int, int, int]:
+def random_crop_box(
+    rng: np.random.Generator, src_h: int, src_w: int, out_h: int, out_w: int, crop_scale: tuple[float, float]
+) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a random crop with the output's aspect ratio.
 
     The crop side is ``s`` times the largest crop of that aspect that fits, ``s`` uniform in ``crop_scale``.
@@ -265,7 +282,7 @@ def random_crop_box(rng: np.random.Generator, src_h: int, src_w: int, out_h: int
 def crop_and_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
     """Crop frames [F, 3, H, W] to ``box`` and resize to ``size`` (bilinear, antialiased when shrinking)."""
     top, left, h, w = box
-    crop = frames[:, :, top:top + h, left:left + w]
+    crop = frames[:, :, top : top + h, left : left + w]
     if (h, w) == tuple(size):
         return crop.contiguous()
     return F.interpolate(crop, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
@@ -275,7 +292,7 @@ def crop_and_resize_masks(masks: torch.Tensor, box: tuple[int, int, int, int], s
     """Crop masks [F, 1, H, W] to ``box`` and resize to ``size``; a pixel is filled if any of its area is
     (area resize, then > 0), so a mask never shrinks below its object."""
     top, left, h, w = box
-    crop = masks[:, :, top:top + h, left:left + w]
+    crop = masks[:, :, top : top + h, left : left + w]
     if (h, w) != tuple(size):
         crop = F.interpolate(crop, size=tuple(size), mode="area" if h >= size[0] else "nearest")
     return (crop > 0).float()
@@ -322,22 +339,29 @@ class ClipDataset(torch.utils.data.Dataset):
             _check_positive_int("resolution", v)
         lo, hi = (float(v) for v in crop_scale)
         if not 0 < lo <= hi <= 1:
-            raise DatasetError(f"crop_scale: got {crop_scale!r}; give (low, high) with 0 < low <= high <= 1 "
-                               "(fractions of the largest crop; (1, 1) = always the largest).")
+            raise DatasetError(
+                f"crop_scale: got {crop_scale!r}; give (low, high) with 0 < low <= high <= 1 "
+                "(fractions of the largest crop; (1, 1) = always the largest)."
+            )
         if not 0.0 <= float(keyframe_prob) <= 1.0:
-            raise DatasetError(f"keyframe_prob: got {keyframe_prob!r}; give a probability from 0 to 1 "
-                               "(0 = removal only, 1 = always a keyframe).")
+            raise DatasetError(
+                f"keyframe_prob: got {keyframe_prob!r}; give a probability from 0 to 1 "
+                "(0 = removal only, 1 = always a keyframe)."
+            )
         self.root = Path(root)
         self.num_frames = int(num_frames)
         self.resolution = (int(resolution[0]), int(resolution[1]))
         self.frame_stride = int(frame_stride)
         self.crop_scale = (lo, hi)
         if not 0.0 <= float(track_mask_prob) <= 1.0:
-            raise DatasetError(f"track_mask_prob: got {track_mask_prob!r}; give a probability from 0 to 1 "
-                               "(0 = synthetic masks only).")
+            raise DatasetError(
+                f"track_mask_prob: got {track_mask_prob!r}; give a probability from 0 to 1 (0 = synthetic masks only)."
+            )
         if not 0.0 <= float(hole_mask_prob) <= 1.0:
-            raise DatasetError(f"hole_mask_prob: got {hole_mask_prob!r}; give a probability from 0 to 1 "
-                               "(0 = never the clips' own holes).")
+            raise DatasetError(
+                f"hole_mask_prob: got {hole_mask_prob!r}; give a probability from 0 to 1 "
+                "(0 = never the clips' own holes)."
+            )
         self.keyframe_prob = float(keyframe_prob)
         self.track_mask_prob = float(track_mask_prob)
         self.hole_mask_prob = float(hole_mask_prob)
@@ -348,13 +372,29 @@ class ClipDataset(torch.utils.data.Dataset):
         self.sources = find_sources(self.root)
         check_sources(self.sources, self.num_frames, self.frame_stride)
         if self.track_mask_prob > 0 and not any(s.mask_folder for s in self.sources):
-            logger.warning("dataset %s: track_mask_prob is %g but no frame folder has a %s/ folder; every sample "
-                           "uses synthetic masks", self.root, self.track_mask_prob, TRACK_MASK_FOLDER)
+            logger.warning(
+                "dataset %s: track_mask_prob is %g but no frame folder has a %s/ folder; every sample "
+                "uses synthetic masks",
+                self.root,
+                self.track_mask_prob,
+                TRACK_MASK_FOLDER,
+            )
         if self.hole_mask_prob > 0 and not any(s.hole_folder for s in self.sources):
-            logger.warning("dataset %s: hole_mask_prob is %g but no frame folder has a %s/ folder; no sample "
-                           "uses hole masks", self.root, self.hole_mask_prob, HOLE_MASK_FOLDER)
-        logger.info("dataset %s: %d videos, clips of %d frames (stride %d) at %dx%d", self.root, len(self.sources),
-                    self.num_frames, self.frame_stride, self.resolution[1], self.resolution[0])
+            logger.warning(
+                "dataset %s: hole_mask_prob is %g but no frame folder has a %s/ folder; no sample uses hole masks",
+                self.root,
+                self.hole_mask_prob,
+                HOLE_MASK_FOLDER,
+            )
+        logger.info(
+            "dataset %s: %d videos, clips of %d frames (stride %d) at %dx%d",
+            self.root,
+            len(self.sources),
+            self.num_frames,
+            self.frame_stride,
+            self.resolution[1],
+            self.resolution[0],
+        )
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -369,8 +409,11 @@ class ClipDataset(torch.utils.data.Dataset):
         source = self.sources[source_index]
         if self.cache:
             if source_index not in self._cache:
-                all_frames = (_read_folder_frames(source, range(source.num_frames)) if source.is_folder
-                              else _read_video_frames(source, None))
+                all_frames = (
+                    _read_folder_frames(source, range(source.num_frames))
+                    if source.is_folder
+                    else _read_video_frames(source, None)
+                )
                 self._cache[source_index] = all_frames
             return self._cache[source_index][indices]
         if source.is_folder:
@@ -412,13 +455,19 @@ class ClipDataset(torch.utils.data.Dataset):
             own = crop_and_resize_masks(own, box, self.resolution)  # [F, 1, H, W]
             return own if own[others].any() else None
 
-        track = own_masks(source.mask_folder, self.track_mask_prob if keyframe != NO_KEYFRAME else 0.0,
-                          STREAM_TRACK)
+        track = own_masks(source.mask_folder, self.track_mask_prob if keyframe != NO_KEYFRAME else 0.0, STREAM_TRACK)
         holes = None if track is not None else own_masks(source.hole_folder, self.hole_mask_prob, STREAM_HOLE)
         chosen = track if track is not None else holes
-        return ClipSample(frames=frames, masks=chosen if chosen is not None else masks, keyframe_index=keyframe,
-                          source=str(source.path), start=start, crop=box, track_masks=track is not None,
-                          hole_masks=holes is not None)
+        return ClipSample(
+            frames=frames,
+            masks=chosen if chosen is not None else masks,
+            keyframe_index=keyframe,
+            source=str(source.path),
+            start=start,
+            crop=box,
+            track_masks=track is not None,
+            hole_masks=holes is not None,
+        )
 
     def __getitem__(self, k: int) -> dict:
         k = int(k)
@@ -446,8 +495,12 @@ class StreamSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, start: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
-        self.start, self.batch_size, self.rank, self.world_size = int(start), int(batch_size), int(rank), \
-            int(world_size)
+        self.start, self.batch_size, self.rank, self.world_size = (
+            int(start),
+            int(batch_size),
+            int(rank),
+            int(world_size),
+        )
 
     def __iter__(self) -> Iterator[int]:
         m = 0

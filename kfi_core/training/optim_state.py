@@ -23,8 +23,12 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> None:
     from safetensors.torch import save_file
 
     state = optimizer.state_dict()
-    tensors = {f"{idx}.{key}": value.detach().contiguous().cpu()
-               for idx, entry in state["state"].items() for key, value in entry.items() if torch.is_tensor(value)}
+    tensors = {
+        f"{idx}.{key}": value.detach().contiguous().cpu()
+        for idx, entry in state["state"].items()
+        for key, value in entry.items()
+        if torch.is_tensor(value)
+    }
     save_file(tensors, str(path), metadata={PARAM_GROUPS_KEY: json.dumps(state["param_groups"])})
 
 
@@ -38,8 +42,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         if PARAM_GROUPS_KEY not in metadata:
-            raise ResumeError(f"{path}: not an optimizer state file (no {PARAM_GROUPS_KEY!r} metadata); resume from "
-                              "a checkpoint KFI wrote.")
+            raise ResumeError(
+                f"{path}: not an optimizer state file (no {PARAM_GROUPS_KEY!r} metadata); resume from "
+                "a checkpoint KFI wrote."
+            )
         groups = json.loads(metadata[PARAM_GROUPS_KEY])
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key in f.keys():
@@ -48,8 +54,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> None:
     saved = [len(g["params"]) for g in groups]
     now = [len(g["params"]) for g in optimizer.param_groups]
     if saved != now:
-        raise ResumeError(f"{path}: the optimizer state is for parameter groups of sizes {saved}, this model has "
-                          f"{now}; resume with the same model and adapter settings.")
+        raise ResumeError(
+            f"{path}: the optimizer state is for parameter groups of sizes {saved}, this model has "
+            f"{now}; resume with the same model and adapter settings."
+        )
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

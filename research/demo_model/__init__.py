@@ -4,7 +4,7 @@ No SVD weights can be downloaded where KFI is built, so the project proves its m
 small model of the real architecture (diffusers' AutoencoderKLTemporalDecoder and UNetSpatioTemporalConditionModel,
 transformers' CLIPVisionModelWithProjection, shapes from :mod:`kfi_core.model.tiny`) is trained on
 :mod:`kfi_core.evaluation.procedural` clips, then the KFI adapter is trained on it exactly as the method says
-(:mod:`kfi_core.training.train`: LoRA and the 12-channel input conv only). One command runs every phase
+(:mod:`kfi_core.training`: LoRA and the 12-channel input conv only). One command runs every phase
 (``python -m research.demo_model --out runs/demo``, recipe ``research/demo_model/recipe.json``); each phase saves
 checkpoints and a rerun resumes from the newest, so training may span several runs (``--max-minutes`` ends a run
 cleanly).
@@ -20,7 +20,7 @@ Phases (one module each)
     backbone      (:mod:`.backbone`) UNet and image encoder together, VAE frozen, with SVD's stock image-to-video
                   conditioning (for ``first_frame_only_prob`` of the samples the image latent on frame 0 alone),
                   EDM v-prediction. Written as a diffusers StableVideoDiffusionPipeline folder.
-    adapter       (:mod:`.adapter`) :func:`kfi_core.training.train.train` on that folder and the data folder.
+    adapter       (:mod:`.adapter`) :func:`kfi_core.training.train` (the trainer) on that folder and the data folder.
     adapter_tune  (:mod:`.adapter`) the finished adapter fine-tuned in rounds, each from the one before, each on the
                   data clips plus its own recoloured and removal clips; a round's ``package_as`` names the file the
                   package ships its adapter as.

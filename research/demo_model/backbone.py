@@ -4,16 +4,16 @@ conditioning on the frozen demo VAE, saved as a diffusers StableVideoDiffusionPi
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 
+from kfi_core.files import atomic_folder
 from kfi_core.inference.denoiser import scale_model_input, sigma_to_timestep
-from kfi_core.evaluation.stock_pipeline import clip_pixels
+from kfi_core.model.encoders import clip_pixels
 from kfi_core.model.tiny import SVD_SCHEDULER_CONFIG
-from kfi_core.training.train import kfi_loss
+from kfi_core.training.objective import kfi_loss
 
 from .data import step_generator, training_batch
 from .loop import PhaseRun, fingerprint, run_phase
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 BACKBONE_FOLDER = "backbone"  # under <out>: the pipeline folder the adapter trains on and the package ships
 _BACKBONE_STREAM = 13
+
 
 def clip_embedding(image_encoder, feature_extractor, images: torch.Tensor) -> torch.Tensor:
     """SVD's image embedding of [B, 3, H, W] in 0..1 -> [B, 1, D], with gradients (see svd_stock)."""
@@ -57,17 +58,31 @@ def backbone_inputs(vae, clips: torch.Tensor, phase: PhaseConfig, generator: tor
         sigma = torch.exp(phase.p_mean + phase.p_std * torch.randn(b, generator=generator))
         x_t = x0 + sigma.reshape(b, 1, 1, 1, 1) * torch.randn(x0.shape, generator=generator)
         model_in = torch.cat([scale_model_input(x_t, sigma.reshape(b, 1, 1, 1, 1)), cond], dim=2)
-        ids = torch.stack([torch.full((b,), float(phase.fps - 1)), torch.full((b,), float(phase.motion_bucket_id)),
-                           aug], dim=1)
-    return {"model_in": model_in, "timestep": sigma_to_timestep(sigma), "added_time_ids": ids, "x0": x0,
-            "x_t": x_t, "sigma": sigma, "keep": keep, "first": clips[:, 0]}
+        ids = torch.stack(
+            [torch.full((b,), float(phase.fps - 1)), torch.full((b,), float(phase.motion_bucket_id)), aug], dim=1
+        )
+    return {
+        "model_in": model_in,
+        "timestep": sigma_to_timestep(sigma),
+        "added_time_ids": ids,
+        "x0": x0,
+        "x_t": x_t,
+        "sigma": sigma,
+        "keep": keep,
+        "first": clips[:, 0],
+    }
 
 
 def backbone_loss(unet, image_encoder, feature_extractor, inputs: dict) -> torch.Tensor:
     emb = clip_embedding(image_encoder, feature_extractor, inputs["first"])
     emb = emb * inputs["keep"].reshape(-1, 1, 1)  # unconditional samples: zero embedding, as SVD
-    v = unet(inputs["model_in"], inputs["timestep"], encoder_hidden_states=emb,
-             added_time_ids=inputs["added_time_ids"], return_dict=False)[0]
+    v = unet(
+        inputs["model_in"],
+        inputs["timestep"],
+        encoder_hidden_states=emb,
+        added_time_ids=inputs["added_time_ids"],
+        return_dict=False,
+    )[0]
     return kfi_loss(v, inputs["x0"], inputs["x_t"], inputs["sigma"].reshape(-1, 1, 1, 1, 1))
 
 
@@ -103,11 +118,10 @@ def train_backbone(recipe: DemoRecipe, vae, out: Path, deadline: float | None) -
     for module in (unet, image_encoder):
         module.eval().requires_grad_(False)
     scheduler = EulerDiscreteScheduler.from_config(scheduler_config(recipe))
-    pipe = StableVideoDiffusionPipeline(unet=unet, vae=vae, image_encoder=image_encoder, scheduler=scheduler,
-                                        feature_extractor=fe)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    tmp.rename(folder)
+    pipe = StableVideoDiffusionPipeline(
+        unet=unet, vae=vae, image_encoder=image_encoder, scheduler=scheduler, feature_extractor=fe
+    )
+    with atomic_folder(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
     logger.info("backbone: wrote %s", folder)
     return folder

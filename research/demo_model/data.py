@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kfi_core.training.data import HOLE_MASK_FOLDER, TRACK_MASK_FOLDER
 from kfi_core.errors import TrainConfigError
 from kfi_core.evaluation.procedural import EVAL_SEED_BASE, TEXTURES, ProceduralConfig, make_procedural_clip, with_config
+from kfi_core.files import atomic_folder
+from kfi_core.training.data import HOLE_MASK_FOLDER, TRACK_MASK_FOLDER
 
 from .recipe import EASY_SEED_BASE, RECOLOUR_SEED_BASE, REMOVAL_SEED_BASE, TRAIN_SEED_LIMIT, DemoRecipe
 
@@ -25,8 +26,9 @@ _DATA_STREAM, _EASY_DATA_STREAM, _RECOLOUR_DATA_STREAM, _REMOVAL_DATA_STREAM = 1
 _DATA_VERSION = "2"  # .done content; "2": clips showing the target carry masks/ (an empty .done: version 1)
 
 
-def training_clip_with_masks(seed: int, num_frames: int, height: int,
-                            width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def training_clip_with_masks(
+    seed: int, num_frames: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A procedural training clip [F, 3, H, W] in 0..1 with seed-drawn difficulty knobs, and the masks of
     its moving target object [F, 1, H, W] (grown by a pixel), or None when the clip does not show it.
 
@@ -37,9 +39,13 @@ def training_clip_with_masks(seed: int, num_frames: int, height: int,
         raise TrainConfigError(f"training seed {seed}: must be below {EVAL_SEED_BASE} (held-out evaluation seeds).")
     rng = np.random.default_rng([int(seed), _DATA_STREAM])
     cfg = ProceduralConfig(
-        texture=str(rng.choice(TEXTURES)), texture_period=float(rng.uniform(3.0, 14.0)),
-        max_pan=float(rng.uniform(0.0, 3.0)), object_speed=float(rng.uniform(0.0, 3.0)),
-        distractor=bool(rng.random() < 0.7), lighting_change=float(rng.uniform(0.0, 0.5)))
+        texture=str(rng.choice(TEXTURES)),
+        texture_period=float(rng.uniform(3.0, 14.0)),
+        max_pan=float(rng.uniform(0.0, 3.0)),
+        object_speed=float(rng.uniform(0.0, 3.0)),
+        distractor=bool(rng.random() < 0.7),
+        lighting_change=float(rng.uniform(0.0, 0.5)),
+    )
     task = "edit" if rng.random() < 0.5 else "removal"
     clip = make_procedural_clip(task, num_frames=num_frames, height=height, width=width, seed=int(seed), config=cfg)
     truth = rng.random() < 0.5
@@ -48,14 +54,16 @@ def training_clip_with_masks(seed: int, num_frames: int, height: int,
     return (clip.ground_truth if truth else clip.frames), clip.masks
 
 
-def _target_shown_either_way(seed: int, rng: np.random.Generator, num_frames: int, height: int, width: int,
-                             **clip_options) -> tuple[torch.Tensor, torch.Tensor]:
+def _target_shown_either_way(
+    seed: int, rng: np.random.Generator, num_frames: int, height: int, width: int, **clip_options
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The edit clip of training ``seed`` (``clip_options`` go to make_procedural_clip), its target shown edited or
     as it is by one draw of ``rng``, and the target's masks: the extra clips of :func:`write_dataset`."""
     if not 0 <= seed < TRAIN_SEED_LIMIT:
         raise TrainConfigError(f"training seed {seed}: must be below {TRAIN_SEED_LIMIT} (held-out seeds above).")
-    clip = make_procedural_clip("edit", num_frames=num_frames, height=height, width=width, seed=int(seed),
-                                **clip_options)
+    clip = make_procedural_clip(
+        "edit", num_frames=num_frames, height=height, width=width, seed=int(seed), **clip_options
+    )
     return (clip.ground_truth if rng.random() < 0.5 else clip.frames), clip.masks
 
 
@@ -81,7 +89,8 @@ def training_recolour_clip(seed: int, num_frames: int, height: int, width: int) 
 
 def training_removal_clip(seed: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A removal clip of the ``easy`` or ``medium`` preset (seed-chosen): the clean scene, the target removed, and
-    the removed target's masks, written as the clip's ``holes/`` (kfi_core.training.data step 6). The hole is where the target
+    the removed target's masks, written as the clip's ``holes/`` (kfi_core.training.data step 6). The hole is where
+    the target
     was and the answer under it is the background, partly shown by the other frames as the target moves: object
     removal as the benchmark asks it. The object masks of the other clips (``masks/``) cannot teach this: the answer
     under them is the target itself, which without a keyframe nothing shows."""
@@ -89,8 +98,14 @@ def training_removal_clip(seed: int, num_frames: int, height: int, width: int) -
         raise TrainConfigError(f"removal training seed {seed}: give {REMOVAL_SEED_BASE} .. {TRAIN_SEED_LIMIT - 1}.")
     rng = np.random.default_rng([int(seed), _REMOVAL_DATA_STREAM])
     preset = "easy" if rng.random() < 0.5 else "medium"
-    clip = make_procedural_clip("removal", num_frames=num_frames, height=height, width=width, seed=int(seed),
-                                config=ProceduralConfig.preset(preset))
+    clip = make_procedural_clip(
+        "removal",
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        seed=int(seed),
+        config=ProceduralConfig.preset(preset),
+    )
     return clip.ground_truth, clip.masks
 
 
@@ -99,8 +114,9 @@ def training_clip(seed: int, num_frames: int, height: int, width: int) -> torch.
     return training_clip_with_masks(seed, num_frames, height, width)[0]
 
 
-def training_batch(seed: int, stream: int, step: int, batch_size: int, num_frames: int,
-                   height: int, width: int) -> torch.Tensor:
+def training_batch(
+    seed: int, stream: int, step: int, batch_size: int, num_frames: int, height: int, width: int
+) -> torch.Tensor:
     """The clips of one optimizer step [B, F, 3, H, W]: fixed by (seed, stream, step), so a resumed run
     sees the same data as an uninterrupted one."""
     base = np.random.SeedSequence([int(seed), int(stream), int(step)]).generate_state(1)[0]
@@ -116,9 +132,10 @@ def random_crops(clips: torch.Tensor, size: int, frames: int, generator: torch.G
     size_h, size_w, frames = size or h, size or w, frames or f
     out = []
     for i in range(b):
-        t0, y0, x0 = (int(torch.randint(0, n + 1, (1,), generator=generator))
-                      for n in (f - frames, h - size_h, w - size_w))
-        out.append(clips[i, t0:t0 + frames, :, y0:y0 + size_h, x0:x0 + size_w])
+        t0, y0, x0 = (
+            int(torch.randint(0, n + 1, (1,), generator=generator)) for n in (f - frames, h - size_h, w - size_w)
+        )
+        out.append(clips[i, t0 : t0 + frames, :, y0 : y0 + size_h, x0 : x0 + size_w])
     return torch.stack(out)
 
 
@@ -127,8 +144,9 @@ def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def write_dataset(out: Path, recipe: DemoRecipe, *, recolour_clips: int = 0, removal_clips: int = 0,
-                  reuse: tuple[Path, ...] = ()) -> Path:
+def write_dataset(
+    out: Path, recipe: DemoRecipe, *, recolour_clips: int = 0, removal_clips: int = 0, reuse: tuple[Path, ...] = ()
+) -> Path:
     """Write ``recipe.data_clips`` procedural clips as PNG folders (seeds 0..N-1), then ``recipe.data_easy_clips``
     easy ones (``easy_NNNNNN``, seeds from :data:`EASY_SEED_BASE`) and ``recolour_clips`` recoloured ones
     (``recolour_NNNNNN``, seeds from :data:`RECOLOUR_SEED_BASE`), each clip that shows the target
@@ -138,6 +156,7 @@ def write_dataset(out: Path, recipe: DemoRecipe, *, recolour_clips: int = 0, rem
     older version without its masks gets them (the clips are seeded, so the frames are the same). A clip finished
     under the same name in one of the ``reuse`` folders (data folders of this run, written from the same recipe) is
     linked from there (:func:`_link_clip`) rather than made again."""
+
     def save(images: torch.Tensor, folder: Path) -> None:
         folder.mkdir(exist_ok=True)
         for t, image in enumerate(images):
@@ -148,12 +167,17 @@ def write_dataset(out: Path, recipe: DemoRecipe, *, recolour_clips: int = 0, rem
 
     h, w = recipe.resolution
     out.mkdir(parents=True, exist_ok=True)
-    kinds = [("clip", training_clip_with_masks, 0, recipe.data_clips, TRACK_MASK_FOLDER),
-             ("easy", training_easy_clip, EASY_SEED_BASE, recipe.data_easy_clips, TRACK_MASK_FOLDER),
-             ("recolour", training_recolour_clip, RECOLOUR_SEED_BASE, recolour_clips, TRACK_MASK_FOLDER),
-             ("removal", training_removal_clip, REMOVAL_SEED_BASE, removal_clips, HOLE_MASK_FOLDER)]
-    clips = [(f"{prefix}_{i:06d}", lambda make=make, seed=base + i: make(seed, recipe.data_frames, h, w), folder)
-             for prefix, make, base, count, folder in kinds for i in range(count)]
+    kinds = [
+        ("clip", training_clip_with_masks, 0, recipe.data_clips, TRACK_MASK_FOLDER),
+        ("easy", training_easy_clip, EASY_SEED_BASE, recipe.data_easy_clips, TRACK_MASK_FOLDER),
+        ("recolour", training_recolour_clip, RECOLOUR_SEED_BASE, recolour_clips, TRACK_MASK_FOLDER),
+        ("removal", training_removal_clip, REMOVAL_SEED_BASE, removal_clips, HOLE_MASK_FOLDER),
+    ]
+    clips = [
+        (f"{prefix}_{i:06d}", lambda make=make, seed=base + i: make(seed, recipe.data_frames, h, w), folder)
+        for prefix, make, base, count, folder in kinds
+        for i in range(count)
+    ]
     linked = 0
     for name, make, mask_folder in clips:
         folder = out / name
@@ -170,9 +194,15 @@ def write_dataset(out: Path, recipe: DemoRecipe, *, recolour_clips: int = 0, rem
             save(masks, folder / mask_folder)
         (folder / ".done").unlink(missing_ok=True)
         (folder / ".done").write_text(_DATA_VERSION)
-    logger.info("dataset: %d procedural clips (%d easy, %d recoloured, %d removal; %d linked from earlier data "
-                "folders) in %s", len(clips), recipe.data_easy_clips, recolour_clips,
-                removal_clips, linked, out)
+    logger.info(
+        "dataset: %d procedural clips (%d easy, %d recoloured, %d removal; %d linked from earlier data folders) in %s",
+        len(clips),
+        recipe.data_easy_clips,
+        recolour_clips,
+        removal_clips,
+        linked,
+        out,
+    )
     return out
 
 
@@ -183,19 +213,16 @@ def _finished_clip(folder: Path) -> bool:
 
 def _link_clip(source: Path, folder: Path) -> None:
     """Give ``folder`` the files of the finished clip ``source`` as hard links (copies where the file system makes
-    none), through a hidden temporary folder renamed at the end, so an interrupted run leaves no half-linked clip
+    none), through a hidden temporary folder renamed at the end (:func:`kfi_core.files.atomic_folder`), so an
+    interrupted run leaves no half-linked clip
     (kfi_core.training.data skips hidden folders). :func:`write_dataset` unlinks a file before writing it, so remaking a
     clip in one folder never changes another's."""
+
     def link_or_copy(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
 
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=link_or_copy)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
+    with atomic_folder(folder, create=False) as tmp:
+        shutil.copytree(source, tmp, copy_function=link_or_copy)

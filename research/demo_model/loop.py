@@ -1,81 +1,78 @@
-"""The loop every from-scratch phase (vae, decoder, backbone) runs: AdamW from the newest checkpoint (safetensors,
-written atomically) to the phase's step count, with a deadline that ends a run cleanly."""
+"""The loop every from-scratch phase (vae, decoder, backbone) runs: AdamW from the newest checkpoint to the phase's step
+count, with a deadline that ends a run cleanly. Checkpoints (``<run>/checkpoints/step_NNNNNNNN/``: one safetensors
+file per trainable module, the optimizer, ``state.json``) go through kfi_core's checkpoint writer
+(:func:`kfi_core.training.checkpoints.save_checkpoint_folder`), the one the adapter trainer uses."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
 
 from kfi_core.errors import NonFiniteError, ResumeError
-from kfi_core.training.optim_state import load_optimizer, save_optimizer
-from kfi_core.training.train import lr_scale
+from kfi_core.training.checkpoints import (
+    OPTIMIZER_FILE,
+    list_checkpoint_folders,
+    load_checkpoint_modules,
+    save_checkpoint_folder,
+)
+from kfi_core.training.objective import lr_scale
+from kfi_core.training.optim_state import load_optimizer
 
 from .recipe import DemoRecipe, PhaseConfig
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "state.json"  # the phases' checkpoint state (the adapter trainer's is training_state.json)
+
 
 def list_phase_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    root = folder / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and (path / "state.json").is_file():
-            try:
-                found.append((int(path.name[len(CHECKPOINT_PREFIX):]), path))
-            except ValueError:
-                continue
-    return sorted(found)
+    """(step, checkpoint) of every complete checkpoint of the phase run in ``folder``, oldest first."""
+    return list_checkpoint_folders(folder / "checkpoints", CHECKPOINT_PREFIX, marker=STATE_FILE)
 
 
-def save_phase_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module],
-                          optimizer: torch.optim.Optimizer, fingerprint: dict, keep: int) -> Path:
-    """Write modules (safetensors), optimizer and step atomically (a temporary folder renamed)."""
-    final = folder / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in modules.items():
-        save_model(module, str(tmp / f"{name}.safetensors"))
-    save_optimizer(optimizer, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for _, old in list_phase_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+def save_phase_checkpoint(
+    folder: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    fingerprint: dict,
+    keep: int,
+) -> Path:
+    """Write modules (safetensors), optimizer and step atomically, with kfi_core's checkpoint writer."""
+    return save_checkpoint_folder(
+        folder / "checkpoints",
+        CHECKPOINT_PREFIX,
+        step,
+        modules,
+        optimizer,
+        {"step": step, "fingerprint": fingerprint},
+        state_file=STATE_FILE,
+        keep=keep,
+    )
 
 
-def load_phase_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                          fingerprint: dict) -> int:
+def load_phase_checkpoint(
+    path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, fingerprint: dict
+) -> int:
     """Load a checkpoint strictly; refuse one written by a different recipe."""
-    state = json.loads((path / "state.json").read_text())
+    state = json.loads((path / STATE_FILE).read_text())
     saved = state.get("fingerprint") or {}
     if any(key in saved and saved[key] != value for key, value in fingerprint.items()):
         raise ResumeError(
             f"{path}: written by a different recipe ({state.get('fingerprint')} here, {fingerprint} now). Resume "
-            "with the recipe that started it, or give a new --out.")
-    for name, module in modules.items():
-        try:
-            load_model(module, str(path / f"{name}.safetensors"), strict=True)
-        except Exception as err:  # noqa: BLE001 - any failure to read is a damaged checkpoint to the user
-            raise ResumeError(f"{path / (name + '.safetensors')}: cannot load ({type(err).__name__}: {err}). "
-                              "Delete this checkpoint to resume from the one before.") from err
-    load_optimizer(optimizer, path / "optimizer.safetensors")
+            "with the recipe that started it, or give a new --out."
+        )
+    load_checkpoint_modules(path, modules)
+    load_optimizer(optimizer, path / OPTIMIZER_FILE)
     return int(state["step"])
-
-
 
 
 def lr_at(phase: PhaseConfig, step: int) -> float:
@@ -109,8 +106,9 @@ def run_phase(run: PhaseRun, deadline: float | None) -> bool:
     run.folder.mkdir(parents=True, exist_ok=True)
     log_path = run.folder / "train_log.jsonl"
     if step < phase.steps:
-        logger.info("%s: steps %d..%d, %d trainable parameters", run.name, step, phase.steps,
-                    sum(p.numel() for p in params))
+        logger.info(
+            "%s: steps %d..%d, %d trainable parameters", run.name, step, phase.steps, sum(p.numel() for p in params)
+        )
     losses: list[float] = []
     start = time.monotonic()
     while step < phase.steps:
@@ -118,8 +116,10 @@ def run_phase(run: PhaseRun, deadline: float | None) -> bool:
             group["lr"] = lr_at(phase, step)
         loss, extras = run.loss_fn(step)
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"{run.name}: the loss became {loss.item()} at step {step}; lower lr in the recipe "
-                                 "and resume from the last checkpoint.")
+            raise NonFiniteError(
+                f"{run.name}: the loss became {loss.item()} at step {step}; lower lr in the recipe "
+                "and resume from the last checkpoint."
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if phase.max_grad_norm > 0:
@@ -128,19 +128,26 @@ def run_phase(run: PhaseRun, deadline: float | None) -> bool:
         step += 1
         losses.append(float(loss.detach()))
         if step % phase.log_every == 0 or step == phase.steps:
-            entry = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(phase, step - 1),
-                     "s_per_step": (time.monotonic() - start) / len(losses), **extras}
+            entry = {
+                "step": step,
+                "loss": float(np.mean(losses)),
+                "lr": lr_at(phase, step - 1),
+                "s_per_step": (time.monotonic() - start) / len(losses),
+                **extras,
+            }
             with log_path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
-            logger.info("%s step %d/%d loss %.4f (%.2f s/step)", run.name, step, phase.steps, entry["loss"],
-                        entry["s_per_step"])
+            logger.info(
+                "%s step %d/%d loss %.4f (%.2f s/step)", run.name, step, phase.steps, entry["loss"], entry["s_per_step"]
+            )
             losses, start = [], time.monotonic()
         out_of_time = deadline is not None and time.monotonic() > deadline
         if step % phase.checkpoint_every == 0 or step == phase.steps or out_of_time:
             save_phase_checkpoint(run.folder, step, run.modules, optimizer, run.fingerprint, phase.keep_checkpoints)
         if out_of_time and step < phase.steps:
-            logger.info("%s: time is up at step %d of %d; run the same command again to resume", run.name, step,
-                        phase.steps)
+            logger.info(
+                "%s: time is up at step %d of %d; run the same command again to resume", run.name, step, phase.steps
+            )
             return False
     return True
 
@@ -148,11 +155,14 @@ def run_phase(run: PhaseRun, deadline: float | None) -> bool:
 def fingerprint(recipe: DemoRecipe, phase_name: str) -> dict:
     """What a checkpoint must share with the recipe that resumes it. ``steps`` is not part of it: a phase may be
     lengthened or shortened between runs (the LR schedule follows the new length from the resumed step)."""
-    values = {"seed": recipe.seed, "num_frames": recipe.num_frames, "resolution": list(recipe.resolution),
-              "phase": phase_name, "batch_size": getattr(recipe, phase_name).batch_size,
-              "vae_config": recipe.vae_config}
+    values = {
+        "seed": recipe.seed,
+        "num_frames": recipe.num_frames,
+        "resolution": list(recipe.resolution),
+        "phase": phase_name,
+        "batch_size": getattr(recipe, phase_name).batch_size,
+        "vae_config": recipe.vae_config,
+    }
     if phase_name not in ("vae", "decoder"):  # the phases that train on the (balanced or plain) finished latents
         values["balance_latents"] = recipe.balance_latents  # checkpoints from before the setting lack it and resume
     return values
-
-

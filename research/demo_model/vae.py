@@ -13,6 +13,7 @@ from diffusers import AutoencoderKLTemporalDecoder
 
 from kfi_core.errors import TrainConfigError
 from kfi_core.evaluation.procedural import EVAL_SEED_BASE
+from kfi_core.files import atomic_folder
 from kfi_core.model.tiny import build_tiny_components
 
 from .data import random_crops, step_generator, training_batch, training_clip
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 _VAE_STREAM, _DECODER_STREAM = 12, 14
 # under <out>/vae/; "balance" is not a phase but the finished VAE with its latent channels balanced (balance_latents)
 _VAE_FOLDERS = {"vae": "final", "decoder": "decoder_final", "balance": "balanced"}
+
 
 def new_components(recipe: DemoRecipe) -> dict:
     """Fresh random components of the demo architecture (kfi_core.model.tiny shapes, VAE widths from the recipe)."""
@@ -50,8 +52,10 @@ def colour_anchor_mse(latent_mean: torch.Tensor, pixels: torch.Tensor) -> torch.
     the backbone's diffusion then models.
     """
     if latent_mean.shape[1] < 3:
-        raise TrainConfigError(f"anchor_weight: the latent has {latent_mean.shape[1]} channels; the colour anchor "
-                               "needs 3 or more (vae_config latent_channels), or set anchor_weight to 0.")
+        raise TrainConfigError(
+            f"anchor_weight: the latent has {latent_mean.shape[1]} channels; the colour anchor "
+            "needs 3 or more (vae_config latent_channels), or set anchor_weight to 0."
+        )
     pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_mean.shape[-2:])
     return ((latent_mean[:, :3] - pooled) ** 2).mean()
 
@@ -157,9 +161,14 @@ def balance_vae(recipe: DemoRecipe, vae, out: Path):
     balance_latent_channels(vae, gains)
     scaled = measure_latent_std(vae, recipe)
     vae.register_to_config(scaling_factor=1.0 / scaled)
-    vae.save_pretrained(final, safe_serialization=True)
-    logger.info("balance: latent std per channel %s -> gains %s, scaling_factor %.4f; saved %s",
-                [round(float(v), 4) for v in std], [round(float(g), 3) for g in gains], 1.0 / scaled, final)
+    save_vae(vae, final)
+    logger.info(
+        "balance: latent std per channel %s -> gains %s, scaling_factor %.4f; saved %s",
+        [round(float(v), 4) for v in std],
+        [round(float(g), 3) for g in gains],
+        1.0 / scaled,
+        final,
+    )
     return vae
 
 
@@ -188,7 +197,8 @@ def train_decoder(recipe: DemoRecipe, vae, out: Path, deadline: float | None):
 
     The latents, and so everything the backbone and the adapter learn on them, stay exactly as the vae phase
     left them; only how they are decoded improves. The demo VAE needs it for colour: trained jointly, its
-    encoder learns to keep colour (research/demo_model/bench/vae_colour.py's linear probe) well before its decoder shows it.
+    encoder learns to keep colour (research/demo_model/bench/vae_colour.py's linear probe) well before its decoder
+    shows it.
     Returns the VAE with the new decoder (saved to ``<out>/vae/decoder_final``), or None if out of time."""
     if recipe.decoder.steps == 0:
         return vae
@@ -198,14 +208,27 @@ def train_decoder(recipe: DemoRecipe, vae, out: Path, deadline: float | None):
     vae.train()
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
-    run = PhaseRun("decoder", final.parent / "decoder", recipe.decoder, {"decoder": vae.decoder},
-                   _vae_loss_fn(vae, recipe, "decoder", _DECODER_STREAM), fingerprint(recipe, "decoder"))
+    run = PhaseRun(
+        "decoder",
+        final.parent / "decoder",
+        recipe.decoder,
+        {"decoder": vae.decoder},
+        _vae_loss_fn(vae, recipe, "decoder", _DECODER_STREAM),
+        fingerprint(recipe, "decoder"),
+    )
     if not run_phase(run, deadline):
         return None
     vae.eval().requires_grad_(True)
-    vae.save_pretrained(final, safe_serialization=True)  # scaling_factor unchanged: the latents are the same
+    save_vae(vae, final)  # scaling_factor unchanged: the latents are the same
     logger.info("decoder: saved %s", final)
     return vae
+
+
+def save_vae(vae, final: Path) -> None:
+    """Save a finished VAE as a diffusers folder, atomically: its config.json marks the phase finished, so a folder
+    cut off half-written must never appear under that name."""
+    with atomic_folder(final) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
 
 
 def vae_folder(out: Path, phase_name: str) -> Path:
@@ -230,15 +253,19 @@ def train_vae(recipe: DemoRecipe, out: Path, deadline: float | None):
     if recipe.vae.norm_reference:
         add_norm_reference(vae, recipe.vae.norm_reference)  # a resumed checkpoint overwrites it, as it should
 
-    run = PhaseRun("vae", out / "vae", recipe.vae, {"vae": vae}, _vae_loss_fn(vae, recipe, "vae", _VAE_STREAM),
-                   fingerprint(recipe, "vae"))
+    run = PhaseRun(
+        "vae",
+        out / "vae",
+        recipe.vae,
+        {"vae": vae},
+        _vae_loss_fn(vae, recipe, "vae", _VAE_STREAM),
+        fingerprint(recipe, "vae"),
+    )
     if not run_phase(run, deadline):
         return None
     vae.eval()
     std = measure_latent_std(vae, recipe)
     vae.register_to_config(scaling_factor=1.0 / std)
-    vae.save_pretrained(final, safe_serialization=True)
+    save_vae(vae, final)
     logger.info("vae: latent std %.4f -> scaling_factor %.4f; saved %s", std, 1.0 / std, final)
     return vae
-
-

@@ -29,11 +29,12 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from kfi_core.evaluation.procedural import EVAL_SEED_BASE, ProceduralConfig, make_procedural_clip  # noqa: E402
 from kfi_core.inference.condition import encode_frames, encode_symmetric, first_frame_for_embedding, prepare_clip  # noqa: E402
 from kfi_core.inference.denoiser import denoised_from_v, scale_model_input, sigma_to_timestep  # noqa: E402
-from kfi_core.evaluation.procedural import EVAL_SEED_BASE, ProceduralConfig, make_procedural_clip  # noqa: E402
-from kfi_core.inference.propagate import PropagateSettings, latent_masks  # noqa: E402
-from kfi_core.evaluation.stock_pipeline import encode_image_clip  # noqa: E402
+from kfi_core.inference.settings import PropagateSettings  # noqa: E402
+from kfi_core.inference.window import latent_masks  # noqa: E402
+from kfi_core.model.encoders import encode_image_clip  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "kfi_core" / "assets" / "demo_model"
 SETTINGS = PropagateSettings()  # the sampler's defaults: condition noise augmentation, fps, motion bucket
@@ -43,16 +44,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--adapter", default=None, help="adapter file (default: the model folder's adapter.safetensors)")
-    p.add_argument("--checkpoint", default=None,
-                   help="a kfi_core.training.train checkpoint folder instead of an adapter (its trainable.safetensors)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a kfi_core.training checkpoint folder instead of an adapter (its trainable.safetensors)",
+    )
     p.add_argument("--rank", type=int, default=32, help="LoRA rank of --checkpoint")
     p.add_argument("--clips", type=int, default=6)
     p.add_argument("--task", choices=("edit", "copy"), default="edit")
     p.add_argument("--difficulty", default="medium")
     p.add_argument("--sigmas", default="0.5,2,5,15")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--static", action="store_true",
-                   help="no camera pan, no object motion, no distractor, constant light: the easiest copy")
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="no camera pan, no object motion, no distractor, constant light: the easiest copy",
+    )
     return p.parse_args(argv)
 
 
@@ -78,21 +85,32 @@ def probe_clip(model, clip_frames, masks, truth, keyframe, kf: int, sigmas, seed
     }
     conds, embs = {}, {}
     for name, clip in cases.items():
-        conds[name] = encode_symmetric(model.vae, clip, noise_aug_strength=SETTINGS.noise_aug_strength,
-                                       generator=torch.Generator().manual_seed(seed + 1))
-        embs[name] = encode_image_clip(model.image_encoder, model.feature_extractor,
-                                       first_frame_for_embedding(clip)[None].float())
+        conds[name] = encode_symmetric(
+            model.vae,
+            clip,
+            noise_aug_strength=SETTINGS.noise_aug_strength,
+            generator=torch.Generator().manual_seed(seed + 1),
+        )
+        embs[name] = encode_image_clip(
+            model.image_encoder, model.feature_extractor, first_frame_for_embedding(clip)[None].float()
+        )
     lmask = latent_masks(masks, model.vae_scale_factor)[0]  # [F, 1, h, w]
-    ids = torch.tensor([[SETTINGS.fps - 1, SETTINGS.motion_bucket_id, SETTINGS.noise_aug_strength]],
-                       dtype=torch.float32)
+    ids = torch.tensor(
+        [[SETTINGS.fps - 1, SETTINGS.motion_bucket_id, SETTINGS.noise_aug_strength]], dtype=torch.float32
+    )
     out = {}
     for sigma in sigmas:
         x_t = (x0 + sigma * noise)[None]
         mse = {}
         for name in cases:
             model_in = torch.cat([scale_model_input(x_t, sigma), conds[name]], dim=2)
-            v = model.unet(model_in, sigma_to_timestep(torch.tensor([sigma])), encoder_hidden_states=embs[name],
-                           added_time_ids=ids, return_dict=False)[0]
+            v = model.unet(
+                model_in,
+                sigma_to_timestep(torch.tensor([sigma])),
+                encoder_hidden_states=embs[name],
+                added_time_ids=ids,
+                return_dict=False,
+            )[0]
             mse[name] = _hole_mse(denoised_from_v(v, x_t, sigma)[0], x0, lmask, kf)
         out[sigma] = (mse["with"], mse["without"])
     return out
@@ -101,8 +119,9 @@ def probe_clip(model, clip_frames, masks, truth, keyframe, kf: int, sigmas, seed
 def paste_error(model, truth, masks, keyframe, kf: int) -> float:
     """In-mask latent MSE (non-keyframe frames) of the keyframe's latent pasted into every frame: what a
     denoiser that copies the keyframe in place, with no motion, would score at any sigma."""
-    return _hole_mse(_latents(model, keyframe[None]), _latents(model, truth),
-                     latent_masks(masks, model.vae_scale_factor)[0], kf)
+    return _hole_mse(
+        _latents(model, keyframe[None]), _latents(model, truth), latent_masks(masks, model.vae_scale_factor)[0], kf
+    )
 
 
 @torch.no_grad()
@@ -111,7 +130,8 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     if args.checkpoint:
-        from kfi_core.training.train import load_trainable, setup_trainable_unet
+        from kfi_core.training.checkpoints import load_trainable
+        from kfi_core.training.objective import setup_trainable_unet
 
         model = load_kfi_model(args.model)
         setup_trainable_unet(model.unet, rank=args.rank)
@@ -129,8 +149,9 @@ def main(argv=None) -> int:
             config = ProceduralConfig(max_pan=0.0, object_speed=0.0, distractor=False, lighting_change=0.0)
             clip = make_procedural_clip(task, num_frames=args.frames, height=64, width=64, seed=seed, config=config)
         else:
-            clip = make_procedural_clip(task, num_frames=args.frames, height=64, width=64, seed=seed,
-                                        difficulty=args.difficulty)
+            clip = make_procedural_clip(
+                task, num_frames=args.frames, height=64, width=64, seed=seed, difficulty=args.difficulty
+            )
         kf = clip.keyframe_index
         if args.task == "edit":
             frames, truth, keyframe = clip.frames, clip.ground_truth, clip.keyframe

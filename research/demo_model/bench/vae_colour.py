@@ -36,7 +36,11 @@ import torch  # noqa: E402
 
 logger = logging.getLogger("bench.vae_colour")
 FLAT_COLOURS = ((0.9, 0.1, 0.1), (0.1, 0.8, 0.2), (0.2, 0.3, 0.9), (0.5, 0.5, 0.5), (0.8, 0.8, 0.2))
-HELD_OUT_SEEDS = (9000, 9001, 9002)  # below research.demo_model.recipe.TRAIN_SEED_LIMIT but never drawn by the steps here
+HELD_OUT_SEEDS = (
+    9000,
+    9001,
+    9002,
+)  # below research.demo_model.recipe.TRAIN_SEED_LIMIT but never drawn by the steps here
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,8 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ref-bias", type=float, default=0.0)
     p.add_argument("--pooled-weight", type=float, default=0.0)
     p.add_argument("--chroma-weight", type=float, default=0.0, help="the VAE phase's chroma_weight")
-    p.add_argument("--norm-ref", type=float, default=0.0,
-                   help="add this to every other channel feeding the encoder's and decoder's last GroupNorm")
+    p.add_argument(
+        "--norm-ref",
+        type=float,
+        default=0.0,
+        help="add this to every other channel feeding the encoder's and decoder's last GroupNorm",
+    )
     p.add_argument("--anchor-weight", type=float, default=0.0, help="the VAE phase's anchor_weight")
     p.add_argument("--no-flat", action="store_true", help="train on procedural crops only (as the recipe does)")
     p.add_argument("--deterministic", action="store_true", help="decode the posterior mean, no sampling noise")
@@ -78,8 +86,10 @@ def crop(seed: int, frames: int, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def flat_colour_error(vae, frames: int, size: int) -> float:
-    errors = [float((reconstruct(vae, flat(c, frames, size)).mean((0, 2, 3)) - torch.tensor(c)).abs().mean())
-              for c in FLAT_COLOURS]
+    errors = [
+        float((reconstruct(vae, flat(c, frames, size)).mean((0, 2, 3)) - torch.tensor(c)).abs().mean())
+        for c in FLAT_COLOURS
+    ]
     return sum(errors) / len(errors)
 
 
@@ -131,8 +141,8 @@ def latent_colour_r2(vae, frames: int, train_seeds=range(40), test_seeds=range(1
 def probe(path: str, frames: int) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from research.demo_model.data import training_clip
     from kfi_core.evaluation.procedural import EVAL_SEED_BASE
+    from research.demo_model.data import training_clip
 
     vae = AutoencoderKLTemporalDecoder.from_pretrained(path, use_safetensors=True).eval()
     for colour in FLAT_COLOURS:
@@ -153,13 +163,14 @@ def probe(path: str, frames: int) -> None:
 def train(args) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from research.demo_model.vae import add_norm_reference, chroma_mse, colour_anchor_mse
     from kfi_core.model.tiny import TINY_VAE_CONFIG
+    from research.demo_model.vae import add_norm_reference, chroma_mse, colour_anchor_mse
 
     torch.manual_seed(0)
     widths = tuple(int(w) for w in args.widths.split(","))
-    vae = AutoencoderKLTemporalDecoder(**{**TINY_VAE_CONFIG, "block_out_channels": widths,
-                                          "down_block_types": ("DownEncoderBlock2D",) * len(widths)})
+    vae = AutoencoderKLTemporalDecoder(
+        **{**TINY_VAE_CONFIG, "block_out_channels": widths, "down_block_types": ("DownEncoderBlock2D",) * len(widths)}
+    )
     with torch.no_grad():
         vae.quant_conv.weight.copy_(torch.eye(vae.quant_conv.weight.shape[0]).view_as(vae.quant_conv.weight))
         vae.quant_conv.bias.zero_()
@@ -176,7 +187,7 @@ def train(args) -> None:
         clips = []
         for b in range(args.batch):
             if args.flat_only or (not args.no_flat and (step + b) % 2):
-                x = (torch.rand(3, generator=gen).view(1, 3, 1, 1) + 0.05 * torch.randn(f, 3, s, s, generator=gen))
+                x = torch.rand(3, generator=gen).view(1, 3, 1, 1) + 0.05 * torch.randn(f, 3, s, s, generator=gen)
                 clips.append(x.clamp(0, 1))
             else:
                 clips.append(crop((step * args.batch + b) % 5000, f, s))
@@ -200,9 +211,11 @@ def train(args) -> None:
         if (step + 1) % max(1, args.steps // 4) == 0 or step + 1 == args.steps:
             vae.eval()
             psnr, gain = held_out(vae, f, s)
-            print(f"widths {widths} step {step + 1}: flat-colour error {flat_colour_error(vae, f, s):.3f}, "
-                  f"held-out PSNR {psnr:.2f} dB, chroma gain {gain:.2f} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
+            print(
+                f"widths {widths} step {step + 1}: flat-colour error {flat_colour_error(vae, f, s):.3f}, "
+                f"held-out PSNR {psnr:.2f} dB, chroma gain {gain:.2f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
             vae.train()
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from kfi_core.training.optim_state import load_optimizer, save_optimizer
+from kfi_core.errors import ResumeError, TrainConfigError
 from kfi_core.evaluation.procedural import EVAL_SEED_BASE
+from kfi_core.training.optim_state import load_optimizer, save_optimizer
 from research.demo_model import adapter as A
 from research.demo_model import backbone as BB
 from research.demo_model import build as B
@@ -24,19 +24,25 @@ from research.demo_model import data as D
 from research.demo_model import loop as L
 from research.demo_model import recipe as R
 from research.demo_model import vae as V
-from kfi_core.errors import ResumeError, TrainConfigError
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository
 
 
 def micro_recipe(**changes) -> R.DemoRecipe:
     data = {
-        "seed": 3, "num_frames": 4, "resolution": [64, 64], "data_clips": 2, "data_frames": 5,
+        "seed": 3,
+        "num_frames": 4,
+        "resolution": [64, 64],
+        "data_clips": 2,
+        "data_frames": 5,
         "vae": {"steps": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1},
-        "backbone": {"steps": 2, "batch_size": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1,
-                     "log_every": 1},
-        "adapter": {"stages": [{"steps": 2, "resolution": [64, 64], "batch_size": 1}], "rank": 4,
-                    "checkpoint_every": 1, "encode_chunk_size": 4},
+        "backbone": {"steps": 2, "batch_size": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1},
+        "adapter": {
+            "stages": [{"steps": 2, "resolution": [64, 64], "batch_size": 1}],
+            "rank": 4,
+            "checkpoint_every": 1,
+            "encode_chunk_size": 4,
+        },
     }
     data.update(changes)
     return R.recipe_from_dict(data)
@@ -115,16 +121,23 @@ def test_random_crops_are_windows_of_the_clip_drawn_by_the_generator():
     b = D.random_crops(clips, 32, 4, torch.Generator().manual_seed(3))
     assert a.shape == (2, 4, 3, 32, 32) and torch.equal(a, b)
     for i in range(2):  # each crop is an exact window of its own clip
-        hits = [(t, y, x) for t in range(5) for y in range(33) for x in range(33)
-                if torch.equal(clips[i, t:t + 4, :, y:y + 32, x:x + 32], a[i])]
+        hits = [
+            (t, y, x)
+            for t in range(5)
+            for y in range(33)
+            for x in range(33)
+            if torch.equal(clips[i, t : t + 4, :, y : y + 32, x : x + 32], a[i])
+        ]
         assert len(hits) == 1
     assert torch.equal(D.random_crops(clips, 0, 0, torch.Generator()), clips)  # 0 keeps an axis whole
 
 
 def _last_norm_inputs(vae, pixels):
     seen = {}
-    hooks = [vae.encoder.conv_norm_out.register_forward_pre_hook(lambda m, a: seen.__setitem__("enc", a[0])),
-             vae.decoder.conv_norm_out.register_forward_pre_hook(lambda m, a: seen.__setitem__("dec", a[0]))]
+    hooks = [
+        vae.encoder.conv_norm_out.register_forward_pre_hook(lambda m, a: seen.__setitem__("enc", a[0])),
+        vae.decoder.conv_norm_out.register_forward_pre_hook(lambda m, a: seen.__setitem__("dec", a[0])),
+    ]
     with torch.no_grad():
         vae.decode(vae.encode(pixels).latent_dist.mode(), num_frames=pixels.shape[0])
     for hook in hooks:
@@ -149,25 +162,28 @@ def test_norm_reference_shifts_every_other_channel_before_the_last_group_norms()
     assert float(dec[:, ::2].mean() - dec[:, 1::2].mean()) == pytest.approx(10.0, abs=2.0)
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"colour": 1}, "unknown key"),
-    ({"resolution": [60, 64]}, "multiples of 64"),
-    ({"data_clips": EVAL_SEED_BASE}, "held out"),
-    ({"data_easy_clips": -1}, "data_easy_clips"),
-    ({"data_easy_clips": R.RECOLOUR_SEED_BASE - R.EASY_SEED_BASE + 1}, "data_easy_clips"),
-    ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
-    ({"num_frames": 9}, "num_frames"),
-    ({"backbone": {"steps": 1, "first_frame_only_prob": 1.5}}, "backbone.first_frame_only_prob"),
-    ({"vae": {"steps": 1, "anchor_weight": -1}}, "vae.anchor_weight"),
-    ({"vae": {"steps": 1, "crop_size": 36}}, "vae.crop_size"),
-    ({"vae": {"steps": 1, "crop_frames": 9}}, "vae.crop_frames"),
-    ({"backbone": {"steps": 1, "crop_size": 32}}, "only the vae phase"),
-    ({"decoder": {"steps": 1, "anchor_weight": 1.0}}, "decoder.anchor_weight"),
-    ({"decoder": {"steps": 1, "bogus": 1}}, "decoder: unknown key"),
-    ({"tune": {"steps": 1}}, "unknown key.*tune"),  # the phases of recipes not shipped are gone
-    ({"data_recolour_clips": 2}, "unknown key.*data_recolour_clips"),
-    ({"vae": {"steps": 1, "latent_noise": 0.5}}, "vae: unknown key.*latent_noise"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"colour": 1}, "unknown key"),
+        ({"resolution": [60, 64]}, "multiples of 64"),
+        ({"data_clips": EVAL_SEED_BASE}, "held out"),
+        ({"data_easy_clips": -1}, "data_easy_clips"),
+        ({"data_easy_clips": R.RECOLOUR_SEED_BASE - R.EASY_SEED_BASE + 1}, "data_easy_clips"),
+        ({"vae": {"steps": 1, "bogus": 2}}, "vae: unknown key"),
+        ({"num_frames": 9}, "num_frames"),
+        ({"backbone": {"steps": 1, "first_frame_only_prob": 1.5}}, "backbone.first_frame_only_prob"),
+        ({"vae": {"steps": 1, "anchor_weight": -1}}, "vae.anchor_weight"),
+        ({"vae": {"steps": 1, "crop_size": 36}}, "vae.crop_size"),
+        ({"vae": {"steps": 1, "crop_frames": 9}}, "vae.crop_frames"),
+        ({"backbone": {"steps": 1, "crop_size": 32}}, "only the vae phase"),
+        ({"decoder": {"steps": 1, "anchor_weight": 1.0}}, "decoder.anchor_weight"),
+        ({"decoder": {"steps": 1, "bogus": 1}}, "decoder: unknown key"),
+        ({"tune": {"steps": 1}}, "unknown key.*tune"),  # the phases of recipes not shipped are gone
+        ({"data_recolour_clips": 2}, "unknown key.*data_recolour_clips"),
+        ({"vae": {"steps": 1, "latent_noise": 0.5}}, "vae: unknown key.*latent_noise"),
+    ],
+)
 def test_recipe_errors_name_the_problem(change, words):
     with pytest.raises(TrainConfigError, match=words):
         micro_recipe(**change)
@@ -218,13 +234,13 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
 
 
 def test_clip_embedding_matches_the_stock_encoder_and_trains(tiny_components):
-    from kfi_core.evaluation.stock_pipeline import encode_image_clip
+    from kfi_core.model.encoders import encode_image_clip
 
     enc, fe = tiny_components["image_encoder"], tiny_components["feature_extractor"]
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     emb = BB.clip_embedding(enc, fe, images)
     for i in range(2):
-        torch.testing.assert_close(emb[i:i + 1], encode_image_clip(enc, fe, images[i:i + 1]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(emb[i : i + 1], encode_image_clip(enc, fe, images[i : i + 1]), rtol=1e-5, atol=1e-6)
     emb.sum().backward()
     assert enc.visual_projection.weight.grad is not None
     enc.zero_grad(set_to_none=True)
@@ -234,8 +250,9 @@ def test_first_frame_only_conditioning_leaves_the_other_frames_empty(tiny_compon
     vae = tiny_components["vae"]
     clips = D.training_batch(0, 1, 0, 3, 4, 64, 64)
     stock = BB.backbone_inputs(vae, clips, R.PhaseConfig(cond_dropout_prob=0.0), D.step_generator(0, 1, 0))
-    only = BB.backbone_inputs(vae, clips, R.PhaseConfig(cond_dropout_prob=0.0, first_frame_only_prob=1.0),
-                             D.step_generator(0, 1, 0))
+    only = BB.backbone_inputs(
+        vae, clips, R.PhaseConfig(cond_dropout_prob=0.0, first_frame_only_prob=1.0), D.step_generator(0, 1, 0)
+    )
     cond, cond_stock = only["model_in"][:, :, 4:], stock["model_in"][:, :, 4:]
     # the same draws up to the condition: frame 0 carries the stock latent, the others nothing
     torch.testing.assert_close(cond[:, 0], cond_stock[:, 0])
@@ -269,13 +286,17 @@ def test_backbone_inputs_follow_stock_svd_conditioning(tiny_components):
     assert torch.all(aug > 0) and torch.equal(inputs["added_time_ids"][:, 0], torch.full((b,), 6.0))
 
 
-@pytest.mark.parametrize("colour", [{}, {"chroma_weight": 8.0, "anchor_weight": 10.0, "norm_reference": 10.0,
-                                          "crop_size": 32, "crop_frames": 1}], ids=["plain", "colour-crops"])
+@pytest.mark.parametrize(
+    "colour",
+    [{}, {"chroma_weight": 8.0, "anchor_weight": 10.0, "norm_reference": 10.0, "crop_size": 32, "crop_frames": 1}],
+    ids=["plain", "colour-crops"],
+)
 @pytest.mark.slow
 def test_vae_phase_resumes_exactly(tmp_path, colour):
     """Stopped after every step and resumed must give the weights of one uninterrupted run (random crops too)."""
-    recipe = micro_recipe(vae={"steps": 3, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1,
-                               **colour})
+    recipe = micro_recipe(
+        vae={"steps": 3, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1, **colour}
+    )
     whole = V.train_vae(recipe, tmp_path / "a", deadline=None)
     parts = None
     for _ in range(4):
@@ -291,8 +312,16 @@ def test_vae_phase_resumes_exactly(tmp_path, colour):
 
 
 def test_decoder_phase_trains_the_decoder_alone_and_resumes_exactly(tmp_path):
-    decoder = {"steps": 2, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 10, "log_every": 1,
-               "chroma_weight": 4.0, "crop_size": 32, "crop_frames": 2}
+    decoder = {
+        "steps": 2,
+        "lr": 1e-3,
+        "warmup_steps": 0,
+        "checkpoint_every": 10,
+        "log_every": 1,
+        "chroma_weight": 4.0,
+        "crop_size": 32,
+        "crop_frames": 2,
+    }
     recipe = micro_recipe(vae={"steps": 1, "lr": 1e-3, "warmup_steps": 0, "log_every": 1}, decoder=decoder)
     vae = V.train_vae(recipe, tmp_path / "a", deadline=None)
     before = {k: v.clone() for k, v in vae.state_dict().items()}
@@ -305,8 +334,9 @@ def test_decoder_phase_trains_the_decoder_alone_and_resumes_exactly(tmp_path):
     V.train_vae(recipe, tmp_path / "b", deadline=None)
     parts = None
     for _ in range(3):
-        parts = V.train_decoder(recipe, V.train_vae(recipe, tmp_path / "b", deadline=None), tmp_path / "b",
-                                deadline=time.monotonic() - 1)
+        parts = V.train_decoder(
+            recipe, V.train_vae(recipe, tmp_path / "b", deadline=None), tmp_path / "b", deadline=time.monotonic() - 1
+        )
         if parts is not None:
             break
     assert parts is not None
@@ -327,12 +357,12 @@ def test_resume_refuses_another_recipe(tmp_path):
 
 
 def test_train_demo_end_to_end_packages_a_loadable_model(tmp_path):
+    from kfi_core.evaluation.procedural import make_procedural_clip
     from kfi_core.inference.condition import prepare_clip
     from kfi_core.inference.executor import inpaint
+    from kfi_core.inference.settings import PropagateSettings
     from kfi_core.model.loading import load_kfi_model
-    from kfi_core.evaluation.procedural import make_procedural_clip
-    from kfi_core.inference.propagate import PropagateSettings
-    from kfi_core.training.train import read_train_log
+    from kfi_core.training.trainer import read_train_log
 
     recipe = micro_recipe()
     path = B.train_demo(recipe, tmp_path / "run")
@@ -355,16 +385,22 @@ def test_train_demo_end_to_end_packages_a_loadable_model(tmp_path):
 
 @pytest.mark.slow
 def test_command_refuses_unknown_phase_and_recipe(tmp_path):
-    for args, words in ((["--phase", "gan"], "--phase: unknown gan"), (["--recipe", str(tmp_path / "no.json")],
-                                                                       "no such file")):
-        proc = subprocess.run([sys.executable, "-m", "research.demo_model", "--out", str(tmp_path), *args],
-                              capture_output=True, text=True, cwd=ROOT)
+    for args, words in (
+        (["--phase", "gan"], "--phase: unknown gan"),
+        (["--recipe", str(tmp_path / "no.json")], "no such file"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "research.demo_model", "--out", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
 
 
 def test_easy_clips_show_the_target_at_the_easy_preset_with_its_masks(tmp_path):
-    from kfi_core.training.data import find_sources
     from kfi_core.evaluation.procedural import make_procedural_clip
+    from kfi_core.training.data import find_sources
 
     recipe = micro_recipe(data_clips=2, data_frames=5, data_easy_clips=6)
     D.write_dataset(tmp_path, recipe)
@@ -419,8 +455,8 @@ def test_recoloured_clips_show_the_target_as_it_is_or_recoloured_with_its_masks(
 
 
 def test_removal_clips_are_clean_scenes_with_the_removed_targets_track_as_holes(tmp_path):
-    from kfi_core.training.data import NO_KEYFRAME, ClipDataset
     from kfi_core.evaluation.procedural import ProceduralConfig, make_procedural_clip
+    from kfi_core.training.data import NO_KEYFRAME, ClipDataset
 
     sources = _one_clip_dataset_plus(tmp_path, removal_clips=8)
     assert sorted(sources) == ["clip_000000"] + [f"removal_{i:06d}" for i in range(8)]
@@ -432,8 +468,9 @@ def test_removal_clips_are_clean_scenes_with_the_removed_targets_track_as_holes(
         frames, masks = D.training_removal_clip(seed, 5, 64, 64)
         matches = []
         for preset in ("easy", "medium"):
-            clip = make_procedural_clip("removal", num_frames=5, height=64, width=64, seed=seed,
-                                        config=ProceduralConfig.preset(preset))
+            clip = make_procedural_clip(
+                "removal", num_frames=5, height=64, width=64, seed=seed, config=ProceduralConfig.preset(preset)
+            )
             if torch.equal(frames, clip.ground_truth) and torch.equal(masks, clip.masks):
                 matches.append(preset)
                 hole = clip.masks.expand_as(clip.frames) > 0.5
@@ -441,8 +478,9 @@ def test_removal_clips_are_clean_scenes_with_the_removed_targets_track_as_holes(
         assert len(matches) == 1, matches
         presets.add(matches[0])
         # without a keyframe, a sample of this clip has the removed target's track as its hole
-        ds = ClipDataset(source.path, num_frames=5, resolution=(64, 64), crop_scale=(1, 1), keyframe_prob=0.0,
-                         hole_mask_prob=1.0)
+        ds = ClipDataset(
+            source.path, num_frames=5, resolution=(64, 64), crop_scale=(1, 1), keyframe_prob=0.0, hole_mask_prob=1.0
+        )
         sample = ds.get(0, 0)
         assert sample.keyframe_index == NO_KEYFRAME and sample.hole_masks and torch.equal(sample.masks, masks)
         assert (sample.frames - frames).abs().max() <= 0.5 / 255 + 1e-6  # the clean frames, as PNG rounds them
@@ -466,14 +504,19 @@ def test_dataset_clips_showing_the_target_carry_its_masks(tmp_path):
         assert torch.equal(frames, D.training_clip(i, 5, 64, 64))
         assert (masks is not None) == (f"clip_{i:06d}" in with_masks)
         if masks is not None:  # the masks cover the target: the clip differs from its clean scene there
-            ds = ClipDataset(tmp_path / f"clip_{i:06d}", num_frames=5, resolution=(64, 64), crop_scale=(1, 1),
-                             keyframe_prob=1.0, track_mask_prob=1.0)
+            ds = ClipDataset(
+                tmp_path / f"clip_{i:06d}",
+                num_frames=5,
+                resolution=(64, 64),
+                crop_scale=(1, 1),
+                keyframe_prob=1.0,
+                track_mask_prob=1.0,
+            )
             sample = ds.get(0, 0)
             assert sample.track_masks and torch.equal(sample.masks, masks)
     # a dataset written before masks existed (empty .done) gets them on the next run, with the same frames
     clip = tmp_path / with_masks[0]
     before = (clip / "0000.png").read_bytes()
-    import shutil
     shutil.rmtree(clip / "masks")
     (clip / ".done").write_text("")
     D.write_dataset(tmp_path, recipe)
@@ -486,13 +529,16 @@ def test_tune_rounds_link_the_clips_earlier_data_folders_hold(tmp_path):
     in one folder gives it its own files and leaves the other folder's as they were."""
     from kfi_core.training.data import find_sources
 
-    recipe = micro_recipe(data_clips=3, data_frames=5, adapter_tune=[{"recolour_clips": 2, "removal_clips": 1},
-                                                                     {"recolour_clips": 4, "removal_clips": 2}])
+    recipe = micro_recipe(
+        data_clips=3,
+        data_frames=5,
+        adapter_tune=[{"recolour_clips": 2, "removal_clips": 1}, {"recolour_clips": 4, "removal_clips": 2}],
+    )
     out = tmp_path / "run"
     D.write_dataset(out / "data", recipe)
     A.tune_dataset(recipe, out, 1)
     (out / "data_tune2").mkdir()
-    (out / "data_tune2" / ".clip_000001.tmp").mkdir()  # what an interrupted link leaves
+    (out / "data_tune2" / ".clip_000001.partial").mkdir()  # what an interrupted link leaves
     A.tune_dataset(recipe, out, 2)
     fresh = D.write_dataset(tmp_path / "fresh", recipe, recolour_clips=4, removal_clips=2)
 
@@ -502,7 +548,7 @@ def test_tune_rounds_link_the_clips_earlier_data_folders_hold(tmp_path):
     def inode(path):
         return path.stat().st_ino
 
-    assert not (out / "data_tune2" / ".clip_000001.tmp").exists()
+    assert not (out / "data_tune2" / ".clip_000001.partial").exists()
     got, want = files(out / "data_tune2"), files(fresh)
     assert got.keys() == want.keys() and all(got[k].read_bytes() == want[k].read_bytes() for k in got)
     assert [s.path.name for s in find_sources(out / "data_tune2")] == [s.path.name for s in find_sources(fresh)]
@@ -596,34 +642,69 @@ def test_the_shipped_recipe_has_six_adapter_tune_rounds():
     data, and the package ships round 3's adapter as the default (edit) adapter and round 6's as the removal
     adapter."""
     shipped = R.load_recipe()
-    assert [(t.recolour_clips, t.removal_clips, t.data_folder, t.adapter_folder, t.package_as)
-            for t in shipped.tune_rounds()] == [
-        (1200, 0, "data_tune", "adapter_tuned", None), (2400, 0, "data_tune2", "adapter_tuned2", None),
+    assert [
+        (t.recolour_clips, t.removal_clips, t.data_folder, t.adapter_folder, t.package_as)
+        for t in shipped.tune_rounds()
+    ] == [
+        (1200, 0, "data_tune", "adapter_tuned", None),
+        (2400, 0, "data_tune2", "adapter_tuned2", None),
         (3600, 0, "data_tune3", "adapter_tuned3", "adapter.safetensors"),
-        (3600, 2400, "data_tune4", "adapter_tuned4", None), (0, 2400, "data_tune5", "adapter_tuned5", None),
-        (0, 4800, "data_tune6", "adapter_tuned6", "adapter-removal.safetensors")]
+        (3600, 2400, "data_tune4", "adapter_tuned4", None),
+        (0, 2400, "data_tune5", "adapter_tuned5", None),
+        (0, 4800, "data_tune6", "adapter_tuned6", "adapter-removal.safetensors"),
+    ]
     run = ROOT / "nonexistent-run"
     base = A.adapter_config(shipped, run / "backbone", run / "data", run / "adapter")
     assert base.from_adapter is None
     starts = ["adapter", "adapter_tuned", "adapter_tuned2", "adapter_tuned3", "adapter_tuned4", "adapter_tuned5"]
     # seed, steps, keyframe rate, track-mask rate, hole-mask rate
-    expected = [(5, 4000, 0.9, 0.9, 0.0), (6, 3000, 1.0, 1.0, 0.0), (7, 3000, 1.0, 1.0, 0.0), (8, 3000, 0.7, 1.0, 1.0),
-                (9, 3000, 0.5, 1.0, 1.0), (10, 3000, 0.3, 1.0, 1.0)]
-    changed = {"stages", "seed", "lr", "lr_warmup_steps", "lr_decay_fraction", "keyframe_prob", "track_mask_prob",
-               "from_adapter", "data", "out"}
+    expected = [
+        (5, 4000, 0.9, 0.9, 0.0),
+        (6, 3000, 1.0, 1.0, 0.0),
+        (7, 3000, 1.0, 1.0, 0.0),
+        (8, 3000, 0.7, 1.0, 1.0),
+        (9, 3000, 0.5, 1.0, 1.0),
+        (10, 3000, 0.3, 1.0, 1.0),
+    ]
+    changed = {
+        "stages",
+        "seed",
+        "lr",
+        "lr_warmup_steps",
+        "lr_decay_fraction",
+        "keyframe_prob",
+        "track_mask_prob",
+        "from_adapter",
+        "data",
+        "out",
+    }
     for number, (start, (seed, steps, rate, track, hole)) in enumerate(zip(starts, expected), start=1):
         tune = shipped.tune_rounds()[number - 1]
-        tuned = A.adapter_config(shipped, run / "backbone", run / tune.data_folder, run / tune.adapter_folder,
-                                 tune_from=run / start / "adapter.safetensors", tune_round=number)
+        tuned = A.adapter_config(
+            shipped,
+            run / "backbone",
+            run / tune.data_folder,
+            run / tune.adapter_folder,
+            tune_from=run / start / "adapter.safetensors",
+            tune_round=number,
+        )
         assert tuned.from_adapter == str(run / start / "adapter.safetensors")
-        assert (tuned.lr, tuned.seed, tuned.total_steps, tuned.keyframe_prob, tuned.track_mask_prob,
-                tuned.hole_mask_prob) == (1e-3, seed, steps, rate, track, hole)
+        assert (
+            tuned.lr,
+            tuned.seed,
+            tuned.total_steps,
+            tuned.keyframe_prob,
+            tuned.track_mask_prob,
+            tuned.hole_mask_prob,
+        ) == (1e-3, seed, steps, rate, track, hole)
         same = {"keyframe_prob"} if rate == base.keyframe_prob else set()  # round 4's 0.7 is the adapter phase's
         assert {k for k, v in dataclasses.asdict(tuned).items() if v != getattr(base, k)} == changed - same | (
-            {"hole_mask_prob"} if hole else set())
+            {"hole_mask_prob"} if hole else set()
+        )
     assert A.trained_adapters(shipped, run) == {
         "adapter.safetensors": run / "adapter_tuned3" / "adapter.safetensors",
-        "adapter-removal.safetensors": run / "adapter_tuned6" / "adapter.safetensors"}
+        "adapter-removal.safetensors": run / "adapter_tuned6" / "adapter.safetensors",
+    }
     no_rounds = dataclasses.replace(shipped, adapter_tune=[])
     assert A.trained_adapters(no_rounds, run) == {"adapter.safetensors": run / "adapter" / "adapter.safetensors"}
     with pytest.raises(TrainConfigError, match="round 7 asked for; the recipe has 6"):
@@ -635,21 +716,26 @@ def test_the_shipped_recipe_has_six_adapter_tune_rounds():
 
 
 def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tmp_path):
-    """adapter_tune in two rounds: round 1 is kfi_core.training.train from the adapter phase's file on data_tune (the data clips
+    """adapter_tune in two rounds: round 1 is kfi_core.training.trainer.train from the adapter phase's file on
+    data_tune (the data clips
     plus its recoloured ones), round 2 from round 1's file on data_tune2 (its own count), each resumable; the package
     ships round 2's adapter; the recipe refuses what the run sets."""
     from safetensors.torch import load_file
 
     from kfi_core.training.data import find_sources
-    from kfi_core.training.train import read_train_log
+    from kfi_core.training.trainer import read_train_log
 
     stages = [{"steps": 2, "resolution": [64, 64], "batch_size": 1}]
-    rounds = [{"stages": stages, "lr": 5e-3, "seed": 9, "recolour_clips": 2},
-              {"stages": stages, "lr": 2e-3, "seed": 10, "recolour_clips": 3, "keyframe_prob": 1.0}]
+    rounds = [
+        {"stages": stages, "lr": 5e-3, "seed": 9, "recolour_clips": 2},
+        {"stages": stages, "lr": 2e-3, "seed": 10, "recolour_clips": 3, "keyframe_prob": 1.0},
+    ]
     recipe = micro_recipe(adapter_tune=rounds)
     out = tmp_path / "run"
-    with pytest.raises(TrainConfigError, match="adapter_tune round 1: .*adapter.safetensors is not finished; run the "
-                                               "adapter phase first"):
+    with pytest.raises(
+        TrainConfigError,
+        match="adapter_tune round 1: .*adapter.safetensors is not finished; run the adapter phase first",
+    ):
         B.train_demo(recipe, out, phases=("adapter_tune",))
     assert B.train_demo(micro_recipe(), out) == out / "demo_model"  # every phase but the tune
     plain = load_file(str(out / "demo_model" / "adapter.safetensors"))
@@ -661,12 +747,15 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     assert B.train_demo(recipe, out, phases=("adapter_tune", "package")) == out / "demo_model"
     data_names = [s.path.name for s in find_sources(out / "data")]
     assert [s.path.name for s in find_sources(out / "data_tune")] == data_names + [
-        f"recolour_{i:06d}" for i in range(2)]
+        f"recolour_{i:06d}" for i in range(2)
+    ]
     assert [s.path.name for s in find_sources(out / "data_tune2")] == data_names + [
-        f"recolour_{i:06d}" for i in range(3)]
+        f"recolour_{i:06d}" for i in range(3)
+    ]
     for folder, start, lr, seed, data, keyframe_prob in (
-            ("adapter_tuned", "adapter", 5e-3, 9, "data_tune", 0.5), ("adapter_tuned2", "adapter_tuned", 2e-3, 10,
-                                                                      "data_tune2", 1.0)):
+        ("adapter_tuned", "adapter", 5e-3, 9, "data_tune", 0.5),
+        ("adapter_tuned2", "adapter_tuned", 2e-3, 10, "data_tune2", 1.0),
+    ):
         saved = json.loads((out / folder / "train_config.json").read_text())
         assert saved["from_adapter"] == str(out / start / "adapter.safetensors")
         assert (saved["lr"], saved["seed"], saved["data"]) == (lr, seed, str(out / data))
@@ -682,14 +771,22 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     assert any(not torch.equal(second[k], first[k]) for k in shipped)
     assert any(not torch.equal(first[k], plain[k]) for k in shipped)  # round 1 trained from the adapter's weights
     # package_as: the package ships the rounds that name a file, under that name (round 1 as the default adapter)
-    named = micro_recipe(adapter_tune=[{**rounds[0], "package_as": "adapter.safetensors"},
-                                       {**rounds[1], "package_as": "adapter-removal.safetensors"}])
+    named = micro_recipe(
+        adapter_tune=[
+            {**rounds[0], "package_as": "adapter.safetensors"},
+            {**rounds[1], "package_as": "adapter-removal.safetensors"},
+        ]
+    )
     assert [t.changes for t in named.tune_rounds()] == [t.changes for t in recipe.tune_rounds()]  # same training
-    assert A.trained_adapters(named, out) == {"adapter.safetensors": out / "adapter_tuned" / "adapter.safetensors",
-                                              "adapter-removal.safetensors": second_path}
+    assert A.trained_adapters(named, out) == {
+        "adapter.safetensors": out / "adapter_tuned" / "adapter.safetensors",
+        "adapter-removal.safetensors": second_path,
+    }
     assert B.train_demo(named, out, phases=("package",)) == out / "demo_model"
     assert sorted(p.name for p in (out / "demo_model").glob("*.safetensors")) == [
-        "adapter-removal.safetensors", "adapter.safetensors"]
+        "adapter-removal.safetensors",
+        "adapter.safetensors",
+    ]
     for name, want in (("adapter.safetensors", first), ("adapter-removal.safetensors", second)):
         got = load_file(str(out / "demo_model" / name))
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
@@ -699,42 +796,68 @@ def test_adapter_tune_rounds_fine_tune_in_turn_and_the_package_ships_the_last(tm
     # another recipe's round 2 in this run (other settings) is refused, not skipped and shipped as this one's
     other = micro_recipe(adapter_tune=[rounds[0], {**rounds[1], "lr": 1e-4, "keyframe_prob": 0.3}])
     for phases in (("adapter_tune",), ("package",)):
-        with pytest.raises(TrainConfigError, match=r"adapter_tune round 2: .*adapter_tuned2 was trained with other "
-                                                   r"settings: keyframe_prob 1\.0 \(the recipe: 0\.3\), lr 0\.002 "
-                                                   r"\(the recipe: 0\.0001\): another recipe's round 2, or this round "
-                                                   r"changed since it finished"):
+        with pytest.raises(
+            TrainConfigError,
+            match=r"adapter_tune round 2: .*adapter_tuned2 was trained with other "
+            r"settings: keyframe_prob 1\.0 \(the recipe: 0\.3\), lr 0\.002 "
+            r"\(the recipe: 0\.0001\): another recipe's round 2, or this round "
+            r"changed since it finished",
+        ):
             B.train_demo(other, out, phases=phases)
-    for bad, words in (({"from_adapter": "x.safetensors"}, "adapter_tune round 2.from_adapter: set by the demo-model run"),
-                       ({"data": "elsewhere"}, "adapter_tune round 2.data: set by the demo-model run")):
+    for bad, words in (
+        ({"from_adapter": "x.safetensors"}, "adapter_tune round 2.from_adapter: set by the demo-model run"),
+        ({"data": "elsewhere"}, "adapter_tune round 2.data: set by the demo-model run"),
+    ):
         with pytest.raises(TrainConfigError, match=words):
-            A.adapter_config(micro_recipe(adapter_tune=[{}, bad]), out / "backbone", out / "data_tune2",
-                             out / "adapter_tuned2", tune_from=out / "adapter_tuned" / "adapter.safetensors",
-                             tune_round=2)
+            A.adapter_config(
+                micro_recipe(adapter_tune=[{}, bad]),
+                out / "backbone",
+                out / "data_tune2",
+                out / "adapter_tuned2",
+                tune_from=out / "adapter_tuned" / "adapter.safetensors",
+                tune_round=2,
+            )
     with pytest.raises(TrainConfigError, match=r"adapter_tune round 1\.from_adapter: set by the demo-model run"):
-        A.adapter_config(micro_recipe(adapter_tune=[{"from_adapter": "x"}]), out / "backbone", out / "data_tune",
-                         out / "adapter_tuned", tune_from=out / "adapter" / "adapter.safetensors")
+        A.adapter_config(
+            micro_recipe(adapter_tune=[{"from_adapter": "x"}]),
+            out / "backbone",
+            out / "data_tune",
+            out / "adapter_tuned",
+            tune_from=out / "adapter" / "adapter.safetensors",
+        )
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"adapter_tune": [{"lr": 1e-3}, {"learning_rate": 1.0}]}, "adapter_tune round 2: unknown key"),
-    ({"adapter_tune": [{"recolour_clips": -2}]}, r"adapter_tune round 1\.recolour_clips: got -2"),
-    ({"adapter_tune": [{"recolour_clips": 1.5}]}, r"adapter_tune round 1\.recolour_clips: got 1\.5"),
-    ({"adapter_tune": [{"removal_clips": -1}]}, r"adapter_tune round 1\.removal_clips: got -1"),
-    ({"adapter_tune": [{}, {"removal_clips": 2.5}]}, r"adapter_tune round 2\.removal_clips: got 2\.5"),
-    ({"adapter_tune": [{"lr": 1e-3}, 5]}, "adapter_tune round 2: got int"),
-    ({"adapter_tune": [{"package_as": "adapter.safetensors"}, {"package_as": "sub/removal.safetensors"}]},
-     r"adapter_tune round 2\.package_as: got 'sub/removal\.safetensors'; give a file name ending in \.safetensors"),
-    ({"adapter_tune": [{"package_as": "adapter.pt"}]}, r"round 1\.package_as: got 'adapter\.pt'"),
-    ({"adapter_tune": [{"package_as": 3}]}, r"round 1\.package_as: got 3"),
-    ({"adapter_tune": [{"package_as": "adapter.safetensors"}, {"package_as": "adapter.safetensors"}]},
-     "package_as adapter.safetensors is given to more than one round"),
-    ({"adapter_tune": [{"package_as": "adapter-removal.safetensors"}, {}]},
-     "none is adapter.safetensors, the model's default adapter"),
-    ({"adapter_tune": "fast"}, "adapter_tune: got str"),
-    ({"adapter_tune": {"lr": 1e-3}}, "adapter_tune: got dict; give a list of rounds"),
-    ({"adapter_tune": [{"removal_clips": R.TRAIN_SEED_LIMIT - R.REMOVAL_SEED_BASE + 1}]},
-     r"round 1\.removal_clips: got \d+; give 0 \.\. "),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"adapter_tune": [{"lr": 1e-3}, {"learning_rate": 1.0}]}, "adapter_tune round 2: unknown key"),
+        ({"adapter_tune": [{"recolour_clips": -2}]}, r"adapter_tune round 1\.recolour_clips: got -2"),
+        ({"adapter_tune": [{"recolour_clips": 1.5}]}, r"adapter_tune round 1\.recolour_clips: got 1\.5"),
+        ({"adapter_tune": [{"removal_clips": -1}]}, r"adapter_tune round 1\.removal_clips: got -1"),
+        ({"adapter_tune": [{}, {"removal_clips": 2.5}]}, r"adapter_tune round 2\.removal_clips: got 2\.5"),
+        ({"adapter_tune": [{"lr": 1e-3}, 5]}, "adapter_tune round 2: got int"),
+        (
+            {"adapter_tune": [{"package_as": "adapter.safetensors"}, {"package_as": "sub/removal.safetensors"}]},
+            r"adapter_tune round 2\.package_as: got 'sub/removal\.safetensors'; give a file name ending in \.safetensors",
+        ),
+        ({"adapter_tune": [{"package_as": "adapter.pt"}]}, r"round 1\.package_as: got 'adapter\.pt'"),
+        ({"adapter_tune": [{"package_as": 3}]}, r"round 1\.package_as: got 3"),
+        (
+            {"adapter_tune": [{"package_as": "adapter.safetensors"}, {"package_as": "adapter.safetensors"}]},
+            "package_as adapter.safetensors is given to more than one round",
+        ),
+        (
+            {"adapter_tune": [{"package_as": "adapter-removal.safetensors"}, {}]},
+            "none is adapter.safetensors, the model's default adapter",
+        ),
+        ({"adapter_tune": "fast"}, "adapter_tune: got str"),
+        ({"adapter_tune": {"lr": 1e-3}}, "adapter_tune: got dict; give a list of rounds"),
+        (
+            {"adapter_tune": [{"removal_clips": R.TRAIN_SEED_LIMIT - R.REMOVAL_SEED_BASE + 1}]},
+            r"round 1\.removal_clips: got \d+; give 0 \.\. ",
+        ),
+    ],
+)
 def test_adapter_tune_recipe_errors_name_the_setting(change, words):
     with pytest.raises(TrainConfigError, match=words):
         micro_recipe(**change)

@@ -17,16 +17,21 @@ def _make(name, schema):
     def run(self, **kwargs):
         raise RuntimeError(f"{name} is a recorded schema for the graph editor only; install its pack to run it.")
 
-    return type(name, (), {
-        "INPUT_TYPES": classmethod(lambda cls: schema["input"]),
-        "RETURN_TYPES": tuple(schema["output"]),
-        "RETURN_NAMES": tuple(schema.get("output_name", schema["output"])),
-        "FUNCTION": "run",
-        "CATEGORY": schema.get("category", "recorded"),
-        "run": run,
-    })
+    return type(
+        name,
+        (),
+        {
+            "INPUT_TYPES": classmethod(lambda cls: schema["input"]),
+            "RETURN_TYPES": tuple(schema["output"]),
+            "RETURN_NAMES": tuple(schema.get("output_name", schema["output"])),
+            "FUNCTION": "run",
+            "CATEGORY": schema.get("category", "recorded"),
+            "run": run,
+        },
+    )
 
 
 NODE_CLASS_MAPPINGS = {name: _make(name, s) for name, s in _SCHEMAS.items() if not name.startswith("_")}
-NODE_DISPLAY_NAME_MAPPINGS = {name: s.get("display_name", name) for name, s in _SCHEMAS.items()
-                              if not name.startswith("_")}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    name: s.get("display_name", name) for name, s in _SCHEMAS.items() if not name.startswith("_")
+}

@@ -1,0 +1,320 @@
+"""Inpainting: ``inpaint`` (one clip, or a folder with ``--batch``), ``demo``, and the sampling flags they share.
+
+Each ``add_*_parser(subparsers)`` declares one sub-command's flags; its handler follows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from kfi_core import bundled
+from kfi_core.errors import KfiError, ModelFileError
+from kfi_core.evaluation import psnr
+from kfi_core.inference import BLEND_KNOWN_MODES, COLOR_MATCH_MODES, PropagateSettings
+from kfi_core.jobs import inpaint_files, run_batch
+from kfi_core.media import read_frames, read_masks
+from kfi_core.model import build_tiny_pipeline_folder, load_kfi_model
+
+logger = logging.getLogger("kfi_core.cli")  # the name the log lines have always shown
+
+# --------------------------------------------------------------------------- shared sampling flags
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--sampler", default="euler", help="euler (default) or heun")
+    g.add_argument("--min-guidance", type=float, default=1.0, help="guidance at the first frame (default %(default)s)")
+    g.add_argument("--max-guidance", type=float, default=3.0, help="guidance at the last frame (default %(default)s)")
+    g.add_argument("--fps", type=int, default=7, help="fps conditioning (default 7)")
+    g.add_argument("--motion-bucket-id", type=int, default=127, help="motion conditioning (default 127)")
+    g.add_argument("--noise-aug-strength", type=float, default=0.02, help="condition noise (default 0.02)")
+    g.add_argument("--no-composite", action="store_true", help="keep generated pixels outside the mask too")
+    g.add_argument("--feather", type=int, default=0, help="soft composite edge in pixels (default 0)")
+    g.add_argument(
+        "--color-match",
+        default="none",
+        metavar="|".join(COLOR_MATCH_MODES),
+        help="fit the fill's colours to the input around the hole before compositing (default "
+        "%(default)s): none, mean (offset), affine (3x3 + offset), or keyframe (one affine fit on "
+        "the keyframes, where the edit's true colours are known; affine without one); fixes VAE "
+        "colour drift",
+    )
+    g.add_argument(
+        "--blend-known",
+        default="auto",
+        metavar="|".join(BLEND_KNOWN_MODES),
+        help="replace the denoised estimate outside the hole by the input's clean latents at every step: "
+        "auto (default: on in the training-free mode, off with a KFI adapter), on, off",
+    )
+    g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
+    g.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="average this many samples (seeds --seed, --seed + 1, ...; default 1): N times the time, a "
+        "lower error and a softer fill where the samples disagree (docs/METHOD.md, 'After sampling')",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> PropagateSettings:
+    """The :class:`PropagateSettings` of the flags of :func:`add_sampling_arguments` (unchecked)."""
+    return PropagateSettings(
+        steps=args.steps,
+        seed=args.seed,
+        sampler=args.sampler,
+        min_guidance=args.min_guidance,
+        max_guidance=args.max_guidance,
+        fps=args.fps,
+        motion_bucket_id=args.motion_bucket_id,
+        noise_aug_strength=args.noise_aug_strength,
+        composite=not args.no_composite,
+        feather=args.feather,
+        color_match=args.color_match,
+        blend_known=args.blend_known,
+        decode_chunk_size=args.decode_chunk_size,
+        num_samples=args.num_samples,
+    )
+
+
+class StepBar:
+    """tqdm progress over denoising steps (the library only calls back)."""
+
+    def __init__(self, desc: str):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.bar = None
+        self.desc = desc
+
+    def __call__(self, info: dict) -> None:
+        if self.bar is None:
+            self.bar = self._tqdm(total=int(info["total"]), desc=self.desc, unit="step")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- inpaint
+
+
+def add_inpaint_parser(sub) -> None:
+    p = sub.add_parser(
+        "inpaint",
+        help="inpaint a clip: remove objects, or propagate edited keyframes through it",
+        description=(
+            "Inpaint the masked region of a clip. With --keyframe/--keyframe-index pairs the edited frames are "
+            "carried through the clip; without, the masked objects are removed. VIDEO and OUT are video files "
+            "(mp4, webm, mov) or folders of PNG frames; MASK is a mask video, a folder of mask images or one image "
+            "for every frame (white = inpaint)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="diffusers folder or single-file .safetensors checkpoint")
+    p.add_argument("--adapter", default=None, help="KFI adapter .safetensors (omit for the training-free mode)")
+    p.add_argument("--video", default=None, help="input clip (video file or PNG folder); not with --batch")
+    p.add_argument(
+        "--mask", default=None, help="mask video, mask folder, or one mask image for all frames; not with --batch"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output video file (.mp4, .webm, .mov) or folder (PNG frames); with --batch the output folder",
+    )
+    p.add_argument(
+        "--batch",
+        default=None,
+        metavar="DIR",
+        help="inpaint every clip of DIR: <name>.mp4 or <name>/ (frames) with <name>_mask.mp4, "
+        "<name>_mask.png or <name>_mask/, optional keyframes <name>_key<INDEX>.png; writes "
+        "OUT/<name>.mp4, skips outputs that exist; under accelerate launch / torchrun clip i goes "
+        "to process i %% world size",
+    )
+    p.add_argument(
+        "--batch-format",
+        default="mp4",
+        choices=["mp4", "webm", "mov", "png"],
+        help="output format in batch mode (png: a folder of PNG frames per clip; default mp4)",
+    )
+    p.add_argument("--keyframe", action="append", help="an edited frame (image); repeat for several")
+    p.add_argument("--keyframe-index", action="append", type=int, help="frame index of the preceding --keyframe")
+    p.add_argument("--preview", default=None, help="also write a side-by-side preview PNG here")
+    p.add_argument("--width", type=int, default=None, help="working width (resize; output keeps the input size)")
+    p.add_argument("--height", type=int, default=None, help="working height (with --width)")
+    p.add_argument("--grow", type=int, default=0, help="grow (or erode, negative) masks by pixels")
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help="long-video strategy for clips longer than the model's window: anchor (default), "
+        "multidiffusion, autoregressive, hierarchy2, improved-ar, far-future, 3-res, reverse",
+    )
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--frames", type=int, default=None, help="frame count of a single-file model")
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="fold the adapter's LoRA into the UNet weights (faster, same result within rounding)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="UNet weights in channels-last memory format (opt-in fast path)"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (opt-in; falls back to eager with a warning if compiling fails)",
+    )
+    add_sampling_arguments(p)
+    p.set_defaults(func=_cmd_inpaint)
+
+
+def _load_model(args: argparse.Namespace):
+    return load_kfi_model(
+        args.model,
+        adapter=args.adapter,
+        dtype=args.dtype,
+        device=args.device,
+        num_frames=args.frames,
+        merge_lora=args.merge_lora,
+        channels_last=args.channels_last,
+        compile_unet=args.compile,
+    )
+
+
+def _cmd_inpaint(args: argparse.Namespace) -> int:
+    if (args.width is None) != (args.height is None):
+        raise KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
+    if args.batch is not None:
+        if args.video or args.mask or args.keyframe or args.keyframe_index or args.preview:
+            raise KfiError(
+                "--batch: takes clips, masks and keyframes from the folder by name; drop --video, --mask, "
+                "--keyframe, --keyframe-index and --preview, or drop --batch to inpaint one clip."
+            )
+        return _run_batch(args)
+    if not args.video or not args.mask:
+        raise KfiError("inpaint: give --video and --mask (one clip), or --batch DIR (every clip of a folder).")
+    settings = settings_from_args(args).check()
+    model = _load_model(args)
+    bar = StepBar("inpaint")
+    try:
+        result = inpaint_files(
+            model,
+            video=args.video,
+            mask=args.mask,
+            out=args.out,
+            keyframe_paths=args.keyframe or [],
+            keyframe_indices=args.keyframe_index or [],
+            settings=settings,
+            size=None if args.width is None else (args.height, args.width),
+            grow_pixels=args.grow,
+            preview=args.preview,
+            strategy=args.schedule,
+            callback=bar,
+        )
+    finally:
+        bar.close()
+    print(result.output)
+    return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args).check()
+    report = run_batch(
+        lambda: _load_model(args),
+        args.batch,
+        args.out,
+        fmt=args.batch_format,
+        settings=settings,
+        size=None if args.width is None else (args.height, args.width),
+        grow_pixels=args.grow,
+        strategy=args.schedule,
+    )
+    for path in report.done:
+        print(path)
+    logger.info(
+        "batch: process %d of %d wrote %d, skipped %d finished",
+        report.rank,
+        report.world,
+        len(report.done),
+        len(report.skipped),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="inpaint the bundled sample clip with the embedded default model",
+        description="The main job on the embedded default: removes the ball from the bundled sample "
+        "clip with the demo model and its removal adapter (adapter-removal.safetensors); "
+        "writes OUT/result.mp4 and OUT/preview.png. "
+        "Colour matching defaults to affine here (the small demo VAE's colours drift) and "
+        "guidance to 1.0 on every frame (the demo model fills better without classifier-"
+        "free guidance; docs/DEMO_MODEL.md).",
+    )
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="use a tiny random-weight model (written to OUT/model) instead of the trained demo model: "
+        "shows the pipeline, not a meaningful fill",
+    )
+    add_sampling_arguments(p)
+    p.set_defaults(**bundled.DEMO_SAMPLING)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _demo_model(out: Path, tiny: bool):
+    """The model ``demo`` runs and a line saying what it is."""
+    # bundled.* is read at call time: tests point DEMO_MODEL_DIR elsewhere to play a partial checkout
+    if tiny:  # the pipeline on random weights, asked for by name: shows the steps, not a meaningful fill
+        model_dir = out / "model"
+        if not (model_dir / "model_index.json").is_file():
+            build_tiny_pipeline_folder(model_dir)
+        return load_kfi_model(model_dir), f"tiny random-weight model in {model_dir} (untrained)"
+    if bundled.demo_model_available():  # the sample clip is a removal (no keyframe): the adapter tuned on removal
+        model_dir, adapter = bundled.DEMO_MODEL_DIR, bundled.DEMO_REMOVAL_ADAPTER
+        return (
+            load_kfi_model(model_dir, adapter=adapter),
+            f"demo model {model_dir} with its removal adapter ({adapter.name})",
+        )
+    raise ModelFileError(
+        f"demo: the trained demo model is missing from {bundled.DEMO_MODEL_DIR} (it needs model_index.json and both "
+        "adapters; a partial checkout or an install that left out package data?). Restore the folder "
+        "(git checkout -- kfi_core/assets/demo_model, or reinstall the pack), or run `demo --tiny` to see the "
+        "pipeline on a tiny random-weight model."
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: inpaint the bundled sample clip with the trained demo model."""
+    out = Path(args.out)
+    model, what = _demo_model(out, args.tiny)
+    sample_dir = bundled.SAMPLE_DIR
+    bar = StepBar("demo")
+    try:
+        result = inpaint_files(
+            model,
+            video=sample_dir / "frames",
+            mask=sample_dir / "masks",
+            out=out / "result.mp4",
+            preview=out / "preview.png",
+            callback=bar,
+            settings=settings_from_args(args),
+        )
+    finally:
+        bar.close()
+    truth, _ = read_frames(sample_dir / "ground_truth")
+    masks = read_masks(sample_dir / "masks")
+    print(f"model:   {what}")
+    print(f"video:   {result.output}")
+    print(f"preview: {result.preview}  (left: input with the mask in red, right: result)")
+    print(f"PSNR inside the mask against the bundled ground truth: {psnr(result.frames, truth, masks):.2f} dB")
+    return 0
