@@ -113,6 +113,16 @@ class KeyframePropagateSampler(io.ComfyNode):
                     tooltip="Average this many samples (seeds seed, seed + 1, ...): N times the time, a "
                     "lower error and a softer fill where the samples disagree. 1 = one sample.",
                 ),
+                io.Int.Input(
+                    "decode_tile",
+                    default=0,
+                    min=0,
+                    max=1024,
+                    optional=True,
+                    tooltip="Decode in spatial tiles of this many latent cells a side (32 = 256 pixels), "
+                    "overlapping by a quarter and blended: less memory for large frames, the same frames "
+                    "within a small tolerance. 0 = whole frames.",
+                ),
                 KfiSchedule.Input(
                     "schedule",
                     optional=True,
@@ -143,6 +153,7 @@ class KeyframePropagateSampler(io.ComfyNode):
         color_match="none",
         blend_known="auto",
         num_samples=1,
+        decode_tile=0,
     ) -> io.NodeOutput:
         from kfi_core.inference import PropagateSettings, inpaint
 
@@ -161,6 +172,7 @@ class KeyframePropagateSampler(io.ComfyNode):
             color_match=color_match,
             blend_known=blend_known,
             num_samples=num_samples,
+            decode_tile=decode_tile,
         ).check()
         with bridge.on_device(kfi_model) as model:
             frames = inpaint(

@@ -193,11 +193,11 @@ def test_a_workflow_saved_before_the_checkpoint_loader_still_runs(schemas, comfy
     loader["widgets_values"] = ["checkpoints/svd_tiny_xt.safetensors", "none", "auto", 8, True]
     sampler = next(n for n in workflow["nodes"] if n["type"] == "KeyframePropagateSampler")
     names = [name for name, spec, _ in schema_inputs(schemas["KeyframePropagateSampler"]) if is_widget(spec)]
-    assert names[-2:] == ["blend_known", "num_samples"], names
-    sampler["widgets_values"] = sampler["widgets_values"][:-2]  # as saved before blend_known
+    assert names[-3:] == ["blend_known", "num_samples", "decode_tile"], names
+    sampler["widgets_values"] = sampler["widgets_values"][:-3]  # as saved before blend_known
     prompt = _runnable(ui_to_api(workflow, schemas))
     node = next(v for v in prompt.values() if v["class_type"] == "KeyframePropagateSampler")
-    assert "blend_known" not in node["inputs"] and "num_samples" not in node["inputs"]
+    assert not {"blend_known", "num_samples", "decode_tile"} & set(node["inputs"])
     node["inputs"].update(steps=2, seed=zlib.crc32(b"legacy checkpoint value"))
     assert (
         next(v for v in prompt.values() if v["class_type"] == "LoadKFInpaintModel")["inputs"]["model"]

@@ -52,6 +52,14 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--decode-chunk-size", type=int, default=8, help="frames per VAE decode call (default 8)")
     g.add_argument(
+        "--decode-tile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decode in spatial tiles of N latent cells a side, overlapping by N/4 and blended (less memory, "
+        "the frames within a small tolerance; 32 = 256 pixels); 0 = whole frames (default)",
+    )
+    g.add_argument(
         "--num-samples",
         type=int,
         default=1,
@@ -76,6 +84,7 @@ def settings_from_args(args: argparse.Namespace) -> PropagateSettings:
         color_match=args.color_match,
         blend_known=args.blend_known,
         decode_chunk_size=args.decode_chunk_size,
+        decode_tile=args.decode_tile,
         num_samples=args.num_samples,
     )
 

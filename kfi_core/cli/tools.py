@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kfi_core.errors import KeyframeError, MaskSynthesisError, ScheduleError
+from kfi_core.errors import InputMismatchError, KeyframeError, MaskSynthesisError, ScheduleError, SettingsError
 from kfi_core.evaluation import METRIC_KEYS, check_keyframe_indices, evaluate
+from kfi_core.evaluation.long_clip import check_schedule_for_clip, load_schedule_file, long_clip_metrics
+from kfi_core.evaluation.long_clip_plot import write_long_clip_plot
 from kfi_core.files import atomic_file
 from kfi_core.inference import build_schedule, format_schedule_summary, render_schedule_preview, schedule_cost
 from kfi_core.media import atomic_path, read_frames, read_masks
@@ -55,8 +57,64 @@ def add_eval_parser(sub) -> None:
         metavar="METHOD",
         help="OpenCV optical flow on GT for the warping error: dis (default) or farneback",
     )
+    p.add_argument(
+        "--schedule",
+        default=None,
+        metavar="S.json",
+        help="the schedule the clip was inpainted with (what `schedule --json` prints): adds the seam ratios, "
+        "and its window and keyframes are the defaults of --window and --keyframe-index for the long-clip metrics",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the model's window in frames: PSNR beyond the first N frames against within them (default: the "
+        "schedule's window)",
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="OUT.png",
+        help="draw per-frame PSNR and the fill's mean colour, with window boundaries and keyframes, to a PNG",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON (null = not applicable)")
     p.set_defaults(func=_cmd_eval)
+
+
+# The long-clip numbers printed after METRIC_KEYS: (printed name, section of the report, key there).
+LONG_CLIP_ROWS = (
+    ("psnr_slope_db_per_frame", "decay", "slope_db_per_frame"),
+    ("psnr_within_window", "decay", "psnr_within_first_window"),
+    ("psnr_beyond_window", "decay", "psnr_beyond_first_window"),
+    ("psnr_beyond_minus_within", "decay", "beyond_minus_within_db"),
+    ("seam_ratio", "seams", "seam_ratio"),
+    ("seam_ratio_gt", "seams", "seam_ratio_gt"),
+)
+
+
+def _long_clip_inputs(args: argparse.Namespace, num_frames: int):
+    """Check the long-clip flags before any compute; return ``(schedule or None, window)``."""
+    if args.mask is None:
+        raise InputMismatchError(
+            "--mask: the long-clip metrics (--schedule, --window, --plot) measure the fill inside the mask; "
+            "pass --mask with the mask the clip was inpainted with."
+        )
+    if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
+        raise SettingsError(f"--plot: got {args.plot!r}; the plot is a PNG, give a file name ending in .png.")
+    schedule = None
+    if args.schedule is not None:
+        schedule = load_schedule_file(args.schedule, f"--schedule {args.schedule}")
+        check_schedule_for_clip(schedule, num_frames, f"--schedule {args.schedule}")
+    window = args.window if args.window is not None else (schedule.window if schedule else None)
+    if window is None:
+        raise SettingsError(
+            "--window: the long-clip metrics need the model's window (PSNR beyond the first window against "
+            "within it); give --window N (e.g. 8 or 14) or --schedule S.json."
+        )
+    if window < 1:
+        raise SettingsError(f"--window: got {window}; give the model's window in frames (1 or more), e.g. 14.")
+    return schedule, window
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -64,18 +122,41 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     pred, _ = read_frames(args.pred)
     gt, _ = read_frames(args.gt)
     mask = read_masks(args.mask) if args.mask else None
+    long_clip = args.schedule is not None or args.window is not None or args.plot is not None
+    schedule, window = _long_clip_inputs(args, gt.shape[0]) if long_clip else (None, None)
     keyframes = None
     if args.keyframe_index:
         # The reference for keyframe k is the ground-truth frame k (the frame a perfect edit reproduces).
         keyframes = {k: gt[k] for k in check_keyframe_indices(args.keyframe_index, gt.shape[0])}
     result = evaluate(pred, gt, mask, keyframes=keyframes, flow_method=args.flow, names=names)
+    if long_clip:
+        names["schedule"] = f"--schedule {args.schedule}"
+        key_list = list(keyframes) if keyframes else None
+        report = long_clip_metrics(pred, gt, mask, key_list, window, schedule, names)
+        result["long_clip"] = report
+        if args.plot is not None:
+            write_long_clip_plot(report, args.plot, label=f"--plot {args.plot}")
+            logger.info("long-clip plot written to %s", args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     for key in METRIC_KEYS:
         value = result[key]
         print(f"{key:<22}{'-' if value is None else f'{value:.6g}':>14}  {result['unavailable'].get(key, '')}")
+    if long_clip:
+        _print_long_clip(result["long_clip"], schedule is not None)
     return 0
+
+
+def _print_long_clip(report: dict, with_schedule: bool) -> None:
+    """The long-clip rows in eval's table format: name, value (``-`` when undefined), reason."""
+    for name, section, key in LONG_CLIP_ROWS:
+        part = report[section]
+        if part is None:
+            value, reason = None, "no --schedule given" if not with_schedule else ""
+        else:
+            value, reason = part[key], part["unavailable"].get(key, "")
+        print(f"{name:<26}{'-' if value is None else f'{value:.6g}':>10}  {reason}")
 
 
 # --------------------------------------------------------------------------- masks

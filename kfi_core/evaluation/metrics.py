@@ -188,13 +188,13 @@ def _frames_with_mask(mask: np.ndarray | None, num_frames: int, name: str = "mas
 # --------------------------------------------------------------------------- PSNR
 
 
-def _psnr_from_mse(mse: float) -> float:
+def psnr_from_mse(mse: float) -> float:
     if mse <= 0.0:
         return PSNR_CAP_DB
     return min(PSNR_CAP_DB, 10.0 * math.log10(1.0 / mse))
 
 
-def _masked_mse(a: np.ndarray, b: np.ndarray, m: np.ndarray | None) -> float:
+def masked_mse(a: np.ndarray, b: np.ndarray, m: np.ndarray | None) -> float:
     """a, b [3, H, W]; m [1, H, W] bool or None -> mean squared error over (mask) pixels and channels."""
     sq = (a - b) ** 2
     if m is None:
@@ -210,7 +210,7 @@ def psnr(pred: Any, gt: Any, mask: Any = None) -> float:
     """
     p, g, m = check_inputs(pred, gt, mask)
     frames = _frames_with_mask(m, p.shape[0])
-    return float(np.mean([_psnr_from_mse(_masked_mse(p[t], g[t], None if m is None else m[t])) for t in frames]))
+    return float(np.mean([psnr_from_mse(masked_mse(p[t], g[t], None if m is None else m[t])) for t in frames]))
 
 
 # --------------------------------------------------------------------------- SSIM
@@ -435,7 +435,7 @@ def keyframe_psnrs(pred: Any, keyframes: Mapping[int, Any], mask: Any = None) ->
         if m is not None and not m[k].any():
             logger.warning("keyframe %d: the mask is empty in this frame; left out of the masked keyframe PSNR", k)
             continue
-        out[k] = _psnr_from_mse(_masked_mse(p[k], key, None if m is None else m[k]))
+        out[k] = psnr_from_mse(masked_mse(p[k], key, None if m is None else m[k]))
     if not out:
         raise KeyframeError(
             "keyframes: the mask is empty at every keyframe index, so the masked keyframe PSNR is undefined. "

@@ -177,7 +177,7 @@ def _run_schedule(
                 callback=_progress(callback, done, total, s, w),
                 check_cancel=check_cancel,
             )
-            decoded = decode_window(model, latents, settings.decode_chunk_size)  # [F_w, 3, H, W]
+            decoded = decode_window(model, latents, settings.decode_chunk_size, settings.decode_tile)  # [F_w, 3, H, W]
             positions = [j for j, role in enumerate(window.roles) if role == "generate"]
             known = [j for j, role in enumerate(window.roles) if role == "known"]
             _keep(
@@ -249,7 +249,7 @@ def _run_fused_stage(model, clip, result, stage, settings, callback, check_cance
 
     sigmas = get_sigmas_svd(settings.steps, model.scheduler_config)
     latents = get_sampler(settings.sampler)(denoise, x, sigmas, callback=callback, check_cancel=check_cancel)
-    return decode_window(model, latents.to(model.device), settings.decode_chunk_size)
+    return decode_window(model, latents.to(model.device), settings.decode_chunk_size, settings.decode_tile)
 
 
 def inpaint(

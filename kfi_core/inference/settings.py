@@ -14,6 +14,7 @@ from kfi_core.inference.sampling import SAMPLERS
 
 MAX_SEED = 2**64 - 1
 MAX_SAMPLES = 64
+_DECODE_TILE_HINT = "0 decodes whole frames, the default; 32 latent cells, 256 pixels, uses less memory"
 ProgressCallback = Callable[[dict], Any]
 
 
@@ -50,6 +51,7 @@ class PropagateSettings:
     blend_known: str = "auto"  # latent blending of the known region: auto (on training-free, off KFI) | on | off
     decode_chunk_size: int = 8
     encode_chunk_size: int = 8
+    decode_tile: int = 0  # > 0: decode in spatial tiles of this many latent cells a side (less memory); 0 = off
     num_samples: int = 1  # > 1: the mean of that many samples (seeds seed, seed + 1, ...): lower error, softer fill
 
     def check(self) -> PropagateSettings:
@@ -63,6 +65,11 @@ class PropagateSettings:
         _int_in("feather", self.feather, 0, 1024, "0 keeps a hard edge")
         _int_in("decode_chunk_size", self.decode_chunk_size, 1, 10_000, "8 frames at a time is the default")
         _int_in("encode_chunk_size", self.encode_chunk_size, 1, 10_000, "8 frames at a time is the default")
+        _int_in("decode_tile", self.decode_tile, 0, 10_000, _DECODE_TILE_HINT)
+        if self.decode_tile in (1, 2, 3):
+            raise InputMismatchError(
+                f"decode_tile: got {self.decode_tile}; give 0 or a value from 4 to 10000 ({_DECODE_TILE_HINT})."
+            )
         _int_in(
             "num_samples",
             self.num_samples,

@@ -37,7 +37,13 @@ from kfi_core.inference.memory import retry_on_oom
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd, init_noise_sigma
 from kfi_core.inference.settings import ProgressCallback, PropagateSettings, blends_known
 from kfi_core.media.mask_ops import feather
-from kfi_core.model.encoders import decode_latents, encode_image_clip
+from kfi_core.model.encoders import (
+    DECODE_TILE,
+    decode_latents,
+    decode_latents_tiled,
+    default_overlap,
+    encode_image_clip,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +155,31 @@ def sample_window_latents(
     return get_sampler(settings.sampler)(denoise, x, sigmas, callback=callback, check_cancel=check_cancel)
 
 
+def _decoder(vae, latents: torch.Tensor, tile: int) -> Callable[[int], torch.Tensor]:
+    """``decode(chunk)``: whole frames (``tile`` 0) or spatial tiles of ``tile`` latent cells a side."""
+    if tile <= 0:
+        return lambda c: decode_latents(vae, latents, decode_chunk_size=c)
+    overlap = default_overlap(tile)
+    return lambda c: decode_latents_tiled(vae, latents, decode_chunk_size=c, tile=tile, overlap=overlap)
+
+
 @torch.no_grad()
-def decode_window(model, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Latents [1, F, 4, h, w] -> frames [F, 3, H, W] in 0..1 (float32, CPU), decoded in chunks."""
-    # out of device memory: retried with smaller chunks down to one frame (WARNING logged)
-    frames = retry_on_oom(lambda c: decode_latents(model.vae, latents, decode_chunk_size=c), chunk_size)[0]
+def decode_window(model, latents: torch.Tensor, chunk_size: int, tile: int = 0) -> torch.Tensor:
+    """Latents [1, F, 4, h, w] -> frames [F, 3, H, W] in 0..1 (float32, CPU), decoded in chunks.
+
+    ``tile`` > 0 decodes in spatial tiles of that many latent cells a side (``settings.decode_tile``). Out of device
+    memory, the chunk is halved down to one frame and then, unless the tiles are already as small, the decode falls
+    back to tiles of :data:`DECODE_TILE` cells (WARNINGs logged)."""
+    fallback = None
+    if (tile <= 0 or tile > DECODE_TILE) and max(latents.shape[-2:]) > DECODE_TILE:
+        fallback = _decoder(model.vae, latents, DECODE_TILE)
+    frames = retry_on_oom(
+        _decoder(model.vae, latents, tile),
+        chunk_size,
+        fallback=fallback,
+        fallback_note=f"tiled decoding (tiles of {DECODE_TILE} latent cells, overlap {default_overlap(DECODE_TILE)}; "
+        f"set decode_tile={DECODE_TILE} or lower to skip this)",
+    )[0]
     # [F, 3, H, W] in -1..1
     return ((frames.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
 
@@ -192,8 +218,8 @@ def run_window(
     """One window, checked settings, one sample: ``clip`` -> frames [F, 3, H, W] in 0..1 on the host.
 
     1.-3. Condition and denoiser (the generator's first draws), initial noise, sampling (:func:`sample_window_latents`);
-    4. decode in chunks; 5. composite, where ``settings.composite`` asks (pixels outside the mask and keyframes are the
-    input's, exactly)."""
+    4. decode in chunks (in spatial tiles where ``settings.decode_tile`` asks); 5. composite, where
+    ``settings.composite`` asks (pixels outside the mask and keyframes are the input's, exactly)."""
     latents = sample_window_latents(model, clip, settings, callback=callback, check_cancel=check_cancel)
-    generated = decode_window(model, latents, settings.decode_chunk_size)
+    generated = decode_window(model, latents, settings.decode_chunk_size, settings.decode_tile)
     return composite(clip, generated, settings.feather, settings.color_match) if settings.composite else generated

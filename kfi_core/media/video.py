@@ -43,7 +43,7 @@ def list_frame_files(folder: Path) -> list[Path]:
     return files
 
 
-def _image_to_array(path: Path, mode: str) -> np.ndarray:
+def image_to_array(path: Path, mode: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -82,10 +82,10 @@ def _read_arrays(path: Path, mode: str) -> tuple[list[np.ndarray], float | None]
     if not path.exists():
         raise VideoFileError(f"{path}: no such file or folder.")
     if path.is_dir():
-        return [_image_to_array(p, mode) for p in list_frame_files(path)], None
+        return [image_to_array(p, mode) for p in list_frame_files(path)], None
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        return [_image_to_array(path, mode)], None
+        return [image_to_array(path, mode)], None
     if suffix in VIDEO_SUFFIXES:
         return _decode_video(path, mode)
     raise VideoFileError(

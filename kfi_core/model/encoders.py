@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kfi_core.errors import SettingsError
+
 #: The SVD pipeline always embeds the image at CLIP's 224 x 224.
 CLIP_SIZE = 224
 
@@ -88,3 +90,100 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, decode_chunk_siz
         pieces.append(vae.decode(part, num_frames=part.shape[0]).sample)
     decoded = torch.cat(pieces).float()  # [B*F, 3, H, W]
     return decoded.reshape(batch, frames, *decoded.shape[1:])  # [B*F, 3, H, W] -> [B, F, 3, H, W]
+
+
+#: Tiled decoding's defaults, in latent cells: 32 cells (256 pixels on SVD's VAE) a side, 8 cells of overlap.
+DECODE_TILE = 32
+DECODE_OVERLAP = 8
+
+
+def default_overlap(tile: int) -> int:
+    """The overlap that goes with a tile of ``tile`` latent cells: a quarter of it (8 for 32), at least 1."""
+    return max(1, tile // 4)
+
+
+def check_tiling(tile: Any, overlap: Any) -> None:
+    """Raise :class:`SettingsError` unless ``tile`` and ``overlap`` are whole numbers >= 1 with overlap < tile."""
+    for name, value in (("tile", tile), ("overlap", overlap)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SettingsError(
+                f"decode {name}: got {value!r}; give a whole number of latent cells >= 1 "
+                f"(tile {DECODE_TILE} with overlap {DECODE_OVERLAP} is the default)."
+            )
+    if overlap >= tile:
+        raise SettingsError(
+            f"decode overlap: got {overlap} latent cells for tiles of {tile}; the overlap must be smaller than the "
+            f"tile (a quarter of it, e.g. {default_overlap(tile)}, is a good choice)."
+        )
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` cells covering ``size`` cells, ``tile - overlap`` apart; the last tile ends
+    at ``size`` (so it may overlap its neighbour by more). One tile at 0 when ``tile >= size``."""
+    if tile >= size:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return [*starts, size - tile]
+
+
+def blend_weights(size: int, starts: list[int], tile: int, ramp: int) -> torch.Tensor:
+    """Per-tile weights [T, size] along one axis that sum to 1 at every position.
+
+    Each tile's raw weight rises linearly over ``ramp`` positions from each edge it shares with a neighbour (the
+    image's own edges stay at full weight); the raw weights are then divided by their sum. Where two tiles overlap by
+    exactly ``ramp`` the raw weights already sum to 1 (a plain linear cross-fade, as diffusers' ``blend_h/blend_v``);
+    the division covers the last tile's larger overlap."""
+    positions = torch.arange(size, dtype=torch.float64) + 0.5  # pixel centres
+    raw = torch.zeros(len(starts), size, dtype=torch.float64)
+    for i, start in enumerate(starts):
+        end = min(start + tile, size)
+        weight = torch.ones(size, dtype=torch.float64)
+        if i > 0:
+            weight = torch.minimum(weight, (positions - start) / ramp)
+        if i < len(starts) - 1:
+            weight = torch.minimum(weight, (end - positions) / ramp)
+        inside = (positions > start) & (positions < end)
+        raw[i] = torch.where(inside, weight.clamp(min=0.0), torch.zeros_like(weight))
+    return (raw / raw.sum(dim=0, keepdim=True)).float()
+
+
+@torch.no_grad()
+def decode_latents_tiled(
+    vae: torch.nn.Module,
+    latents: torch.Tensor,
+    decode_chunk_size: int | None = None,
+    *,
+    tile: int = DECODE_TILE,
+    overlap: int = DECODE_OVERLAP,
+) -> torch.Tensor:
+    """:func:`decode_latents` in spatial tiles of ``tile`` x ``tile`` latent cells overlapping by ``overlap`` cells.
+
+    Same contract: latents [B, F, C, h, w] -> frames [B, F, 3, H, W] in -1..1 (float32). Tiles are decoded one at a
+    time (each in chunks of ``decode_chunk_size`` frames), so the decoder's peak memory is that of one tile, and
+    cross-faded over their overlap with weights that sum to 1 (:func:`blend_weights`). The temporal decoder mixes
+    frames, not distant pixels, so with a few cells of overlap the result is the untiled decode within a small
+    tolerance (docs/PERFORMANCE.md); a tile that covers the whole latent is exactly :func:`decode_latents`.
+    """
+    check_tiling(tile, overlap)
+    height, width = latents.shape[-2:]
+    if tile >= height and tile >= width:
+        return decode_latents(vae, latents, decode_chunk_size)
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    out = weights_y = weights_x = None
+    scale = 0
+    for i, top in enumerate(rows):
+        for j, left in enumerate(cols):
+            part = latents[..., top : top + tile, left : left + tile]
+            decoded = decode_latents(vae, part, decode_chunk_size)  # [B, F, 3, th * scale, tw * scale]
+            if out is None:
+                scale = decoded.shape[-1] // part.shape[-1]
+                out = decoded.new_zeros((*decoded.shape[:3], height * scale, width * scale))
+                weights_y = blend_weights(height * scale, [r * scale for r in rows], tile * scale, overlap * scale)
+                weights_x = blend_weights(width * scale, [c * scale for c in cols], tile * scale, overlap * scale)
+            y0, y1 = top * scale, top * scale + decoded.shape[-2]
+            x0, x1 = left * scale, left * scale + decoded.shape[-1]
+            wy = weights_y[i, y0:y1].to(decoded.device)[:, None]
+            wx = weights_x[j, x0:x1].to(decoded.device)[None, :]
+            out[..., y0:y1, x0:x1] += decoded * (wy * wx)
+            del decoded
+    return out

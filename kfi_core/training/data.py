@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from kfi_core.errors import DatasetError, VideoFileError
-from kfi_core.media.video import IMAGE_SUFFIXES, _image_to_array, list_frame_files
+from kfi_core.media.video import IMAGE_SUFFIXES, image_to_array, list_frame_files
 from kfi_core.training.mask_synthesis import MaskConfig, sample_masks
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def check_sources(sources: Sequence[VideoSource], num_frames: int, frame_stride:
 
 def _read_folder_frames(source: VideoSource, indices: Sequence[int]) -> np.ndarray:
     files = list_frame_files(source.path)
-    arrays = [_image_to_array(files[i], "RGB") for i in indices]
+    arrays = [image_to_array(files[i], "RGB") for i in indices]
     if len({a.shape for a in arrays}) != 1:
         raise VideoFileError(
             f"dataset frames {source.path}: frames have different sizes; all frames of a video must have the same size."
@@ -222,7 +222,7 @@ def _read_clip_masks(folder: Path, indices: Sequence[int], frame_size: tuple[int
     """The clip's own masks (``masks/`` or ``holes/`` folder) at ``indices``: [F, H, W] float32, 1 where the image
     is brighter than half."""
     files = list_frame_files(folder)
-    arrays = [_image_to_array(files[i], "L") for i in indices]
+    arrays = [image_to_array(files[i], "L") for i in indices]
     for i, a in zip(indices, arrays):
         if a.shape[:2] != tuple(frame_size):
             raise DatasetError(
