@@ -110,3 +110,9 @@ class SettingsError(KfiError, ValueError):
 
     Also a ``ValueError`` (a bad value), so ``except ValueError`` works.
     """
+
+
+class OutOfMemoryPlanError(KfiError):
+    """A run would not fit in the device's free memory by :func:`kfi_core.inference.plan.plan_memory`'s estimate,
+    checked before it starts; the message names the estimate, the free memory and single settings that would fit
+    (a smaller decode chunk, fp16, offload, a smaller working size)."""

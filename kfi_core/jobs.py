@@ -4,6 +4,12 @@ Sizes: a clip the model cannot take is an error unless the caller asks for a wor
 (``size=(height, width)``); then frames, masks and keyframes are resized to it, and the result
 is resized back to the input size and composited over the original frames with the original
 masks, so pixels outside the mask stay exactly the input's.
+
+Crop mode (``crop="mask"``): the clip is cut to one box around the union of its masks
+(:mod:`kfi_core.media.clip_crop`: ``crop_padding`` pixels of context, the working size's aspect
+ratio), the box runs the working-size path (default size: the model's own), and the fill is
+stitched back into the full frames and composited there, so a small hole in a large clip is
+filled at the model's full detail and pixels outside the mask stay exactly the input's.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kfi_core.errors import BatchError, KeyframeError, VideoFileError
+from kfi_core.errors import BatchError, KeyframeError, UnknownNameError, VideoFileError
 from kfi_core.inference.condition import ClipInputs, prepare_clip
 from kfi_core.inference.executor import inpaint, mean_of_samples
 from kfi_core.inference.settings import PropagateSettings
 from kfi_core.inference.window import composite
+from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING, Box, crop_clip, mask_bounds, plan_clip_box, stitch_clip
 from kfi_core.media.mask_ops import binarize, expand_masks
 from kfi_core.media.video import (
     DEFAULT_FPS,
@@ -38,6 +45,8 @@ from kfi_core.media.video import (
 )
 
 logger = logging.getLogger(__name__)
+
+CROP_MODES = ("none", "mask")
 
 
 @dataclass
@@ -86,15 +95,41 @@ def inpaint_clip(
     strategy: str | None = None,
     callback: Callable[[dict], Any] | None = None,
     check_cancel: Callable[[], Any] | None = None,
+    crop: str = "none",
+    crop_padding: int = DEFAULT_CLIP_PADDING,
 ) -> tuple[torch.Tensor, ClipInputs]:
     """Inpaint in-memory frames of any length; returns (frames at the input size, the checked clip).
 
     Clips longer than the model's window run a long-video schedule (``strategy``, default anchor).
+    ``crop="mask"`` inpaints only a box around the masks (module docstring), at ``size`` or the model's own.
     """
+    if crop not in CROP_MODES:
+        raise UnknownNameError(f"--crop: got {crop!r}; choose one of {', '.join(CROP_MODES)}.")
     settings = (settings or PropagateSettings()).check()
     clip = prepare_clip(
         frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
     )
+    if crop == "mask":
+        size = tuple(size) if size is not None else _native_size(model, mask_bounds(clip.masks))
+        box = plan_clip_box(clip.masks, (size[1], size[0]), crop_padding)
+        logger.info(
+            "cropping %dx%d -> box x %d..%d, y %d..%d, worked at %dx%d (the fill goes back into the full frames)",
+            clip.size[1],
+            clip.size[0],
+            box[0],
+            box[2],
+            box[1],
+            box[3],
+            size[1],
+            size[0],
+        )
+
+        def run(s: PropagateSettings, cb) -> torch.Tensor:
+            return _inpaint_cropped(model, clip, s, size, box, strategy, cb, check_cancel)
+
+        if settings.num_samples > 1:
+            return mean_of_samples(run, clip, settings, callback), clip
+        return run(settings, callback), clip
     if size is None or tuple(size) == clip.size:
         return inpaint(model, clip, settings, strategy=strategy, callback=callback, check_cancel=check_cancel), clip
     logger.info(
@@ -111,10 +146,40 @@ def inpaint_clip(
     return _inpaint_resized(model, clip, settings, size, strategy, callback, check_cancel), clip
 
 
+def _native_size(model, bounds: Box) -> tuple[int, int]:
+    """The model's own (height, width), turned to the orientation of the masks' bounding box."""
+    h, w = model.default_size
+    tall = bounds[3] - bounds[1] > bounds[2] - bounds[0]
+    return (max(h, w), min(h, w)) if tall else (min(h, w), max(h, w))
+
+
 def _inpaint_resized(
     model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], strategy, callback, check_cancel
 ) -> torch.Tensor:
     """One sample at the working ``size``, brought back to the clip's size and composited there."""
+    back = _fill_resized(model, clip, settings, size, strategy, callback, check_cancel)
+    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
+
+
+def _inpaint_cropped(
+    model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], box: Box, strategy, callback, cancel
+) -> torch.Tensor:
+    """One sample on the ``box`` of the clip at the working ``size``, stitched into the full frames and
+    composited there."""
+    inner = ClipInputs(
+        frames=crop_clip(clip.frames, box),
+        masks=crop_clip(clip.masks, box, "masks"),
+        keyframe_indices=clip.keyframe_indices,
+    )
+    fill = _fill_resized(model, inner, settings, size, strategy, callback, cancel)
+    back = stitch_clip(clip.frames.float(), fill, box, clip.masks)
+    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
+
+
+def _fill_resized(
+    model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], strategy, callback, check_cancel
+) -> torch.Tensor:
+    """One sample at the working ``size``, not composited, brought back to the clip's size."""
     work = ClipInputs(
         frames=resize_frames(clip.frames, size),
         masks=resize_masks(clip.masks, size),
@@ -128,8 +193,7 @@ def _inpaint_resized(
         callback=callback,
         check_cancel=check_cancel,
     )
-    back = resize_frames(generated, clip.size)
-    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
+    return resize_frames(generated, clip.size)
 
 
 def preview_image(clip: ClipInputs, result: torch.Tensor, max_rows: int = 4, min_side: int = 192) -> np.ndarray:
@@ -168,6 +232,8 @@ def inpaint_files(
     preview: str | os.PathLike | None = None,
     strategy: str | None = None,
     callback: Callable[[dict], Any] | None = None,
+    crop: str = "none",
+    crop_padding: int = DEFAULT_CLIP_PADDING,
 ) -> InpaintResult:
     """Read ``video`` and ``mask`` (files or PNG folders), inpaint, write ``out`` (+ ``preview`` PNG)."""
     for name, source in (("--video", video), ("--mask", mask), *(("--keyframe", k) for k in keyframe_paths)):
@@ -194,6 +260,8 @@ def inpaint_files(
         grow_pixels=grow_pixels,
         strategy=strategy,
         callback=callback,
+        crop=crop,
+        crop_padding=crop_padding,
     )
     fps = fps or DEFAULT_FPS
     out_path = write_frames(result, out, fps=fps)
@@ -334,6 +402,8 @@ def run_batch(
     rank: int | None = None,
     world: int | None = None,
     callback: Callable[[dict], Any] | None = None,
+    crop: str = "none",
+    crop_padding: int = DEFAULT_CLIP_PADDING,
 ) -> BatchReport:
     """Inpaint every clip of ``folder`` (:func:`batch_jobs`) into ``out_dir/<name>.mp4`` (or ``<name>/`` for png).
 
@@ -372,6 +442,8 @@ def run_batch(
             grow_pixels=grow_pixels,
             strategy=strategy,
             callback=callback,
+            crop=crop,
+            crop_padding=crop_padding,
         )
         report.done.append(out)
     return report

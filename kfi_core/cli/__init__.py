@@ -3,9 +3,9 @@
 This is the only place in the library that configures logging and the only place that
 catches :class:`~kfi_core.errors.KfiError`: a known problem prints its message and exits
 with code 2, anything else is a bug and keeps its traceback. Each sub-command's flags sit
-beside its handler in one module per group (:mod:`.models`, :mod:`.inpaint`, :mod:`.tools`,
+beside its handler in one module per group (:mod:`.models`, :mod:`.inpaint`, :mod:`.tools`, :mod:`.plan`,
 :mod:`.train`); :func:`build_parser` only assembles them. Sub-commands import their heavy
-optional modules (diffusers, the trainer) only when they run.
+optional modules (diffusers, accelerate) only when they run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import sys
 
 from kfi_core import __version__
-from kfi_core.cli import inpaint, models, tools, train
+from kfi_core.cli import inpaint, models, plan, tools, train
 from kfi_core.errors import KfiError
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "main"]
@@ -34,6 +34,7 @@ _PARSER_ADDERS = (
     tools.add_eval_parser,
     tools.add_masks_parser,
     tools.add_schedule_parser,
+    plan.add_plan_parser,
     train.add_train_parser,
     train.add_export_adapter_parser,
 )

@@ -10,11 +10,13 @@ import logging
 from pathlib import Path
 
 from kfi_core import bundled
+from kfi_core.cli.plan import check_inpaint_fits
 from kfi_core.errors import KfiError, ModelFileError
 from kfi_core.evaluation import psnr
 from kfi_core.inference import BLEND_KNOWN_MODES, COLOR_MATCH_MODES, PropagateSettings
-from kfi_core.jobs import inpaint_files, run_batch
+from kfi_core.jobs import CROP_MODES, inpaint_files, run_batch
 from kfi_core.media import read_frames, read_masks
+from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
 from kfi_core.model import build_tiny_pipeline_folder, load_kfi_model
 
 logger = logging.getLogger("kfi_core.cli")  # the name the log lines have always shown
@@ -112,6 +114,27 @@ class StepBar:
 # --------------------------------------------------------------------------- inpaint
 
 
+def _add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """The working size and the crop around the masks."""
+    p.add_argument("--width", type=int, default=None, help="working width (resize; output keeps the input size)")
+    p.add_argument("--height", type=int, default=None, help="working height (with --width)")
+    p.add_argument(
+        "--crop",
+        default="none",
+        choices=CROP_MODES,
+        help="mask: inpaint only a box around the union of the masks, at the working size's aspect ratio "
+        "(--width/--height, default the model's own size), and stitch it back (a small hole in a large clip "
+        "at the model's full detail); none (default): the whole frame",
+    )
+    p.add_argument(
+        "--crop-padding",
+        type=int,
+        default=DEFAULT_CLIP_PADDING,
+        metavar="PIXELS",
+        help="with --crop mask: pixels of context around the masks (default %(default)s)",
+    )
+
+
 def add_inpaint_parser(sub) -> None:
     p = sub.add_parser(
         "inpaint",
@@ -152,8 +175,7 @@ def add_inpaint_parser(sub) -> None:
     p.add_argument("--keyframe", action="append", help="an edited frame (image); repeat for several")
     p.add_argument("--keyframe-index", action="append", type=int, help="frame index of the preceding --keyframe")
     p.add_argument("--preview", default=None, help="also write a side-by-side preview PNG here")
-    p.add_argument("--width", type=int, default=None, help="working width (resize; output keeps the input size)")
-    p.add_argument("--height", type=int, default=None, help="working height (with --width)")
+    _add_size_arguments(p)
     p.add_argument("--grow", type=int, default=0, help="grow (or erode, negative) masks by pixels")
     p.add_argument(
         "--schedule",
@@ -197,6 +219,8 @@ def _load_model(args: argparse.Namespace):
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     if (args.width is None) != (args.height is None):
         raise KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
+    if args.crop_padding < 0:
+        raise KfiError(f"--crop-padding: got {args.crop_padding}; give 0 or more pixels of context around the mask.")
     if args.batch is not None:
         if args.video or args.mask or args.keyframe or args.keyframe_index or args.preview:
             raise KfiError(
@@ -208,6 +232,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
         raise KfiError("inpaint: give --video and --mask (one clip), or --batch DIR (every clip of a folder).")
     settings = settings_from_args(args).check()
     model = _load_model(args)
+    check_inpaint_fits(args, model)  # on CUDA: refuse before starting if the estimate exceeds free memory
     bar = StepBar("inpaint")
     try:
         result = inpaint_files(
@@ -223,6 +248,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
             preview=args.preview,
             strategy=args.schedule,
             callback=bar,
+            crop=args.crop,
+            crop_padding=args.crop_padding,
         )
     finally:
         bar.close()
@@ -241,6 +268,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         size=None if args.width is None else (args.height, args.width),
         grow_pixels=args.grow,
         strategy=args.schedule,
+        crop=args.crop,
+        crop_padding=args.crop_padding,
     )
     for path in report.done:
         print(path)

@@ -146,7 +146,7 @@ def _check_frame_size(frames: torch.Tensor, box: CropBox, name: str) -> None:
 # --------------------------------------------------------------------------- planning
 
 
-def _place(lo: int, extent: int, side: int, dim: int) -> int:
+def place_span(lo: int, extent: int, side: int, dim: int) -> int:
     """Start of a ``side``-long interval containing [lo, lo + extent), centred on it, kept in [0, dim)
     when it fits and covering all of [0, dim) when it does not."""
     start = lo - (side - extent) // 2
@@ -190,8 +190,8 @@ def plan_square_crop(
 
     # 4. Place it: centred on the bbox, shifted into the frame (or over the whole axis)
     box = CropBox(
-        x0=_place(left, right - left, side, width),
-        y0=_place(top, bottom - top, side, height),
+        x0=place_span(left, right - left, side, width),
+        y0=place_span(top, bottom - top, side, height),
         side=side,
         frame_width=int(width),
         frame_height=int(height),
