@@ -613,6 +613,47 @@ ROWS: list[Row] = [
         None,
         why="the nodes take the clip's own size",
     ),
+    Row(
+        "bad_decode_tile",
+        (_inp() + ["--decode-tile", "2"], (ERR, "decode_tile: got 2; give 0 or a value from 4 to 10000")),
+        (_set("s", decode_tile=2), (ERR, "decode_tile: got 2; give 0 or a value from 4 to 10000")),
+    ),
+    Row(
+        "crop_negative_padding",
+        (_inp() + ["--crop", "mask", "--crop-padding", "-5"], (ERR, "--crop-padding: got -5")),
+        None,
+        why="the nodes have no clip crop yet",
+    ),
+    Row(
+        "plan_zero_frames",
+        (
+            ["plan", "--model", "@no_model", "--frames", "0", "--width", "64", "--height", "64"],
+            (ERR, "--frames: must be 1 or more, got 0"),
+        ),
+        None,
+        why="planning runs from the CLI only",
+    ),
+    Row(
+        "eval_plot_not_png",
+        (
+            [
+                "eval",
+                "--pred",
+                "@frames4",
+                "--gt",
+                "@frames4",
+                "--mask",
+                "@hole.png",
+                "--window",
+                "2",
+                "--plot",
+                "@out.jpg",
+            ],
+            (ERR, "--plot: got"),
+        ),
+        None,
+        why="evaluation runs from the CLI only",
+    ),
     # ---- schedules and crops
     Row(
         "bad_schedule_option",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kfi_core import bundled
 from kfi_core.cli.plan import check_inpaint_fits
-from kfi_core.errors import KfiError, ModelFileError
+from kfi_core.errors import ModelFileError, SettingsError
 from kfi_core.evaluation import psnr
 from kfi_core.inference import BLEND_KNOWN_MODES, COLOR_MATCH_MODES, PropagateSettings
 from kfi_core.jobs import CROP_MODES, inpaint_files, run_batch
@@ -218,18 +218,20 @@ def _load_model(args: argparse.Namespace):
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     if (args.width is None) != (args.height is None):
-        raise KfiError("--width/--height: give both (the working size), or neither to use the clip's own size.")
+        raise SettingsError("--width/--height: give both (the working size), or neither to use the clip's own size.")
     if args.crop_padding < 0:
-        raise KfiError(f"--crop-padding: got {args.crop_padding}; give 0 or more pixels of context around the mask.")
+        raise SettingsError(
+            f"--crop-padding: got {args.crop_padding}; give 0 or more pixels of context around the mask."
+        )
     if args.batch is not None:
         if args.video or args.mask or args.keyframe or args.keyframe_index or args.preview:
-            raise KfiError(
+            raise SettingsError(
                 "--batch: takes clips, masks and keyframes from the folder by name; drop --video, --mask, "
                 "--keyframe, --keyframe-index and --preview, or drop --batch to inpaint one clip."
             )
         return _run_batch(args)
     if not args.video or not args.mask:
-        raise KfiError("inpaint: give --video and --mask (one clip), or --batch DIR (every clip of a folder).")
+        raise SettingsError("inpaint: give --video and --mask (one clip), or --batch DIR (every clip of a folder).")
     settings = settings_from_args(args).check()
     model = _load_model(args)
     check_inpaint_fits(args, model)  # on CUDA: refuse before starting if the estimate exceeds free memory

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kfi_core.errors import KfiError, ModelFileError
+from kfi_core.errors import ModelFileError, SettingsError
 from kfi_core.inference import build_schedule, format_schedule_summary, schedule_cost
 from kfi_core.inference.plan import OFFLOAD_MODES, MemoryPlan, ModelShape, check_fits, model_shape, plan_memory
 from kfi_core.model import check_not_pickle
@@ -145,7 +145,7 @@ def _format_plan(plan: MemoryPlan) -> str:
 def _cmd_plan(args: argparse.Namespace) -> int:
     for flag in ("frames", "width", "height", "decode_chunk_size"):
         if getattr(args, flag) < 1:
-            raise KfiError(f"--{flag.replace('_', '-')}: must be 1 or more, got {getattr(args, flag)}.")
+            raise SettingsError(f"--{flag.replace('_', '-')}: must be 1 or more, got {getattr(args, flag)}.")
     shape = read_model_shape(args.model, args.adapter)
     schedule = build_schedule(args.schedule, args.frames, shape.num_frames)
     cost = schedule_cost(schedule)

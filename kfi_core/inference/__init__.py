@@ -5,6 +5,7 @@ from kfi_core.inference.color_match import COLOR_MATCH_MODES
 from kfi_core.inference.condition import ClipInputs, check_mask_coverage, fill_masked, prepare_clip
 from kfi_core.inference.denoiser import SVDDenoiser, per_frame_guidance
 from kfi_core.inference.executor import inpaint, propagate, run_schedule
+from kfi_core.inference.plan import plan_memory
 from kfi_core.inference.sampling import SAMPLERS, get_sigmas_svd, sample_euler
 from kfi_core.inference.schedule_builders import SCHEDULES, build_schedule
 from kfi_core.inference.schedules import Schedule, format_schedule_summary, render_schedule_preview, schedule_cost
@@ -12,6 +13,7 @@ from kfi_core.inference.settings import BLEND_KNOWN_MODES, PropagateSettings, ch
 from kfi_core.inference.window import composite
 
 __all__ = [
+    "plan_memory",
     "BLEND_KNOWN_MODES",
     "COLOR_MATCH_MODES",
     "ClipInputs",

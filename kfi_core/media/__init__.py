@@ -1,5 +1,6 @@
-"""Media: video and mask files, mask operations, keyframe handling and crops around the mask."""
+"""Media: video and mask files, mask operations, keyframe handling, crops around the mask (images and clips)."""
 
+from kfi_core.media.clip_crop import crop_clip, plan_clip_box, stitch_clip
 from kfi_core.media.crop import (
     DEFAULT_FEATHER,
     DEFAULT_PADDING,
@@ -14,6 +15,9 @@ from kfi_core.media.mask_ops import expand_masks, grow, prepare_masks
 from kfi_core.media.video import atomic_path, read_frames, read_masks, to_uint8, write_frames
 
 __all__ = [
+    "crop_clip",
+    "plan_clip_box",
+    "stitch_clip",
     "CropBox",
     "DEFAULT_FEATHER",
     "DEFAULT_PADDING",
