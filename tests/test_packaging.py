@@ -52,28 +52,24 @@ def test_the_registry_pack_leaves_out_the_lab_tests_and_benchmarks():
     assert any(name.startswith("workflows/") and name.endswith(".json") for name in pack)
 
 
-@pytest.mark.slow
-def test_the_wheel_is_the_library_with_its_assets(tmp_path):
-    """Built as pip builds it (offline, from this tree): kfi_core and its assets only."""
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel, built once as pip builds it (offline, from this tree)."""
+    out = tmp_path_factory.mktemp("wheels")
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    (wheel,) = tmp_path.glob("comfyui_kfi-*.whl")
+    (built,) = out.glob("comfyui_kfi-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_the_wheel_is_the_library_with_its_assets(wheel):
+    """Built as pip builds it (offline, from this tree): kfi_core and its assets only."""
     names = zipfile.ZipFile(wheel).namelist()
     payload = [n for n in names if ".dist-info/" not in n]
     assert payload and all(n.startswith("kfi_core/") for n in payload), sorted({n.split("/")[0] for n in payload})
@@ -83,22 +79,13 @@ def test_the_wheel_is_the_library_with_its_assets(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_subpackage_imports_from_the_installed_wheel(tmp_path):
+def test_every_subpackage_imports_from_the_installed_wheel(wheel, tmp_path):
     """The wheel installed into a fresh virtual environment (its dependencies borrowed from this one through a .pth
     file, never this checkout): every module of every subpackage imports from the installed copy, so packages.find
     left none out, and `python -m kfi_core --help` runs."""
     import site
     import venv
 
-    wheels = tmp_path / "wheels"
-    run = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    (wheel,) = wheels.glob("comfyui_kfi-*.whl")
     env = tmp_path / "env"
     venv.create(env, with_pip=False)
     python = env / "bin" / "python"

@@ -27,7 +27,7 @@ import logging
 import torch
 
 from kfi_core.errors import InputMismatchError, UnsupportedSizeError
-from kfi_core.media.crop import place_span
+from kfi_core.media.crop import edge_ramp, place_span
 
 logger = logging.getLogger(__name__)
 
@@ -128,18 +128,7 @@ def box_weights(box: Box, size: tuple[int, int], feather: int = DEFAULT_STITCH_F
         raise UnsupportedSizeError(f"feather: got {feather!r}; give 0 (hard edge) or a width in pixels.")
     h, w = size
     x0, y0, x1, y1 = box
-
-    def axis(n: int, lo: int, hi: int) -> torch.Tensor:
-        i = torch.arange(n, device=device, dtype=torch.float32)
-        dist = torch.full_like(i, float(n))
-        if lo > 0:
-            dist = torch.minimum(dist, i - lo)
-        if hi < n:
-            dist = torch.minimum(dist, hi - 1 - i)
-        ramp = ((dist + 1) / (feather + 1)).clamp(max=1.0)
-        return torch.where((i >= lo) & (i < hi), ramp, torch.zeros_like(ramp))
-
-    return torch.minimum(axis(h, y0, y1)[:, None], axis(w, x0, x1)[None, :])
+    return edge_ramp(size, box, (x0 > 0, y0 > 0, x1 < w, y1 < h), feather, device)
 
 
 def stitch_clip(

@@ -290,11 +290,15 @@ def crop_for_inpaint(
 # --------------------------------------------------------------------------- stitching
 
 
-def _box_ramp(box: CropBox, feather: int, device) -> torch.Tensor:
-    """[H, W] weights: 0 outside the box, rising linearly to 1 over ``feather`` pixels from the box
-    edges that lie inside the frame (edges on or beyond the frame border need no blending)."""
-    h, w = box.frame_height, box.frame_width
-    bx0, by0, bx1, by1 = box.in_frame()
+def edge_ramp(
+    size: tuple[int, int], box: tuple[int, int, int, int], soft: tuple[bool, bool, bool, bool], feather: int, device
+) -> torch.Tensor:
+    """[H, W] weights for a frame of ``size`` (H, W): 0 outside ``box`` (x0, y0, x1, y1, inside the frame), rising
+    linearly to 1 over ``feather`` pixels from each box edge that ``soft`` (left, top, right, bottom) marks; a hard
+    edge (one on the frame border) needs no blending."""
+    h, w = size
+    x0, y0, x1, y1 = box
+    soft_left, soft_top, soft_right, soft_bottom = soft
 
     def axis(n: int, lo: int, hi: int, soft_lo: bool, soft_hi: bool) -> torch.Tensor:
         i = torch.arange(n, device=device, dtype=torch.float32)
@@ -307,9 +311,17 @@ def _box_ramp(box: CropBox, feather: int, device) -> torch.Tensor:
         ramp = ((dist + 1) / (feather + 1)).clamp(max=1.0)
         return torch.where(inside, ramp, torch.zeros_like(ramp))
 
-    ry = axis(h, by0, by1, box.y0 > 0, box.y1 < h)
-    rx = axis(w, bx0, bx1, box.x0 > 0, box.x1 < w)
-    return torch.minimum(ry[:, None], rx[None, :])
+    return torch.minimum(
+        axis(h, y0, y1, soft_top, soft_bottom)[:, None], axis(w, x0, x1, soft_left, soft_right)[None, :]
+    )
+
+
+def _box_ramp(box: CropBox, feather: int, device) -> torch.Tensor:
+    """:func:`edge_ramp` of a square crop box: soft at the box edges that lie inside the frame (edges on or beyond
+    the frame border need no blending)."""
+    h, w = box.frame_height, box.frame_width
+    soft = (box.x0 > 0, box.y0 > 0, box.x1 < w, box.y1 < h)
+    return edge_ramp((h, w), box.in_frame(), soft, feather, device)
 
 
 def stitch_weights(box: CropBox, masks: torch.Tensor | None = None, *, feather: int = DEFAULT_FEATHER) -> torch.Tensor:
