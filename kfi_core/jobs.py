@@ -1,15 +1,8 @@
 """File-level jobs behind the CLI: read a clip, masks and keyframes, inpaint, write results.
 
-Sizes: a clip the model cannot take is an error unless the caller asks for a working size
-(``size=(height, width)``); then frames, masks and keyframes are resized to it, and the result
-is resized back to the input size and composited over the original frames with the original
-masks, so pixels outside the mask stay exactly the input's.
-
-Crop mode (``crop="mask"``): the clip is cut to one box around the union of its masks
-(:mod:`kfi_core.media.clip_crop`: ``crop_padding`` pixels of context, the working size's aspect
-ratio), the box runs the working-size path (default size: the model's own), and the fill is
-stitched back into the full frames and composited there, so a small hole in a large clip is
-filled at the model's full detail and pixels outside the mask stay exactly the input's.
+Sizes and crop mode are :mod:`kfi_core.inference.working_size`'s: the clip runs at a working size (the CLI's default:
+the model's native size by orientation) or on a box around its masks, and comes back at the input size with pixels
+outside the mask exactly the input's. Here ``size=None`` means the clip's own size.
 """
 
 from __future__ import annotations
@@ -28,10 +21,9 @@ import torch.nn.functional as F
 
 from kfi_core.errors import BatchError, KeyframeError, UnknownNameError, VideoFileError
 from kfi_core.inference.condition import ClipInputs, prepare_clip
-from kfi_core.inference.executor import inpaint, mean_of_samples
 from kfi_core.inference.settings import PropagateSettings
-from kfi_core.inference.window import composite
-from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING, Box, crop_clip, mask_bounds, plan_clip_box, stitch_clip
+from kfi_core.inference.working_size import CROP_MODES, inpaint_at_size
+from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
 from kfi_core.media.mask_ops import binarize, expand_masks
 from kfi_core.media.video import (
     DEFAULT_FPS,
@@ -46,8 +38,6 @@ from kfi_core.media.video import (
 
 logger = logging.getLogger(__name__)
 
-CROP_MODES = ("none", "mask")
-
 
 @dataclass
 class InpaintResult:
@@ -55,19 +45,6 @@ class InpaintResult:
     output: Path
     preview: Path | None
     fps: float
-
-
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames.clone()
-    return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-
-
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks.clone()
-    # area-average then 'any coverage' keeps thin masks from vanishing when shrinking
-    return (F.interpolate(masks.float(), size=size, mode="area") > 0).float()
 
 
 def load_keyframes(paths: list[str | os.PathLike]) -> torch.Tensor | None:
@@ -90,7 +67,7 @@ def inpaint_clip(
     keyframes: torch.Tensor | None = None,
     keyframe_indices: list[int] = (),
     settings: PropagateSettings | None = None,
-    size: tuple[int, int] | None = None,
+    size: Any = None,
     grow_pixels: int = 0,
     strategy: str | None = None,
     callback: Callable[[dict], Any] | None = None,
@@ -100,8 +77,9 @@ def inpaint_clip(
 ) -> tuple[torch.Tensor, ClipInputs]:
     """Inpaint in-memory frames of any length; returns (frames at the input size, the checked clip).
 
-    Clips longer than the model's window run a long-video schedule (``strategy``, default anchor).
-    ``crop="mask"`` inpaints only a box around the masks (module docstring), at ``size`` or the model's own.
+    ``size``: the working size, ``"native"``, ``"input"`` (or None, the library's default) or (height, width);
+    ``crop="mask"`` inpaints only a box around the masks (:mod:`kfi_core.inference.working_size`). Clips longer than
+    the model's window run a long-video schedule (``strategy``, default anchor).
     """
     if crop not in CROP_MODES:
         raise UnknownNameError(f"--crop: got {crop!r}; choose one of {', '.join(CROP_MODES)}.")
@@ -109,91 +87,18 @@ def inpaint_clip(
     clip = prepare_clip(
         frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
     )
-    if crop == "mask":
-        size = tuple(size) if size is not None else _native_size(model, mask_bounds(clip.masks))
-        box = plan_clip_box(clip.masks, (size[1], size[0]), crop_padding)
-        logger.info(
-            "cropping %dx%d -> box x %d..%d, y %d..%d, worked at %dx%d (the fill goes back into the full frames)",
-            clip.size[1],
-            clip.size[0],
-            box[0],
-            box[2],
-            box[1],
-            box[3],
-            size[1],
-            size[0],
-        )
-
-        def run(s: PropagateSettings, cb) -> torch.Tensor:
-            return _inpaint_cropped(model, clip, s, size, box, strategy, cb, check_cancel)
-
-        if settings.num_samples > 1:
-            return mean_of_samples(run, clip, settings, callback), clip
-        return run(settings, callback), clip
-    if size is None or tuple(size) == clip.size:
-        return inpaint(model, clip, settings, strategy=strategy, callback=callback, check_cancel=check_cancel), clip
-    logger.info(
-        "resizing %dx%d -> %dx%d for the model (the result goes back to the input size)",
-        clip.size[1],
-        clip.size[0],
-        size[1],
-        size[0],
-    )
-    if settings.num_samples > 1:  # each sample goes back to the input size and is composited there, then the mean
-        return mean_of_samples(
-            lambda s, cb: _inpaint_resized(model, clip, s, size, strategy, cb, check_cancel), clip, settings, callback
-        ), clip
-    return _inpaint_resized(model, clip, settings, size, strategy, callback, check_cancel), clip
-
-
-def _native_size(model, bounds: Box) -> tuple[int, int]:
-    """The model's own (height, width), turned to the orientation of the masks' bounding box."""
-    h, w = model.default_size
-    tall = bounds[3] - bounds[1] > bounds[2] - bounds[0]
-    return (max(h, w), min(h, w)) if tall else (min(h, w), max(h, w))
-
-
-def _inpaint_resized(
-    model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], strategy, callback, check_cancel
-) -> torch.Tensor:
-    """One sample at the working ``size``, brought back to the clip's size and composited there."""
-    back = _fill_resized(model, clip, settings, size, strategy, callback, check_cancel)
-    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
-
-
-def _inpaint_cropped(
-    model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], box: Box, strategy, callback, cancel
-) -> torch.Tensor:
-    """One sample on the ``box`` of the clip at the working ``size``, stitched into the full frames and
-    composited there."""
-    inner = ClipInputs(
-        frames=crop_clip(clip.frames, box),
-        masks=crop_clip(clip.masks, box, "masks"),
-        keyframe_indices=clip.keyframe_indices,
-    )
-    fill = _fill_resized(model, inner, settings, size, strategy, callback, cancel)
-    back = stitch_clip(clip.frames.float(), fill, box, clip.masks)
-    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
-
-
-def _fill_resized(
-    model, clip: ClipInputs, settings: PropagateSettings, size: tuple[int, int], strategy, callback, check_cancel
-) -> torch.Tensor:
-    """One sample at the working ``size``, not composited, brought back to the clip's size."""
-    work = ClipInputs(
-        frames=resize_frames(clip.frames, size),
-        masks=resize_masks(clip.masks, size),
-        keyframe_indices=clip.keyframe_indices,
-    )
-    generated = inpaint(
+    result = inpaint_at_size(
         model,
-        work,
-        PropagateSettings(**{**settings.__dict__, "composite": False}),
+        clip,
+        settings,
+        size="input" if size is None else size,
+        crop=crop,
+        crop_padding=crop_padding,
         strategy=strategy,
         callback=callback,
         check_cancel=check_cancel,
     )
-    return resize_frames(generated, clip.size)
+    return result, clip
 
 
 def preview_image(clip: ClipInputs, result: torch.Tensor, max_rows: int = 4, min_side: int = 192) -> np.ndarray:

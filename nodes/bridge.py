@@ -239,29 +239,55 @@ def check_interrupted() -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
+def offload_mode(choice: str, kfi=None, settings=None, clip=None) -> str:
+    """The offload a run uses: the node's choice, or for ``auto`` what ComfyUI's memory flags say (--lowvram and
+    --novram: sequential), else ``model`` where the plan's estimate exceeds the free device memory, else none."""
+    import comfy.model_management as mm
+
+    if choice != "auto":
+        return choice
+    if mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM):
+        return "sequential"
+    device = mm.get_torch_device()
+    if kfi is None or settings is None or clip is None or device.type != "cuda":
+        return "none"
+    from kfi_core.inference import plan_memory, working_size
+
+    height, width = working_size(kfi, clip.size, "native")
+    chunk = settings.decode_chunk_size
+    plan = plan_memory(kfi, kfi.num_frames, height, width, dtype=kfi.dtype, decode_chunk_size=chunk)
+    return "model" if plan.peak > mm.get_free_memory(device) + _weights_bytes(kfi) else "none"
+
+
+def _weights_bytes(kfi) -> int:
+    modules = (kfi.unet, kfi.vae, kfi.image_encoder)
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.device.type != "meta")
+
+
 class on_device:
-    """Move a KfiModel to ComfyUI's torch device for a run, and back to the offload device after.
+    """Place a KfiModel on ComfyUI's torch device for a run (with the ``offload`` of :func:`offload_mode`), and back
+    to ComfyUI's offload device after, every weight real again.
 
     Frees room first through ComfyUI's model management (other models are offloaded as needed).
     """
 
-    def __init__(self, kfi):
-        self.kfi = kfi
+    def __init__(self, kfi, offload: str = "auto", settings=None, clip=None):
+        self.kfi, self.offload, self.settings, self.clip = kfi, offload, settings, clip
 
     def __enter__(self):
+        import logging
+
         import comfy.model_management as mm
 
         from kfi_core.model import place_model
 
         device = mm.get_torch_device()
+        mode = offload_mode(self.offload, self.kfi, self.settings, self.clip)
+        if mode != "none":
+            logging.getLogger("kfi_core").info("KFI: offload %s (weights on the host, %s computing)", mode, device)
         if device.type != "cpu":
-            size = sum(
-                p.numel() * p.element_size()
-                for m in (self.kfi.unet, self.kfi.vae, self.kfi.image_encoder)
-                for p in m.parameters()
-            )
-            mm.free_memory(size * 2, device)
-        place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=device)
+            mm.free_memory(_weights_bytes(self.kfi) * (2 if mode == "none" else 1), device)
+        place_model(self.kfi, dtype=self.kfi.dtype, vae_dtype=self.kfi.vae_dtype, device=device, offload=mode)
         return self.kfi
 
     def __exit__(self, *exc):

@@ -19,10 +19,11 @@ class SymmetricMaskEncode(io.ComfyNode):
                 "Prepare a clip for KFI: frames, their masks (white = inpaint; one per frame, or one mask for every "
                 "frame) and optional edited keyframes. Keyframes enter as fully known frames. The sampler "
                 "VAE-encodes every frame twice, the hole filled black and filled white (the symmetric condition), "
-                "window by window. Checks counts and sizes against the model now, with a clear message."
+                "window by window. Checks frame, mask and keyframe counts and sizes now, with a clear message; any "
+                "frame size works (the sampler's working size)."
             ),
             inputs=[
-                KfiModel.Input("kfi_model", tooltip="From Load KFI Inpaint Model (sizes are checked against it)."),
+                KfiModel.Input("kfi_model", tooltip="From Load KFI Inpaint Model."),
                 io.Image.Input("images", tooltip="The clip's frames."),
                 io.Mask.Input("mask", tooltip="Masks, white = region to inpaint: one per frame, or one for all."),
                 io.Image.Input(
@@ -56,7 +57,7 @@ class SymmetricMaskEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, kfi_model, images, mask, keyframe_indices, grow, keyframes=None) -> io.NodeOutput:
-        from kfi_core.inference import check_mask_coverage, check_size, fill_masked, prepare_clip
+        from kfi_core.inference import check_mask_coverage, fill_masked, prepare_clip
 
         clip = prepare_clip(
             bridge.image_to_frames(images),
@@ -65,7 +66,6 @@ class SymmetricMaskEncode(io.ComfyNode):
             keyframe_indices=bridge.parse_keyframe_indices(keyframe_indices),
             grow_pixels=grow,
         )
-        check_size(kfi_model, *clip.size)
         check_mask_coverage(clip)
         preview = fill_masked(clip.frames, clip.masks, 0.0)
         return io.NodeOutput(clip, bridge.frames_to_image(preview))

@@ -8,6 +8,52 @@ from . import bridge
 from .types import KfiCondition, KfiModel, KfiSchedule
 
 
+def size_inputs() -> list:
+    """The working size, the crop around the mask and the offload: any input size, full-size output."""
+    from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
+    from kfi_core.model import OFFLOAD_MODES
+
+    return [
+        io.Combo.Input(
+            "working_size",
+            options=["native", "input", "custom"],
+            default="native",
+            optional=True,
+            tooltip="The size the model runs at; the result always comes back at the clip's size, pixels outside "
+            "the mask exactly the input's. native: the model's own (1024x576 for SVD, 576x1024 for a portrait "
+            "clip); input: the clip's own size (sides must suit the model); custom: width x height below.",
+        ),
+        io.Int.Input("width", default=1024, min=8, max=8192, step=8, optional=True, tooltip="Custom working width."),
+        io.Int.Input("height", default=576, min=8, max=8192, step=8, optional=True, tooltip="Custom working height."),
+        io.Combo.Input(
+            "crop",
+            options=["none", "mask"],
+            default="none",
+            optional=True,
+            tooltip="mask: inpaint only a box around all the masks (plus crop_padding, at the working size's "
+            "aspect ratio) and stitch it back with a feathered edge: a small hole in a large clip gets the model's "
+            "full detail. none: the whole frame.",
+        ),
+        io.Int.Input(
+            "crop_padding",
+            default=DEFAULT_CLIP_PADDING,
+            min=0,
+            max=4096,
+            optional=True,
+            tooltip="With crop mask: pixels of context around the masks.",
+        ),
+        io.Combo.Input(
+            "offload",
+            options=["auto", *OFFLOAD_MODES],
+            default="auto",
+            optional=True,
+            tooltip="Weights off the GPU between uses. auto: follow ComfyUI (--lowvram/--novram: sequential; "
+            "model when the run would not fit in free memory; else none). model: one component on the GPU at a "
+            "time (svd-xt in about 12 GB); sequential: one layer at a time (least memory, slowest).",
+        ),
+    ]
+
+
 class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -129,6 +175,7 @@ class KeyframePropagateSampler(io.ComfyNode):
                     tooltip="Long-video schedule from KFI Long Video Anchor Schedule (clips longer "
                     "than the model's window).",
                 ),
+                *size_inputs(),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="The inpainted frames.")],
         )
@@ -154,8 +201,15 @@ class KeyframePropagateSampler(io.ComfyNode):
         blend_known="auto",
         num_samples=1,
         decode_tile=0,
+        working_size="native",
+        width=1024,
+        height=576,
+        crop="none",
+        crop_padding=None,
+        offload="auto",
     ) -> io.NodeOutput:
-        from kfi_core.inference import PropagateSettings, inpaint
+        from kfi_core.inference import PropagateSettings, inpaint_at_size
+        from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
 
         settings = PropagateSettings(
             steps=steps,
@@ -174,11 +228,15 @@ class KeyframePropagateSampler(io.ComfyNode):
             num_samples=num_samples,
             decode_tile=decode_tile,
         ).check()
-        with bridge.on_device(kfi_model) as model:
-            frames = inpaint(
+        size = (height, width) if working_size == "custom" else working_size
+        with bridge.on_device(kfi_model, offload, settings, condition) as model:
+            frames = inpaint_at_size(
                 model,
                 condition,
                 settings,
+                size=size,
+                crop=crop,
+                crop_padding=DEFAULT_CLIP_PADDING if crop_padding is None else crop_padding,
                 schedule=schedule,
                 callback=bridge.progress_callback(steps),
                 check_cancel=bridge.check_interrupted,

@@ -94,7 +94,9 @@ SWITCH_TO_SVD = (
 )
 OWN_INPUT = (
     "Your own clip: replace KFI Sample Clip by Load Video + Get Video Components, and give the masks "
-    "from a mask video (Load Video, Image To Mask) or one Load Image as Mask for every frame."
+    "from a mask video (Load Video, Image To Mask) or one Load Image as Mask for every frame. Any size (1920x1080 "
+    "too, no resize node): the sampler works at the model's 1024x576 (working_size native) and gives the frames "
+    "back at their size, pixels outside the mask untouched; crop 'mask' fills a small hole at full detail."
 )
 
 
@@ -160,7 +162,7 @@ def encode(g: Graph, model, clip, mask, pos, keyframes=None, indices=None):
 
 def sampler(g: Graph, model, enc, pos, demo=False):
     settings = dict(DEMO_SAMPLING) if demo else {}
-    node = g.node("KeyframePropagateSampler", pos, box=(340, 500), **settings)
+    node = g.node("KeyframePropagateSampler", pos, box=(340, 660), **settings)
     g.link(model, 0, node, "kfi_model")
     g.link(enc, "condition", node, "condition")
     return node
@@ -186,12 +188,12 @@ def demo(g: Graph, edit: bool):
     samp = sampler(g, model, enc, (2 * COL, 0), demo=True)
     g.group("Propagation", [enc, samp], color="#2f7a4f")
     if edit:
-        shown = g.node("PreviewImage", (COL, 660), title="Edited keyframe (frame 0, ball recoloured)", box=(340, 300))
+        shown = g.node("PreviewImage", (COL, 820), title="Edited keyframe (frame 0, ball recoloured)", box=(340, 300))
         g.link(clip, "edited_keyframe", shown, "images")
         g.group("Keyframe edit", [shown], color="#7a2f6b")
-    masked = g.node("PreviewImage", (2 * COL, 660), title="Input (hole in black)", box=(340, 300))
+    masked = g.node("PreviewImage", (2 * COL, 820), title="Input (hole in black)", box=(340, 300))
     g.link(enc, "masked_preview", masked, "images")
-    result = g.node("PreviewImage", (3 * COL, 660), title="Result", box=(340, 300))
+    result = g.node("PreviewImage", (3 * COL, 820), title="Result", box=(340, 300))
     g.link(samp, "images", result, "images")
     g.group("Output: input | result", [masked, result], color="#444")
     task = (
@@ -237,7 +239,7 @@ def object_removal(g: Graph):
         "the download, or get it from the link in the loader's properties. Adapter 'none' runs the "
         "training-free mode; a KFI adapter (models/kfi_adapters) fills better.\n"
         "Mask Prepare grows the mask a little so shadows and edges go too. The model takes 25 frames at once; "
-        f"longer clips: the long-clip workflow. Frame sides must be multiples of 64 (e.g. 1024x576).\n{OWN_INPUT}",
+        f"longer clips: the long-clip workflow.\n{OWN_INPUT}",
     )
 
 
@@ -353,7 +355,7 @@ def creative_edit(g: Graph, alimama=False):
     enc = encode(
         g, model, clip, (clip, "mask"), (7 * COL, 290), keyframes=(stitch, 0), indices=(pick, "keyframe_indices")
     )
-    samp = sampler(g, model, enc, (8 * COL, -100))
+    samp = sampler(g, model, enc, (8 * COL, -260))
     g.group("Propagation", [enc, samp], color="#2f7a4f")
     output(g, samp, 9, "kfi_edit")
     variant = "the alimama inpainting ControlNet on FLUX.1-dev" if alimama else "FLUX.1 Fill"
@@ -425,7 +427,7 @@ def long_clip(g: Graph):
     g.link(schedule, "schedule", samp, "schedule")
     g.link(model, 0, schedule, "kfi_model")
     g.group("Propagation (anchor schedule)", [enc, schedule, samp], color="#2f7a4f")
-    shown = g.node("PreviewImage", (5 * COL, 640), title="Schedule: rows are model calls", box=(400, 300))
+    shown = g.node("PreviewImage", (5 * COL, 800), title="Schedule: rows are model calls", box=(400, 300))
     g.link(schedule, "preview", shown, "images")
     output(g, samp, 5, "kfi_long", extra=[shown])
     note(

@@ -408,14 +408,18 @@ ROWS: list[Row] = [
         (_schedule(strategy="zigzag"), (ERR, "zigzag")),
     ),
     Row(
-        "size_not_multiple",
-        (_inp("odd", "odd_hole.png"), (ERR, "70x60 (width x height) cannot be taken by this")),
+        "size_not_multiple_at_its_own_size",
+        (
+            _inp("odd", "odd_hole.png", "--working-size", "input"),
+            (ERR, "70x60 (width x height) cannot be taken by this"),
+        ),
         (
             _chain(
                 _set("img", width=70, height=60),
                 _node("mr", "ImageToMask", image=["mi", 0], channel="red"),
                 _node("mi", "EmptyImage", width=70, height=60, batch_size=1, color=0xFFFFFF),
                 _set("enc", mask=["mr", 0]),
+                _set("s", working_size="input"),
             ),
             (ERR, "70x60 (width x height) cannot be taken by this model"),
         ),

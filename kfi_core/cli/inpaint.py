@@ -13,11 +13,11 @@ from kfi_core import bundled
 from kfi_core.cli.plan import check_inpaint_fits
 from kfi_core.errors import ModelFileError, SettingsError
 from kfi_core.evaluation import psnr
-from kfi_core.inference import BLEND_KNOWN_MODES, COLOR_MATCH_MODES, PropagateSettings
-from kfi_core.jobs import CROP_MODES, inpaint_files, run_batch
+from kfi_core.inference import BLEND_KNOWN_MODES, COLOR_MATCH_MODES, CROP_MODES, WORKING_SIZES, PropagateSettings
+from kfi_core.jobs import inpaint_files, run_batch
 from kfi_core.media import read_frames, read_masks
 from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
-from kfi_core.model import build_tiny_pipeline_folder, load_kfi_model
+from kfi_core.model import OFFLOAD_MODES, build_tiny_pipeline_folder, load_kfi_model
 
 logger = logging.getLogger("kfi_core.cli")  # the name the log lines have always shown
 
@@ -116,15 +116,23 @@ class StepBar:
 
 def _add_size_arguments(p: argparse.ArgumentParser) -> None:
     """The working size and the crop around the masks."""
-    p.add_argument("--width", type=int, default=None, help="working width (resize; output keeps the input size)")
+    p.add_argument(
+        "--working-size",
+        default="native",
+        choices=WORKING_SIZES,
+        help="the size the model runs at: native (default; the model's own, 1024x576 for svd-xt, turned to the "
+        "clip's orientation) or input (the clip's own size, which must suit the model); the result always "
+        "comes back at the input size, pixels outside the mask exactly the input's",
+    )
+    p.add_argument("--width", type=int, default=None, help="working width (instead of --working-size)")
     p.add_argument("--height", type=int, default=None, help="working height (with --width)")
     p.add_argument(
         "--crop",
         default="none",
         choices=CROP_MODES,
         help="mask: inpaint only a box around the union of the masks, at the working size's aspect ratio "
-        "(--width/--height, default the model's own size), and stitch it back (a small hole in a large clip "
-        "at the model's full detail); none (default): the whole frame",
+        "(--width/--height, default the model's own size turned to the box), and stitch it back (a small hole "
+        "in a large clip at the model's full detail); none (default): the whole frame",
     )
     p.add_argument(
         "--crop-padding",
@@ -185,6 +193,13 @@ def add_inpaint_parser(sub) -> None:
     )
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--offload",
+        default="none",
+        choices=list(OFFLOAD_MODES),
+        help="weights off the device between uses: none (default, fastest), model (one component on the device at "
+        "a time; svd-xt in about 12 GB) or sequential (one layer at a time: least memory, slowest)",
+    )
     p.add_argument("--frames", type=int, default=None, help="frame count of a single-file model")
     p.add_argument(
         "--merge-lora",
@@ -213,7 +228,13 @@ def _load_model(args: argparse.Namespace):
         merge_lora=args.merge_lora,
         channels_last=args.channels_last,
         compile_unet=args.compile,
+        offload=args.offload,
     )
+
+
+def _size(args: argparse.Namespace):
+    """The working size the flags ask for: --width/--height, else --working-size."""
+    return args.working_size if args.width is None else (args.height, args.width)
 
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
@@ -245,7 +266,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
             keyframe_paths=args.keyframe or [],
             keyframe_indices=args.keyframe_index or [],
             settings=settings,
-            size=None if args.width is None else (args.height, args.width),
+            size=_size(args),
             grow_pixels=args.grow,
             preview=args.preview,
             strategy=args.schedule,
@@ -267,7 +288,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         args.out,
         fmt=args.batch_format,
         settings=settings,
-        size=None if args.width is None else (args.height, args.width),
+        size=_size(args),
         grow_pixels=args.grow,
         strategy=args.schedule,
         crop=args.crop,

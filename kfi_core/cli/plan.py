@@ -17,6 +17,7 @@ import torch
 from kfi_core.errors import ModelFileError, SettingsError
 from kfi_core.inference import build_schedule, format_schedule_summary, schedule_cost
 from kfi_core.inference.plan import OFFLOAD_MODES, MemoryPlan, ModelShape, check_fits, model_shape, plan_memory
+from kfi_core.inference.working_size import working_size
 from kfi_core.model import check_not_pickle
 from kfi_core.model.single_file import infer_configs_from_sgm, load_single_file
 
@@ -204,7 +205,7 @@ def check_inpaint_fits(args: argparse.Namespace, model) -> None:
     elif getattr(args, "crop", "none") != "none":  # the crop box runs at the model's own size
         height, width = model.default_size
     else:
-        height, width = _clip_size(args.video)
+        height, width = working_size(model, _clip_size(args.video), getattr(args, "working_size", "input"))
     plan = plan_memory(
         model,
         model.num_frames,

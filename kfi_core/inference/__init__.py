@@ -11,17 +11,19 @@ from kfi_core.inference.schedule_builders import SCHEDULES, build_schedule
 from kfi_core.inference.schedules import Schedule, format_schedule_summary, render_schedule_preview, schedule_cost
 from kfi_core.inference.settings import BLEND_KNOWN_MODES, PropagateSettings, check_size
 from kfi_core.inference.window import composite
+from kfi_core.inference.working_size import CROP_MODES, WORKING_SIZES, inpaint_at_size, working_size
 
 __all__ = [
-    "plan_memory",
     "BLEND_KNOWN_MODES",
     "COLOR_MATCH_MODES",
+    "CROP_MODES",
     "ClipInputs",
     "PropagateSettings",
     "SAMPLERS",
     "SCHEDULES",
     "SVDDenoiser",
     "Schedule",
+    "WORKING_SIZES",
     "build_schedule",
     "check_mask_coverage",
     "check_size",
@@ -30,11 +32,14 @@ __all__ = [
     "format_schedule_summary",
     "get_sigmas_svd",
     "inpaint",
+    "inpaint_at_size",
     "per_frame_guidance",
+    "plan_memory",
     "prepare_clip",
     "propagate",
     "render_schedule_preview",
     "run_schedule",
     "sample_euler",
     "schedule_cost",
+    "working_size",
 ]

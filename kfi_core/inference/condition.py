@@ -27,6 +27,7 @@ from kfi_core.errors import InputMismatchError, NonFiniteError
 from kfi_core.inference.memory import retry_on_oom
 from kfi_core.media.keyframes import check_frame_index, insert_keyframes
 from kfi_core.media.mask_ops import DEFAULT_THRESHOLD, binarize, expand_masks, grow
+from kfi_core.model.offload import execution_device
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def encode_frames(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """VAE posterior modes of pixels [N, 3, H, W] in -1..1, ``chunk_size`` frames at a time -> [N, 4, h, w]."""
 
     dtype = next(vae.parameters()).dtype
-    device = next(vae.parameters()).device
+    device = execution_device(vae)
 
     def run(size: int) -> torch.Tensor:
         out = []

@@ -5,6 +5,7 @@ from kfi_core.model.adapter import AdapterInfo, load_adapter, read_adapter_metad
 from kfi_core.model.conv_in import expand_conv_in
 from kfi_core.model.loading import KfiModel, check_not_pickle, describe_model, load_kfi_model, place_model, variant_for
 from kfi_core.model.lora import SVD_XT_UNET_CONFIG, add_lora, lora_state_dict, merge_lora
+from kfi_core.model.offload import OFFLOAD_MODES, execution_device, set_offload
 from kfi_core.model.single_file import save_single_file
 from kfi_core.model.tiny import (
     SVD_SCHEDULER_CONFIG,
@@ -16,6 +17,7 @@ from kfi_core.model.tiny import (
 __all__ = [
     "AdapterInfo",
     "KfiModel",
+    "OFFLOAD_MODES",
     "SVD_SCHEDULER_CONFIG",
     "SVD_XT_UNET_CONFIG",
     "add_lora",
@@ -23,6 +25,7 @@ __all__ = [
     "build_tiny_pipeline_folder",
     "check_not_pickle",
     "describe_model",
+    "execution_device",
     "expand_conv_in",
     "load_adapter",
     "load_kfi_model",
@@ -32,6 +35,7 @@ __all__ = [
     "read_adapter_metadata",
     "save_adapter",
     "save_single_file",
+    "set_offload",
     "tiny_unet_config",
     "variant_for",
 ]

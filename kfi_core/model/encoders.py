@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kfi_core.errors import SettingsError
+from kfi_core.model.offload import execution_device
 
 #: The SVD pipeline always embeds the image at CLIP's 224 x 224.
 CLIP_SIZE = 224
@@ -48,7 +49,8 @@ def module_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
+    """Where the component computes (the offload's device where one is set: :mod:`kfi_core.model.offload`)."""
+    return execution_device(module)
 
 
 @torch.no_grad()

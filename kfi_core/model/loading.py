@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from kfi_core.errors import ModelFileError, UnknownNameError
+from kfi_core.errors import ModelFileError, SettingsError, UnknownNameError
 from kfi_core.model.adapter import load_adapter
 from kfi_core.model.lora import lora_layers
 from kfi_core.model.lora import merge_lora as _merge
+from kfi_core.model.offload import check_offload, remove_offload, set_offload
 from kfi_core.model.single_file import load_single_file
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class KfiModel:
     vae_dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     adapter: Any = None  # kfi_core.model.adapter.AdapterInfo when an adapter is loaded
+    offload: str = "none"  # kfi_core.model.offload.OFFLOAD_MODES; set by place_model
+    offload_state: Any = field(default=None, repr=False)
 
     @property
     def in_channels(self) -> int:
@@ -170,6 +173,7 @@ def load_kfi_model(
     merge_lora: bool = False,
     channels_last: bool = False,
     compile_unet: bool = False,
+    offload: str = "none",
 ) -> KfiModel:
     """Load a base model (diffusers folder or single-file checkpoint) and optionally an adapter.
 
@@ -178,8 +182,14 @@ def load_kfi_model(
     files, whose weights do not record it. ``merge_lora`` folds the adapter's LoRA into the
     UNet weights (faster inference, same outputs within rounding; ``kfi_core.model.lora.unmerge_lora``
     undoes it). ``channels_last`` and ``compile_unet`` are opt-in fast paths, off by default
-    (:func:`optimize_unet`).
+    (:func:`optimize_unet`). ``offload`` keeps weights on the host while ``device`` computes
+    (:mod:`kfi_core.model.offload`).
     """
+    if check_offload(offload) == "sequential" and (channels_last or compile_unet):
+        raise SettingsError(
+            "offload: sequential offload keeps the UNet's weights off the device between layers, so channels_last "
+            "and compile_unet cannot apply; turn them off, or use offload 'model'."
+        )
     path = Path(model)
     unet_dtype, vae_dt, dev = parse_dtype(dtype), parse_dtype(vae_dtype), torch.device(device)
     if merge_lora and adapter is None:
@@ -218,7 +228,7 @@ def load_kfi_model(
         kfi.adapter = load_adapter(unet, adapter, base_variant=kfi.variant, num_frames=frames)
         if merge_lora:
             _merge(unet)
-    place_model(kfi, dtype=unet_dtype, vae_dtype=vae_dt, device=dev)
+    place_model(kfi, dtype=unet_dtype, vae_dtype=vae_dt, device=dev, offload=offload)
     if channels_last or compile_unet:
         optimize_unet(kfi, channels_last=channels_last, compile_unet=compile_unet)
     logger.info(
@@ -234,17 +244,24 @@ def load_kfi_model(
     return kfi
 
 
-def place_model(kfi: KfiModel, *, dtype: torch.dtype, vae_dtype: torch.dtype, device: torch.device) -> KfiModel:
-    """Move the components to ``device``: UNet and image encoder in ``dtype``, VAE in ``vae_dtype``."""
+def place_model(
+    kfi: KfiModel, *, dtype: torch.dtype, vae_dtype: torch.dtype, device: torch.device, offload: str = "none"
+) -> KfiModel:
+    """Put the components in their dtypes (UNet and image encoder ``dtype``, VAE ``vae_dtype``) and on ``device``;
+    with ``offload`` ``model`` or ``sequential``, on the host, ``device`` computing (:mod:`kfi_core.model.offload`)."""
+    check_offload(offload)
+    remove_offload(kfi)
     for module in (kfi.unet, kfi.vae, kfi.image_encoder):
         module.eval()
         module.requires_grad_(False)
     # torch's own Module.to: diffusers' ModelMixin.to (0.42) adds only a spurious warning about an
     # empty list of fp32 modules for these classes (they are not quantized).
-    torch.nn.Module.to(kfi.unet, device=device, dtype=dtype)
-    torch.nn.Module.to(kfi.image_encoder, device=device, dtype=dtype)
-    torch.nn.Module.to(kfi.vae, device=device, dtype=vae_dtype)
+    at = device if offload == "none" else torch.device("cpu")
+    torch.nn.Module.to(kfi.unet, device=at, dtype=dtype)
+    torch.nn.Module.to(kfi.image_encoder, device=at, dtype=dtype)
+    torch.nn.Module.to(kfi.vae, device=at, dtype=vae_dtype)
     kfi.dtype, kfi.vae_dtype, kfi.device = dtype, vae_dtype, device
+    set_offload(kfi, offload, device)
     return kfi
 
 

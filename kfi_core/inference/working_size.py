@@ -1,0 +1,162 @@
+"""Any input size, full-size output: the size the model works at, and crop mode around the mask.
+
+Working size (``size``):
+
+- ``"native"`` (the CLI's and the nodes' default): the model's own size (svd and svd-xt: 1024x576) turned to the
+  clip's orientation (576x1024 for a portrait clip; a square clip counts as landscape). A clip already at that
+  size runs as it is.
+- ``"input"``: the clip's own size; a size the model cannot take is an error (:func:`check_size`).
+- ``(height, width)``: a size the user chose.
+
+Off its own size the clip is resized to the working size (frames bicubic with antialiasing, masks by area then
+"any coverage" so thin masks survive), inpainted there, and the fill is resized back and composited over the input
+frames with the input masks: pixels outside the mask are exactly the input's, keyframes exactly the keyframes.
+
+Crop mode (``crop="mask"``): one box around the union of the clip's masks (:mod:`kfi_core.media.clip_crop`:
+``crop_padding`` pixels of context, the working size's aspect ratio) is cut out, run at the working size (native: the
+model's own size, turned to the box's orientation) and stitched back with a feathered edge, then composited: a small
+hole in a 4K clip is filled at the model's full detail.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kfi_core.errors import SettingsError, UnknownNameError
+from kfi_core.inference.condition import ClipInputs
+from kfi_core.inference.executor import inpaint, mean_of_samples
+from kfi_core.inference.settings import PropagateSettings
+from kfi_core.inference.window import composite
+from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING, Box, crop_clip, mask_bounds, plan_clip_box, stitch_clip
+
+logger = logging.getLogger(__name__)
+
+CROP_MODES = ("none", "mask")
+WORKING_SIZES = ("native", "input")
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames.clone()
+    return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks.clone()
+    # area-average then 'any coverage' keeps thin masks from vanishing when shrinking
+    return (F.interpolate(masks.float(), size=size, mode="area") > 0).float()
+
+
+def native_size(model, tall: bool) -> tuple[int, int]:
+    """The model's own (height, width), portrait when ``tall`` else landscape."""
+    h, w = model.default_size
+    return (max(h, w), min(h, w)) if tall else (min(h, w), max(h, w))
+
+
+def working_size(model, clip_size: tuple[int, int], size: Any = "native") -> tuple[int, int]:
+    """The (height, width) the model runs a clip of ``clip_size`` at, for ``size`` (module docstring)."""
+    if size == "input" or size is None:
+        return tuple(clip_size)
+    if size == "native":
+        return native_size(model, tall=clip_size[0] > clip_size[1])
+    if isinstance(size, str):
+        raise UnknownNameError(f"size: got {size!r}; choose one of {', '.join(WORKING_SIZES)} or give (height, width).")
+    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+        raise SettingsError(f"size: got {size!r}; give (height, width) as two positive whole numbers.")
+    return int(size[0]), int(size[1])
+
+
+def inpaint_at_size(
+    model,
+    clip: ClipInputs,
+    settings: PropagateSettings | None = None,
+    *,
+    size: Any = "native",
+    crop: str = "none",
+    crop_padding: int = DEFAULT_CLIP_PADDING,
+    schedule=None,
+    strategy: str | None = None,
+    callback: Callable[[dict], Any] | None = None,
+    check_cancel: Callable[[], Any] | None = None,
+) -> torch.Tensor:
+    """Inpaint a prepared clip of any size at the working ``size`` (or on a box around the mask with ``crop="mask"``);
+    returns frames at the clip's own size, exact outside the mask where ``settings.composite`` (the default)."""
+    if crop not in CROP_MODES:
+        raise UnknownNameError(f"crop: got {crop!r}; choose one of {', '.join(CROP_MODES)}.")
+    if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+        raise SettingsError(f"crop_padding: got {crop_padding!r}; give 0 or more pixels of context around the mask.")
+    settings = (settings or PropagateSettings()).check()
+    run_args = {"schedule": schedule, "strategy": strategy, "check_cancel": check_cancel}
+    if crop == "mask":
+        bounds = mask_bounds(clip.masks)
+        work = native_size(model, bounds[3] - bounds[1] > bounds[2] - bounds[0])
+        if size not in ("native", "input", None):
+            work = working_size(model, clip.size, size)
+        box = plan_clip_box(clip.masks, (work[1], work[0]), crop_padding)
+        _log_crop(clip, box, work)
+        run = lambda s, cb: _inpaint_cropped(model, clip, s, work, box, run_args, cb)  # noqa: E731
+        return _sampled(run, clip, settings, callback)
+    work = working_size(model, clip.size, size)
+    if work == clip.size:
+        return inpaint(model, clip, settings, callback=callback, **run_args)
+    logger.info(
+        "resizing %dx%d -> %dx%d for the model (the result goes back to the input size)", *clip.size[::-1], *work[::-1]
+    )
+    return _sampled(lambda s, cb: _inpaint_resized(model, clip, s, work, run_args, cb), clip, settings, callback)
+
+
+def _sampled(run, clip: ClipInputs, settings: PropagateSettings, callback) -> torch.Tensor:
+    """Each sample goes back to the input size and is composited there; with several samples, their mean."""
+    if settings.num_samples > 1:
+        return mean_of_samples(run, clip, settings, callback)
+    return run(settings, callback)
+
+
+def _log_crop(clip: ClipInputs, box: Box, work: tuple[int, int]) -> None:
+    logger.info(
+        "cropping %dx%d -> box x %d..%d, y %d..%d, worked at %dx%d (the fill goes back into the full frames)",
+        clip.size[1],
+        clip.size[0],
+        box[0],
+        box[2],
+        box[1],
+        box[3],
+        work[1],
+        work[0],
+    )
+
+
+def _inpaint_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
+    """One sample at the working ``size``, brought back to the clip's size and composited there."""
+    back = _fill_resized(model, clip, settings, size, run_args, callback)
+    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
+
+
+def _inpaint_cropped(model, clip: ClipInputs, settings, size, box: Box, run_args, callback) -> torch.Tensor:
+    """One sample on the ``box`` of the clip at the working ``size``, stitched into the full frames and composited."""
+    inner = ClipInputs(
+        frames=crop_clip(clip.frames, box),
+        masks=crop_clip(clip.masks, box, "masks"),
+        keyframe_indices=clip.keyframe_indices,
+    )
+    fill = _fill_resized(model, inner, settings, size, run_args, callback)
+    back = stitch_clip(clip.frames.float(), fill, box, clip.masks)
+    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
+
+
+def _fill_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
+    """One sample at the working ``size``, not composited, brought back to the clip's size."""
+    work = ClipInputs(
+        frames=resize_frames(clip.frames, size),
+        masks=resize_masks(clip.masks, size),
+        keyframe_indices=clip.keyframe_indices,
+    )
+    raw = PropagateSettings(**{**settings.__dict__, "composite": False})
+    generated = inpaint(model, work, raw, callback=callback, **run_args)
+    return resize_frames(generated, clip.size)

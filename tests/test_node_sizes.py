@@ -1,0 +1,130 @@
+"""Any input size through the real ComfyUI server: the shipped removal workflow on a 1920x1080 clip (no resize node)
+comes back at 1920x1080, exact outside the mask, with the sampler's working size (native) and with crop mode; the
+sampler's offload gives the same frames; ComfyUI's --lowvram/--novram flags choose sequential offload."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+from comfyhost import ROOT, host_dir
+from PIL import Image
+from workflow_tools import ui_to_api
+
+pytestmark = pytest.mark.comfy
+
+REMOVAL = ROOT / "workflows" / "KFI 3 - object removal (SVD-XT).json"
+H, W, FRAMES = 1080, 1920, 3
+ONE_LEVEL = 1 / 255 + 1e-6  # PreviewImage truncates x*255 to uint8: an unchanged pixel may come back one level lower
+
+
+@pytest.fixture(scope="module")
+def schemas(comfy_server):
+    from workflow_tools import recorded_schemas
+
+    return {**comfy_server.object_info(), **recorded_schemas()}
+
+
+def _full_hd_inputs(comfy_server) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1920x1080 clip (mp4) with a small moving-free hole (PNG mask for every frame) in ComfyUI's input folder;
+    our own decode of the clip and the mask [1, 1, H, W]."""
+    from kfi_core.media.video import read_frames, write_frames
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.linspace(0, 1, H).view(1, 1, H, 1).expand(1, 1, H, W)
+    x = torch.linspace(0, 1, W).view(1, 1, 1, W).expand(1, 1, H, W)
+    base = torch.cat([x, y, x * y], 1).repeat(FRAMES, 1, 1, 1)
+    frames = (
+        0.8 * base
+        + 0.2 * torch.rand(FRAMES, 1, H // 8, W // 8, generator=g).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    ).clamp(0, 1)
+    video = comfy_server.base / "input" / "kfi_full_hd.mp4"
+    write_frames(frames, video, fps=8)
+    mask = torch.zeros(1, 1, H, W)
+    mask[..., 500:620, 900:1060] = 1.0
+    Image.fromarray((mask[0, 0].numpy() * 255).astype("uint8"), mode="L").convert("RGB").save(
+        comfy_server.base / "input" / "kfi_full_hd_mask.png"
+    )
+    decoded, _ = read_frames(video)
+    return decoded, mask
+
+
+def _with_full_hd_clip(prompt: dict) -> dict:
+    """The workflow with Load Video + Get Video Components and Load Image (as Mask) in place of KFI Sample Clip."""
+    sample = next(k for k, v in prompt.items() if v["class_type"] == "KFISampleClip")
+    del prompt[sample]
+    prompt["hd_video"] = {"class_type": "LoadVideo", "inputs": {"file": "kfi_full_hd.mp4"}}
+    prompt["hd_frames"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["hd_video", 0]}}
+    prompt["hd_mask"] = {"class_type": "LoadImageMask", "inputs": {"image": "kfi_full_hd_mask.png", "channel": "red"}}
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] == sample:
+                node["inputs"][name] = ["hd_frames", 0] if value[1] == 0 else ["hd_mask", 0]
+    return prompt
+
+
+def _run(comfy_server, schemas, tag: str, **sampler_inputs) -> tuple[dict, torch.Tensor]:
+    from test_workflows import _result, _runnable
+
+    workflow = json.loads(REMOVAL.read_text())
+    prompt = _with_full_hd_clip(_runnable(ui_to_api(workflow, schemas)))
+    for node in prompt.values():
+        if node["class_type"] == "KeyframePropagateSampler":
+            node["inputs"].update(steps=2, seed=zlib.crc32(b"full hd"), **sampler_inputs)
+        if node["class_type"] == "SaveVideo":
+            node["inputs"]["filename_prefix"] = f"video/kfi_hd_{tag}"
+    entry = comfy_server.run_prompt(prompt, timeout=600)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
+    return entry, _result(comfy_server, workflow, entry)
+
+
+@pytest.mark.slow
+def test_the_removal_workflow_takes_a_full_hd_clip_in_both_size_modes(comfy_server, schemas):
+    frames, mask = _full_hd_inputs(comfy_server)
+    # Mask Prepare grows the mask by 4 px
+    grown = torch.nn.functional.max_pool2d(mask, 9, 1, 4)
+    keep = (grown == 0).expand_as(frames)
+    outs = {}
+    for tag, inputs in {"native": {}, "crop": {"crop": "mask"}, "offload": {"offload": "model"}}.items():
+        _entry, out = _run(comfy_server, schemas, tag, **inputs)
+        assert out.shape == (FRAMES, 3, H, W), tag
+        assert (out[keep] - frames[keep]).abs().max() <= ONE_LEVEL, tag
+        assert (out[~keep] - frames[~keep]).abs().mean() > 0.01, f"{tag}: the hole is generated"
+        outs[tag] = out
+    assert not torch.equal(outs["crop"], outs["native"]), "crop mode fills from a box at the model's size"
+    assert torch.equal(outs["offload"], outs["native"]), "model offload changes where weights wait, not the frames"
+
+
+def test_lowvram_and_novram_choose_sequential_offload(tmp_path):
+    """offload 'auto' follows ComfyUI's own memory state (its real module, set as --lowvram / --novram set it)."""
+    script = f"""
+import importlib.util, sys
+sys.path.insert(0, {str(host_dir())!r})
+import comfy.cli_args; comfy.cli_args.args.cpu = True
+spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / "__init__.py")!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+pack = importlib.util.module_from_spec(spec); sys.modules["kfi_pack"] = pack; spec.loader.exec_module(pack)
+import comfy.model_management as mm
+from kfi_pack.nodes.bridge import offload_mode
+seen = {{}}
+for state in ("LOW_VRAM", "NO_VRAM", "NORMAL_VRAM", "HIGH_VRAM"):
+    mm.vram_state = getattr(mm.VRAMState, state)
+    seen[state] = offload_mode("auto")
+seen["explicit"] = offload_mode("model")
+print("SEEN", seen)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = ast.literal_eval(proc.stdout.split("SEEN", 1)[1].strip())
+    assert seen == {
+        "LOW_VRAM": "sequential",
+        "NO_VRAM": "sequential",
+        "NORMAL_VRAM": "none",
+        "HIGH_VRAM": "none",
+        "explicit": "model",
+    }
