@@ -36,3 +36,18 @@ def unet_forward(unet, latents):
         return unet(
             latents, torch.tensor([1.0]), encoder_hidden_states=image_embeddings, added_time_ids=added_time_ids
         ).sample
+
+
+def pack_script(body: str) -> str:
+    """A Python script that imports ComfyUI's modules (CPU) and this pack as ``kfi_pack`` the way ComfyUI loads a
+    custom node folder, then runs ``body`` (for checks run in a fresh process: ``python -c``)."""
+    from comfyhost import ROOT, host_dir
+
+    return f"""
+import asyncio, importlib.util, sys
+sys.path.insert(0, {str(host_dir())!r})
+import comfy.cli_args; comfy.cli_args.args.cpu = True
+spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / "__init__.py")!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+pack = importlib.util.module_from_spec(spec); sys.modules["kfi_pack"] = pack; spec.loader.exec_module(pack)
+{body}"""

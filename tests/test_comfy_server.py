@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfyhost import ROOT, ComfyServer, host_dir, make_base_dir, missing_nodes
+from comfyhost import ROOT, ComfyServer, make_base_dir, missing_nodes
+from kfi_testing import pack_script
 from PIL import Image
 
 # Every node the pack registers. A node missing from /object_info means the pack failed to load.
@@ -106,13 +107,7 @@ def test_bad_input_comes_back_as_execution_error_and_server_keeps_serving(comfy_
 
 def test_importing_the_pack_is_cheap_and_names_missing_dependencies(tmp_path):
     """Heavy libraries load when a node runs, not at ComfyUI start-up; a missing one is named."""
-    script = f"""
-import asyncio, importlib.util, sys
-sys.path.insert(0, {str(host_dir())!r})
-import comfy.cli_args; comfy.cli_args.args.cpu = True
-spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / "__init__.py")!r},
-                                              submodule_search_locations=[{str(ROOT)!r}])
-pack = importlib.util.module_from_spec(spec); sys.modules["kfi_pack"] = pack; spec.loader.exec_module(pack)
+    script = pack_script("""
 ext = asyncio.run(pack.comfy_entrypoint())
 nodes = asyncio.run(ext.get_node_list())
 heavy = [m for m in ("diffusers", "peft", "accelerate") if m in sys.modules]
@@ -122,7 +117,7 @@ try:
     asyncio.run(pack.comfy_entrypoint())
 except ImportError as err:
     print("ERROR", err)
-"""
+""")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"HEAVY [] NODES {len(EXPECTED_NODES)}" in proc.stdout

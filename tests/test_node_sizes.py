@@ -12,7 +12,8 @@ import zlib
 
 import pytest
 import torch
-from comfyhost import ROOT, host_dir
+from comfyhost import ROOT
+from kfi_testing import pack_script
 from PIL import Image
 from workflow_tools import ui_to_api
 
@@ -102,22 +103,16 @@ def test_the_removal_workflow_takes_a_full_hd_clip_in_both_size_modes(comfy_serv
 
 def test_lowvram_and_novram_choose_sequential_offload(tmp_path):
     """offload 'auto' follows ComfyUI's own memory state (its real module, set as --lowvram / --novram set it)."""
-    script = f"""
-import importlib.util, sys
-sys.path.insert(0, {str(host_dir())!r})
-import comfy.cli_args; comfy.cli_args.args.cpu = True
-spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / "__init__.py")!r},
-                                              submodule_search_locations=[{str(ROOT)!r}])
-pack = importlib.util.module_from_spec(spec); sys.modules["kfi_pack"] = pack; spec.loader.exec_module(pack)
+    script = pack_script("""
 import comfy.model_management as mm
 from kfi_pack.nodes.bridge import offload_mode
-seen = {{}}
+seen = {}
 for state in ("LOW_VRAM", "NO_VRAM", "NORMAL_VRAM", "HIGH_VRAM"):
     mm.vram_state = getattr(mm.VRAMState, state)
     seen[state] = offload_mode("auto")
 seen["explicit"] = offload_mode("model")
 print("SEEN", seen)
-"""
+""")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = ast.literal_eval(proc.stdout.split("SEEN", 1)[1].strip())
