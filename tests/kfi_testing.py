@@ -51,3 +51,40 @@ spec = importlib.util.spec_from_file_location("kfi_pack", {str(ROOT / "__init__.
                                               submodule_search_locations=[{str(ROOT)!r}])
 pack = importlib.util.module_from_spec(spec); sys.modules["kfi_pack"] = pack; spec.loader.exec_module(pack)
 {body}"""
+
+
+# --------------------------------------------------------------------------- API-format prompt nodes for the server
+
+
+def tiny_model_node() -> dict:
+    """Load KFI Inpaint Model on the test host's tiny diffusers model, training-free (no adapter)."""
+    return {
+        "class_type": "LoadKFInpaintModel",
+        "inputs": {"model": "diffusers/tiny-svd", "adapter": "none", "dtype": "auto", "frames": 0},
+    }
+
+
+def encode_node(model: str, images: list, mask: list, keyframe_indices: str = "", grow: int = 0) -> dict:
+    """KFI Symmetric Mask Encode over the named outputs (``[node id, slot]``)."""
+    inputs = {"kfi_model": [model, 0], "images": images, "mask": mask, "keyframe_indices": keyframe_indices}
+    return {"class_type": "SymmetricMaskEncode", "inputs": {**inputs, "grow": grow}}
+
+
+def sampler_node(model: str, condition: str, seed: int = 0, steps: int = 1, **extra) -> dict:
+    """KFI Keyframe Propagate Sampler with SVD's defaults on every required input; ``extra`` adds or overrides."""
+    inputs = {
+        "kfi_model": [model, 0],
+        "condition": [condition, 0],
+        "seed": seed,
+        "steps": steps,
+        "sampler": "euler",
+        "min_guidance": 1.0,
+        "max_guidance": 3.0,
+        "fps": 7,
+        "motion_bucket_id": 127,
+        "noise_aug_strength": 0.02,
+        "composite": True,
+        "feather": 0,
+        "decode_chunk_size": 8,
+    }
+    return {"class_type": "KeyframePropagateSampler", "inputs": {**inputs, **extra}}

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from kfi_testing import encode_node, sampler_node, tiny_model_node
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,44 +158,14 @@ PFX = "kfibad_"  # server copies carry a prefix so that they do not clash with o
 def base_prompt(frames: int = 4, mask: str = "hole.png", steps: int = 1, **sampler) -> dict:
     """Frames (a solid EmptyImage batch) + a mask image -> encode -> sampler -> preview."""
     return {
-        "m": {
-            "class_type": "LoadKFInpaintModel",
-            "inputs": {"model": "diffusers/tiny-svd", "adapter": "none", "dtype": "auto", "frames": 0},
-        },
+        "m": tiny_model_node(),
         "img": {
             "class_type": "EmptyImage",
             "inputs": {"width": W, "height": H, "batch_size": frames, "color": 0x406080},
         },
         "mask": {"class_type": "LoadImageMask", "inputs": {"image": PFX + mask, "channel": "red"}},
-        "enc": {
-            "class_type": "SymmetricMaskEncode",
-            "inputs": {
-                "kfi_model": ["m", 0],
-                "images": ["img", 0],
-                "mask": ["mask", 0],
-                "keyframe_indices": "",
-                "grow": 0,
-            },
-        },
-        "s": {
-            "class_type": "KeyframePropagateSampler",
-            "inputs": {
-                "kfi_model": ["m", 0],
-                "condition": ["enc", 0],
-                "seed": 0,
-                "steps": steps,
-                "sampler": "euler",
-                "min_guidance": 1.0,
-                "max_guidance": 3.0,
-                "fps": 7,
-                "motion_bucket_id": 127,
-                "noise_aug_strength": 0.02,
-                "composite": True,
-                "feather": 0,
-                "decode_chunk_size": 8,
-                **sampler,
-            },
-        },
+        "enc": encode_node("m", ["img", 0], ["mask", 0]),
+        "s": sampler_node("m", "enc", seed=0, steps=steps, **sampler),
         "out": {"class_type": "PreviewImage", "inputs": {"images": ["s", 0]}},
     }
 

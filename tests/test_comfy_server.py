@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from comfyhost import ROOT, ComfyServer, make_base_dir, missing_nodes
-from kfi_testing import pack_script
+from kfi_testing import encode_node, pack_script, sampler_node, tiny_model_node
 from PIL import Image
 
 # Every node the pack registers. A node missing from /object_info means the pack failed to load.
@@ -226,38 +226,9 @@ def _removal_prompt(steps=2, keyframe_indices="", seed=0, color_match=None, num_
         "3": {"class_type": "LoadVideo", "inputs": {"file": "kfi_sample_mask.mp4"}},
         "4": {"class_type": "GetVideoComponents", "inputs": {"video": ["3", 0]}},
         "5": {"class_type": "ImageToMask", "inputs": {"image": ["4", 0], "channel": "red"}},
-        "6": {
-            "class_type": "LoadKFInpaintModel",
-            "inputs": {"model": "diffusers/tiny-svd", "adapter": "none", "dtype": "auto", "frames": 0},
-        },
-        "7": {
-            "class_type": "SymmetricMaskEncode",
-            "inputs": {
-                "kfi_model": ["6", 0],
-                "images": ["2", 0],
-                "mask": ["5", 0],
-                "keyframe_indices": keyframe_indices,
-                "grow": 0,
-            },
-        },
-        "8": {
-            "class_type": "KeyframePropagateSampler",
-            "inputs": {
-                "kfi_model": ["6", 0],
-                "condition": ["7", 0],
-                "seed": seed,
-                "steps": steps,
-                "sampler": "euler",
-                "min_guidance": 1.0,
-                "max_guidance": 3.0,
-                "fps": 7,
-                "motion_bucket_id": 127,
-                "noise_aug_strength": 0.02,
-                "composite": True,
-                "feather": 0,
-                "decode_chunk_size": 8,
-            },
-        },
+        "6": tiny_model_node(),
+        "7": encode_node("6", ["2", 0], ["5", 0], keyframe_indices=keyframe_indices),
+        "8": sampler_node("6", "7", seed=seed, steps=steps),
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"kfi_removal_{seed}"}},
     }
     if color_match is not None:  # optional input: prompts from before it existed leave it out

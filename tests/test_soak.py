@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from kfi_testing import encode_node, sampler_node, tiny_model_node
 from PIL import Image
 
 PROMPTS = 110
@@ -51,40 +52,11 @@ def sampler_prompt(i: int, steps: int = 1, frames: int = 4, mask_frames: int | N
         else {"class_type": "ImageToMask", "inputs": {"image": ["mi", 0], "channel": "red"}}
     )
     prompt = {
-        "m": {
-            "class_type": "LoadKFInpaintModel",
-            "inputs": {"model": "diffusers/tiny-svd", "adapter": "none", "dtype": "auto", "frames": 0},
-        },
+        "m": tiny_model_node(),
         "img": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": frames, "color": COLOR}},
         "mask": mask,
-        "enc": {
-            "class_type": "SymmetricMaskEncode",
-            "inputs": {
-                "kfi_model": ["m", 0],
-                "images": ["img", 0],
-                "mask": ["mask", 0],
-                "keyframe_indices": index,
-                "grow": 0,
-            },
-        },
-        "s": {
-            "class_type": "KeyframePropagateSampler",
-            "inputs": {
-                "kfi_model": ["m", 0],
-                "condition": ["enc", 0],
-                "seed": i,
-                "steps": steps,
-                "sampler": "euler",
-                "min_guidance": 1.0,
-                "max_guidance": 3.0,
-                "fps": 7,
-                "motion_bucket_id": 127,
-                "noise_aug_strength": 0.02,
-                "composite": True,
-                "feather": 0,
-                "decode_chunk_size": 8,
-            },
-        },
+        "enc": encode_node("m", ["img", 0], ["mask", 0], keyframe_indices=index),
+        "s": sampler_node("m", "enc", seed=i, steps=steps),
         "out": {"class_type": "SaveImage", "inputs": {"images": ["s", 0], "filename_prefix": f"kfi_soak_run_{i}"}},
     }
     if mask_frames is not None:
