@@ -174,8 +174,12 @@ def full_hd_clip(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crop", [("--crop", "mask"), ()], ids=["crop-mask", "working-size"])
-def test_full_hd_clip_through_the_cli(tmp_path, tiny_model_dir, full_hd_clip, crop):
+@pytest.mark.parametrize(
+    "flags",
+    [("--crop", "mask", "--width", 128, "--height", 64), ("--width", 128, "--height", 64), ("--crop", "mask"), ()],
+    ids=["crop-mask", "working-size", "crop-mask-native", "native-default"],
+)
+def test_full_hd_clip_through_the_cli(tmp_path, tiny_model_dir, full_hd_clip, flags):
     frames_dir, masks_dir, frames, masks = full_hd_clip
     out = tmp_path / "out"
     proc = run_cli(
@@ -188,11 +192,7 @@ def test_full_hd_clip_through_the_cli(tmp_path, tiny_model_dir, full_hd_clip, cr
         masks_dir,
         "--out",
         out,
-        *crop,
-        "--width",
-        128,
-        "--height",
-        64,
+        *flags,
         "--steps",
         1,
     )
