@@ -9,7 +9,7 @@ widened to (64, 128, 128) with two layers per block (15 M params), built in-proc
 random weights (bench/common.py MID_UNET_OVERRIDES). The ComfyUI sampling peer
 (bench/comfy_sampler.py) runs on the smallest SVD file ComfyUI detects (UNet 320 channels on
 every level, 212 M params; built once in a temp folder) when >= 12 GB of RAM is free. The GPU figures come from
-bench/gpu_fullsize.py on a CUDA machine (here only its --dry-run runs).
+bench/gpu_check.py on a CUDA machine (here only its --dry-run runs, a check of its code path on the tiny model).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> int:
     run("schedules.py", "--memory", "--frames", "25", "100", "250")
     run("mask_grow.py", "--frames", "4", "--reps", "3" if args.quick else "5")
     run("comfy_startup.py", "--rounds", "1" if args.quick else "4")
-    run("gpu_fullsize.py", "--dry-run")
+    run("gpu_check.py", "--dry-run", "--summary")
     return 0
 
 

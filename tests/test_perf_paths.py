@@ -1,4 +1,5 @@
-"""Opt-in fast paths (channels-last, torch.compile with fallback), SDPA attention, and the GPU bench's dry run.
+"""Opt-in fast paths (channels-last, torch.compile with fallback) and SDPA attention (the GPU bench's dry run is
+tests/test_gpu_check.py).
 
 Behaviour only: no timing assertions (the benches in bench/ print ratios).
 """
@@ -6,9 +7,6 @@ Behaviour only: no timing assertions (the benches in bench/ print ratios).
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +16,6 @@ from kfi_core.inference.executor import propagate
 from kfi_core.inference.settings import PropagateSettings
 from kfi_core.model.loading import load_kfi_model, optimize_unet
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = PropagateSettings(steps=2, seed=3)
 
 
@@ -113,19 +110,3 @@ def test_unet_attention_uses_pytorch_sdpa(tiny_model_dir, monkeypatch):
     propagate(model, _clip(), PropagateSettings(steps=1))
     # spatial self + cross and temporal self + cross attention on the first level, down and up
     assert len(seen) >= 4
-
-
-@pytest.mark.slow
-def test_gpu_fullsize_bench_dry_run():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_fullsize.py"), "--dry-run", "--steps", "2", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-
-    result = json.loads(proc.stdout[proc.stdout.index("{") :])
-    assert result["attention"] == "AttnProcessor2_0" and result["finite"] and result["steps"] == 2
-    assert result["s_per_step"] > 0 and result["fraction_of_peak"] > 0
