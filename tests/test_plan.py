@@ -115,6 +115,25 @@ def test_plan_json_on_folder_and_single_file(tiny_model_dir, tmp_path, capsys):
     assert results[0]["memory"] == results[1]["memory"]  # the single file's configs match the folder's
 
 
+def test_plan_json_with_an_adapter(tiny_model_dir, tmp_path, capsys):
+    """With a KFI adapter (folder or single file) its parameters add to the UNet's resident weights, nothing else."""
+    adapter, single = tmp_path / "kfi.safetensors", tmp_path / "tiny.safetensors"
+    assert main(["init-adapter", str(tiny_model_dir), str(adapter)]) == 0
+    assert main(["convert", str(tiny_model_dir), str(single)]) == 0
+    capsys.readouterr()
+    base = ["plan", "--frames", "30", "--width", "64", "--height", "64", "--json"]
+
+    def plan(*extra) -> dict:
+        assert main([*base, *extra]) == 0
+        return json.loads(capsys.readouterr().out)["memory"]
+
+    plain = plan("--model", str(tiny_model_dir))
+    adapted = plan("--model", str(tiny_model_dir), "--adapter", str(adapter))
+    assert adapted["resident"]["unet_step"] > plain["resident"]["unet_step"]
+    assert adapted["activations"] == plain["activations"]
+    assert plan("--model", str(single), "--adapter", str(adapter)) == adapted
+
+
 def test_plan_text_and_offload_modes(tiny_model_dir, capsys):
     assert main(["plan", "--model", str(tiny_model_dir), "--frames", "8", "--width", "64", "--height", "64"]) == 0
     text = capsys.readouterr().out
