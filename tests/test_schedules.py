@@ -399,7 +399,7 @@ def test_builder_errors():
 
 
 def test_schedule_options_lists_defaults():
-    assert schedule_options("anchor") == {"anchor_spacing": None, "context": 2}
+    assert schedule_options("anchor") == {"anchor_spacing": None, "context": 2, "keyframe_windows": False}
     assert schedule_options("3-res") == {"strides": (15, 5), "overlap": None, "future": None}
 
 

@@ -17,6 +17,12 @@ window's latents at a time (a fused MultiDiffusion stage keeps the whole clip's 
 host and moves one window's slice to the device per model call), so device memory does not
 grow with clip length.
 
+Seams: after the last window of a schedule of several windows, each generated frame's fill is shifted so its mean
+colour is the mean over the frames within ``seam_smoothing`` frames (default :data:`DEFAULT_SEAM_SMOOTHING`;
+:func:`smooth_seams`): where two windows meet, the fill's colour steps (the demo model's seam ratio at window
+boundaries was 1.6-1.9 on every schedule, docs/RESULTS.md "Long clips"); smoothing turns the step into a ramp while a
+steady change of light or motion passes. Keyframes and pixels outside the composite's mask stay exact.
+
 Seeds: the first window of a run uses ``settings.seed`` itself, so a clip that fits one window
 gives exactly :func:`propagate`'s output; window ``k`` uses a seed derived
 from ``(seed, k)``.
@@ -39,6 +45,7 @@ from typing import Any
 import torch
 
 from kfi_core.errors import InputMismatchError, ScheduleError
+from kfi_core.inference.color_match import smooth_fill_colours
 from kfi_core.inference.condition import ClipInputs, check_mask_coverage
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
 from kfi_core.inference.schedule_builders import build_schedule
@@ -56,11 +63,31 @@ from kfi_core.inference.window import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULE = "anchor"
+#: Initial noise of a schedule's windows: ``per-window`` (each window draws its own from its seed) or ``shared``
+#: (:func:`shared_noise`: one window's worth drawn once from the run's seed, frame f starting from its frame
+#: f mod window, so every window starts from the same noise; FreeNoise's noise rescheduling, Qiu et al. 2024).
+NOISE_MODES = ("per-window", "shared")
+DEFAULT_NOISE = "per-window"
+#: Seam smoothing of a schedule of several windows: after the last window, each generated frame's fill is shifted so
+#: its mean colour is the mean over the frames within this many frames
+#: (:func:`kfi_core.inference.color_match.smooth_fill_colours`); 0 turns it off. Only with ``settings.composite``.
+DEFAULT_SEAM_SMOOTHING = 3
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # golden-ratio increment: well-spread per-window seeds
 
 
 def window_seed(seed: int, k: int) -> int:
     return seed if k == 0 else (seed + k * _SEED_STRIDE) % 2**64
+
+
+def shared_noise(model, clip: ClipInputs, settings: PropagateSettings, window: int) -> torch.Tensor:
+    """The ``shared`` noise mode's initial latents for the whole clip, [1, N, C, h, w] on the host: ``window``
+    frames of noise drawn from ``settings.seed`` (scaled as :func:`initial_latents` does), frame f taking frame
+    ``f % window``."""
+    scale = model.vae_scale_factor
+    h, w = clip.size[0] // scale, clip.size[1] // scale
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    base = initial_latents((1, window, int(model.vae.config.latent_channels), h, w), settings, model, generator)
+    return base[:, [f % window for f in range(clip.num_frames)]]
 
 
 def window_clip(clip: ClipInputs, result: torch.Tensor, window) -> ClipInputs:
@@ -120,14 +147,42 @@ def run_schedule(
     *,
     callback: Callable[[dict], Any] | None = None,
     check_cancel: Callable[[], Any] | None = None,
+    noise: str | None = None,
+    seam_smoothing: int | None = None,
 ) -> torch.Tensor:
     """Inpaint ``clip`` following ``schedule``; frames [N, 3, H, W] in 0..1 on the host.
 
-    ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean (:func:`mean_of_samples`)."""
+    ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean (:func:`mean_of_samples`).
+    ``noise``: one of :data:`NOISE_MODES` (default :data:`DEFAULT_NOISE`); ``seam_smoothing``: frames (default
+    :data:`DEFAULT_SEAM_SMOOTHING`; 0 off), see :func:`smooth_seams`."""
     settings = _checked(settings, clip)
+    noise = DEFAULT_NOISE if noise is None else noise
+    if noise not in NOISE_MODES:
+        raise ScheduleError(f"noise: got {noise!r}; choose one of {', '.join(NOISE_MODES)}.")
+    radius = DEFAULT_SEAM_SMOOTHING if seam_smoothing is None else seam_smoothing
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise ScheduleError(f"seam_smoothing: got {radius!r}; give a whole number of frames from 0 (off) up.")
     check_size(model, *clip.size)
     check_schedule(schedule, clip, model)
-    return _samples(lambda s, cb: _run_schedule(model, clip, schedule, s, cb, check_cancel), clip, settings, callback)
+    shared = noise == "shared"
+
+    def run(s: PropagateSettings, cb) -> torch.Tensor:
+        return smooth_seams(
+            clip, _run_schedule(model, clip, schedule, s, cb, check_cancel, shared), schedule, s, radius
+        )
+
+    return _samples(run, clip, settings, callback)
+
+
+def smooth_seams(clip: ClipInputs, frames: torch.Tensor, schedule, settings: PropagateSettings, radius: int):
+    """Shift each generated frame's fill so its mean colour is the mean over the frames within ``radius`` frames
+    (:func:`~kfi_core.inference.color_match.smooth_fill_colours`, keyframes fixed): the colour step where two windows
+    meet becomes a ramp. Only for a composited result of a schedule of several windows, where pixels outside the
+    composite's weights stay the input's exactly."""
+    if radius < 1 or not settings.composite or len(schedule.windows) < 2:
+        return frames
+    weights = composite_mask(clip, settings.feather)
+    return smooth_fill_colours(frames, weights, radius, fixed=clip.keyframe_indices)
 
 
 def _run_schedule(
@@ -137,8 +192,10 @@ def _run_schedule(
     settings: PropagateSettings,
     callback: ProgressCallback | None,
     check_cancel: Callable[[], Any] | None,
+    shared: bool = False,
 ) -> torch.Tensor:
-    """One sample of a checked schedule: each stage's windows in turn (a fused stage's all at once)."""
+    """One sample of a checked schedule: each stage's windows in turn (a fused stage's all at once); ``shared``:
+    every window starts from :func:`shared_noise` (a fused stage too)."""
     total = total_steps(schedule, settings.steps)
     logger.info(
         "running schedule %s: %d frames, %d stages, %d windows, %d sampling steps",
@@ -150,6 +207,7 @@ def _run_schedule(
     )
     result = clip.frames.float().clone()  # composited frames: known content for later windows
     raw = result.clone() if not settings.composite else None
+    noise = shared_noise(model, clip, settings, schedule.window) if shared else None
     done, k = 0, 0
     for s, stage in enumerate(schedule.stages):
         if stage.fused:
@@ -161,6 +219,7 @@ def _run_schedule(
                 replace(settings, seed=window_seed(settings.seed, k)),
                 _progress(callback, done, total, s, 0),
                 check_cancel,
+                noise,
             )
             frames = sorted({f for w in stage.windows for f in w.generate})
             known = sorted({f for w in stage.windows for f, r in zip(w.frames, w.roles) if r == "known"} - set(frames))
@@ -176,6 +235,7 @@ def _run_schedule(
                 replace(settings, seed=window_seed(settings.seed, k)),
                 callback=_progress(callback, done, total, s, w),
                 check_cancel=check_cancel,
+                noise=None if noise is None else noise[:, list(window.frames)],
             )
             decoded = decode_window(model, latents, settings.decode_chunk_size, settings.decode_tile)  # [F_w, 3, H, W]
             positions = [j for j, role in enumerate(window.roles) if role == "generate"]
@@ -223,8 +283,9 @@ def _keep(
         raw[frames] = generated
 
 
-def _run_fused_stage(model, clip, result, stage, settings, callback, check_cancel) -> torch.Tensor:
-    """Temporal MultiDiffusion: every step denoises each window and averages overlapping frames."""
+def _run_fused_stage(model, clip, result, stage, settings, callback, check_cancel, noise=None) -> torch.Tensor:
+    """Temporal MultiDiffusion: every step denoises each window and averages overlapping frames (from ``noise``,
+    the clip's initial latents, when given)."""
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     denoisers = [
         (w, WindowDenoiser(model, window_clip(clip, result, w), settings, generator, resident=False))
@@ -232,6 +293,7 @@ def _run_fused_stage(model, clip, result, stage, settings, callback, check_cance
     ]
     _, _, channels, h, wd = denoisers[0][1].latent_shape
     x = initial_latents((1, clip.num_frames, channels, h, wd), settings, model, generator)  # host
+    x = x if noise is None else noise.to(x.dtype)
 
     def denoise(x_full: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(x_full)
@@ -261,11 +323,14 @@ def inpaint(
     strategy: str | None = None,
     callback: Callable[[dict], Any] | None = None,
     check_cancel: Callable[[], Any] | None = None,
+    noise: str | None = None,
+    seam_smoothing: int | None = None,
 ) -> torch.Tensor:
     """Inpaint a clip of any length: one window when it fits, else a schedule.
 
     ``schedule`` (a :class:`~kfi_core.inference.schedules.Schedule`) wins; else ``strategy`` names a builder;
-    else clips longer than the model's window use the coarse-to-fine ``anchor`` schedule.
+    else clips longer than the model's window use the coarse-to-fine ``anchor`` schedule. ``noise`` and
+    ``seam_smoothing``: see :func:`run_schedule`.
     """
     check_mask_coverage(clip)
     if schedule is None:
@@ -275,7 +340,16 @@ def inpaint(
             logger.info(
                 "%d frames exceed the model's %d: using the %s schedule", clip.num_frames, model.num_frames, name
             )
-    return run_schedule(model, clip, schedule, settings, callback=callback, check_cancel=check_cancel)
+    return run_schedule(
+        model,
+        clip,
+        schedule,
+        settings,
+        callback=callback,
+        check_cancel=check_cancel,
+        noise=noise,
+        seam_smoothing=seam_smoothing,
+    )
 
 
 def propagate(

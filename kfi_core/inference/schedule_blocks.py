@@ -159,6 +159,23 @@ def fill_context(stages: list[list[Roles]], window: int, keyset: set[int], per_f
                 w[f] = CONTEXT
 
 
+def add_keyframes(stages: list[list[Roles]], window: int, keys: Sequence[int]) -> None:
+    """Give every window that generates frames the keyframe nearest to them as a known frame (in place).
+
+    A window that holds a keyframe already, or is full, is left as it is; so is every window without keyframes.
+    Keyframes are known wherever they appear, so this only adds conditioning: the edit is seen by every window
+    that generates frames, as far-future conditioning shows far frames."""
+    if not keys:
+        return
+    keyset = set(keys)
+    for ws in stages:
+        for w in ws:
+            gen = sorted(f for f, r in w.items() if r == GENERATE)
+            if not gen or len(w) >= window or keyset & w.keys():
+                continue
+            w[min(keys, key=lambda k: (distance_to(gen, k), k))] = KNOWN
+
+
 def distance_to(sorted_frames: list[int], f: int) -> int:
     """Distance from ``f`` to the nearest of ``sorted_frames`` (non-empty)."""
     i = bisect.bisect_left(sorted_frames, f)

@@ -49,6 +49,22 @@ def _top_anchors(grid: list[int], base: list[int], index: dict[int, int], window
     return [grid[k] for k in sorted(cuts)]
 
 
+def _anchor_options(window: int, anchor_spacing: int | None, context: int, keyframe_windows: bool) -> dict:
+    """The anchor schedule's checked options, with the default spacing filled in."""
+    if not isinstance(keyframe_windows, bool):
+        raise ScheduleError(f"keyframe_windows: got {keyframe_windows!r}; give true or false.")
+    room = 2 if keyframe_windows and window > MIN_WINDOW else 1  # frames a gap window leaves for its keyframe + 1
+    spacing = window - room if anchor_spacing is None else anchor_spacing
+    spacing = blocks.check_int_option(
+        "anchor_spacing", spacing, 2, window - 1, "frames between neighbouring anchors; a gap must fit in one window"
+    )
+    context = blocks.check_int_option("context", context, 0, window, "context frames per generated frame; 0 for none")
+    options = {"anchor_spacing": spacing, "context": context}
+    if keyframe_windows:  # recorded only when on, so existing schedules' JSON stays as it was
+        options["keyframe_windows"] = True
+    return options
+
+
 def build_anchor_schedule(
     num_frames: int,
     window: int,
@@ -56,6 +72,7 @@ def build_anchor_schedule(
     *,
     anchor_spacing: int | None = None,
     context: int = 2,
+    keyframe_windows: bool = False,
 ) -> Schedule:
     """KFI's coarse-to-fine schedule (KFI supplement, Fig. 4): anchors over the whole clip first.
 
@@ -76,17 +93,18 @@ def build_anchor_schedule(
     cheapest schedule: about ``1 + 2 / (window - 1)`` evaluations per output frame for long clips
     (each anchor is generated once and known in its two gap windows).
 
+    ``keyframe_windows`` (default off): every window that generates frames also holds the nearest keyframe as a
+    known frame (:func:`~kfi_core.inference.schedule_blocks.add_keyframes`, before the context frames), so each
+    window sees the edit itself rather than only anchors made from it. The default ``anchor_spacing`` is then
+    ``window - 2``, which leaves a gap window room for the keyframe; a full window goes without.
+
     With more than ``window - 2`` keyframes stage 1 cannot hold them all; it then only generates
     the first and last frames (when not keyframes) next to their nearest keyframes, and the
     keyframes bracket the gaps.
     """
     keys = blocks.check_build_args(num_frames, window, keyframes)
-    spacing = window - 1 if anchor_spacing is None else anchor_spacing
-    spacing = blocks.check_int_option(
-        "anchor_spacing", spacing, 2, window - 1, "frames between neighbouring anchors; a gap must fit in one window"
-    )
-    context = blocks.check_int_option("context", context, 0, window, "context frames per generated frame; 0 for none")
-    options = {"anchor_spacing": spacing, "context": context}
+    options = _anchor_options(window, anchor_spacing, context, keyframe_windows)
+    spacing, context = options["anchor_spacing"], options["context"]
     if num_frames <= window:
         return blocks.single_window("anchor", num_frames, window, keys, options)
 
@@ -118,6 +136,8 @@ def build_anchor_schedule(
     for a, b in zip(points, points[1:]):
         subdivide(index[a], index[b], 1)
     stages = [blocks.merge_windows(ws, window) for ws in stages if ws]
+    if keyframe_windows:
+        blocks.add_keyframes(stages, window, keys)
     if context:
         blocks.fill_context(stages, window, keyset, context)
     return blocks.assemble("anchor", num_frames, window, keys, stages, options)

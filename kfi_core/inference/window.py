@@ -143,13 +143,21 @@ def sample_window_latents(
     *,
     callback: ProgressCallback | None = None,
     check_cancel: Callable[[], Any] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sample the latents [1, F, 4, h, w] of one window (steps 1-3 of :func:`run_window`)."""
+    """Sample the latents [1, F, 4, h, w] of one window (steps 1-3 of :func:`run_window`).
+
+    ``noise`` (the window's initial latents, already scaled by :func:`initial_latents`) replaces the draw of step 2:
+    a schedule's shared noise (:func:`kfi_core.inference.executor.shared_noise`)."""
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     # 1. Condition latents (first draws from the generator), embedding, guidance
     denoise = WindowDenoiser(model, clip, settings, generator)
-    # 2. Initial noise (the next draw)
-    x = initial_latents(denoise.latent_shape, settings, model, generator).to(model.device)
+    # 2. Initial noise (the next draw), unless given
+    if noise is None:
+        noise = initial_latents(denoise.latent_shape, settings, model, generator)
+    elif tuple(noise.shape) != tuple(denoise.latent_shape):
+        raise InputMismatchError(f"noise: shape {list(noise.shape)}; this window needs {list(denoise.latent_shape)}.")
+    x = noise.to(model.device)
     # 3. Sample
     sigmas = get_sigmas_svd(settings.steps, model.scheduler_config).to(model.device)
     return get_sampler(settings.sampler)(denoise, x, sigmas, callback=callback, check_cancel=check_cancel)

@@ -135,7 +135,7 @@ def _log_crop(clip: ClipInputs, box: Box, work: tuple[int, int]) -> None:
 def _inpaint_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
     """One sample at the working ``size``, brought back to the clip's size and composited there."""
     back = _fill_resized(model, clip, settings, size, run_args, callback)
-    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
+    return composite(clip, back, settings.feather) if settings.composite else back
 
 
 def _inpaint_cropped(model, clip: ClipInputs, settings, size, box: Box, run_args, callback) -> torch.Tensor:
@@ -147,16 +147,18 @@ def _inpaint_cropped(model, clip: ClipInputs, settings, size, box: Box, run_args
     )
     fill = _fill_resized(model, inner, settings, size, run_args, callback)
     back = stitch_clip(clip.frames.float(), fill, box, clip.masks)
-    return composite(clip, back, settings.feather, settings.color_match) if settings.composite else back
+    return composite(clip, back, settings.feather) if settings.composite else back
 
 
 def _fill_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
-    """One sample at the working ``size``, not composited, brought back to the clip's size."""
+    """One sample at the working ``size``, brought back to the clip's size: composited there as the direct path
+    does (colour match, a long clip's seam smoothing) but with a hard edge; the caller composites again at the
+    clip's size with the input's own frames and masks (and the feather)."""
     work = ClipInputs(
         frames=resize_frames(clip.frames, size),
         masks=resize_masks(clip.masks, size),
         keyframe_indices=clip.keyframe_indices,
     )
-    raw = PropagateSettings(**{**settings.__dict__, "composite": False})
-    generated = inpaint(model, work, raw, callback=callback, **run_args)
+    hard_edge = PropagateSettings(**{**settings.__dict__, "feather": 0})
+    generated = inpaint(model, work, hard_edge, callback=callback, **run_args)
     return resize_frames(generated, clip.size)

@@ -1,0 +1,180 @@
+"""The long-clip levers of issue 45: keyframes in every window (anchor option ``keyframe_windows``), shared noise
+across windows (``run_schedule(noise="shared")``) and seam smoothing (``run_schedule(seam_smoothing=r)``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kfi_testing import load_with_random_adapter
+
+from kfi_core.errors import InputMismatchError, ScheduleError
+from kfi_core.inference.color_match import smooth_fill_colours
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.executor import (
+    DEFAULT_SEAM_SMOOTHING,
+    NOISE_MODES,
+    inpaint,
+    run_schedule,
+    shared_noise,
+    smooth_seams,
+)
+from kfi_core.inference.schedule_builders import build_schedule
+from kfi_core.inference.schedules import Schedule
+from kfi_core.inference.settings import PropagateSettings
+from kfi_core.inference.window import sample_window_latents
+
+FAST = dict(steps=2, decode_chunk_size=8)
+
+
+@pytest.mark.parametrize(("frames", "keys"), [(32, [0]), (32, [16]), (96, [0]), (40, [5, 30])])
+def test_keyframe_windows_puts_a_keyframe_in_every_window_that_generates(frames, keys):
+    schedule = build_schedule("anchor", frames, 8, keys, keyframe_windows=True)
+    for w in schedule.windows:
+        assert w.generate
+        assert set(keys) & set(w.frames), w
+        assert all(w.role_of(k) in (None, "known") for k in keys)
+    assert schedule.options["keyframe_windows"] is True
+    assert schedule.options["anchor_spacing"] == 6  # window - 2: room for the keyframe in a gap window
+    assert Schedule.from_json(schedule.to_json()).to_dict() == schedule.to_dict()
+
+
+def test_keyframe_windows_off_leaves_the_default_schedule_unchanged():
+    default = build_schedule("anchor", 32, 8, [0])
+    assert "keyframe_windows" not in default.options
+    assert build_schedule("anchor", 32, 8, [0], keyframe_windows=False).to_dict() == default.to_dict()
+
+
+def test_keyframe_windows_without_keyframes_adds_nothing():
+    on = build_schedule("anchor", 32, 8, [], keyframe_windows=True, anchor_spacing=7)
+    off = build_schedule("anchor", 32, 8, [], anchor_spacing=7)
+    assert on.stages == off.stages
+
+
+def test_keyframe_windows_must_be_a_bool():
+    with pytest.raises(ScheduleError, match="keyframe_windows"):
+        build_schedule("anchor", 32, 8, [0], keyframe_windows="yes")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return load_with_random_adapter(tiny_model_dir)
+
+
+def _clip(n, keyframes=()):
+    g = torch.Generator().manual_seed(1)
+    frames = torch.rand(n, 3, 64, 64, generator=g)
+    masks = torch.zeros(n, 1, 64, 64)
+    masks[:, :, 16:40, 20:44] = 1.0
+    return prepare_clip(frames, masks, keyframe_indices=list(keyframes))
+
+
+def test_shared_noise_repeats_one_window_of_noise(model):
+    clip = _clip(20)
+    noise = shared_noise(model, clip, PropagateSettings(**FAST), model.num_frames)
+    assert noise.shape[1] == 20
+    for f in range(20):
+        assert torch.equal(noise[:, f], noise[:, f % model.num_frames])
+    assert not torch.equal(noise[:, 0], noise[:, 1])
+
+
+def test_shared_noise_runs_every_window_from_its_slice(model, monkeypatch):
+    clip = _clip(20, keyframes=[0])
+    schedule = build_schedule("anchor", 20, model.num_frames, [0])
+    settings = PropagateSettings(**FAST)
+    want = shared_noise(model, clip, settings, model.num_frames)
+    seen = []
+    import kfi_core.inference.executor as executor
+
+    def spy(model_, sub, settings_, *, noise=None, **kwargs):
+        seen.append(noise)
+        return sample_window_latents(model_, sub, settings_, noise=noise, **kwargs)
+
+    monkeypatch.setattr(executor, "sample_window_latents", spy)
+    a = run_schedule(model, clip, schedule, settings, noise="shared")
+    assert len(seen) == len(schedule.windows)
+    for w, noise in zip(schedule.windows, seen):
+        assert torch.equal(noise, want[:, list(w.frames)])
+    b = inpaint(model, clip, settings, schedule=schedule, noise="shared")
+    assert torch.equal(a, b)  # deterministic
+    c = run_schedule(model, clip, schedule, settings, noise="per-window")
+    assert not torch.equal(a, c)
+
+
+def test_shared_noise_with_a_fused_stage(model):
+    clip = _clip(20)
+    schedule = build_schedule("multidiffusion", 20, model.num_frames)
+    out = run_schedule(model, clip, schedule, PropagateSettings(**FAST), noise="shared")
+    assert out.shape == clip.frames.shape and torch.isfinite(out).all()
+
+
+def test_unknown_noise_mode_and_bad_noise_shape(model):
+    clip = _clip(20)
+    schedule = build_schedule("anchor", 20, model.num_frames)
+    with pytest.raises(ScheduleError, match=", ".join(NOISE_MODES)):
+        run_schedule(model, clip, schedule, PropagateSettings(**FAST), noise="same")
+    with pytest.raises(InputMismatchError, match="noise"):
+        sample_window_latents(model, _clip(4), PropagateSettings(**FAST), noise=torch.zeros(1, 3, 4, 8, 8))
+
+
+# --------------------------------------------------------------------------- seam smoothing
+
+
+def _step_clip(n=8, step_at=4):
+    frames = torch.full((n, 3, 16, 16), 0.2)
+    weights = torch.zeros(n, 1, 16, 16)
+    weights[:, :, 4:12, 4:12] = 1.0
+    for t in range(n):
+        frames[t, :, 4:12, 4:12] = 0.3 if t < step_at else 0.5
+    return frames, weights
+
+
+def test_smooth_fill_colours_turns_a_step_into_a_ramp_and_keeps_the_rest():
+    frames, weights = _step_clip()
+    out = smooth_fill_colours(frames, weights, 2, fixed=[0])
+    fill = out[:, 0, 8, 8]
+    jumps = (fill[1:] - fill[:-1]).abs()
+    assert float(jumps.max()) < 0.2 / 2  # the step of 0.2 is spread over several frames
+    assert torch.equal(out[0], frames[0])  # fixed
+    assert torch.equal(out[weights.expand_as(out) == 0], frames[weights.expand_as(frames) == 0])  # outside exact
+    inside = out[:, :, 4:12, 4:12]
+    assert torch.allclose(inside, inside[:, :, :1, :1].expand_as(inside))  # a shift, no texture change
+
+
+def test_smooth_fill_colours_passes_a_steady_change():
+    frames, weights = _step_clip()
+    for t in range(8):
+        frames[t, :, 4:12, 4:12] = 0.2 + 0.05 * t
+    out = smooth_fill_colours(frames, weights, 2)
+    assert torch.allclose(out[2:6], frames[2:6], atol=1e-6)  # the interior of a linear ramp is its own mean
+    assert torch.equal(smooth_fill_colours(frames, weights, 0), frames)
+
+
+def test_seam_smoothing_is_the_smoothed_raw_run(model):
+    clip = _clip(20, keyframes=[0])
+    schedule = build_schedule("anchor", 20, model.num_frames, [0])
+    settings = PropagateSettings(**FAST)
+    raw = run_schedule(model, clip, schedule, settings, seam_smoothing=0)
+    got = run_schedule(model, clip, schedule, settings, seam_smoothing=3)
+    assert torch.equal(got, smooth_seams(clip, raw, schedule, settings, 3))
+    assert not torch.equal(got, raw)
+    assert torch.equal(got[0], clip.frames[0])  # the keyframe stays exact
+    outside = clip.masks.expand_as(got) == 0
+    assert torch.equal(got[outside], clip.frames[outside])
+    assert torch.equal(inpaint(model, clip, settings, schedule=schedule), run_schedule(model, clip, schedule, settings))
+    assert DEFAULT_SEAM_SMOOTHING >= 0
+
+
+def test_seam_smoothing_leaves_a_single_window_alone(model):
+    clip = _clip(6)
+    settings = PropagateSettings(**FAST)
+    assert torch.equal(
+        inpaint(model, clip, settings, seam_smoothing=3), inpaint(model, clip, settings, seam_smoothing=0)
+    )
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_seam_smoothing_must_be_a_whole_number_of_frames(model, bad):
+    clip = _clip(20)
+    schedule = build_schedule("anchor", 20, model.num_frames)
+    with pytest.raises(ScheduleError, match="seam_smoothing"):
+        run_schedule(model, clip, schedule, PropagateSettings(**FAST), seam_smoothing=bad)

@@ -1,0 +1,63 @@
+"""kfi_core.inference.working_size: which size the model runs at, and that a clip off that size goes through the
+same steps as one at it (a long clip's seam smoothing included) and comes back exact outside the mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kfi_core.errors import SettingsError, UnknownNameError
+from kfi_core.inference import executor
+from kfi_core.inference.condition import prepare_clip
+from kfi_core.inference.settings import PropagateSettings
+from kfi_core.inference.working_size import inpaint_at_size, working_size
+from kfi_core.model.loading import load_kfi_model
+
+
+class Model:
+    default_size = (576, 1024)
+
+
+@pytest.mark.parametrize(
+    ("clip_size", "size", "want"),
+    [
+        ((1080, 1920), "native", (576, 1024)),
+        ((1920, 1080), "native", (1024, 576)),
+        ((512, 512), "native", (576, 1024)),  # a square counts as landscape
+        ((1080, 1920), "input", (1080, 1920)),
+        ((1080, 1920), None, (1080, 1920)),
+        ((1080, 1920), (320, 576), (320, 576)),
+    ],
+)
+def test_working_size(clip_size, size, want):
+    assert working_size(Model(), clip_size, size) == want
+
+
+@pytest.mark.parametrize(
+    ("size", "error"), [("big", UnknownNameError), ((0, 64), SettingsError), ((64,), SettingsError)]
+)
+def test_bad_working_size(size, error):
+    with pytest.raises(error, match="size: got"):
+        working_size(Model(), (64, 64), size)
+
+
+def test_a_resized_long_clip_is_seam_smoothed_and_exact_outside_the_mask(tiny_model_dir, monkeypatch):
+    model = load_kfi_model(tiny_model_dir)  # window 8, native 64x64
+    g = torch.Generator().manual_seed(2)
+    frames = torch.rand(12, 3, 60, 70, generator=g)
+    masks = torch.zeros(12, 1, 60, 70)
+    masks[:, :, 20:40, 25:45] = 1.0
+    clip = prepare_clip(frames, masks)
+    smoothed = []
+    original = executor.smooth_fill_colours
+
+    def spy(frames, weights, radius, fixed=()):
+        smoothed.append((tuple(frames.shape), radius))
+        return original(frames, weights, radius, fixed)
+
+    monkeypatch.setattr(executor, "smooth_fill_colours", spy)
+    out = inpaint_at_size(model, clip, PropagateSettings(steps=1, feather=2), size="native")
+    assert smoothed == [((12, 3, 64, 64), executor.DEFAULT_SEAM_SMOOTHING)], "smoothed at the working size, once"
+    assert out.shape == frames.shape
+    keep = (torch.nn.functional.max_pool2d(masks, 5, 1, 2) == 0).expand_as(frames)  # the 2-pixel feather
+    assert torch.equal(out[keep], frames[keep])
