@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/long_clips.py [--clips 3] [--side-clips 2] [--steps 25] [--schedules all]
         [--levers all] [--long-clips 1] [--long-schedules anchor,multidiffusion,autoregressive]
-        [--real-clips 1] [--quick] [--render-only] [--out docs/RESULTS.md] [--images docs/images/long_clips]
+        [--real-clips 3] [--quick] [--render-only] [--only KEYS] [--out docs/RESULTS.md]
+        [--images docs/images/long_clips]
 
 The section in docs/RESULTS.md was written by ``.venv/bin/python bench/long_clips.py`` (the defaults).
 
@@ -27,7 +28,8 @@ edit warped by optical flow across the clip; the ground truth's own mean colour 
 that shows how much the ground truth itself changes). Columns: kfi_core.evaluation.long_clip_metrics and
 kfi_core.evaluation.metrics.warping_error; frame-evaluations per output frame from kfi_core.inference.schedule_cost.
 The measured rows are kept in docs/images/long_clips/long_clips.json; ``--render-only`` rewrites the section from
-them without measuring. ``--quick`` (the test): 2-window clips, 1 clip, 2 steps, 2 schedules, 1 lever, the keyframe-at-0 and removal
+them without measuring; ``--only real,long`` measures only those conditions (keys kf0, kfmid, light, removal, long,
+real) and keeps the others' rows from the file: with the same flags, the same numbers as a whole run. ``--quick`` (the test): 2-window clips, 1 clip, 2 steps, 2 schedules, 1 lever, the keyframe-at-0 and removal
 conditions only. ``--threads`` (default 1): torch's CPU threads; on a machine shared with other jobs one thread ran
 a 32-frame clip 4.5x faster than two.
 """
@@ -50,9 +52,20 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.long_clips_report import (  # noqa: E402
+    ORACLE,
+    PLOT_ROWS,
+    SMOOTHED_TOO,
+    _fmt,
+    default_label,
+    merged,
+    render,
+    write_section,
+)
+
 logger = logging.getLogger("bench.long_clips")
 
-BEGIN, END = "<!-- long_clips:begin -->", "<!-- long_clips:end -->"
+CONDITION_KEYS = ("kf0", "kfmid", "light", "removal", "long", "real")
 STATE_FILE = "long_clips.json"  # the measured rows, beside the plots: --render-only rewrites the section from it
 DEFAULT_OUT = ROOT / "docs" / "RESULTS.md"
 DEFAULT_IMAGES = ROOT / "docs" / "images" / "long_clips"
@@ -63,32 +76,6 @@ LEVERS = {
     "shared-noise": ({}, {}, "shared"),
     "colour-match-known": ({}, {"color_match": "keyframe"}, None),
 }
-LEVER_NOTES = {
-    "keyframe-windows": "every window that generates frames also holds the keyframe as a known frame "
-    "(anchor option keyframe_windows)",
-    "shared-noise": "every window starts from the same noise frames (run_schedule noise='shared', FreeNoise-style)",
-    "colour-match-known": "each window's colours fitted to its known frames (anchors, keyframes; "
-    "color_match='keyframe') instead of the ring around the hole",
-    "seam smoothing": "after the last window each generated frame's fill is shifted so its mean colour is the mean "
-    "over the frames within r frames, keyframes fixed (run_schedule seam_smoothing=r; a post-process of the same "
-    "sample, so the '+ seam smoothing' rows cost nothing more)",
-}
-ORACLE = "GT mean colour per frame (oracle)"
-#: The rows whose first clip gets a plot (besides the baselines and the oracle).
-PLOT_ROWS = ("multidiffusion", "autoregressive", "anchor, no seam smoothing")
-#: Schedules that also get a '+ seam smoothing' row (the done-when compares the default with them).
-SMOOTHED_TOO = ("multidiffusion", "autoregressive")
-COLUMNS = (
-    ("psnr_mask", "PSNR mask"),
-    ("within", "within 1st window"),
-    ("beyond", "beyond 1st window"),
-    ("beyond_minus_within", "beyond - within"),
-    ("slope", "slope dB/frame"),
-    ("seam", "seam ratio"),
-    ("seam_gt", "seam ratio vs GT"),
-    ("warp", "warp err mask"),
-    ("evals", "evals/frame"),
-)
 
 
 @dataclass
@@ -112,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=3, help="clips of the 4x keyframe-at-0 condition (default 3)")
     p.add_argument("--side-clips", type=int, default=2, help="clips of the other 4x conditions (default 2)")
     p.add_argument("--long-clips", type=int, default=1, help="clips of the 12x condition (default 1; 0 skips it)")
-    p.add_argument("--real-clips", type=int, default=1, help="real-footage clips (default 1; 0 skips them)")
+    p.add_argument("--real-clips", type=int, default=3, help="real-footage clips (default 3; 0 skips them)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--schedules", default="all", help="comma-separated schedules of the 4x conditions (default all)")
@@ -128,6 +115,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--render-only",
         action="store_true",
         help=f"rewrite the section from the last run's {STATE_FILE} in --images, without measuring",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="KEYS",
+        help=f"measure only these conditions (comma-separated keys: {', '.join(CONDITION_KEYS)}) and keep the "
+        f"others' rows from {STATE_FILE}",
     )
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared machine far faster than more)"
@@ -146,6 +140,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.schedules = _names(p, "--schedules", args.schedules, tuple(SCHEDULES))
     args.long_schedules = _names(p, "--long-schedules", args.long_schedules, tuple(SCHEDULES))
     args.levers = [] if args.levers == "none" else _names(p, "--levers", args.levers, tuple(LEVERS))
+    args.only = None if args.only is None else _names(p, "--only", args.only, CONDITION_KEYS)
     if min(args.clips, args.side_clips, args.steps) < 1 or min(args.long_clips, args.real_clips) < 0:
         p.error("--clips, --side-clips and --steps must be at least 1; --long-clips and --real-clips at least 0")
     return args
@@ -295,14 +290,6 @@ def _prepared(c: dict):
     )
 
 
-def default_label() -> str:
-    from kfi_core.inference.executor import DEFAULT_SCHEDULE, DEFAULT_SEAM_SMOOTHING
-
-    if DEFAULT_SEAM_SMOOTHING:
-        return f"{DEFAULT_SCHEDULE} + seam smoothing {DEFAULT_SEAM_SMOOTHING} (default)"
-    return f"{DEFAULT_SCHEDULE} (default)"
-
-
 def model_rows(cond: Condition, models: dict, settings, window: int) -> list[tuple[str, callable, callable]]:
     """[(label, run(clip) -> frames, schedule(clip) -> Schedule)]. Schedules and levers run without seam smoothing
     (the strategies as designed); the default's row and the '+ seam smoothing' rows smooth the same sample (so of
@@ -425,173 +412,6 @@ def _slug(label: str) -> str:
     return "-".join(part for part in keep.split("-") if part)[:60]
 
 
-def _fmt(v, digits: int = 2) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and abs(v) < 1 and v != 0:
-        return f"{v:.3f}"
-    return f"{v:.{digits}f}"
-
-
-def table(rows) -> str:
-    head = "| method | " + " | ".join(title for _, title in COLUMNS) + " | s/clip |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    for label, mean, _, seconds in rows:
-        lines.append(f"| {label} | " + " | ".join(_fmt(mean[k]) for k, _ in COLUMNS) + f" | {seconds:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _mean(rows, label: str, key: str):
-    for lab, mean, _, _ in rows:
-        if lab == label:
-            return mean[key]
-    return None
-
-
-def verdict(results: dict[str, list]) -> list[str]:
-    """The issue's done-when, judged on the numbers: lines of text."""
-    from kfi_core.inference.executor import DEFAULT_SEAM_SMOOTHING
-
-    d = default_label()
-    kf0 = results.get("kf0") or []
-    within, beyond = _mean(kf0, d, "within"), _mean(kf0, d, "beyond")
-    free = _mean(kf0, f"training-free, {d.replace(' (default)', '')}", "beyond")
-    mean_fill = _mean(kf0, "mean fill (baseline)", "beyond")
-    if within is None or beyond is None:
-        return ["- The default schedule was not run on the 4x keyframe-at-0 clips: no verdict."]
-
-    def ok(flag: bool) -> str:
-        return "**holds**" if flag else "**does not hold**"
-
-    out = [
-        f"- Edit held (beyond within 1 dB of within, 4x keyframe at 0): {_fmt(beyond)} vs {_fmt(within)} dB "
-        f"({_fmt(beyond - within)} dB): {ok(beyond - within >= -1.0)}.",
-    ]
-    if free is not None and mean_fill is not None:
-        out.append(
-            f"- Beyond the first window above the training-free mode ({_fmt(free)} dB) and mean fill "
-            f"({_fmt(mean_fill)} dB): {ok(beyond > free and beyond > mean_fill)}."
-        )
-    for key in ("kf0", "real"):
-        rows = results.get(key)
-        if not rows:
-            continue
-        seam = _mean(rows, d, "seam")
-        names = [*SMOOTHED_TOO, *(f"{n} + seam smoothing {DEFAULT_SEAM_SMOOTHING}" for n in SMOOTHED_TOO)]
-        others = {n: _mean(rows, n, "seam") for n in names}
-        others = {n: v for n, v in others.items() if v is not None}
-        if seam is None:
-            continue
-        below = all(seam < v for v in others.values())
-        vs = ", ".join(f"{n} {_fmt(v)}" for n, v in others.items()) or "not run"
-        out.append(
-            f"- Seam ratio of the default on {'real footage' if key == 'real' else '4x keyframe-at-0 clips'}: "
-            f"{_fmt(seam)} (at most 1.2: {ok(seam <= 1.2)}; below {vs}: {ok(below and bool(others))})."
-        )
-    return out
-
-
-def write_section(path: Path, text: str) -> None:
-    """Put ``text`` between the markers in ``path`` (the markers appended at the end when absent)."""
-    old = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-
-
-def cause_lines(results: dict[str, list]) -> list[str]:
-    """What the decay is made of, read off the rows: each row's drop beyond the first window, and that minus the
-    oracle's (the ground truth's own change)."""
-    out = []
-    for key, what in (
-        ("kf0", "4x, keyframe at 0"),
-        ("light", "4x, keyframe at 0, constant light"),
-        ("long", "12x, keyframe at 0"),
-    ):
-        rows = results.get(key) or []
-        oracle = _mean(rows, ORACLE, "beyond_minus_within")
-        parts = []
-        for label, _, _, _ in rows:
-            gap = _mean(rows, label, "beyond_minus_within")
-            if gap is None or label == ORACLE:
-                continue
-            own = "" if oracle is None else f" (own {_fmt(gap - oracle)})"
-            parts.append(f"{label} {_fmt(gap)}{own}")
-        if parts:
-            head = f"oracle {_fmt(oracle)}; " if oracle is not None else ""
-            out.append(f"- {what}: {head}" + "; ".join(parts) + ".")
-    return out
-
-
-def lever_lines(results: dict[str, list]) -> list[str]:
-    """Each lever against the row it changes (the default schedule without seam smoothing), per condition."""
-    from kfi_core.inference.executor import DEFAULT_SCHEDULE, DEFAULT_SEAM_SMOOTHING
-
-    base = f"{DEFAULT_SCHEDULE}, no seam smoothing" if DEFAULT_SEAM_SMOOTHING else default_label()
-    out = []
-    for key, what in (("kf0", "4x keyframe at 0"), ("real", "real footage")):
-        rows = results.get(key) or []
-        if _mean(rows, base, "beyond") is None:
-            continue
-        levers = [lab for lab, _, _, _ in rows if lab.endswith("(lever)")]
-        if DEFAULT_SEAM_SMOOTHING:
-            levers.append(default_label())
-        parts = []
-        for lab in levers:
-            if _mean(rows, lab, "beyond") is None:
-                continue
-            name = "seam smoothing" if lab == default_label() else lab.split(" + ")[1].split(",")[0]
-            parts.append(
-                f"{name}: beyond {_fmt(_mean(rows, lab, 'beyond') - _mean(rows, base, 'beyond'))} dB, beyond - "
-                f"within {_fmt(_mean(rows, base, 'beyond_minus_within'))} -> {_fmt(_mean(rows, lab, 'beyond_minus_within'))}"
-                f", seam ratio {_fmt(_mean(rows, base, 'seam'))} -> {_fmt(_mean(rows, lab, 'seam'))}, evals/frame "
-                f"{_fmt(_mean(rows, lab, 'evals'))}"
-            )
-        if parts:
-            out.append(f"- {what}, against `{base}`: " + "; ".join(parts) + ".")
-    return out
-
-
-def reading_lines(results: dict[str, list]) -> list[str]:
-    """The decay's cause in one sentence, from the constant-light diagnostic against the lit clips."""
-    d = default_label()
-    lit, flat = results.get("kf0") or [], results.get("light") or []
-    values = [
-        _mean(lit, d, "beyond_minus_within"),
-        _mean(lit, ORACLE, "beyond_minus_within"),
-        _mean(flat, d, "beyond_minus_within"),
-        _mean(flat, ORACLE, "beyond_minus_within"),
-    ]
-    if any(v is None for v in values):
-        return []
-    gap, oracle, flat_gap, flat_oracle = values
-    lines = [
-        f"Reading: on the lit 4x clips, beyond - within is {_fmt(oracle)} dB for the oracle, which knows each "
-        f"frame's true mean colour, and {_fmt(gap)} dB for the default; with the light held constant (same seeds) "
-        f"it is {_fmt(flat_oracle)} dB for the oracle and {_fmt(flat_gap)} dB for the default. So at 4x the drop is "
-        "the ground truth getting brighter and higher in contrast later in the clip (the same fill error costs more "
-        "dB there), not the model forgetting the edit; the flow warp of the keyframe, which carries the "
-        "keyframe's pixels along, falls fastest at 4x. A flat fill of the true colour (the oracle) drops by more "
-        "than 1 dB on these clips, and the demo model's fill is little better than a flat colour, so that part of "
-        "the done-when measures the clips' lighting here; a model that reproduces texture would be judged by it."
-    ]
-    long = results.get("long") or []
-    long_gap, long_oracle = _mean(long, d, "beyond_minus_within"), _mean(long, ORACLE, "beyond_minus_within")
-    mean_fill = _mean(long, "mean fill (baseline)", "beyond_minus_within")
-    if None not in (long_gap, long_oracle, mean_fill):
-        lines.append(
-            f"At 12x the oracle's is flat ({_fmt(long_oracle)} dB) but the default's is {_fmt(long_gap)} dB, about "
-            f"as low as mean fill's ({_fmt(mean_fill)} dB): far from the keyframe the fill does lose ground there, "
-            "as a per-frame mean colour does; the 12x row is few clips, too few to tell the model's share from the "
-            "scene's."
-        )
-    return lines
-
-
 def measure_all(args) -> dict:
     """Run every condition; the JSON-ready state :func:`render` writes the section from."""
     from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, DEMO_SAMPLING
@@ -612,6 +432,8 @@ def measure_all(args) -> dict:
     results: dict[str, list] = {}
     sections = []
     for cond in conditions(args):
+        if args.only is not None and cond.key not in args.only:
+            continue
         t0 = time.perf_counter()
         clips, reason = real(cond, window) if cond.real else (procedural(cond, window), None)
         if not clips:
@@ -641,76 +463,6 @@ def measure_all(args) -> dict:
     }
 
 
-def render(state: dict, command: str, out: Path, images: Path) -> str:
-    """The section's text from :func:`measure_all`'s state."""
-    results, d = state["results"], state["default"]
-    sections = []
-    for sec in state["sections"]:
-        if "key" not in sec:
-            sections.append(f"### {sec['title']}\n\nNot run: {sec['reason']}.\n")
-            continue
-        sections.append(
-            f"### {sec['title']}\n\n{sec['clips']} clip(s) of {sec['frames']} frames ({sec['names']}); "
-            f"{sec['seconds']:.0f} s.\n\n" + table(results[sec["key"]])
-        )
-    rel = lambda p: Path(p).relative_to(out.parent) if Path(p).is_relative_to(out.parent) else Path(p)  # noqa: E731
-    plot_lines = [f"![{p.stem}]({rel(p).as_posix()})" for p in sorted(images.glob("kf0-*.png"))]
-    sampling = ", ".join(f"{k}={v}" for k, v in state["sampling"].items())
-    return "\n".join(
-        [
-            "## Long clips",
-            "",
-            f"Generated by `{command.strip()}` (bench/long_clips.py; do not edit by hand between the markers); "
-            f"{state['date']}, CPU, wall time {state['seconds']:.0f} s.",
-            "",
-            f"Bundled demo model (window {state['window']} frames, 64x64): edit adapter on the edit clips, removal "
-            f"adapter on removal and real footage, no adapter for the training-free rows; {state['steps']} steps, "
-            f"seed {state['seed']}, the demo sampling ({sampling}). Default: schedule `{d['schedule']}`, noise "
-            f"`{d['noise']}`, seam smoothing {d['seam_smoothing']} frames. Procedural clips: held-out seeds, "
-            "difficulty medium (its lighting gain rises by 30% over the clip, whatever its length, and the target "
-            "moves up to 2 px/frame, centred on the middle frame).",
-            "",
-            *INTRO,
-            "",
-            "**Verdict** (the issue's done-when):",
-            "",
-            *verdict(results),
-            "",
-            "**Where the decay comes from** (beyond - within, dB; the oracle fills each frame's hole with the "
-            "ground truth's own mean colour there, so its drop is the ground truth changing, not a method "
-            "forgetting; 'own' is a row's drop minus the oracle's):",
-            "",
-            *cause_lines(results),
-            "",
-            *reading_lines(results),
-            "",
-            "**Levers** (each against the schedule it changes; beyond = PSNR beyond the first window):",
-            "",
-            *lever_lines(results),
-            "",
-            *sections,
-            "### Plots (first 4x keyframe-at-0 clip)",
-            "",
-            *plot_lines,
-            "",
-        ]
-    )
-
-
-INTRO = [
-    "Columns (kfi_core.evaluation.long_clip): PSNR in the mask over all frames but keyframes; its mean within "
-    "the first window and beyond it, and their difference (the done-when asks >= -1 dB); the decay slope "
-    "(dB per frame of distance to the nearest keyframe); the seam ratio (mean jump of the fill's colour "
-    "across window boundaries over that inside windows; max over R, G, B, brightness; 1 is seamless) and "
-    "against the ground truth's jump at the same boundaries; flow warping error in the mask (lower is "
-    "better); UNet frame-evaluations per output frame per step. Baselines and the oracle have no windows: "
-    "their seam ratios are measured at the default schedule's boundaries (what a method without seams "
-    "scores there).",
-    "",
-    "Levers (anchor schedule): " + "; ".join(f"**{k}**: {v}" for k, v in LEVER_NOTES.items()) + ".",
-]
-
-
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
     logging.getLogger("kfi_core").setLevel(logging.WARNING)
@@ -724,7 +476,11 @@ def main(argv=None) -> int:
         command = state["command"]
     else:
         state = measure_all(args)
-        command = "python bench/long_clips.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        if args.only is not None:
+            state = merged(json.loads(state_file.read_text()), state)
+            command = state["command"]
+        else:
+            command = "python bench/long_clips.py " + " ".join(sys.argv[1:] if argv is None else argv)
         state["command"] = command
         state_file.write_text(json.dumps(state, indent=1))
     out = Path(args.out).resolve()
