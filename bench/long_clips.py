@@ -76,6 +76,8 @@ LEVERS = {
     "shared-noise": ({}, {}, "shared"),
     "colour-match-known": ({}, {"color_match": "keyframe"}, None),
 }
+#: Levers that also get a '+ seam smoothing' row (a post-process of the lever's own sample): candidates for the default.
+SMOOTHED_LEVERS = ("keyframe-windows",)
 
 
 @dataclass
@@ -295,7 +297,8 @@ def model_rows(cond: Condition, models: dict, settings, window: int) -> list[tup
     (the strategies as designed); the default's row and the '+ seam smoothing' rows smooth the same sample (so of
     a row and its smoothed twin, the first listed carries the sampling time in s/clip)."""
     from kfi_core.inference import build_schedule
-    from kfi_core.inference.executor import DEFAULT_SCHEDULE, DEFAULT_SEAM_SMOOTHING, smooth_seams
+    from kfi_core.inference.executor import DEFAULT_SCHEDULE, smooth_seams
+    from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
 
     model = models["removal"] if cond.task in ("removal", "real") else models["edit"]
     raw: dict[tuple[str, str], torch.Tensor] = {}
@@ -303,18 +306,18 @@ def model_rows(cond: Condition, models: dict, settings, window: int) -> list[tup
     def sched(name, **options):
         return lambda c: build_schedule(name, c["frames"].shape[0], window, c["keyframes"], **options)
 
-    def plain(name, s):
+    def plain(name, s, st=settings, noise=None):
         def run(c):
             key = (name, c["name"])
             if key not in raw:
-                raw[key] = run_model(model, c, settings, s(c), seam_smoothing=0)
+                raw[key] = run_model(model, c, st, s(c), noise, seam_smoothing=0)
             return raw[key]
 
         return run
 
-    def smoothed(name, s):
+    def smoothed(name, s, st=settings, noise=None):
         def run(c):
-            return smooth_seams(_prepared(c), plain(name, s)(c), s(c), settings, DEFAULT_SEAM_SMOOTHING)
+            return smooth_seams(_prepared(c), plain(name, s, st, noise)(c), s(c), st, DEFAULT_SEAM_SMOOTHING)
 
         return run
 
@@ -338,13 +341,10 @@ def model_rows(cond: Condition, models: dict, settings, window: int) -> list[tup
         options, changes, noise = LEVERS[lever]
         s = sched(DEFAULT_SCHEDULE, **options)
         st = replace(settings, **changes)
-        rows.append(
-            (
-                f"{DEFAULT_SCHEDULE} + {lever}, no seam smoothing (lever)",
-                lambda c, s=s, st=st, noise=noise: run_model(model, c, st, s(c), noise, seam_smoothing=0),
-                s,
-            )
-        )
+        rows.append((f"{DEFAULT_SCHEDULE} + {lever}, no seam smoothing (lever)", plain(lever, s, st, noise), s))
+        if lever in SMOOTHED_LEVERS and DEFAULT_SEAM_SMOOTHING:
+            label = f"{DEFAULT_SCHEDULE} + {lever} + seam smoothing {DEFAULT_SEAM_SMOOTHING} (lever)"
+            rows.append((label, smoothed(lever, s, st, noise), s))
     free = sched(DEFAULT_SCHEDULE)
     label = default_label().replace(" (default)", "")
     rows.append((f"training-free, {label}", lambda c: run_model(models["free"], c, settings, free(c)), free))
@@ -416,7 +416,8 @@ def measure_all(args) -> dict:
     """Run every condition; the JSON-ready state :func:`render` writes the section from."""
     from kfi_core.bundled import DEMO_ADAPTER, DEMO_MODEL_DIR, DEMO_REMOVAL_ADAPTER, DEMO_SAMPLING
     from kfi_core.inference import PropagateSettings
-    from kfi_core.inference.executor import DEFAULT_NOISE, DEFAULT_SCHEDULE, DEFAULT_SEAM_SMOOTHING
+    from kfi_core.inference.executor import DEFAULT_NOISE, DEFAULT_SCHEDULE
+    from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
     from kfi_core.model import load_kfi_model
 
     start = time.perf_counter()

@@ -35,7 +35,8 @@ COLUMNS = (
 
 
 def default_label() -> str:
-    from kfi_core.inference.executor import DEFAULT_SCHEDULE, DEFAULT_SEAM_SMOOTHING
+    from kfi_core.inference.executor import DEFAULT_SCHEDULE
+    from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
 
     if DEFAULT_SEAM_SMOOTHING:
         return f"{DEFAULT_SCHEDULE} + seam smoothing {DEFAULT_SEAM_SMOOTHING} (default)"
@@ -67,7 +68,7 @@ def _mean(rows, label: str, key: str):
 
 def verdict(results: dict[str, list]) -> list[str]:
     """The issue's done-when, judged on the numbers: lines of text."""
-    from kfi_core.inference.executor import DEFAULT_SEAM_SMOOTHING
+    from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
 
     d = default_label()
     kf0 = results.get("kf0") or []
@@ -150,7 +151,8 @@ def cause_lines(results: dict[str, list]) -> list[str]:
 
 def lever_lines(results: dict[str, list]) -> list[str]:
     """Each lever against the row it changes (the default schedule without seam smoothing), per condition."""
-    from kfi_core.inference.executor import DEFAULT_SCHEDULE, DEFAULT_SEAM_SMOOTHING
+    from kfi_core.inference.executor import DEFAULT_SCHEDULE
+    from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
 
     base = f"{DEFAULT_SCHEDULE}, no seam smoothing" if DEFAULT_SEAM_SMOOTHING else default_label()
     out = []
@@ -165,7 +167,7 @@ def lever_lines(results: dict[str, list]) -> list[str]:
         for lab in levers:
             if _mean(rows, lab, "beyond") is None:
                 continue
-            name = "seam smoothing" if lab == default_label() else lab.split(" + ")[1].split(",")[0]
+            name = "seam smoothing" if lab == default_label() else _lever_name(lab)
             parts.append(
                 f"{name}: beyond {_fmt(_mean(rows, lab, 'beyond') - _mean(rows, base, 'beyond'))} dB, beyond - "
                 f"within {_fmt(_mean(rows, base, 'beyond_minus_within'))} -> {_fmt(_mean(rows, lab, 'beyond_minus_within'))}"
@@ -175,6 +177,12 @@ def lever_lines(results: dict[str, list]) -> list[str]:
         if parts:
             out.append(f"- {what}, against `{base}`: " + "; ".join(parts) + ".")
     return out
+
+
+def _lever_name(label: str) -> str:
+    """'anchor + keyframe-windows, no seam smoothing (lever)' -> 'keyframe-windows'; a smoothed lever keeps its
+    '+ seam smoothing r'."""
+    return label.split(" + ", 1)[1].split(",")[0].removesuffix(" (lever)")
 
 
 def reading_lines(results: dict[str, list]) -> list[str]:

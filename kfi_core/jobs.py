@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kfi_core.errors import BatchError, KeyframeError, UnknownNameError, VideoFileError
+from kfi_core.errors import BatchError, KeyframeError, VideoFileError
 from kfi_core.inference.condition import ClipInputs, prepare_clip
+from kfi_core.inference.schedules import Schedule
 from kfi_core.inference.settings import PropagateSettings
-from kfi_core.inference.working_size import CROP_MODES, inpaint_at_size
+from kfi_core.inference.working_size import check_crop, inpaint_at_size
 from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
 from kfi_core.media.mask_ops import binarize, expand_masks
 from kfi_core.media.video import (
@@ -74,15 +75,16 @@ def inpaint_clip(
     check_cancel: Callable[[], Any] | None = None,
     crop: str = "none",
     crop_padding: int = DEFAULT_CLIP_PADDING,
+    schedule: Schedule | None = None,
 ) -> tuple[torch.Tensor, ClipInputs]:
     """Inpaint in-memory frames of any length; returns (frames at the input size, the checked clip).
 
     ``size``: the working size, ``"native"``, ``"input"`` (or None, the library's default) or (height, width);
     ``crop="mask"`` inpaints only a box around the masks (:mod:`kfi_core.inference.working_size`). Clips longer than
-    the model's window run a long-video schedule (``strategy``, default anchor).
+    the model's window run a long-video schedule: ``schedule`` (a :class:`~kfi_core.inference.Schedule`, e.g. read
+    with :func:`~kfi_core.inference.schedules.load_schedule_file`) or the one ``strategy`` names (default anchor).
     """
-    if crop not in CROP_MODES:
-        raise UnknownNameError(f"--crop: got {crop!r}; choose one of {', '.join(CROP_MODES)}.")
+    check_crop(crop, "--crop")  # before reading anything
     settings = (settings or PropagateSettings()).check()
     clip = prepare_clip(
         frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
@@ -95,6 +97,7 @@ def inpaint_clip(
         crop=crop,
         crop_padding=crop_padding,
         strategy=strategy,
+        schedule=schedule,
         callback=callback,
         check_cancel=check_cancel,
     )
@@ -139,6 +142,7 @@ def inpaint_files(
     callback: Callable[[dict], Any] | None = None,
     crop: str = "none",
     crop_padding: int = DEFAULT_CLIP_PADDING,
+    schedule: Schedule | None = None,
 ) -> InpaintResult:
     """Read ``video`` and ``mask`` (files or PNG folders), inpaint, write ``out`` (+ ``preview`` PNG)."""
     for name, source in (("--video", video), ("--mask", mask), *(("--keyframe", k) for k in keyframe_paths)):
@@ -167,6 +171,7 @@ def inpaint_files(
         callback=callback,
         crop=crop,
         crop_padding=crop_padding,
+        schedule=schedule,
     )
     fps = fps or DEFAULT_FPS
     out_path = write_frames(result, out, fps=fps)

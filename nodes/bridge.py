@@ -239,9 +239,10 @@ def check_interrupted() -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
-def offload_mode(choice: str, kfi=None, settings=None, clip=None) -> str:
+def offload_mode(choice: str, kfi=None, settings=None, clip=None, size="native", crop="none") -> str:
     """The offload a run uses: the node's choice, or for ``auto`` what ComfyUI's memory flags say (--lowvram and
-    --novram: sequential), else ``model`` where the plan's estimate exceeds the free device memory, else none."""
+    --novram: sequential), else ``model`` where the plan's estimate at the size the run works at (``size`` and
+    ``crop`` as the sampler's) exceeds the free device memory, else none."""
     import comfy.model_management as mm
 
     if choice != "auto":
@@ -251,9 +252,10 @@ def offload_mode(choice: str, kfi=None, settings=None, clip=None) -> str:
     device = mm.get_torch_device()
     if kfi is None or settings is None or clip is None or device.type != "cuda":
         return "none"
-    from kfi_core.inference import plan_memory, working_size
+    from kfi_core.inference import plan_memory
+    from kfi_core.inference.working_size import run_size
 
-    height, width = working_size(kfi, clip.size, "native")
+    height, width = run_size(kfi, clip, size, crop)
     chunk = settings.decode_chunk_size
     plan = plan_memory(kfi, kfi.num_frames, height, width, dtype=kfi.dtype, decode_chunk_size=chunk)
     return "model" if plan.peak > mm.get_free_memory(device) + _weights_bytes(kfi) else "none"
@@ -271,8 +273,9 @@ class on_device:
     Frees room first through ComfyUI's model management (other models are offloaded as needed).
     """
 
-    def __init__(self, kfi, offload: str = "auto", settings=None, clip=None):
+    def __init__(self, kfi, offload: str = "auto", settings=None, clip=None, size="native", crop="none"):
         self.kfi, self.offload, self.settings, self.clip = kfi, offload, settings, clip
+        self.size, self.crop = size, crop
 
     def __enter__(self):
         import logging
@@ -282,7 +285,7 @@ class on_device:
         from kfi_core.model import place_model
 
         device = mm.get_torch_device()
-        mode = offload_mode(self.offload, self.kfi, self.settings, self.clip)
+        mode = offload_mode(self.offload, self.kfi, self.settings, self.clip, self.size, self.crop)
         if mode != "none":
             logging.getLogger("kfi_core").info("KFI: offload %s (weights on the host, %s computing)", mode, device)
         if device.type != "cpu":

@@ -54,6 +54,22 @@ def size_inputs() -> list:
     ]
 
 
+def seam_input():
+    """Seam smoothing of clips longer than the model's window."""
+    from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING, MAX_SEAM_SMOOTHING
+
+    return io.Int.Input(
+        "seam_smoothing",
+        default=DEFAULT_SEAM_SMOOTHING,
+        min=0,
+        max=MAX_SEAM_SMOOTHING,
+        optional=True,
+        tooltip="Clips longer than the model's window: even each generated frame's fill colour with the frames "
+        "within this many frames of it, so the windows do not show where they meet. 0 = off; keyframes and "
+        "pixels outside the mask stay exact.",
+    )
+
+
 class KeyframePropagateSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -176,6 +192,7 @@ class KeyframePropagateSampler(io.ComfyNode):
                     "than the model's window).",
                 ),
                 *size_inputs(),
+                seam_input(),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="The inpainted frames.")],
         )
@@ -207,8 +224,10 @@ class KeyframePropagateSampler(io.ComfyNode):
         crop="none",
         crop_padding=None,
         offload="auto",
+        seam_smoothing=None,
     ) -> io.NodeOutput:
         from kfi_core.inference import PropagateSettings, inpaint_at_size
+        from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
         from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
 
         settings = PropagateSettings(
@@ -227,9 +246,10 @@ class KeyframePropagateSampler(io.ComfyNode):
             blend_known=blend_known,
             num_samples=num_samples,
             decode_tile=decode_tile,
+            seam_smoothing=DEFAULT_SEAM_SMOOTHING if seam_smoothing is None else seam_smoothing,
         ).check()
         size = (height, width) if working_size == "custom" else working_size
-        with bridge.on_device(kfi_model, offload, settings, condition) as model:
+        with bridge.on_device(kfi_model, offload, settings, condition, size, crop) as model:
             frames = inpaint_at_size(
                 model,
                 condition,

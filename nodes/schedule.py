@@ -65,6 +65,14 @@ class LongVideoAnchorSchedule(io.ComfyNode):
                     tooltip="From KFI Symmetric Mask Encode: gives frame count and keyframes.",
                 ),
                 io.Image.Input("images", optional=True, tooltip="The clip's frames: gives the frame count."),
+                io.Boolean.Input(
+                    "keyframe_windows",
+                    default=False,
+                    optional=True,
+                    tooltip="anchor: every window that generates frames also holds the nearest keyframe as a known "
+                    "frame, so each window sees the edit itself (about 13% more model calls; docs/RESULTS.md, "
+                    "'Long clips').",
+                ),
             ],
             outputs=[
                 KfiSchedule.Output(display_name="schedule", tooltip="For the sampler's schedule input."),
@@ -74,12 +82,25 @@ class LongVideoAnchorSchedule(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, strategy, window, anchor_spacing, frames, keyframe_indices, kfi_model=None, condition=None, images=None
+        cls,
+        strategy,
+        window,
+        anchor_spacing,
+        frames,
+        keyframe_indices,
+        kfi_model=None,
+        condition=None,
+        images=None,
+        keyframe_windows=False,
     ) -> io.NodeOutput:
         from kfi_core.inference import build_schedule, render_schedule_preview
 
         num_frames, keyframes = bridge.schedule_frames(frames, keyframe_indices, condition, images)
         size = bridge.schedule_window(window, kfi_model)
-        options = {"anchor_spacing": anchor_spacing} if strategy == "anchor" and anchor_spacing else {}
+        options = {}
+        if strategy == "anchor" and anchor_spacing:
+            options["anchor_spacing"] = anchor_spacing
+        if strategy == "anchor" and keyframe_windows:
+            options["keyframe_windows"] = True
         schedule = build_schedule(strategy, num_frames, size, keyframes, **options)
         return io.NodeOutput(schedule, bridge.array_to_image(render_schedule_preview(schedule)))

@@ -583,6 +583,11 @@ ROWS: list[Row] = [
         (_set("s", num_samples=0), (REJ, "num_samples")),
     ),
     Row(
+        "negative_seam_smoothing",
+        (_inp() + ["--seam-smoothing", "-1"], (ERR, "seam_smoothing: got -1")),
+        (_set("s", seam_smoothing=-1), (REJ, "seam_smoothing")),
+    ),
+    Row(
         "width_without_height",
         (_inp() + ["--width", "64"], (ERR, "--width/--height: give both")),
         None,

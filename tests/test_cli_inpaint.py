@@ -177,3 +177,63 @@ def test_demo_without_its_model_says_how_to_restore_it(tmp_path, monkeypatch, ca
     frames, _ = read_frames(tmp_path / "demo" / "result.mp4")
     assert frames.shape == (8, 3, 64, 64)
     assert (tmp_path / "demo" / "model" / "model_index.json").is_file()
+
+
+def _long_sample(tmp_path):
+    """The sample twice over (16 frames, two windows of the tiny model) as PNG folders, and frame 0's truth."""
+    clip = make_sample_clip()
+    frames, masks = clip["frames"].repeat(2, 1, 1, 1), clip["masks"].repeat(2, 1, 1, 1)
+    write_frames(frames, tmp_path / "frames")
+    write_frames(masks.expand(-1, 3, -1, -1), tmp_path / "masks")
+    write_frames(clip["ground_truth"][0:1], tmp_path / "edit.png")
+    return tmp_path / "frames", tmp_path / "masks", tmp_path / "edit.png"
+
+
+@pytest.mark.slow
+def test_inpaint_runs_a_schedule_file_with_its_options(tmp_path, tiny_model_dir):
+    """`schedule --json` with an option the strategy names cannot carry (keyframe_windows), then `inpaint --schedule
+    S.json`: the result is the library's run of that schedule (within PNG rounding), not the default anchor plan."""
+    from kfi_core.inference import PropagateSettings, prepare_clip, run_schedule
+    from kfi_core.inference.schedules import load_schedule_file
+    from kfi_core.model import load_kfi_model
+
+    video, mask, edit = _long_sample(tmp_path)
+    plan = run_cli(
+        "schedule", "--frames", "16", "--window", "8", "--keyframes", "0", "-o", "keyframe_windows=true", "--json"
+    )
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    (tmp_path / "s.json").write_text(plan.stdout)
+    common = ["--model", tiny_model_dir, "--video", video, "--mask", mask, "--keyframe", edit, "--keyframe-index", "0"]
+    common += ["--working-size", "input", "--steps", "1", "--seam-smoothing", "0"]
+    for name, schedule in (("file", tmp_path / "s.json"), ("anchor", "anchor")):
+        proc = run_cli("inpaint", *common, "--schedule", schedule, "--out", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    frames, _ = read_frames(video)
+    masks = read_masks(mask)
+    keyframe, _ = read_frames(edit)
+    schedule = load_schedule_file(tmp_path / "s.json")
+    assert schedule.options.get("keyframe_windows") is True
+    clip = prepare_clip(frames, masks, keyframes=keyframe, keyframe_indices=[0])
+    want = run_schedule(
+        load_kfi_model(str(tiny_model_dir)), clip, schedule, PropagateSettings(steps=1, seam_smoothing=0)
+    )
+    got, _ = read_frames(tmp_path / "file")
+    anchor, _ = read_frames(tmp_path / "anchor")
+    assert (got - want).abs().max() <= 1 / 255 + 1e-6
+    assert (anchor - got).abs().max() > 4 / 255, "the file's schedule, not the default plan"
+
+
+@pytest.mark.slow
+def test_a_schedule_file_that_does_not_fit_the_clip_is_refused(tmp_path, tiny_model_dir):
+    video, mask, _ = _long_sample(tmp_path)
+    plan = run_cli("schedule", "--frames", "12", "--window", "8", "--json")
+    (tmp_path / "s12.json").write_text(plan.stdout)
+    args = ["inpaint", "--model", tiny_model_dir, "--video", video, "--mask", mask, "--working-size", "input"]
+    proc = run_cli(*args, "--steps", "1", "--schedule", tmp_path / "s12.json", "--out", tmp_path / "o")
+    assert proc.returncode != 0
+    assert "schedule: made for 12 frames but the clip has 16" in proc.stderr
+    proc = run_cli(*args[:3], "--batch", tmp_path, "--schedule", tmp_path / "s12.json", "--out", tmp_path / "o")
+    assert proc.returncode != 0 and "with --batch give a strategy name" in proc.stderr, proc.stderr[-2000:]
+    proc = run_cli(*args, "--schedule", tmp_path / "missing.json", "--out", tmp_path / "o")
+    assert "--schedule " in proc.stderr and "cannot read the schedule file" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -277,6 +277,55 @@ def test_num_samples_averages_seeds_in_the_server(comfy_server):
     assert (runs[4, None] - runs[5, None]).abs().max() > 4 / 255, "the two seeds differ"
 
 
+def test_seam_smoothing_reaches_a_long_clip_in_the_server(comfy_server):
+    """A 16-frame clip (the sample twice, RepeatImageBatch) is longer than the tiny model's window, so the sampler runs
+    the anchor schedule; seam_smoothing 0 differs from the default 3 inside the mask only, and a prompt without the
+    input (saved before it existed) gets the default."""
+    frames, masks = _sample_inputs(comfy_server)
+    runs = {}
+    for value in (None, 0, 3):
+        prompt = _removal_prompt(seed=6)
+        prompt["10"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 2}}
+        prompt["11"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["4", 0], "amount": 2}}
+        prompt["5"]["inputs"]["image"] = ["11", 0]
+        prompt["7"]["inputs"]["images"] = ["10", 0]
+        if value is not None:
+            prompt["8"]["inputs"]["seam_smoothing"] = value
+        prompt["9"]["inputs"]["filename_prefix"] = f"kfi_seams_{value}"
+        entry = comfy_server.run_prompt(prompt)
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
+        runs[value] = _saved_frames(comfy_server, entry)
+    long_frames, keep = frames.repeat(2, 1, 1, 1), (masks == 0).expand_as(frames).repeat(2, 1, 1, 1)
+    assert runs[0].shape == long_frames.shape
+    for out in runs.values():
+        assert (out[keep] - long_frames[keep]).abs().max() <= 1 / 255 + 1e-6
+    assert torch.equal(runs[None], runs[3]), "no input = the default, 3 frames"
+    assert (runs[0][~keep] - runs[3][~keep]).abs().max() > 2 / 255, "smoothing moved the fill"
+
+
+def test_the_schedule_node_passes_keyframe_windows(comfy_server):
+    """The schedule node's keyframe_windows builds the library's anchor schedule with that option: its preview is
+    render_schedule_preview of build_schedule(..., keyframe_windows=True), and differs from the plain plan's."""
+    from kfi_core.inference import build_schedule, render_schedule_preview
+
+    previews = {}
+    for on in (False, True):
+        inputs = {"strategy": "anchor", "window": 8, "anchor_spacing": 0, "frames": 40, "keyframe_indices": "0,30"}
+        prompt = {
+            "1": {"class_type": "LongVideoAnchorSchedule", "inputs": {**inputs, "keyframe_windows": on}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 1], "filename_prefix": f"kfi_plan_{on}"}},
+        }
+        entry = comfy_server.run_prompt(prompt)
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
+        previews[on] = _saved_frames(comfy_server, entry, node="2")[0]
+        want = render_schedule_preview(
+            build_schedule("anchor", 40, 8, [0, 30], **({"keyframe_windows": True} if on else {}))
+        )
+        want = torch.from_numpy(np.ascontiguousarray(want)).permute(2, 0, 1).float() / 255
+        assert previews[on].shape == want.shape and (previews[on] - want).abs().max() <= 1 / 255 + 1e-6
+    assert previews[True].shape != previews[False].shape or not torch.equal(previews[True], previews[False])
+
+
 def test_sampler_errors_come_back_through_the_server(comfy_server):
     _sample_inputs(comfy_server)
     prompt = _removal_prompt(keyframe_indices="12")

@@ -11,7 +11,6 @@ from kfi_core.errors import InputMismatchError, ScheduleError
 from kfi_core.inference.color_match import smooth_fill_colours
 from kfi_core.inference.condition import prepare_clip
 from kfi_core.inference.executor import (
-    DEFAULT_SEAM_SMOOTHING,
     NOISE_MODES,
     inpaint,
     run_schedule,
@@ -20,7 +19,7 @@ from kfi_core.inference.executor import (
 )
 from kfi_core.inference.schedule_builders import build_schedule
 from kfi_core.inference.schedules import Schedule
-from kfi_core.inference.settings import PropagateSettings
+from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING, PropagateSettings
 from kfi_core.inference.window import sample_window_latents
 
 FAST = dict(steps=2, decode_chunk_size=8)
@@ -161,7 +160,11 @@ def test_seam_smoothing_is_the_smoothed_raw_run(model):
     outside = clip.masks.expand_as(got) == 0
     assert torch.equal(got[outside], clip.frames[outside])
     assert torch.equal(inpaint(model, clip, settings, schedule=schedule), run_schedule(model, clip, schedule, settings))
-    assert DEFAULT_SEAM_SMOOTHING >= 0
+    assert settings.seam_smoothing == DEFAULT_SEAM_SMOOTHING > 0, "on by default"
+    # the setting and the keyword are the same knob; the keyword wins over the setting
+    off = PropagateSettings(**FAST, seam_smoothing=0)
+    assert torch.equal(run_schedule(model, clip, schedule, off), raw)
+    assert torch.equal(run_schedule(model, clip, schedule, off, seam_smoothing=3), got)
 
 
 def test_seam_smoothing_leaves_a_single_window_alone(model):
@@ -172,9 +175,11 @@ def test_seam_smoothing_leaves_a_single_window_alone(model):
     )
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3", 65])
 def test_seam_smoothing_must_be_a_whole_number_of_frames(model, bad):
     clip = _clip(20)
     schedule = build_schedule("anchor", 20, model.num_frames)
-    with pytest.raises(ScheduleError, match="seam_smoothing"):
+    with pytest.raises(InputMismatchError, match="seam_smoothing: got .*0 turns it off"):
         run_schedule(model, clip, schedule, PropagateSettings(**FAST), seam_smoothing=bad)
+    with pytest.raises(InputMismatchError, match="seam_smoothing"):
+        PropagateSettings(seam_smoothing=bad).check()

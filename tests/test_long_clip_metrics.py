@@ -22,12 +22,12 @@ from kfi_core.evaluation.long_clip import (
     edit_decay,
     frame_sources,
     keyframe_distance,
-    load_schedule_file,
     long_clip_metrics,
     seam_jumps,
 )
 from kfi_core.evaluation.long_clip_plot import write_long_clip_plot
 from kfi_core.inference import build_schedule
+from kfi_core.inference.schedules import load_schedule_file
 from kfi_core.media import write_frames
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -123,3 +123,34 @@ print("SEEN", seen)
         "HIGH_VRAM": "none",
         "explicit": "model",
     }
+
+
+def test_auto_offload_estimates_at_the_size_the_run_works_at(tmp_path, tiny_model_dir):
+    """offload 'auto' on a CUDA device (ComfyUI's device and free memory patched, the estimate real): with free memory
+    between the plan at a small custom working size and at the model's native size, the native run offloads and
+    the custom one does not; crop mask runs its box at native size, so it offloads too."""
+    script = pack_script(f"""
+import torch
+import comfy.model_management as mm
+from kfi_pack.nodes.bridge import offload_mode, _weights_bytes
+from kfi_core.inference import plan_memory, prepare_clip
+from kfi_core.model import load_kfi_model
+kfi = load_kfi_model({str(tiny_model_dir)!r})
+frames, masks = torch.rand(8, 3, 96, 160), torch.zeros(8, 1, 96, 160)
+masks[:, :, 30:50, 60:90] = 1
+clip = prepare_clip(frames, masks)
+settings = __import__("kfi_core.inference", fromlist=["x"]).PropagateSettings()
+peak = lambda h, w: plan_memory(kfi, kfi.num_frames, h, w, dtype=kfi.dtype, decode_chunk_size=8).peak
+small, native = peak(32, 32), peak(*kfi.default_size)
+assert small < native, (small, native)
+mm.get_torch_device = lambda: torch.device("cuda")
+mm.get_free_memory = lambda dev=None, torch_free_too=False: (small + native) // 2 - _weights_bytes(kfi)
+seen = {{name: offload_mode("auto", kfi, settings, clip, size, crop)
+        for name, size, crop in (("native", "native", "none"), ("custom", (32, 32), "none"),
+                                 ("crop", "native", "mask"), ("crop_custom", (32, 32), "mask"))}}
+print("SEEN", seen)
+""")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = ast.literal_eval(proc.stdout.split("SEEN", 1)[1].strip())
+    assert seen == {"native": "model", "custom": "none", "crop": "model", "crop_custom": "none"}

@@ -186,8 +186,8 @@ def test_workflow_runs_end_to_end_on_the_tiny_model(path, schemas, comfy_server)
 def test_a_workflow_saved_before_the_checkpoint_loader_still_runs(schemas, comfy_server):
     """Old saved graphs keep loading: Load KFI Inpaint Model with the value 'checkpoints/<file>' it listed before
     single files moved to Load KFI Inpaint Model (checkpoint), and a sampler saved before its optional blend_known,
-    num_samples, decode_tile and size widgets (13 widget values, the frontend keeps the new widgets' defaults), run as
-    saved."""
+    num_samples, decode_tile, size and seam_smoothing widgets (13 widget values, the frontend keeps the new widgets'
+    defaults), run as saved."""
     workflow = json.loads(REMOVAL.read_text())
     loader = next(n for n in workflow["nodes"] if n["type"] == "LoadKFInpaintCheckpoint")
     loader.update(type="LoadKFInpaintModel", properties={"Node name for S&R": "LoadKFInpaintModel"})
@@ -195,11 +195,11 @@ def test_a_workflow_saved_before_the_checkpoint_loader_still_runs(schemas, comfy
     sampler = next(n for n in workflow["nodes"] if n["type"] == "KeyframePropagateSampler")
     names = [name for name, spec, _ in schema_inputs(schemas["KeyframePropagateSampler"]) if is_widget(spec)]
     later = ["blend_known", "num_samples", "decode_tile", "working_size", "width", "height", "crop", "crop_padding"]
-    assert names[-9:] == [*later, "offload"], names
-    sampler["widgets_values"] = sampler["widgets_values"][:-9]  # as saved before blend_known
+    assert names[-10:] == [*later, "offload", "seam_smoothing"], names
+    sampler["widgets_values"] = sampler["widgets_values"][:-10]  # as saved before blend_known
     prompt = _runnable(ui_to_api(workflow, schemas))
     node = next(v for v in prompt.values() if v["class_type"] == "KeyframePropagateSampler")
-    assert not {*later, "offload"} & set(node["inputs"])
+    assert not {*later, "offload", "seam_smoothing"} & set(node["inputs"])
     node["inputs"].update(steps=2, seed=zlib.crc32(b"legacy checkpoint value"))
     assert (
         next(v for v in prompt.values() if v["class_type"] == "LoadKFInpaintModel")["inputs"]["model"]

@@ -57,7 +57,36 @@ def test_a_resized_long_clip_is_seam_smoothed_and_exact_outside_the_mask(tiny_mo
 
     monkeypatch.setattr(executor, "smooth_fill_colours", spy)
     out = inpaint_at_size(model, clip, PropagateSettings(steps=1, feather=2), size="native")
-    assert smoothed == [((12, 3, 64, 64), executor.DEFAULT_SEAM_SMOOTHING)], "smoothed at the working size, once"
+    assert smoothed == [((12, 3, 64, 64), PropagateSettings().seam_smoothing)], "smoothed at the working size, once"
     assert out.shape == frames.shape
     keep = (torch.nn.functional.max_pool2d(masks, 5, 1, 2) == 0).expand_as(frames)  # the 2-pixel feather
     assert torch.equal(out[keep], frames[keep])
+
+
+@pytest.mark.parametrize(
+    ("size", "crop", "mask_box"),
+    [
+        ("native", "none", (20, 40, 25, 45)),
+        ("input", "none", (20, 40, 25, 45)),
+        ((48, 80), "none", (20, 40, 25, 45)),
+        ("native", "mask", (5, 55, 30, 40)),  # a tall box in a wide clip: the box runs portrait
+        ("input", "mask", (20, 30, 10, 60)),
+        ((32, 48), "mask", (20, 40, 25, 45)),
+    ],
+)
+def test_run_size_is_the_size_the_windows_run_at(tiny_model_dir, monkeypatch, size, crop, mask_box):
+    """run_size (what memory estimates use) against the frames inpaint_at_size really hands the sampler."""
+    import importlib
+
+    ws = importlib.import_module("kfi_core.inference.working_size")  # the module (the package exports the function)
+
+    model = load_kfi_model(tiny_model_dir)
+    monkeypatch.setattr(type(model), "default_size", property(lambda self: (32, 48)))  # non-square: orientation shows
+    frames, masks = torch.rand(4, 3, 64, 72), torch.zeros(4, 1, 64, 72)
+    y0, y1, x0, x1 = mask_box
+    masks[:, :, y0:y1, x0:x1] = 1.0
+    clip = prepare_clip(frames, masks)
+    seen = []
+    monkeypatch.setattr(ws, "inpaint", lambda m, c, s, **kw: seen.append(c.size) or c.frames.clone())
+    ws.inpaint_at_size(model, clip, PropagateSettings(steps=1), size=size, crop=crop)
+    assert seen == [ws.run_size(model, clip, size, crop)]

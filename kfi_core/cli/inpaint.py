@@ -14,6 +14,8 @@ from kfi_core.cli.plan import check_inpaint_fits
 from kfi_core.errors import ModelFileError, SettingsError
 from kfi_core.evaluation import psnr
 from kfi_core.inference import BLEND_KNOWN_MODES, COLOR_MATCH_MODES, CROP_MODES, WORKING_SIZES, PropagateSettings
+from kfi_core.inference.schedules import load_schedule_file
+from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
 from kfi_core.jobs import inpaint_files, run_batch
 from kfi_core.media import read_frames, read_masks
 from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
@@ -68,6 +70,15 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         help="average this many samples (seeds --seed, --seed + 1, ...; default 1): N times the time, a "
         "lower error and a softer fill where the samples disagree (docs/METHOD.md, 'After sampling')",
     )
+    g.add_argument(
+        "--seam-smoothing",
+        type=int,
+        default=DEFAULT_SEAM_SMOOTHING,
+        metavar="FRAMES",
+        help="clips longer than the model's window: even each generated frame's fill colour with the frames "
+        "within FRAMES of it, so windows do not show where they meet (default %(default)s; 0 off; keyframes "
+        "and pixels outside the mask stay exact)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> PropagateSettings:
@@ -88,6 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> PropagateSettings:
         decode_chunk_size=args.decode_chunk_size,
         decode_tile=args.decode_tile,
         num_samples=args.num_samples,
+        seam_smoothing=args.seam_smoothing,
     )
 
 
@@ -188,8 +200,11 @@ def add_inpaint_parser(sub) -> None:
     p.add_argument(
         "--schedule",
         default=None,
-        help="long-video strategy for clips longer than the model's window: anchor (default), "
-        "multidiffusion, autoregressive, hierarchy2, improved-ar, far-future, 3-res, reverse",
+        metavar="NAME|S.json",
+        help="long-video schedule for clips longer than the model's window: a strategy, anchor (default), "
+        "multidiffusion, autoregressive, hierarchy2, improved-ar, far-future, 3-res, reverse; or a schedule file "
+        "written by `schedule --json` (its options too, e.g. -o keyframe_windows=true; its frame count and "
+        "keyframes must be the clip's)",
     )
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="UNet dtype")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -254,6 +269,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     if not args.video or not args.mask:
         raise SettingsError("inpaint: give --video and --mask (one clip), or --batch DIR (every clip of a folder).")
     settings = settings_from_args(args).check()
+    strategy, schedule = _schedule_flag(args.schedule)
     model = _load_model(args)
     check_inpaint_fits(args, model)  # on CUDA: refuse before starting if the estimate exceeds free memory
     bar = StepBar("inpaint")
@@ -269,10 +285,11 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
             size=_size(args),
             grow_pixels=args.grow,
             preview=args.preview,
-            strategy=args.schedule,
+            strategy=strategy,
             callback=bar,
             crop=args.crop,
             crop_padding=args.crop_padding,
+            schedule=schedule,
         )
     finally:
         bar.close()
@@ -280,7 +297,19 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule_flag(value: str | None):
+    """``--schedule``: (strategy name, None), or (None, the Schedule) of a ``.json`` file."""
+    if value is None or not value.lower().endswith(".json"):
+        return value, None
+    return None, load_schedule_file(value, f"--schedule {value}")
+
+
 def _run_batch(args: argparse.Namespace) -> int:
+    if args.schedule is not None and args.schedule.lower().endswith(".json"):
+        raise SettingsError(
+            f"--schedule {args.schedule}: a schedule file fixes one clip's frame count and keyframes; with --batch "
+            "give a strategy name (e.g. anchor), which is planned for each clip."
+        )
     settings = settings_from_args(args).check()
     report = run_batch(
         lambda: _load_model(args),

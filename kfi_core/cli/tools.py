@@ -14,10 +14,11 @@ import numpy as np
 
 from kfi_core.errors import InputMismatchError, KeyframeError, MaskSynthesisError, ScheduleError, SettingsError
 from kfi_core.evaluation import METRIC_KEYS, check_keyframe_indices, evaluate
-from kfi_core.evaluation.long_clip import check_schedule_for_clip, load_schedule_file, long_clip_metrics
+from kfi_core.evaluation.long_clip import check_schedule_for_clip, long_clip_metrics
 from kfi_core.evaluation.long_clip_plot import write_long_clip_plot
 from kfi_core.files import atomic_file
 from kfi_core.inference import build_schedule, format_schedule_summary, render_schedule_preview, schedule_cost
+from kfi_core.inference.schedules import load_schedule_file
 from kfi_core.media import atomic_path, read_frames, read_masks
 from kfi_core.training import render_preview, sample_masks_with_info
 

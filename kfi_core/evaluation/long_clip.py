@@ -30,12 +30,9 @@ Seam jumps (:func:`seam_jumps`)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,28 +273,6 @@ def seam_jumps(
 
 
 # --------------------------------------------------------------------------- files and everything
-
-
-def load_schedule_file(path: str | os.PathLike, label: str | None = None) -> Schedule:
-    """Read a schedule JSON file: what ``python -m kfi_core schedule --json`` prints ({"schedule", "cost"}) or the
-    bare object of :meth:`Schedule.to_json`."""
-    path = Path(path)
-    label = label or str(path)
-    fix = "write one with: python -m kfi_core schedule --frames N --window W --json > S.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ScheduleError(f"{label}: cannot read the schedule file ({err.strerror or err}); {fix}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise ScheduleError(f"{label}: not valid JSON ({err}); {fix}") from None
-    if isinstance(data, dict) and isinstance(data.get("schedule"), dict):
-        data = data["schedule"]
-    try:
-        return Schedule.from_dict(data)
-    except ScheduleError as err:
-        raise ScheduleError(f"{label}: {err}") from None
 
 
 def long_clip_metrics(

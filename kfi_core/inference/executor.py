@@ -18,7 +18,8 @@ host and moves one window's slice to the device per model call), so device memor
 grow with clip length.
 
 Seams: after the last window of a schedule of several windows, each generated frame's fill is shifted so its mean
-colour is the mean over the frames within ``seam_smoothing`` frames (default :data:`DEFAULT_SEAM_SMOOTHING`;
+colour is the mean over the frames within ``settings.seam_smoothing`` frames (default
+:data:`~kfi_core.inference.settings.DEFAULT_SEAM_SMOOTHING`;
 :func:`smooth_seams`): where two windows meet, the fill's colour steps (the demo model's seam ratio at window
 boundaries was 1.6-1.9 on every schedule, docs/RESULTS.md "Long clips"); smoothing turns the step into a ramp while a
 steady change of light or motion passes. Keyframes and pixels outside the composite's mask stay exact.
@@ -68,10 +69,6 @@ DEFAULT_SCHEDULE = "anchor"
 #: f mod window, so every window starts from the same noise; FreeNoise's noise rescheduling, Qiu et al. 2024).
 NOISE_MODES = ("per-window", "shared")
 DEFAULT_NOISE = "per-window"
-#: Seam smoothing of a schedule of several windows: after the last window, each generated frame's fill is shifted so
-#: its mean colour is the mean over the frames within this many frames
-#: (:func:`kfi_core.inference.color_match.smooth_fill_colours`); 0 turns it off. Only with ``settings.composite``.
-DEFAULT_SEAM_SMOOTHING = 3
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # golden-ratio increment: well-spread per-window seeds
 
 
@@ -153,15 +150,15 @@ def run_schedule(
     """Inpaint ``clip`` following ``schedule``; frames [N, 3, H, W] in 0..1 on the host.
 
     ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean (:func:`mean_of_samples`).
-    ``noise``: one of :data:`NOISE_MODES` (default :data:`DEFAULT_NOISE`); ``seam_smoothing``: frames (default
-    :data:`DEFAULT_SEAM_SMOOTHING`; 0 off), see :func:`smooth_seams`."""
+    ``noise``: one of :data:`NOISE_MODES` (default :data:`DEFAULT_NOISE`); ``seam_smoothing``: frames (0 off; None,
+    the default, takes ``settings.seam_smoothing``), see :func:`smooth_seams`."""
     settings = _checked(settings, clip)
     noise = DEFAULT_NOISE if noise is None else noise
     if noise not in NOISE_MODES:
         raise ScheduleError(f"noise: got {noise!r}; choose one of {', '.join(NOISE_MODES)}.")
-    radius = DEFAULT_SEAM_SMOOTHING if seam_smoothing is None else seam_smoothing
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-        raise ScheduleError(f"seam_smoothing: got {radius!r}; give a whole number of frames from 0 (off) up.")
+    if seam_smoothing is not None:
+        settings = replace(settings, seam_smoothing=seam_smoothing).check()
+    radius = settings.seam_smoothing
     check_size(model, *clip.size)
     check_schedule(schedule, clip, model)
     shared = noise == "shared"

@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kfi_core.errors import ScheduleError
@@ -474,3 +476,25 @@ def render_schedule_preview(schedule: Schedule, max_width: int = 1200):
         draw.rectangle([lx, y + 1, lx + 10, y + 11], fill=PREVIEW_COLOURS[name], outline=(0, 0, 0))
         draw.text((lx + 14, y), name, fill=(0, 0, 0), font=font)
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_schedule_file(path: str | os.PathLike, label: str | None = None) -> Schedule:
+    """Read a schedule JSON file: what ``python -m kfi_core schedule --json`` prints ({"schedule", "cost"}) or the
+    bare object of :meth:`Schedule.to_json`."""
+    path = Path(path)
+    label = label or str(path)
+    fix = "write one with: python -m kfi_core schedule --frames N --window W --json > S.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ScheduleError(f"{label}: cannot read the schedule file ({err.strerror or err}); {fix}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ScheduleError(f"{label}: not valid JSON ({err}); {fix}") from None
+    if isinstance(data, dict) and isinstance(data.get("schedule"), dict):
+        data = data["schedule"]
+    try:
+        return Schedule.from_dict(data)
+    except ScheduleError as err:
+        raise ScheduleError(f"{label}: {err}") from None

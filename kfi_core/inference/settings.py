@@ -23,6 +23,13 @@ ProgressCallback = Callable[[dict], Any]
 # the known pixels at all, off with a KFI adapter, which reads them from its condition as the paper trains it.
 BLEND_KNOWN_MODES = ("auto", "on", "off")
 
+#: Seam smoothing of a schedule of several windows: after the last window, each generated frame's fill is shifted so
+#: its mean colour is the mean over the frames within this many frames
+#: (:func:`kfi_core.inference.color_match.smooth_fill_colours`); 0 turns it off. Only with ``composite``; a clip that
+#: fits one window is left alone. Chosen from docs/RESULTS.md "Long clips" (seam ratio 1.90 -> 1.11).
+DEFAULT_SEAM_SMOOTHING = 3
+MAX_SEAM_SMOOTHING = 64
+
 
 def blends_known(settings: PropagateSettings, in_channels: int) -> bool:
     """Whether the sampler blends the known latents for a UNet of ``in_channels`` (8 training-free, 12 KFI)."""
@@ -53,6 +60,7 @@ class PropagateSettings:
     encode_chunk_size: int = 8
     decode_tile: int = 0  # > 0: decode in spatial tiles of this many latent cells a side (less memory); 0 = off
     num_samples: int = 1  # > 1: the mean of that many samples (seeds seed, seed + 1, ...): lower error, softer fill
+    seam_smoothing: int = DEFAULT_SEAM_SMOOTHING  # frames; several windows only: even the fill's colour over seams
 
     def check(self) -> PropagateSettings:
         """Raise a clear error for any value the sampler cannot use."""
@@ -76,6 +84,14 @@ class PropagateSettings:
             1,
             MAX_SAMPLES,
             "1 is one sample, the default; 4 averages four, for a lower error and a softer fill",
+        )
+        _int_in(
+            "seam_smoothing",
+            self.seam_smoothing,
+            0,
+            MAX_SEAM_SMOOTHING,
+            f"frames either side whose fill colours a long clip's frame is evened to; {DEFAULT_SEAM_SMOOTHING} is the "
+            "default, 0 turns it off",
         )
         for name in ("min_guidance", "max_guidance"):
             value = float(getattr(self, name))

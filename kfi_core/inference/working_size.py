@@ -72,6 +72,22 @@ def working_size(model, clip_size: tuple[int, int], size: Any = "native") -> tup
     return int(size[0]), int(size[1])
 
 
+def check_crop(crop: str, name: str = "crop") -> None:
+    """Raise unless ``crop`` is one of :data:`CROP_MODES`; ``name`` is the input's name in the message (--crop)."""
+    if crop not in CROP_MODES:
+        raise UnknownNameError(f"{name}: got {crop!r}; choose one of {', '.join(CROP_MODES)}.")
+
+
+def run_size(model, clip: ClipInputs, size: Any = "native", crop: str = "none") -> tuple[int, int]:
+    """The (height, width) the model's windows actually run at for :func:`inpaint_at_size`'s ``size`` and ``crop``:
+    :func:`working_size`, except that ``crop="mask"`` with ``native`` or ``input`` runs the box at the model's own
+    size turned to the box's orientation. What memory estimates should use."""
+    if crop == "mask" and size in ("native", "input", None):
+        bounds = mask_bounds(clip.masks)
+        return native_size(model, bounds[3] - bounds[1] > bounds[2] - bounds[0])
+    return working_size(model, clip.size, size)
+
+
 def inpaint_at_size(
     model,
     clip: ClipInputs,
@@ -87,17 +103,13 @@ def inpaint_at_size(
 ) -> torch.Tensor:
     """Inpaint a prepared clip of any size at the working ``size`` (or on a box around the mask with ``crop="mask"``);
     returns frames at the clip's own size, exact outside the mask where ``settings.composite`` (the default)."""
-    if crop not in CROP_MODES:
-        raise UnknownNameError(f"crop: got {crop!r}; choose one of {', '.join(CROP_MODES)}.")
+    check_crop(crop)
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
         raise SettingsError(f"crop_padding: got {crop_padding!r}; give 0 or more pixels of context around the mask.")
     settings = (settings or PropagateSettings()).check()
     run_args = {"schedule": schedule, "strategy": strategy, "check_cancel": check_cancel}
     if crop == "mask":
-        bounds = mask_bounds(clip.masks)
-        work = native_size(model, bounds[3] - bounds[1] > bounds[2] - bounds[0])
-        if size not in ("native", "input", None):
-            work = working_size(model, clip.size, size)
+        work = run_size(model, clip, size, crop)
         box = plan_clip_box(clip.masks, (work[1], work[0]), crop_padding)
         _log_crop(clip, box, work)
         run = lambda s, cb: _inpaint_cropped(model, clip, s, work, box, run_args, cb)  # noqa: E731
