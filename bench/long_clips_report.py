@@ -29,6 +29,7 @@ COLUMNS = (
     ("slope", "slope dB/frame"),
     ("seam", "seam ratio"),
     ("seam_gt", "seam ratio vs GT"),
+    ("tex_seam", "texture seam ratio"),
     ("warp", "warp err mask"),
     ("evals", "evals/frame"),
 )
@@ -55,7 +56,7 @@ def table(rows) -> str:
     head = "| method | " + " | ".join(title for _, title in COLUMNS) + " | s/clip |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for label, mean, _, seconds in rows:
-        lines.append(f"| {label} | " + " | ".join(_fmt(mean[k]) for k, _ in COLUMNS) + f" | {seconds:.1f} |")
+        lines.append(f"| {label} | " + " | ".join(_fmt(mean.get(k)) for k, _ in COLUMNS) + f" | {seconds:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +294,8 @@ INTRO = [
     "the first window and beyond it, and their difference (the done-when asks >= -1 dB); the decay slope "
     "(dB per frame of distance to the nearest keyframe); the seam ratio (mean jump of the fill's colour "
     "across window boundaries over that inside windows; max over R, G, B, brightness; 1 is seamless) and "
-    "against the ground truth's jump at the same boundaries; flow warping error in the mask (lower is "
+    "against the ground truth's jump at the same boundaries; the texture seam ratio (the same for the fill's "
+    "detail, its mean colour removed: what seam smoothing cannot even out); flow warping error in the mask (lower is "
     "better); UNet frame-evaluations per output frame per step. Baselines and the oracle have no windows: "
     "their seam ratios are measured at the default schedule's boundaries (what a method without seams "
     "scores there).",

@@ -117,6 +117,56 @@ def test_static_clip_is_seamless_and_empty_masks_are_skipped():
     assert out["seam_ratio"] == 1.0
 
 
+def textured_clip(frames: int = FRAMES, seed: int = 0) -> np.ndarray:
+    """A mid-grey clip with smooth stripes (one period across the frame, a random phase per channel) that move one
+    pixel right per frame: every transition changes the detail a little, and the same amount."""
+    phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, size=(3, 1, 1))
+    x = np.arange(SIZE)[None, None, :]
+    stripes = [
+        np.broadcast_to(0.5 + 0.2 * np.sin(2 * np.pi * (x - t) / SIZE + phase), (3, SIZE, SIZE)) for t in range(frames)
+    ]
+    return np.stack(stripes)
+
+
+def test_texture_seam_is_found_where_the_mean_colour_is_seamless():
+    """From frame 8 (the first boundary) on the fill's texture is another with the truth's mean colour: the colour
+    jumps are the truth's (seam ratio vs GT 1), the texture seam ratio is far above 1; the same swap inside a window
+    is not a seam."""
+    gt, m, s = textured_clip(), box_mask(), autoregressive()
+    for start, boundary in ((8, True), (10, False)):
+        pred = gt.copy()
+        other = textured_clip(seed=1)
+        region = (slice(start, None), slice(None), BOX[0], BOX[1])
+        pred[region] = (
+            other[region] - other[region].mean(axis=(2, 3), keepdims=True) + gt[region].mean(axis=(2, 3), keepdims=True)
+        )
+        out = seam_jumps(pred, gt, m, s)
+        assert out["seam_ratio_gt"] == pytest.approx(1.0)
+        if boundary:
+            assert out["texture_seam_ratio"] > 1.3 and out["texture_seam_ratio_gt"] > 1.3
+        else:
+            # the swapped stripes have another phase, so the box (half a period) sees a slightly different change
+            assert out["texture_seam_ratio"] < 1.15 and out["texture_seam_ratio_gt"] == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.parametrize("strategy", ["autoregressive", "anchor", "multidiffusion"])
+def test_moving_texture_without_seams_scores_about_one(strategy):
+    s = build_schedule(strategy, FRAMES, WINDOW, [0] if strategy != "multidiffusion" else [])
+    gt = textured_clip()
+    out = seam_jumps(gt * 0.9 + 0.05, gt, box_mask(), s)
+    assert out["texture_seam_ratio"] == pytest.approx(1.0, abs=0.1)
+    assert out["texture_seam_ratio_gt"] == pytest.approx(0.9, abs=0.02)  # the fill's detail is 0.9 of the truth's
+
+
+def test_texture_ratio_needs_overlapping_masks():
+    gt, s = textured_clip(), autoregressive()
+    m = np.zeros((FRAMES, 1, SIZE, SIZE))
+    m[0::2, :, 0:4, 0:4] = 1  # even frames here, odd frames there: no transition's masks overlap
+    m[1::2, :, 8:12, 8:12] = 1
+    out = seam_jumps(gt, gt, m, s)
+    assert out["texture_seam_ratio"] is None and "overlap" in out["unavailable"]["texture_seam_ratio"]
+
+
 def test_single_window_has_no_seam_ratio():
     s = build_schedule("autoregressive", WINDOW, WINDOW, [0])
     out = seam_jumps(ramp_clip(WINDOW), ramp_clip(WINDOW), box_mask(WINDOW), s)
@@ -224,6 +274,7 @@ def test_cli_eval_schedule_window_plot(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1] for line in table}
     assert float(rows["seam_ratio"]) > 3 and rows["psnr_within_window"] != "-"
+    assert float(rows["texture_seam_ratio"]) == pytest.approx(1.0, abs=0.01), "a brightness step is no texture seam"
 
     files["--pred"] = files["--gt"]  # a perfect, seamless fill
     assert main(["eval", *[x for kv in files.items() for x in kv], "--window", "8", "--json"]) == 0

@@ -91,6 +91,8 @@ LONG_CLIP_ROWS = (
     ("psnr_beyond_minus_within", "decay", "beyond_minus_within_db"),
     ("seam_ratio", "seams", "seam_ratio"),
     ("seam_ratio_gt", "seams", "seam_ratio_gt"),
+    ("texture_seam_ratio", "seams", "texture_seam_ratio"),
+    ("texture_seam_ratio_gt", "seams", "texture_seam_ratio_gt"),
 )
 
 

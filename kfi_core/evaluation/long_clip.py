@@ -26,6 +26,11 @@ Seam jumps (:func:`seam_jumps`)
     eps = :data:`SEAM_EPS` = 1e-3 (about a quarter of an 8-bit level) keeps a ratio finite when a denominator is
     zero, and makes a clip that does not change at all score exactly 1. 1.0 is seamless, > 1 a visible seam.
     The headline ``seam_ratio`` and ``seam_ratio_gt`` are the largest over R, G, B and brightness.
+    Texture: the mean colour can be seamless while the detail jumps (each window samples its own texture). With the
+    fill's detail d_t = pred_t - c_t (its mean colour removed) the texture jump of t -> t+1 is the mean of
+    |d_{t+1} - d_t| over the pixels in both masks and the three channels; ``texture_seam_ratio`` and
+    ``texture_seam_ratio_gt`` are the same ratios of these jumps (motion moves detail everywhere, so a clip that moves
+    steadily scores about 1 too; a transition whose masks do not overlap is left out).
 """
 
 from __future__ import annotations
@@ -206,6 +211,38 @@ def fill_colours(frames: np.ndarray, m: np.ndarray) -> np.ndarray:
     return out
 
 
+def texture_jumps(frames: np.ndarray, m: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """[F-1]: mean |d_{t+1} - d_t| over the pixels in both masks (d = the frame minus its fill's mean colour); NaN
+    where the masks do not overlap."""
+    out = np.full(frames.shape[0] - 1, np.nan)
+    for t in range(frames.shape[0] - 1):
+        both = m[t, 0] & m[t + 1, 0]
+        if both.any():
+            a = frames[t][:, both] - colours[t, :3, None]
+            b = frames[t + 1][:, both] - colours[t + 1, :3, None]
+            out[t] = float(np.abs(b - a).mean())
+    return out
+
+
+def _texture_ratios(tex: np.ndarray, tex_gt: np.ndarray, b: list[int], i: list[int]) -> dict[str, Any]:
+    """The texture part of :func:`seam_jumps`' result."""
+    tb, ti = [t for t in b if not np.isnan(tex[t])], [t for t in i if not np.isnan(tex[t])]
+    out: dict[str, Any] = {"texture_seam_ratio": None, "texture_seam_ratio_gt": None}
+    why = {}
+    if not tb:
+        why["texture_seam_ratio"] = why["texture_seam_ratio_gt"] = "no boundary whose two masks overlap"
+        return {**out, "unavailable": why}
+    jb, jg = float(tex[tb].mean()), float(tex_gt[tb].mean())
+    out.update(texture_jump_boundary=jb, texture_jump_gt_boundary=jg)
+    out["texture_seam_ratio_gt"] = (jb + SEAM_EPS) / (jg + SEAM_EPS)
+    if ti:
+        out["texture_jump_inside"] = float(tex[ti].mean())
+        out["texture_seam_ratio"] = (jb + SEAM_EPS) / (out["texture_jump_inside"] + SEAM_EPS)
+    else:
+        why["texture_seam_ratio"] = "no transition inside a window whose two masks overlap"
+    return {**out, "unavailable": why}
+
+
 def _ratios(num: np.ndarray, den: np.ndarray) -> dict[str, float]:
     return {ch: float((n + SEAM_EPS) / (d + SEAM_EPS)) for ch, n, d in zip(SEAM_CHANNELS, num, den)}
 
@@ -227,8 +264,9 @@ def seam_jumps(
 
     Keys: ``seam_ratio`` and ``seam_ratio_gt`` (the largest channel ratio, or None with the reason under
     ``unavailable``), ``seam_ratio_per_channel`` / ``seam_ratio_gt_per_channel`` ({r, g, b, brightness}),
-    ``jump_boundary`` / ``jump_inside`` / ``jump_gt_boundary`` (mean jumps per channel), ``boundaries`` and
-    ``inside`` (the t of each counted transition t -> t+1).
+    ``jump_boundary`` / ``jump_inside`` / ``jump_gt_boundary`` (mean jumps per channel), ``texture_seam_ratio`` /
+    ``texture_seam_ratio_gt`` (and their ``texture_jump_*``), ``boundaries`` and ``inside`` (the t of each counted
+    transition t -> t+1).
     """
     _require_mask(mask, names)
     p, g, m = check_inputs(pred, gt, mask, names)
@@ -268,8 +306,9 @@ def seam_jumps(
             out["seam_ratio"] = max(out["seam_ratio_per_channel"].values())
         else:
             unavailable["seam_ratio"] = "no transition inside a window (every window generates one masked frame)"
-    out["unavailable"] = unavailable
-    return out
+    texture = _texture_ratios(texture_jumps(p, m, fill), texture_jumps(g, m, truth), b, i)
+    out["unavailable"] = {**unavailable, **texture.pop("unavailable")}
+    return {**out, **texture}
 
 
 # --------------------------------------------------------------------------- files and everything
