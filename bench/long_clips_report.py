@@ -13,8 +13,9 @@ LEVER_NOTES = {
     "colour-match-known": "each window's colours fitted to its known frames (anchors, keyframes; "
     "color_match='keyframe') instead of the ring around the hole",
     "seam smoothing": "after the last window each generated frame's fill is shifted so its mean colour is the mean "
-    "over the frames within r frames, keyframes fixed (run_schedule seam_smoothing=r; a post-process of the same "
-    "sample, so the '+ seam smoothing' rows cost nothing more)",
+    "over the frames within r frames, keyframes fixed, and the fill's detail is cross-faded across each window "
+    "boundary until it changes no more than inside the windows (kfi_core.inference.seams; seam_smoothing=r; a "
+    "post-process of the same sample, so the '+ seam smoothing' rows cost nothing more)",
 }
 ORACLE = "GT mean colour per frame (oracle)"
 #: The rows whose first clip gets a plot (besides the baselines and the oracle).
@@ -111,7 +112,18 @@ def verdict(results: dict[str, list]) -> list[str]:
             + (f"; for reference, with the default's seam smoothing added to them: {smoothed}" if smoothed else "")
             + ")."
         )
+        out.extend(_texture_line(rows, key, d))
     return out
+
+
+def _texture_line(rows, key: str, d: str) -> list[str]:
+    """The texture seam ratio of the default against the schedules as designed (not part of the done-when)."""
+    tex = _mean(rows, d, "tex_seam")
+    if tex is None:
+        return []
+    others = ", ".join(f"{n} {_fmt(v)}" for n in SMOOTHED_TOO if (v := _mean(rows, n, "tex_seam")) is not None)
+    where = "real footage" if key == "real" else "4x keyframe-at-0 clips"
+    return [f"- Texture seam ratio of the default on {where} (not in the done-when): {_fmt(tex)} ({others or '-'})."]
 
 
 def write_section(path: Path, text: str) -> None:

@@ -65,8 +65,8 @@ def seam_input():
         max=MAX_SEAM_SMOOTHING,
         optional=True,
         tooltip="Clips longer than the model's window: even each generated frame's fill colour with the frames "
-        "within this many frames of it, so the windows do not show where they meet. 0 = off; keyframes and "
-        "pixels outside the mask stay exact.",
+        "within this many frames of it and cross-fade the fill's detail where windows meet, so the windows do not "
+        "show. 0 = off; keyframes and pixels outside the mask stay exact.",
     )
 
 

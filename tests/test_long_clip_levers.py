@@ -8,7 +8,6 @@ import torch
 from kfi_testing import load_with_random_adapter
 
 from kfi_core.errors import InputMismatchError, ScheduleError
-from kfi_core.inference.color_match import smooth_fill_colours
 from kfi_core.inference.condition import prepare_clip
 from kfi_core.inference.executor import (
     NOISE_MODES,
@@ -19,8 +18,9 @@ from kfi_core.inference.executor import (
 )
 from kfi_core.inference.schedule_builders import build_schedule
 from kfi_core.inference.schedules import Schedule
+from kfi_core.inference.seams import smooth_fill_colours
 from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING, PropagateSettings
-from kfi_core.inference.window import sample_window_latents
+from kfi_core.inference.window import composite_mask, sample_window_latents
 
 FAST = dict(steps=2, decode_chunk_size=8)
 
@@ -183,3 +183,74 @@ def test_seam_smoothing_must_be_a_whole_number_of_frames(model, bad):
         run_schedule(model, clip, schedule, PropagateSettings(**FAST), seam_smoothing=bad)
     with pytest.raises(InputMismatchError, match="seam_smoothing"):
         PropagateSettings(seam_smoothing=bad).check()
+
+
+# --------------------------------------------------------------------------- detail cross-fade at window boundaries
+
+
+def _stripes(frames: int, seed: int = 0, size: int = 16) -> torch.Tensor:
+    """Smooth stripes (one period across the frame, a random phase per channel) moving one pixel right per frame."""
+    phase = torch.rand(3, 1, 1, generator=torch.Generator().manual_seed(seed)) * 2 * torch.pi
+    x = torch.arange(size).view(1, 1, size)
+    return torch.stack(
+        [(0.5 + 0.2 * torch.sin(2 * torch.pi * (x - t) / size + phase)).expand(3, size, size) for t in range(frames)]
+    )
+
+
+def _band_masks(frames: int, size: int = 16) -> torch.Tensor:
+    masks = torch.zeros(frames, 1, size, size)
+    masks[:, :, 4:12, :] = 1.0  # whole rows: every transition moves the same detail by the same amount
+    return masks
+
+
+def _texture_ratio(frames, masks, schedule) -> float:
+    from kfi_core.evaluation.long_clip import seam_jumps
+
+    return seam_jumps(frames, frames, masks, schedule)["texture_seam_ratio"]
+
+
+def test_crossfade_evens_a_detail_step_at_a_boundary_and_touches_nothing_else():
+    from kfi_core.inference.schedules import classify_transitions
+    from kfi_core.inference.seams import crossfade_detail
+
+    frames, masks = _stripes(24), _band_masks(24)
+    schedule = build_schedule("autoregressive", 24, 8, [0])
+    kinds = classify_transitions(schedule)
+    t = kinds["boundary"][0]
+    stepped = frames.clone()
+    other = _stripes(24, seed=1)
+    band = (slice(t + 1, None), slice(None), slice(4, 12))
+    stepped[band] = other[band] - other[band].mean((2, 3), keepdim=True) + frames[band].mean((2, 3), keepdim=True)
+    assert _texture_ratio(stepped, masks, schedule) > 1.3
+    out = crossfade_detail(stepped, masks, kinds["boundary"], kinds["inside"])
+    assert _texture_ratio(out, masks, schedule) < 1.1
+    assert torch.equal(out[masks.expand_as(out) == 0], stepped[masks.expand_as(out) == 0]), "outside the mask exact"
+    changed = [u for u in range(24) if not torch.equal(out[u], stepped[u])]
+    assert changed == [t, t + 1], "only the two frames of the stepped boundary"
+    fill = masks.expand_as(out) > 0
+    assert torch.allclose(out[t][fill[t]].view(3, -1).mean(1), stepped[t][fill[t]].view(3, -1).mean(1), atol=1e-6)
+
+
+def test_crossfade_leaves_steady_detail_alone():
+    from kfi_core.inference.schedules import classify_transitions
+    from kfi_core.inference.seams import crossfade_detail
+
+    frames, masks = _stripes(24), _band_masks(24)
+    kinds = classify_transitions(build_schedule("anchor", 24, 8, [0]))
+    out = crossfade_detail(frames, masks, kinds["boundary"], kinds["inside"])
+    assert (out - frames).abs().max() < 1e-5
+
+
+def test_seam_smoothing_cross_fades_the_detail_of_a_run(model):
+    """The executor's smoothing of a real run: colour smoothing then the cross-fade, at the schedule's boundaries."""
+    from kfi_core.inference.schedules import classify_transitions
+    from kfi_core.inference.seams import crossfade_detail
+
+    clip = _clip(20, keyframes=[0])
+    schedule = build_schedule("anchor", 20, model.num_frames, [0])
+    settings = PropagateSettings(**FAST)
+    raw = run_schedule(model, clip, schedule, settings, seam_smoothing=0)
+    kinds = classify_transitions(schedule, [bool(m.any()) for m in clip.masks >= 0.5])
+    colour = smooth_fill_colours(raw, composite_mask(clip, settings.feather), 3, fixed=clip.keyframe_indices)
+    want = crossfade_detail(colour, clip.masks, kinds["boundary"], kinds["inside"])
+    assert torch.equal(run_schedule(model, clip, schedule, settings, seam_smoothing=3), want)

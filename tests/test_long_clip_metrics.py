@@ -18,16 +18,14 @@ from kfi_core.cli import main
 from kfi_core.errors import InputMismatchError, ScheduleError, SettingsError
 from kfi_core.evaluation.long_clip import (
     SEAM_EPS,
-    classify_transitions,
     edit_decay,
-    frame_sources,
     keyframe_distance,
     long_clip_metrics,
     seam_jumps,
 )
 from kfi_core.evaluation.long_clip_plot import write_long_clip_plot
 from kfi_core.inference import build_schedule
-from kfi_core.inference.schedules import load_schedule_file
+from kfi_core.inference.schedules import classify_transitions, frame_sources, load_schedule_file
 from kfi_core.media import write_frames
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -44,7 +44,7 @@ import numpy as np
 
 from kfi_core.errors import InputMismatchError, KeyframeError, ScheduleError, SettingsError
 from kfi_core.evaluation.metrics import check_inputs, check_keyframe_indices, masked_mse, psnr_from_mse
-from kfi_core.inference.schedules import GENERATE, Schedule
+from kfi_core.inference.schedules import Schedule, classify_transitions
 
 logger = logging.getLogger(__name__)
 
@@ -173,31 +173,6 @@ def edit_decay(
 
 
 # --------------------------------------------------------------------------- seams
-
-
-def frame_sources(schedule: Schedule) -> list[frozenset[tuple[int, int]]]:
-    """Per frame, the set of (stage, window) indices (from 0) that generate it; empty for keyframes."""
-    sources: list[set[tuple[int, int]]] = [set() for _ in range(schedule.num_frames)]
-    for si, stage in enumerate(schedule.stages):
-        for wi, win in enumerate(stage.windows):
-            for f, role in zip(win.frames, win.roles):
-                if role == GENERATE:
-                    sources[f].add((si, wi))
-    return [frozenset(s) for s in sources]
-
-
-def classify_transitions(schedule: Schedule, has_mask: Sequence[bool] | None = None) -> dict[str, list[int]]:
-    """Transitions t -> t+1 (listed by t) as ``boundary``, ``inside`` or ``skipped`` (see the module docstring)."""
-    sources = frame_sources(schedule)
-    out: dict[str, list[int]] = {"boundary": [], "inside": [], "skipped": []}
-    for t in range(schedule.num_frames - 1):
-        a, b = sources[t], sources[t + 1]
-        masked = has_mask is None or (has_mask[t] and has_mask[t + 1])
-        if not a or not b or not masked:
-            out["skipped"].append(t)
-        else:
-            out["boundary" if a != b else "inside"].append(t)
-    return out
 
 
 def fill_colours(frames: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -157,30 +157,3 @@ def match_colors(
         w = fit_color_transform(g, r, "mean" if mode == "mean" else "affine").to(generated.dtype)  # [4, 3]
         out[t] = _apply(generated[t], w)
     return out.clamp(0.0, 1.0)
-
-
-def smooth_fill_colours(
-    frames: torch.Tensor, weights: torch.Tensor, radius: int, fixed: Sequence[int] = ()
-) -> torch.Tensor:
-    """Even out the fill's mean colour over time: ``frames`` [F, 3, H, W] with each frame's fill shifted by an offset.
-
-    ``weights`` [F, 1, H, W] say where the fill is (the composite's weights: 0 keeps the input). The fill's mean
-    colour c_t (per channel, weighted) is replaced by its mean over the frames t - ``radius`` .. t + ``radius`` that
-    have a fill (``fixed`` frames, e.g. keyframes, count in the means and are not changed): a step in c_t, where
-    two windows meet, becomes a ramp, while a steady change (light, motion) passes. Clamped to 0..1."""
-    w = weights.float()
-    area = w.sum(dim=(1, 2, 3))  # [F]
-    has = area > 0
-    if radius < 1 or int(has.sum()) < 2:
-        return frames
-    means = (frames.float() * w).sum(dim=(2, 3)) / area.clamp(min=1e-8)[:, None]  # [F, 3]
-    out = frames.clone()
-    keep = {int(k) for k in fixed}
-    num = frames.shape[0]
-    for t in range(num):
-        if not bool(has[t]) or t in keep:
-            continue
-        near = [u for u in range(max(0, t - radius), min(num, t + radius + 1)) if bool(has[u])]
-        target = means[near].mean(dim=0)
-        out[t] = frames[t] + (target - means[t]).to(frames.dtype)[:, None, None] * w[t]
-    return out.clamp(0.0, 1.0)

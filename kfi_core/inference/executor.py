@@ -19,10 +19,12 @@ grow with clip length.
 
 Seams: after the last window of a schedule of several windows, each generated frame's fill is shifted so its mean
 colour is the mean over the frames within ``settings.seam_smoothing`` frames (default
-:data:`~kfi_core.inference.settings.DEFAULT_SEAM_SMOOTHING`;
-:func:`smooth_seams`): where two windows meet, the fill's colour steps (the demo model's seam ratio at window
-boundaries was 1.6-1.9 on every schedule, docs/RESULTS.md "Long clips"); smoothing turns the step into a ramp while a
-steady change of light or motion passes. Keyframes and pixels outside the composite's mask stay exact.
+:data:`~kfi_core.inference.settings.DEFAULT_SEAM_SMOOTHING`), and the fill's detail is cross-faded across each window
+boundary (:func:`smooth_seams`, :mod:`kfi_core.inference.seams`): where two windows meet, the fill's colour and detail
+step (the demo model's seam ratio at window boundaries was 1.6-1.9 on every schedule, docs/RESULTS.md "Long clips");
+smoothing turns the colour step into a ramp while a steady change of light or motion passes, and the cross-fade makes
+the detail change no more at a boundary than inside the windows. Keyframes and pixels outside the composite's mask
+stay exact.
 
 Seeds: the first window of a run uses ``settings.seed`` itself, so a clip that fits one window
 gives exactly :func:`propagate`'s output; window ``k`` uses a seed derived
@@ -46,10 +48,11 @@ from typing import Any
 import torch
 
 from kfi_core.errors import InputMismatchError, ScheduleError
-from kfi_core.inference.color_match import smooth_fill_colours
 from kfi_core.inference.condition import ClipInputs, check_mask_coverage
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
 from kfi_core.inference.schedule_builders import build_schedule
+from kfi_core.inference.schedules import classify_transitions
+from kfi_core.inference.seams import crossfade_detail, smooth_fill_colours
 from kfi_core.inference.settings import ProgressCallback, PropagateSettings, check_size, check_window
 from kfi_core.inference.window import (
     WindowDenoiser,
@@ -172,14 +175,17 @@ def run_schedule(
 
 
 def smooth_seams(clip: ClipInputs, frames: torch.Tensor, schedule, settings: PropagateSettings, radius: int):
-    """Shift each generated frame's fill so its mean colour is the mean over the frames within ``radius`` frames
-    (:func:`~kfi_core.inference.color_match.smooth_fill_colours`, keyframes fixed): the colour step where two windows
-    meet becomes a ramp. Only for a composited result of a schedule of several windows, where pixels outside the
-    composite's weights stay the input's exactly."""
+    """Hide the seams where two windows meet (:mod:`kfi_core.inference.seams`): shift each generated frame's fill so
+    its mean colour is the mean over the frames within ``radius`` frames (keyframes fixed), then cross-fade the fill's
+    detail across each window boundary. Only for a composited result of a schedule of several windows, where pixels
+    outside the composite's weights stay the input's exactly; ``radius`` 0 leaves the frames as they are."""
     if radius < 1 or not settings.composite or len(schedule.windows) < 2:
         return frames
     weights = composite_mask(clip, settings.feather)
-    return smooth_fill_colours(frames, weights, radius, fixed=clip.keyframe_indices)
+    frames = smooth_fill_colours(frames, weights, radius, fixed=clip.keyframe_indices)
+    has_mask = [bool(m.any()) for m in clip.masks >= 0.5]
+    kinds = classify_transitions(schedule, has_mask)
+    return crossfade_detail(frames, clip.masks, kinds["boundary"], kinds["inside"])
 
 
 def _run_schedule(

@@ -24,9 +24,9 @@ ProgressCallback = Callable[[dict], Any]
 BLEND_KNOWN_MODES = ("auto", "on", "off")
 
 #: Seam smoothing of a schedule of several windows: after the last window, each generated frame's fill is shifted so
-#: its mean colour is the mean over the frames within this many frames
-#: (:func:`kfi_core.inference.color_match.smooth_fill_colours`); 0 turns it off. Only with ``composite``; a clip that
-#: fits one window is left alone. Chosen from docs/RESULTS.md "Long clips" (seam ratio 1.90 -> 1.11).
+#: its mean colour is the mean over the frames within this many frames, and its detail is cross-faded across window
+#: boundaries (:mod:`kfi_core.inference.seams`); 0 turns both off. Only with ``composite``; a clip that fits one window
+#: is left alone. Chosen from docs/RESULTS.md "Long clips" (colour seam ratio 1.90 -> 1.11).
 DEFAULT_SEAM_SMOOTHING = 3
 MAX_SEAM_SMOOTHING = 64
 
