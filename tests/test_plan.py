@@ -11,54 +11,16 @@ build, and the resident-set size of a process is too coarse for the tiny model's
 from __future__ import annotations
 
 import json
-import weakref
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from live_bytes import measure
 
 from kfi_core.cli import inpaint as cli_inpaint
 from kfi_core.cli import main
 from kfi_core.errors import OutOfMemoryPlanError, SettingsError
 from kfi_core.inference.plan import check_fits, model_shape, plan_memory
 from kfi_core.model import load_kfi_model
-
-
-class LiveBytes(TorchDispatchMode):
-    """Peak bytes of the tensor storages ops allocate while active (inputs made before it are not counted)."""
-
-    def __init__(self):
-        super().__init__()
-        self.current = self.peak = 0
-        self.live: set[int] = set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live.discard(key)
-        self.current -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        # a view (weight.t(), x.view(...)) shares its input's storage: not an allocation
-        inputs = {
-            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
-        }
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-                storage = t.untyped_storage()
-                key, nbytes = storage.data_ptr(), storage.nbytes()
-                if nbytes and key not in self.live and key not in inputs:
-                    self.live.add(key)
-                    self.current += nbytes
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self._free, key, nbytes)
-        return out
-
-
-def measure(fn) -> int:
-    with torch.no_grad(), LiveBytes() as counter:
-        fn()
-    return counter.peak
 
 
 @pytest.fixture(scope="module")

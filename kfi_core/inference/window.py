@@ -202,17 +202,26 @@ def composite_mask(clip: ClipInputs, feather_pixels: int = 0) -> torch.Tensor:
 
 
 def composite(
-    clip: ClipInputs, generated: torch.Tensor, feather_pixels: int = 0, color_match: str = "none"
+    clip: ClipInputs,
+    generated: torch.Tensor,
+    feather_pixels: int = 0,
+    color_match: str = "none",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generated pixels inside the mask, the input's outside; exactly the input where the mask is 0.
 
     ``color_match`` (:func:`kfi_core.inference.color_match.match_colors`) first fits the generated colours to the input
-    on known pixels around the hole (mode ``keyframe``: on the clip's keyframes)."""
+    on known pixels around the hole (mode ``keyframe``: on the clip's keyframes). Computed a frame at a time into
+    ``out`` (a new tensor by default; ``generated`` itself may be passed, each frame depends only on its own values),
+    so a full-size clip needs one result's memory beside its inputs, not several."""
     generated = match_colors(generated, clip.frames.float(), clip.masks, color_match, keyframes=clip.keyframe_indices)
     mask = composite_mask(clip, feather_pixels)
-    frames = clip.frames.float()
-    blended = frames * (1.0 - mask) + generated * mask
-    return torch.where(mask == 0, frames, blended)
+    out = torch.empty(generated.shape, dtype=torch.float32) if out is None else out
+    for t in range(generated.shape[0]):
+        frame, weight = clip.frames[t].float(), mask[t]
+        blended = frame * (1.0 - weight) + generated[t] * weight
+        out[t] = torch.where(weight == 0, frame, blended)
+    return out
 
 
 def run_window(

@@ -43,7 +43,7 @@ WORKING_SIZES = ("native", "input")
 def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames.clone()
-    return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -147,7 +147,7 @@ def _log_crop(clip: ClipInputs, box: Box, work: tuple[int, int]) -> None:
 def _inpaint_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
     """One sample at the working ``size``, brought back to the clip's size and composited there."""
     back = _fill_resized(model, clip, settings, size, run_args, callback)
-    return composite(clip, back, settings.feather) if settings.composite else back
+    return composite(clip, back, settings.feather, out=back) if settings.composite else back
 
 
 def _inpaint_cropped(model, clip: ClipInputs, settings, size, box: Box, run_args, callback) -> torch.Tensor:
@@ -159,7 +159,7 @@ def _inpaint_cropped(model, clip: ClipInputs, settings, size, box: Box, run_args
     )
     fill = _fill_resized(model, inner, settings, size, run_args, callback)
     back = stitch_clip(clip.frames.float(), fill, box, clip.masks)
-    return composite(clip, back, settings.feather) if settings.composite else back
+    return composite(clip, back, settings.feather, out=back) if settings.composite else back
 
 
 def _fill_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:

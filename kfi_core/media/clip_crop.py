@@ -149,10 +149,14 @@ def stitch_clip(
             f"fill: shape {list(fill.shape)} does not match the box {box} of {list(frames.shape)}; give the fill at "
             "box size, one frame per input frame."
         )
-    weights = box_weights(box, tuple(frames.shape[-2:]), feather, frames.device)[None, None]
+    # the weights are 0 outside the box, so only the box is blended (a full-size clip needs one copy, not several)
+    weights = box_weights(box, tuple(frames.shape[-2:]), feather, frames.device)[None, None, y0:y1, x0:x1]
     if masks is not None:
-        weights = torch.where((masks > 0) & (weights > 0), torch.ones_like(weights), weights)
-    pasted = frames.clone()
-    pasted[:, :, y0:y1, x0:x1] = fill.to(frames.dtype)
+        inner = masks[:, :, y0:y1, x0:x1]
+        weights = torch.where((inner > 0) & (weights > 0), torch.ones_like(weights), weights)
     weights = weights.to(frames.dtype)
-    return torch.where(weights > 0, frames + weights * (pasted - frames), frames)
+    out = frames.clone()
+    for t in range(frames.shape[0]):  # a frame at a time: the temporaries are one frame's box
+        w, region = weights[t if weights.shape[0] > 1 else 0], frames[t, :, y0:y1, x0:x1]
+        out[t, :, y0:y1, x0:x1] = torch.where(w > 0, region + w * (fill[t].to(frames.dtype) - region), region)
+    return out
