@@ -84,24 +84,24 @@ def inpaint_clip(
     the model's window run a long-video schedule: ``schedule`` (a :class:`~kfi_core.inference.Schedule`, e.g. read
     with :func:`~kfi_core.inference.schedules.load_schedule_file`) or the one ``strategy`` names (default anchor).
     """
-    check_crop(crop, "--crop")  # before reading anything
+    check_crop(crop, "--crop")  # before any work
     settings = (settings or PropagateSettings()).check()
     clip = prepare_clip(
         frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
     )
-    result = inpaint_at_size(
-        model,
-        clip,
-        settings,
-        size="input" if size is None else size,
-        crop=crop,
-        crop_padding=crop_padding,
-        strategy=strategy,
-        schedule=schedule,
-        callback=callback,
-        check_cancel=check_cancel,
-    )
-    return result, clip
+    run = {"strategy": strategy, "schedule": schedule, "callback": callback, "check_cancel": check_cancel}
+    return inpaint_prepared(model, clip, settings, size=size, crop=crop, crop_padding=crop_padding, **run), clip
+
+
+def inpaint_prepared(
+    model, clip: ClipInputs, settings: PropagateSettings, *, size: Any = None, crop: str = "none", **run: Any
+) -> torch.Tensor:
+    """:func:`inpaint_clip` after :func:`~kfi_core.inference.prepare_clip`: for callers that drop their own copy of
+    the frames once the clip holds its copy (a long full-size clip is then held once, not twice). ``run``: the
+    other keywords of :func:`~kfi_core.inference.working_size.inpaint_at_size` (``crop_padding``, ``strategy``,
+    ``schedule``, ``callback``, ``check_cancel``)."""
+    check_crop(crop, "--crop")
+    return inpaint_at_size(model, clip, settings.check(), size="input" if size is None else size, crop=crop, **run)
 
 
 def preview_image(clip: ClipInputs, result: torch.Tensor, max_rows: int = 4, min_side: int = 192) -> np.ndarray:
@@ -150,6 +150,8 @@ def inpaint_files(
             raise VideoFileError(
                 f"--out {out}: is also the {name} input; writing would replace the input. Give another output name."
             )
+    check_crop(crop, "--crop")  # before reading anything
+    settings = (settings or PropagateSettings()).check()
     frames, fps = read_frames(video)
     masks = expand_masks(read_masks(mask), frames.shape[0], frames.shape[-2:])
     keyframes = load_keyframes(list(keyframe_paths))
@@ -158,21 +160,12 @@ def inpaint_files(
             f"--keyframe-index: got {len(keyframe_indices)} indices for {len(keyframe_paths)} --keyframe images; "
             "give one --keyframe-index after each --keyframe."
         )
-    result, clip = inpaint_clip(
-        model,
-        frames,
-        binarize(masks),
-        keyframes=keyframes,
-        keyframe_indices=list(keyframe_indices),
-        settings=settings,
-        size=size,
-        grow_pixels=grow_pixels,
-        strategy=strategy,
-        callback=callback,
-        crop=crop,
-        crop_padding=crop_padding,
-        schedule=schedule,
+    clip = prepare_clip(
+        frames, binarize(masks), keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
     )
+    del frames, masks, keyframes  # the clip holds its own copy: one full-size clip less while inpainting
+    run = {"crop_padding": crop_padding, "strategy": strategy, "schedule": schedule, "callback": callback}
+    result = inpaint_prepared(model, clip, settings, size=size, crop=crop, **run)
     fps = fps or DEFAULT_FPS
     out_path = write_frames(result, out, fps=fps)
     preview_path = write_preview(preview_image(clip, result), Path(preview)) if preview else None

@@ -81,3 +81,23 @@ def test_a_clip_larger_than_the_working_size_needs_few_full_size_copies(tiny_mod
     clip, _ = _clip()
     peak = _peak(lambda: inpaint_at_size(model, clip, PropagateSettings(steps=1), size="native", crop=crop))
     assert peak < bound * clip.frames.nbytes, peak / clip.frames.nbytes
+
+
+def test_inpainting_files_holds_the_clip_once(tiny_model_dir, monkeypatch, tmp_path):
+    """inpaint_files (the CLI's path: read, inpaint, write) drops its read copy of the frames once the clip holds its
+    own, with the model's run replaced as above. Reading, the clip, the work at full size and writing peaked at 5.7
+    copies while the read copy stayed alive."""
+    import importlib
+
+    from kfi_core.jobs import inpaint_files
+    from kfi_core.media.video import write_frames
+
+    ws = importlib.import_module("kfi_core.inference.working_size")
+    monkeypatch.setattr(ws, "inpaint", lambda model, c, s, **kw: composite(c, torch.rand(c.frames.shape)))
+    clip, _ = _clip()
+    write_frames(clip.frames, tmp_path / "frames")
+    write_frames(clip.masks.expand(-1, 3, -1, -1), tmp_path / "masks")
+    model = load_kfi_model(tiny_model_dir)
+    run = dict(video=tmp_path / "frames", mask=tmp_path / "masks", out=tmp_path / "out", size="native")
+    peak = _peak(lambda: inpaint_files(model, settings=PropagateSettings(steps=1), **run))
+    assert peak < 5.0 * clip.frames.nbytes, peak / clip.frames.nbytes
