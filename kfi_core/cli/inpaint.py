@@ -297,15 +297,19 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_schedule_file(value: str | None) -> bool:
+    return value is not None and value.lower().endswith(".json")
+
+
 def _schedule_flag(value: str | None):
     """``--schedule``: (strategy name, None), or (None, the Schedule) of a ``.json`` file."""
-    if value is None or not value.lower().endswith(".json"):
+    if not _is_schedule_file(value):
         return value, None
     return None, load_schedule_file(value, f"--schedule {value}")
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    if args.schedule is not None and args.schedule.lower().endswith(".json"):
+    if _is_schedule_file(args.schedule):
         raise SettingsError(
             f"--schedule {args.schedule}: a schedule file fixes one clip's frame count and keyframes; with --batch "
             "give a strategy name (e.g. anchor), which is planned for each clip."

@@ -161,14 +161,13 @@ def run_schedule(
         raise ScheduleError(f"noise: got {noise!r}; choose one of {', '.join(NOISE_MODES)}.")
     if seam_smoothing is not None:
         settings = replace(settings, seam_smoothing=seam_smoothing).check()
-    radius = settings.seam_smoothing
     check_size(model, *clip.size)
     check_schedule(schedule, clip, model)
     shared = noise == "shared"
 
     def run(s: PropagateSettings, cb) -> torch.Tensor:
         return smooth_seams(
-            clip, _run_schedule(model, clip, schedule, s, cb, check_cancel, shared), schedule, s, radius
+            clip, _run_schedule(model, clip, schedule, s, cb, check_cancel, shared), schedule, s, s.seam_smoothing
         )
 
     return _samples(run, clip, settings, callback)

@@ -60,7 +60,9 @@ class PropagateSettings:
     encode_chunk_size: int = 8
     decode_tile: int = 0  # > 0: decode in spatial tiles of this many latent cells a side (less memory); 0 = off
     num_samples: int = 1  # > 1: the mean of that many samples (seeds seed, seed + 1, ...): lower error, softer fill
-    seam_smoothing: int = DEFAULT_SEAM_SMOOTHING  # frames; several windows only: even the fill's colour over seams
+    seam_smoothing: int = (
+        DEFAULT_SEAM_SMOOTHING  # frames; several windows only: even the fill's colour and detail at seams
+    )
 
     def check(self) -> PropagateSettings:
         """Raise a clear error for any value the sampler cannot use."""
