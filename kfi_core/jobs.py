@@ -96,8 +96,8 @@ def inpaint_clip(
 def inpaint_prepared(
     model, clip: ClipInputs, settings: PropagateSettings, *, size: Any = None, crop: str = "none", **run: Any
 ) -> torch.Tensor:
-    """:func:`inpaint_clip` after :func:`~kfi_core.inference.prepare_clip`: for callers that drop their own copy of
-    the frames once the clip holds its copy (a long full-size clip is then held once, not twice). ``run``: the
+    """:func:`inpaint_clip` after :func:`~kfi_core.inference.prepare_clip`, for callers that keep the prepared clip
+    (it holds their frames without a copy unless keyframes were inserted). ``run``: the
     other keywords of :func:`~kfi_core.inference.working_size.inpaint_at_size` (``crop_padding``, ``strategy``,
     ``schedule``, ``callback``, ``check_cancel``)."""
     check_crop(crop, "--crop")
@@ -163,7 +163,7 @@ def inpaint_files(
     clip = prepare_clip(
         frames, binarize(masks), keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
     )
-    del frames, masks, keyframes  # the clip holds its own copy: one full-size clip less while inpainting
+    del frames, masks, keyframes  # the clip holds the frames (its own copy where keyframes were inserted)
     run = {"crop_padding": crop_padding, "strategy": strategy, "schedule": schedule, "callback": callback}
     result = inpaint_prepared(model, clip, settings, size=size, crop=crop, **run)
     fps = fps or DEFAULT_FPS

@@ -14,12 +14,14 @@ import torch
 
 
 def image_to_frames(image: torch.Tensor) -> torch.Tensor:
-    # [B, H, W, C] -> [B, C, H, W]
-    return image.movedim(-1, 1).contiguous()
+    """[B, H, W, C] -> [B, C, H, W] as a view (channels-last strides), not a copy: kfi_core reads such frames
+    and gives results at their size back in the same layout, which :func:`frames_to_image` then returns as is.
+    A 1080p clip of 300 frames is 7.5 GB a copy."""
+    return image.movedim(-1, 1)
 
 
 def frames_to_image(frames: torch.Tensor) -> torch.Tensor:
-    # [F, C, H, W] -> [F, H, W, C]
+    """[F, C, H, W] -> [F, H, W, C], contiguous as ComfyUI's nodes expect; free for channels-last frames."""
     return frames.movedim(1, -1).contiguous()
 
 

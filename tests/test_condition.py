@@ -23,6 +23,12 @@ def clip(n=4, h=64, w=64):
     return frames, masks
 
 
+def _with(value: float) -> torch.Tensor:
+    frames = torch.rand(2, 3, 8, 8)
+    frames[1, 2, 5, 6] = value
+    return frames
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -30,6 +36,7 @@ def clip(n=4, h=64, w=64):
         (torch.rand(2, 4, 8, 8), "RGBA"),
         (torch.rand(2, 3, 8, 8) * 255, "divide by 255"),
         (torch.full((2, 3, 8, 8), float("nan")), "NaN"),
+        *[(_with(v), "NaN or infinity") for v in (float("nan"), float("inf"), -float("inf"))],  # one bad value
         (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "float"),
     ],
 )

@@ -19,6 +19,7 @@ condition latents [1, F, 8, h, w] as diffusers' [B, F, C, h, w].
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -68,9 +69,10 @@ def check_frames(frames: torch.Tensor, name: str = "frames") -> None:
         raise InputMismatchError(f"{name}: the clip has no frames.")
     if not frames.is_floating_point():
         raise InputMismatchError(f"{name}: expected float values in 0..1, got dtype {frames.dtype}; divide by 255.")
-    if not torch.isfinite(frames).all():
+    # the extremes are NaN or infinite exactly when a value is: no full-size temporaries, unlike isfinite()
+    lo, hi = (float(v) for v in torch.aminmax(frames))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise NonFiniteError(f"{name}: contains NaN or infinity; check the node or file that produced the frames.")
-    lo, hi = float(frames.min()), float(frames.max())
     if lo < 0.0 or hi > 1.0:
         hint = (
             " They look like 0..255 values: divide by 255."
@@ -96,6 +98,11 @@ def prepare_clip(
     binarised at ``threshold`` and grown (or eroded, negative) by ``grow_pixels``.
     ``keyframes`` [K, 3, H, W] are the edited frames placed at ``keyframe_indices``; when
     ``keyframes`` is None the indices name frames of the clip that are already edited.
+
+    Without ``keyframes`` the returned clip holds ``frames`` itself, not a copy: the library never writes into a
+    clip's frames, and a long full-size clip costs one copy less (inserting keyframes makes the one copy it needs).
+    Frames laid out channels-last (ComfyUI's IMAGE [F, H, W, C] viewed as [F, C, H, W]) are welcome: results at
+    the clip's size come back in the same layout (:func:`like_frames`).
     """
     check_frames(frames)
     masks = expand_masks(masks, frames.shape[0], frames.shape[-2:])
@@ -106,8 +113,6 @@ def prepare_clip(
     if keyframes is not None:
         check_frames(keyframes, "keyframes")
         frames = insert_keyframes(frames, keyframes, list(indices))
-    else:
-        frames = frames.clone()
     for i in indices:
         masks[i] = 0.0  # keyframes are fully known
     return ClipInputs(frames=frames, masks=masks, keyframe_indices=sorted(indices))
@@ -135,8 +140,19 @@ def check_mask_coverage(clip: ClipInputs, threshold: float = DEFAULT_THRESHOLD) 
 
 
 def fill_masked(frames: torch.Tensor, masks: torch.Tensor, value: float) -> torch.Tensor:
-    """Frames with the masked region replaced by ``value`` (0 = black, 1 = white)."""
-    return frames * (1.0 - masks) + value * masks
+    """Frames with the masked region replaced by ``value`` (0 = black, 1 = white), in the frames' layout; one
+    result's memory (and the mask's) beside the input."""
+    out = frames * (1.0 - masks)
+    return out.add_(masks * value) if value else out
+
+
+def like_frames(frames: torch.Tensor) -> torch.memory_format:
+    """The memory layout to allocate results at a clip's size in: channels-last when ``frames`` are laid out so
+    (ComfyUI's IMAGE [F, H, W, C] viewed as [F, C, H, W]), so the caller turns them back without a copy; else the
+    ordinary contiguous layout."""
+    if not frames.is_contiguous() and frames.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 @torch.no_grad()
@@ -149,7 +165,8 @@ def encode_frames(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     def run(size: int) -> torch.Tensor:
         out = []
         for start in range(0, pixels.shape[0], size):
-            chunk = pixels[start : start + size].to(device=device, dtype=dtype)
+            # contiguous: the VAE's attention views its activations, which a channels-last chunk would refuse
+            chunk = pixels[start : start + size].to(device=device, dtype=dtype).contiguous()
             out.append(vae.encode(chunk).latent_dist.mode())
         return torch.cat(out)
 

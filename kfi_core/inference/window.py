@@ -31,7 +31,13 @@ import torch.nn.functional as F
 
 from kfi_core.errors import InputMismatchError
 from kfi_core.inference.color_match import match_colors
-from kfi_core.inference.condition import ClipInputs, encode_frames, encode_symmetric, first_frame_for_embedding
+from kfi_core.inference.condition import (
+    ClipInputs,
+    encode_frames,
+    encode_symmetric,
+    first_frame_for_embedding,
+    like_frames,
+)
 from kfi_core.inference.denoiser import SVDDenoiser, per_frame_guidance
 from kfi_core.inference.memory import retry_on_oom
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd, init_noise_sigma
@@ -213,10 +219,12 @@ def composite(
     ``color_match`` (:func:`kfi_core.inference.color_match.match_colors`) first fits the generated colours to the input
     on known pixels around the hole (mode ``keyframe``: on the clip's keyframes). Computed a frame at a time into
     ``out`` (a new tensor by default; ``generated`` itself may be passed, each frame depends only on its own values),
-    so a full-size clip needs one result's memory beside its inputs, not several."""
+    so a full-size clip needs one result's memory beside its inputs, not several; a new result has the clip's
+    memory layout (:func:`kfi_core.inference.condition.like_frames`)."""
     generated = match_colors(generated, clip.frames.float(), clip.masks, color_match, keyframes=clip.keyframe_indices)
     mask = composite_mask(clip, feather_pixels)
-    out = torch.empty(generated.shape, dtype=torch.float32) if out is None else out
+    if out is None:  # in the clip's layout, so a channels-last caller gets it back without a copy
+        out = torch.empty(generated.shape, dtype=torch.float32).contiguous(memory_format=like_frames(clip.frames))
     for t in range(generated.shape[0]):
         frame, weight = clip.frames[t].float(), mask[t]
         blended = frame * (1.0 - weight) + generated[t] * weight

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kfi_core.errors import SettingsError, UnknownNameError
-from kfi_core.inference.condition import ClipInputs
+from kfi_core.inference.condition import ClipInputs, like_frames
 from kfi_core.inference.executor import inpaint, mean_of_samples
 from kfi_core.inference.settings import PropagateSettings
 from kfi_core.inference.window import composite
@@ -40,10 +40,18 @@ CROP_MODES = ("none", "mask")
 WORKING_SIZES = ("native", "input")
 
 
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_frames(
+    frames: torch.Tensor, size: tuple[int, int], layout: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
+    """Frames resized to ``size`` (bicubic, anti-aliased, clamped to 0..1), laid out in ``layout`` (contiguous for the
+    model; the clip's own, :func:`like_frames`, going back to it). Interpolation keeps its input's layout, so the
+    smaller side is the one converted."""
     if tuple(frames.shape[-2:]) == tuple(size):
-        return frames.clone()
-    return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+        return frames.clone(memory_format=layout)
+    if frames.shape[-2] * frames.shape[-1] < size[0] * size[1]:
+        frames = frames.contiguous(memory_format=layout)
+    out = F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+    return out.contiguous(memory_format=layout)
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -173,4 +181,4 @@ def _fill_resized(model, clip: ClipInputs, settings, size, run_args, callback) -
     )
     hard_edge = PropagateSettings(**{**settings.__dict__, "feather": 0})
     generated = inpaint(model, work, hard_edge, callback=callback, **run_args)
-    return resize_frames(generated, clip.size)
+    return resize_frames(generated, clip.size, like_frames(clip.frames))

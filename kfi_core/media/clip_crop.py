@@ -115,10 +115,11 @@ def _check_box(x: torch.Tensor, box: Box, name: str) -> None:
 
 
 def crop_clip(x: torch.Tensor, box: Box, name: str = "frames") -> torch.Tensor:
-    """The box out of frames, masks or keyframes [F, C, H, W] -> [F, C, y1 - y0, x1 - x0] (a copy)."""
+    """The box out of frames, masks or keyframes [F, C, H, W] -> [F, C, y1 - y0, x1 - x0], a view (no copy of a
+    full-size clip; the library only reads it)."""
     _check_box(x, box, name)
     x0, y0, x1, y1 = box
-    return x[:, :, y0:y1, x0:x1].clone()
+    return x[:, :, y0:y1, x0:x1]
 
 
 def box_weights(box: Box, size: tuple[int, int], feather: int = DEFAULT_STITCH_FEATHER, device=None) -> torch.Tensor:

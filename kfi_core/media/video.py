@@ -119,8 +119,14 @@ def read_masks(path: str | os.PathLike) -> torch.Tensor:
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """[F, C, H, W] float 0..1 -> [F, H, W, C] uint8 (rounded, clamped)."""
-    return frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """[F, C, H, W] float 0..1 -> [F, H, W, C] uint8 (rounded, clamped), a frame at a time: a full-size clip
+    needs the uint8 result's memory (a quarter of the floats), not three float copies."""
+    frames = frames.detach()
+    out = np.empty((frames.shape[0], *frames.shape[2:], frames.shape[1]), dtype=np.uint8)
+    for t in range(frames.shape[0]):
+        frame = frames[t].cpu().float().clamp(0, 1).mul_(255).round_()
+        out[t] = frame.to(torch.uint8).permute(1, 2, 0).numpy()
+    return out
 
 
 @contextmanager
