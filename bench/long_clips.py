@@ -374,6 +374,7 @@ def score(pred: torch.Tensor, c: dict, window: int, schedule, own: bool) -> tupl
         "seam": None if s is None else s["seam_ratio"],
         "seam_gt": None if s is None else s["seam_ratio_gt"],
         "tex_seam": None if s is None else s["texture_seam_ratio"],
+        "kf_seam": None if s is None else s["keyframe_seam_ratio"],
         "warp": warping_error(pred, c["ground_truth"], c["masks"]),
         "evals": schedule_cost(schedule)["evaluations_per_output_frame"] if own else None,
     }

@@ -66,7 +66,8 @@ def seam_input():
         optional=True,
         tooltip="Clips longer than the model's window: even each generated frame's fill colour with the frames "
         "within this many frames of it and cross-fade the fill's detail where windows meet, so the windows do not "
-        "show. 0 = off; keyframes and pixels outside the mask stay exact.",
+        "show. Any clip: carry each keyframe's colour into the fill next to it, so the keyframe does not flash. "
+        "0 = off; keyframes and pixels outside the mask stay exact.",
     )
 
 

@@ -3,6 +3,8 @@ across windows (``run_schedule(noise="shared")``) and seam smoothing (``run_sche
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from kfi_testing import load_with_random_adapter
@@ -167,12 +169,26 @@ def test_seam_smoothing_is_the_smoothed_raw_run(model):
     assert torch.equal(run_schedule(model, clip, schedule, off, seam_smoothing=3), got)
 
 
-def test_seam_smoothing_leaves_a_single_window_alone(model):
-    clip = _clip(6)
+def test_seam_smoothing_of_a_single_window_is_its_keyframes_ramp(model):
+    """One window has no window seams: without keyframes it is left alone; with them only the keyframes' ramp runs,
+    through inpaint and propagate alike (and not on an uncomposited result)."""
+    from kfi_core.inference import propagate
+    from kfi_core.inference.seams import ramp_from_keyframes
+
     settings = PropagateSettings(**FAST)
+    clip = _clip(6)
     assert torch.equal(
         inpaint(model, clip, settings, seam_smoothing=3), inpaint(model, clip, settings, seam_smoothing=0)
     )
+    clip = _clip(6, keyframes=[0])
+    raw = inpaint(model, clip, settings, seam_smoothing=0)
+    want = ramp_from_keyframes(raw, composite_mask(clip, settings.feather), [0])
+    assert not torch.equal(want, raw), "the random clip's keyframe pops"
+    assert torch.equal(inpaint(model, clip, settings, seam_smoothing=3), want)
+    assert torch.equal(propagate(model, clip, settings), want)
+    assert torch.equal(propagate(model, clip, PropagateSettings(**FAST, seam_smoothing=0)), raw)
+    loose = PropagateSettings(**FAST, composite=False)
+    assert torch.equal(propagate(model, clip, loose), propagate(model, clip, replace(loose, seam_smoothing=0)))
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3", 65])
@@ -183,6 +199,53 @@ def test_seam_smoothing_must_be_a_whole_number_of_frames(model, bad):
         run_schedule(model, clip, schedule, PropagateSettings(**FAST), seam_smoothing=bad)
     with pytest.raises(InputMismatchError, match="seam_smoothing"):
         PropagateSettings(seam_smoothing=bad).check()
+
+
+# --------------------------------------------------------------------------- keyframe ramps
+
+
+def _keyframe_clip(n=24, keys=(6,), offset=0.1, drift=0.004):
+    """Fill colours rising by ``drift`` a frame; keyframes' holes ``offset`` darker than the fill around them."""
+    frames, weights = _step_clip(n, step_at=n)
+    for t in range(n):
+        frames[t, :, 4:12, 4:12] = 0.3 + drift * t
+    for k in keys:
+        frames[k, :, 4:12, 4:12] -= offset
+        weights[k] = 0.0  # a keyframe is fully known: the composite keeps it
+    return frames, weights
+
+
+def test_a_keyframe_ramps_into_its_neighbours_in_steps_no_larger_than_the_fill_s():
+    """Keyframe 6 of 40, 0.1 darker than the fill rising 0.004 a frame: 0.104 - 0.004 is spread over the 25 frames
+    after it (26 where rounding tips ceil; steps of 0.004 + 0.004 at most) and the 6 before it (all there are)."""
+    from kfi_core.inference.seams import ramp_from_keyframes
+
+    frames, weights = _keyframe_clip(40)
+    out = ramp_from_keyframes(frames, weights, [6])
+    fill, before = out[:, 0, 8, 8], frames[:, 0, 8, 8]
+    assert float((before[7] - before[6]).abs()) > 0.1, "the keyframe popped"
+    after = (fill[7:] - fill[6:-1]).abs()
+    assert float(after.max()) < 0.008 + 1e-5
+    assert float(after[0]) == pytest.approx(0.004, abs=1e-5), "a normal step next to the keyframe"
+    changed = [u for u in range(7, 40) if not torch.equal(out[u], frames[u])]
+    assert changed[0] == 7 and len(changed) in (25, 26) and changed == list(range(7, 7 + len(changed)))
+    assert not torch.equal(out[0], frames[0]), "before it the ramp reaches the clip's start"
+    assert torch.equal(out[6], frames[6]), "the keyframe is untouched"
+    assert torch.equal(out[weights.expand_as(out) == 0], frames[weights.expand_as(frames) == 0]), "outside exact"
+    inside = out[:, :, 4:12, 4:12]
+    assert torch.allclose(inside, inside[:, :, :1, :1].expand_as(inside)), "a shift, no texture change"
+    assert torch.equal(ramp_from_keyframes(frames, weights, []), frames)
+
+
+def test_keyframe_ramps_meet_half_way_and_a_steady_fill_is_left_alone():
+    from kfi_core.inference.seams import ramp_from_keyframes
+
+    frames, weights = _keyframe_clip(keys=(4, 14), offset=-0.2)
+    out = ramp_from_keyframes(frames, weights, [4, 14])
+    assert torch.equal(out[9], frames[9]), "frame 9 is 5 frames from keyframe 4 and 14: both ramps stop short"
+    assert not torch.equal(out[8], frames[8]) and not torch.equal(out[10], frames[10])
+    steady, w = _keyframe_clip(keys=(6,), offset=0.0)  # the keyframe continues the fill: one normal step each side
+    assert torch.allclose(ramp_from_keyframes(steady, w, [6]), steady, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- detail cross-fade at window boundaries
@@ -242,15 +305,18 @@ def test_crossfade_leaves_steady_detail_alone():
 
 
 def test_seam_smoothing_cross_fades_the_detail_of_a_run(model):
-    """The executor's smoothing of a real run: colour smoothing then the cross-fade, at the schedule's boundaries."""
+    """The executor's smoothing of a real run: colour smoothing, the keyframe's ramp, then the cross-fade at the
+    schedule's boundaries."""
     from kfi_core.inference.schedules import classify_transitions
-    from kfi_core.inference.seams import crossfade_detail
+    from kfi_core.inference.seams import crossfade_detail, ramp_from_keyframes
 
     clip = _clip(20, keyframes=[0])
     schedule = build_schedule("anchor", 20, model.num_frames, [0])
     settings = PropagateSettings(**FAST)
     raw = run_schedule(model, clip, schedule, settings, seam_smoothing=0)
     kinds = classify_transitions(schedule, [bool(m.any()) for m in clip.masks >= 0.5])
-    colour = smooth_fill_colours(raw, composite_mask(clip, settings.feather), 3, fixed=clip.keyframe_indices)
+    weights = composite_mask(clip, settings.feather)
+    colour = smooth_fill_colours(raw, weights, 3, fixed=clip.keyframe_indices)
+    colour = ramp_from_keyframes(colour, weights, clip.keyframe_indices)
     want = crossfade_detail(colour, clip.masks, kinds["boundary"], kinds["inside"])
     assert torch.equal(run_schedule(model, clip, schedule, settings, seam_smoothing=3), want)

@@ -104,6 +104,25 @@ def test_seamless_clip_scores_about_one(strategy):
     assert out["seam_ratio_gt"] == pytest.approx(1.0, abs=0.1)
 
 
+def test_keyframe_seam_is_found_and_a_fill_that_continues_the_keyframe_scores_about_one():
+    """The fill from frame 1 on is offset from the keyframe (frame 0) by 0.1: the transition 0 -> 1 jumps; the same
+    offset from frame 1 in the truth (the keyframe itself differs) is seamless against the truth."""
+    gt, m, s = ramp_clip(), box_mask(), autoregressive()
+    popped = with_step(gt, 1)
+    out = seam_jumps(popped, gt, m, s)
+    assert out["keyframe_transitions"] == [0]
+    assert out["keyframe_seam_ratio"] > 3 and out["keyframe_seam_ratio_gt"] > 3
+    assert out["seam_ratio"] == pytest.approx(1.0, abs=0.1), "no window seam: the offset is the same everywhere"
+    smooth = seam_jumps(gt, gt, m, s)
+    assert smooth["keyframe_seam_ratio"] == pytest.approx(1.0, abs=0.1) and smooth["keyframe_seam_ratio_gt"] == 1.0
+    middle = build_schedule("anchor", FRAMES, WINDOW, [12])
+    assert seam_jumps(gt, gt, m, middle)["keyframe_transitions"] == [11, 12], "both sides of a keyframe inside"
+    no_fill = m.copy()
+    no_fill[1] = 0
+    out = seam_jumps(popped, gt, no_fill, s)
+    assert out["keyframe_seam_ratio"] is None and "keyframe" in out["unavailable"]["keyframe_seam_ratio"]
+
+
 def test_static_clip_is_seamless_and_empty_masks_are_skipped():
     gt, m, s = np.full((FRAMES, 3, SIZE, SIZE), 0.5), box_mask(), autoregressive()
     assert seam_jumps(gt, gt, m, s)["seam_ratio"] == 1.0  # 0 / 0 becomes eps / eps

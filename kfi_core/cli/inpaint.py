@@ -76,7 +76,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_SEAM_SMOOTHING,
         metavar="FRAMES",
         help="clips longer than the model's window: even each generated frame's fill colour with the frames "
-        "within FRAMES of it and cross-fade the fill's detail where windows meet, so the windows do not show "
+        "within FRAMES of it and cross-fade the fill's detail where windows meet, so the windows do not show; "
+        "any clip: carry each keyframe's colour into the fill next to it, so the keyframe does not flash "
         "(default %(default)s; 0 off; keyframes and pixels outside the mask stay exact)",
     )
 

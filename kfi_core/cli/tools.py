@@ -93,6 +93,8 @@ LONG_CLIP_ROWS = (
     ("seam_ratio_gt", "seams", "seam_ratio_gt"),
     ("texture_seam_ratio", "seams", "texture_seam_ratio"),
     ("texture_seam_ratio_gt", "seams", "texture_seam_ratio_gt"),
+    ("keyframe_seam_ratio", "seams", "keyframe_seam_ratio"),
+    ("keyframe_seam_ratio_gt", "seams", "keyframe_seam_ratio_gt"),
 )
 
 

@@ -31,6 +31,10 @@ Seam jumps (:func:`seam_jumps`)
     |d_{t+1} - d_t| over the pixels in both masks and the three channels; ``texture_seam_ratio`` and
     ``texture_seam_ratio_gt`` are the same ratios of these jumps (motion moves detail everywhere, so a clip that moves
     steadily scores about 1 too; a transition whose masks do not overlap is left out).
+    Keyframes: a keyframe's hole holds the edit (or the truth), its neighbours' the model's fill, so a transition
+    between a keyframe and a generated frame (both with a mask) can jump too: the edited keyframe flashes, or the
+    clip jumps after its first frame. ``keyframe_seam_ratio`` is the largest channel's (J_keyframe + eps) /
+    (J_inside + eps), ``keyframe_seam_ratio_gt`` the same against the ground truth's jump at those transitions.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import numpy as np
 
 from kfi_core.errors import InputMismatchError, KeyframeError, ScheduleError, SettingsError
 from kfi_core.evaluation.metrics import check_inputs, check_keyframe_indices, masked_mse, psnr_from_mse
-from kfi_core.inference.schedules import Schedule, classify_transitions
+from kfi_core.inference.schedules import Schedule, classify_transitions, frame_sources
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +244,8 @@ def seam_jumps(
     Keys: ``seam_ratio`` and ``seam_ratio_gt`` (the largest channel ratio, or None with the reason under
     ``unavailable``), ``seam_ratio_per_channel`` / ``seam_ratio_gt_per_channel`` ({r, g, b, brightness}),
     ``jump_boundary`` / ``jump_inside`` / ``jump_gt_boundary`` (mean jumps per channel), ``texture_seam_ratio`` /
-    ``texture_seam_ratio_gt`` (and their ``texture_jump_*``), ``boundaries`` and ``inside`` (the t of each counted
+    ``texture_seam_ratio_gt`` (and their ``texture_jump_*``), ``keyframe_seam_ratio`` / ``keyframe_seam_ratio_gt``
+    (and ``jump_keyframe``), ``boundaries``, ``inside`` and ``keyframe_transitions`` (the t of each counted
     transition t -> t+1).
     """
     _require_mask(mask, names)
@@ -282,8 +287,34 @@ def seam_jumps(
         else:
             unavailable["seam_ratio"] = "no transition inside a window (every window generates one masked frame)"
     texture = _texture_ratios(texture_jumps(p, m, fill), texture_jumps(g, m, truth), b, i)
-    out["unavailable"] = {**unavailable, **texture.pop("unavailable")}
-    return {**out, **texture}
+    keyframe = _keyframe_ratios(jump, jump_gt, keyframe_transitions(schedule, has), i)
+    out["unavailable"] = {**unavailable, **texture.pop("unavailable"), **keyframe.pop("unavailable")}
+    return {**out, **texture, **keyframe}
+
+
+def keyframe_transitions(schedule: Schedule, has_mask: Sequence[bool]) -> list[int]:
+    """Transitions t -> t+1 (by t) between a keyframe and a generated frame, both with a mask."""
+    sources = frame_sources(schedule)
+    return [
+        t
+        for t in range(schedule.num_frames - 1)
+        if bool(sources[t]) != bool(sources[t + 1]) and has_mask[t] and has_mask[t + 1]
+    ]
+
+
+def _keyframe_ratios(jump: np.ndarray, jump_gt: np.ndarray, k: list[int], i: list[int]) -> dict[str, Any]:
+    """The keyframe part of :func:`seam_jumps`' result."""
+    out: dict[str, Any] = {"keyframe_seam_ratio": None, "keyframe_seam_ratio_gt": None, "keyframe_transitions": k}
+    if not k:
+        why = "no keyframe next to a generated frame with a mask"
+        return {**out, "unavailable": {"keyframe_seam_ratio": why, "keyframe_seam_ratio_gt": why}}
+    jk = jump[k].mean(axis=0)
+    out["jump_keyframe"] = dict(zip(SEAM_CHANNELS, map(float, jk)))
+    out["keyframe_seam_ratio_gt"] = max(_ratios(jk, jump_gt[k].mean(axis=0)).values())
+    if not i:
+        return {**out, "unavailable": {"keyframe_seam_ratio": "no transition inside a window"}}
+    out["keyframe_seam_ratio"] = max(_ratios(jk, jump[i].mean(axis=0)).values())
+    return {**out, "unavailable": {}}
 
 
 # --------------------------------------------------------------------------- files and everything

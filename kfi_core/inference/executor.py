@@ -52,7 +52,7 @@ from kfi_core.inference.condition import ClipInputs, check_mask_coverage
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
 from kfi_core.inference.schedule_builders import build_schedule
 from kfi_core.inference.schedules import classify_transitions
-from kfi_core.inference.seams import crossfade_detail, smooth_fill_colours
+from kfi_core.inference.seams import crossfade_detail, ramp_from_keyframes, smooth_fill_colours
 from kfi_core.inference.settings import ProgressCallback, PropagateSettings, check_size, check_window
 from kfi_core.inference.window import (
     WindowDenoiser,
@@ -175,16 +175,30 @@ def run_schedule(
 
 def smooth_seams(clip: ClipInputs, frames: torch.Tensor, schedule, settings: PropagateSettings, radius: int):
     """Hide the seams where two windows meet (:mod:`kfi_core.inference.seams`): shift each generated frame's fill so
-    its mean colour is the mean over the frames within ``radius`` frames (keyframes fixed), then cross-fade the fill's
-    detail across each window boundary. Only for a composited result of a schedule of several windows, where pixels
-    outside the composite's weights stay the input's exactly; ``radius`` 0 leaves the frames as they are."""
-    if radius < 1 or not settings.composite or len(schedule.windows) < 2:
+    its mean colour is the mean over the frames within ``radius`` frames (keyframes fixed), carry each keyframe's
+    colour into the fill next to it, then cross-fade the fill's detail across each window boundary. Only for a
+    composited result of a schedule of several windows, where pixels outside the composite's weights stay the input's
+    exactly; ``radius`` 0 leaves the frames as they are. One window has no seams but its keyframes'
+    (:func:`ramp_keyframes`)."""
+    if radius < 1 or not settings.composite:
         return frames
+    if len(schedule.windows) < 2:
+        return ramp_keyframes(clip, frames, replace(settings, seam_smoothing=radius))
     weights = composite_mask(clip, settings.feather)
     frames = smooth_fill_colours(frames, weights, radius, fixed=clip.keyframe_indices)
+    frames = ramp_from_keyframes(frames, weights, clip.keyframe_indices)
     has_mask = [bool(m.any()) for m in clip.masks >= 0.5]
     kinds = classify_transitions(schedule, has_mask)
     return crossfade_detail(frames, clip.masks, kinds["boundary"], kinds["inside"])
+
+
+def ramp_keyframes(clip: ClipInputs, frames: torch.Tensor, settings: PropagateSettings) -> torch.Tensor:
+    """The keyframe part of the seam smoothing for one window: each keyframe's colour carried into the fill next to
+    it where the two differ by more than the fill's own steps (:func:`kfi_core.inference.seams.ramp_from_keyframes`);
+    a composited result with keyframes and ``settings.seam_smoothing`` > 0 only, else ``frames`` as they are."""
+    if settings.seam_smoothing < 1 or not settings.composite or not clip.keyframe_indices:
+        return frames
+    return ramp_from_keyframes(frames, composite_mask(clip, settings.feather), clip.keyframe_indices)
 
 
 def _run_schedule(
@@ -385,9 +399,12 @@ def propagate(
         settings.seed,
         clip.keyframe_indices or "none",
     )
-    # 2. The window's steps, once per sample
+    # 2. The window's steps, once per sample; 3. the keyframes' colour carried into the fill next to them
     return _samples(
-        lambda s, cb: run_window(model, clip, s, callback=cb, check_cancel=check_cancel), clip, settings, callback
+        lambda s, cb: ramp_keyframes(clip, run_window(model, clip, s, callback=cb, check_cancel=check_cancel), s),
+        clip,
+        settings,
+        callback,
     )
 
 

@@ -61,7 +61,7 @@ class PropagateSettings:
     decode_tile: int = 0  # > 0: decode in spatial tiles of this many latent cells a side (less memory); 0 = off
     num_samples: int = 1  # > 1: the mean of that many samples (seeds seed, seed + 1, ...): lower error, softer fill
     seam_smoothing: int = (
-        DEFAULT_SEAM_SMOOTHING  # frames; several windows only: even the fill's colour and detail at seams
+        DEFAULT_SEAM_SMOOTHING  # frames: even the fill's colour and detail at window seams; keyframes' ramps; 0 off
     )
 
     def check(self) -> PropagateSettings:
