@@ -244,6 +244,8 @@ def test_keyframe_ramps_meet_half_way_and_a_steady_fill_is_left_alone():
     out = ramp_from_keyframes(frames, weights, [4, 14])
     assert torch.equal(out[9], frames[9]), "frame 9 is 5 frames from keyframe 4 and 14: both ramps stop short"
     assert not torch.equal(out[8], frames[8]) and not torch.equal(out[10], frames[10])
+    close, w2 = _keyframe_clip(keys=(4, 6), offset=-0.2)
+    assert torch.equal(ramp_from_keyframes(close, w2, [4, 6])[5], close[5]), "midway, not shifted by both ramps"
     steady, w = _keyframe_clip(keys=(6,), offset=0.0)  # the keyframe continues the fill: one normal step each side
     assert torch.allclose(ramp_from_keyframes(steady, w, [6]), steady, atol=1e-6)
 

@@ -177,8 +177,8 @@ def smooth_seams(clip: ClipInputs, frames: torch.Tensor, schedule, settings: Pro
     """Hide the seams where two windows meet (:mod:`kfi_core.inference.seams`): shift each generated frame's fill so
     its mean colour is the mean over the frames within ``radius`` frames (keyframes fixed), carry each keyframe's
     colour into the fill next to it, then cross-fade the fill's detail across each window boundary. Only for a
-    composited result of a schedule of several windows, where pixels outside the composite's weights stay the input's
-    exactly; ``radius`` 0 leaves the frames as they are. One window has no seams but its keyframes'
+    composited result, where pixels outside the composite's weights stay the input's exactly; ``radius`` 0 leaves
+    the frames as they are; a schedule of one window has no window seams, only its keyframes'
     (:func:`ramp_keyframes`)."""
     if radius < 1 or not settings.composite:
         return frames

@@ -140,10 +140,11 @@ def ramp_from_keyframes(frames: torch.Tensor, weights: torch.Tensor, keyframes: 
 
 
 def _reach(keys: list[int], i: int, side: int, num_frames: int) -> int:
-    """How many frames keyframe ``keys[i]``'s ramp may cover towards ``side``: to the clip's end, or half the way to
-    the next keyframe (the two ramps meet, they do not overlap)."""
+    """How many frames keyframe ``keys[i]``'s ramp may cover towards ``side``: to the clip's end, or less than half
+    the way to the next keyframe (the two ramps never share a frame; a frame midway between two keyframes is left
+    to both ramps' tails)."""
     k = keys[i]
     j = i + side
     if 0 <= j < len(keys):
-        return max(1, (abs(keys[j] - k) - 1) // 2)
+        return (abs(keys[j] - k) - 1) // 2
     return k if side < 0 else num_frames - 1 - k
