@@ -34,6 +34,15 @@ if TYPE_CHECKING:
     import torch
 
 
+def _fill_means(frames: torch.Tensor, weights: torch.Tensor):
+    """(weights as float [F, 1, H, W], their area [F], which frames have a fill [F], the fill's weighted mean
+    colour [F, 3])."""
+    w = weights.float()
+    area = w.sum(dim=(1, 2, 3))
+    means = (frames.float() * w).sum(dim=(2, 3)) / area.clamp(min=1e-8)[:, None]
+    return w, area, area > 0, means
+
+
 def smooth_fill_colours(
     frames: torch.Tensor, weights: torch.Tensor, radius: int, fixed: Sequence[int] = ()
 ) -> torch.Tensor:
@@ -43,12 +52,9 @@ def smooth_fill_colours(
     colour c_t (per channel, weighted) is replaced by its mean over the frames t - ``radius`` .. t + ``radius`` that
     have a fill (``fixed`` frames, e.g. keyframes, count in the means and are not changed): a step in c_t, where
     two windows meet, becomes a ramp, while a steady change (light, motion) passes. Clamped to 0..1."""
-    w = weights.float()
-    area = w.sum(dim=(1, 2, 3))  # [F]
-    has = area > 0
+    w, area, has, means = _fill_means(frames, weights)
     if radius < 1 or int(has.sum()) < 2:
         return frames
-    means = (frames.float() * w).sum(dim=(2, 3)) / area.clamp(min=1e-8)[:, None]  # [F, 3]
     out = frames.clone()
     keep = {int(k) for k in fixed}
     num = frames.shape[0]
@@ -113,13 +119,10 @@ def ramp_from_keyframes(frames: torch.Tensor, weights: torch.Tensor, keyframes: 
     """Carry each keyframe's colour into the fill next to it (module docstring): ``frames`` [F, 3, H, W] in 0..1,
     ``weights`` [F, 1, H, W] the fill (the composite's weights; 0 at keyframes). Keyframes and pixels where the
     weights are 0 are unchanged; returns a new tensor, clamped to 0..1."""
-    w = weights.float()
-    area = w.sum(dim=(1, 2, 3))
-    has = area > 0
+    w, area, has, means = _fill_means(frames, weights)
     keys = sorted({int(k) for k in keyframes})
     if not keys or not bool(has.any()):
         return frames
-    means = (frames.float() * w).sum(dim=(2, 3)) / area.clamp(min=1e-8)[:, None]  # [F, 3]
     step = _mean_step(means, has, set(keys))
     out = frames.clone()
     for i, k in enumerate(keys):

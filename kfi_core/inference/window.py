@@ -224,7 +224,7 @@ def composite(
     generated = match_colors(generated, clip.frames.float(), clip.masks, color_match, keyframes=clip.keyframe_indices)
     mask = composite_mask(clip, feather_pixels)
     if out is None:  # in the clip's layout, so a channels-last caller gets it back without a copy
-        out = torch.empty(generated.shape, dtype=torch.float32).contiguous(memory_format=like_frames(clip.frames))
+        out = torch.empty(generated.shape, dtype=torch.float32, memory_format=like_frames(clip.frames))
     for t in range(generated.shape[0]):
         frame, weight = clip.frames[t].float(), mask[t]
         blended = frame * (1.0 - weight) + generated[t] * weight
