@@ -7,8 +7,9 @@ loadable. Custom types are ``KFI_*``; every category sits under ``KFI/``.
 from comfy_api.latest import ComfyExtension, io
 
 from . import bridge
-from .condition import SymmetricMaskEncode
+from .condition import KFIConditionPreview, KFISymmetricMaskEncode
 from .crop import KFICropForInpaint, KFIStitchCrop
+from .deprecated import SymmetricMaskEncode
 from .keyframes import KFIInsertKeyframes, KFISelectKeyframe
 from .loaders import KFIModelInfo, LoadKFInpaintCheckpoint, LoadKFInpaintModel
 from .masks import KFIMaskPrepare
@@ -20,7 +21,8 @@ bridge.register_folders()
 
 NODES: list[type[io.ComfyNode]] = [
     LoadKFInpaintModel,
-    SymmetricMaskEncode,
+    KFISymmetricMaskEncode,
+    KFIConditionPreview,
     KeyframePropagateSampler,
     LongVideoAnchorSchedule,
     KFIModelInfo,
@@ -31,6 +33,7 @@ NODES: list[type[io.ComfyNode]] = [
     KFIStitchCrop,
     LoadKFInpaintCheckpoint,
     KFISampleClip,
+    SymmetricMaskEncode,  # deprecated (nodes/deprecated.py)
 ]
 
 

@@ -149,7 +149,7 @@ def svd_loader(g: Graph):
 
 
 def encode(g: Graph, model, clip, mask, pos, keyframes=None, indices=None):
-    enc = g.node("SymmetricMaskEncode", pos, box=(340, 190))
+    enc = g.node("KFISymmetricMaskEncode", pos, box=(340, 190))
     g.link(model, 0, enc, "kfi_model")
     g.link(clip, "images", enc, "images")
     g.link(mask[0], mask[1], enc, "mask")
@@ -191,14 +191,15 @@ def demo(g: Graph, edit: bool):
         shown = g.node("PreviewImage", (COL, 820), title="Edited keyframe (frame 0, ball recoloured)", box=(340, 300))
         g.link(clip, "edited_keyframe", shown, "images")
         g.group("Keyframe edit", [shown], color="#7a2f6b")
-    masked = g.node("PreviewImage", (2 * COL, 820), title="Input (hole in black)", box=(340, 300))
-    g.link(enc, "masked_preview", masked, "images")
+    masked = g.node("KFIConditionPreview", (2 * COL, 820), title="Input (hole in black)", box=(340, 300))
+    g.link(enc, "condition", masked, "condition")
     result = g.node("PreviewImage", (3 * COL, 820), title="Result", box=(340, 300))
     g.link(samp, "images", result, "images")
     g.group("Output: input | result", [masked, result], color="#444")
     task = (
-        "carries the edited keyframe (frame 0, the red ball painted blue) through the clip, with the demo "
-        "model's edit adapter"
+        "carries the edited keyframe (frame 0, the red ball painted blue) into the rest of the clip, with the "
+        "demo model's edit adapter. Expect a weak carry: this small model keeps the ball bluish next to the "
+        "keyframe and lets it fade towards the background further on (docs/DEMO_MODEL.md has the numbers)"
         if edit
         else "removes the red ball from the sample clip, with the demo model's removal adapter"
     )

@@ -67,7 +67,7 @@ def tiny_model_node() -> dict:
 def encode_node(model: str, images: list, mask: list, keyframe_indices: str = "", grow: int = 0) -> dict:
     """KFI Symmetric Mask Encode over the named outputs (``[node id, slot]``)."""
     inputs = {"kfi_model": [model, 0], "images": images, "mask": mask, "keyframe_indices": keyframe_indices}
-    return {"class_type": "SymmetricMaskEncode", "inputs": {**inputs, "grow": grow}}
+    return {"class_type": "KFISymmetricMaskEncode", "inputs": {**inputs, "grow": grow}}
 
 
 def sampler_node(model: str, condition: str, seed: int = 0, steps: int = 1, **extra) -> dict:

@@ -179,9 +179,10 @@ def _set(node: str, **inputs) -> Callable[[dict], dict]:
 
 
 def _encode_only(p: dict) -> dict:
-    """Stop after SymmetricMaskEncode (accepting rows need no sampling on the server)."""
+    """Stop after KFI Symmetric Mask Encode (accepting rows need no sampling on the server)."""
     del p["s"]
-    p["out"]["inputs"]["images"] = ["enc", 1]
+    p["hole"] = {"class_type": "KFIConditionPreview", "inputs": {"condition": ["enc", 0]}}
+    p["out"]["inputs"]["images"] = ["hole", 0]
     return p
 
 

@@ -180,3 +180,46 @@ def test_workflow_opens_and_runs_as_shipped(page, browser_server, path, tmp_path
                 )
     _close_dialogs(page)
     assert not page.errors, page.errors
+
+
+OLD_ENCODE_GRAPH = ROOT / "tests" / "data" / "saved_graphs" / "demo 1 with the old encode node (2026-12).json"
+
+
+def test_a_graph_saved_with_the_old_encode_node_opens_and_runs(page, browser_server, tmp_path):
+    """KFI demo 1 as shipped before KFI Condition Preview: the deprecated Encode node (its masked_preview output
+    wired to a preview) loads in the editor with no missing node and no dialog, runs, and its preview is the
+    sample with the hole filled black (the library's fill_masked), bit for bit through 8-bit PNG."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from kfi_core.bundled import load_sample_clip
+    from kfi_core.inference import fill_masked, prepare_clip
+
+    workflow = json.loads(OLD_ENCODE_GRAPH.read_text())
+    assert "SymmetricMaskEncode" in [n["type"] for n in workflow["nodes"]]
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "KeyframePropagateSampler")
+    sampler["widgets_values"][2] = 2  # steps: the run only has to finish
+    path = tmp_path / OLD_ENCODE_GRAPH.name
+    path.write_text(json.dumps(workflow))
+    _open(page, path)
+    state = page.evaluate("""() => window.app.graph._nodes
+        .filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type)""")
+    assert state == [] and _visible_dialogs(page) == [], (state, _visible_dialogs(page))
+    status, body = _press_run(page)
+    assert status == 200, json.dumps(body)[:3000]
+    entry = _wait_for_history(browser_server, body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000]
+    _check_result(browser_server, workflow, entry)
+    sample = load_sample_clip()
+    clip = prepare_clip(sample["frames"], sample["masks"])
+    want = (fill_masked(clip.frames, clip.masks, 0.0) * 255).to(torch.uint8)  # PreviewImage truncates, as here
+    shown_id = next(str(n["id"]) for n in workflow["nodes"] if n.get("title") == "Input (hole in black)")
+    items = entry["outputs"][shown_id]["images"]
+    got = []
+    for item in items:
+        with Image.open(browser_server.base / item["type"] / item["subfolder"] / item["filename"]) as img:
+            got.append(torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1))
+    assert torch.equal(torch.stack(got), want)
+    _close_dialogs(page)
+    assert not page.errors, page.errors

@@ -18,7 +18,8 @@ from PIL import Image
 # Every node the pack registers. A node missing from /object_info means the pack failed to load.
 EXPECTED_NODES = [
     "LoadKFInpaintModel",
-    "SymmetricMaskEncode",
+    "KFISymmetricMaskEncode",
+    "KFIConditionPreview",
     "KeyframePropagateSampler",
     "LongVideoAnchorSchedule",
     "KFIModelInfo",
@@ -29,6 +30,7 @@ EXPECTED_NODES = [
     "KFIStitchCrop",
     "LoadKFInpaintCheckpoint",
     "KFISampleClip",
+    "SymmetricMaskEncode",  # deprecated: graphs saved with it still run
 ]
 
 
@@ -332,7 +334,7 @@ def test_sampler_errors_come_back_through_the_server(comfy_server):
     entry = comfy_server.run_prompt(prompt)
     assert entry["status"]["status_str"] == "error"
     error = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
-    assert error["node_type"] == "SymmetricMaskEncode"
+    assert error["node_type"] == "KFISymmetricMaskEncode"
     assert "got 12 for a clip of 8 frames" in error["exception_message"]
     prompt = _removal_prompt()
     prompt["5"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}}

@@ -53,6 +53,10 @@ def test_prepare_clip_keyframes_are_known_and_placed():
     assert c.masks[2].sum() == 0 and c.masks[1].sum() == 24 * 24
     assert c.keyframe_indices == [2]
     assert torch.equal(frames, clip()[0]), "inputs must not be modified"
+    assert torch.equal(masks, clip()[1]), "clearing the keyframe's mask must not write into the caller's masks"
+    one = masks[1:2].clone()  # one mask for every frame: the clip gets its own masks, the caller's stay as given
+    c = prepare_clip(frames, one, keyframe_indices=[0])
+    assert c.masks[0].sum() == 0 and c.masks[1].sum() == 24 * 24 and torch.equal(one, masks[1:2])
 
 
 def test_prepare_clip_errors():

@@ -90,6 +90,11 @@ def test_prepare_masks_checks_values():
         prepare_masks(torch.full((2, 1, 4, 4), 255.0))
     with pytest.raises(NonFiniteError, match="NaN"):  # as NaN frames and NaN metrics inputs
         prepare_masks(torch.full((2, 1, 4, 4), float("nan")))
+    for bad in (float("nan"), float("inf"), float("-inf")):  # one bad value among valid ones is found
+        masks = torch.rand(2, 1, 4, 4)
+        masks[1, 0, 2, 3] = bad
+        with pytest.raises(NonFiniteError, match="NaN or infinity"):
+            prepare_masks(masks)
     with pytest.raises(InputMismatchError, match="single-channel"):
         prepare_masks(torch.zeros(2, 3, 4, 4))
 
@@ -97,6 +102,8 @@ def test_prepare_masks_checks_values():
 def test_expand_masks_count_and_size():
     one = torch.zeros(1, 1, 8, 10)
     assert expand_masks(one, 5, (8, 10)).shape == (5, 1, 8, 10)
+    assert expand_masks(one, 5, (8, 10)).data_ptr() != one.data_ptr()  # a copy by default
+    assert expand_masks(one, 5, (8, 10), copy=False).data_ptr() == one.data_ptr()  # or a view for callers that copy
     with pytest.raises(InputMismatchError, match="got 3 masks for 5 frames"):
         expand_masks(torch.zeros(3, 1, 8, 10), 5, (8, 10))
     with pytest.raises(InputMismatchError, match=r"mask size 10x8 .* frames' 12x8"):

@@ -159,10 +159,11 @@ print("SEEN", seen)
 def test_the_nodes_hold_few_full_size_copies_of_an_image_batch(tmp_path, tiny_model_dir):
     """A ComfyUI IMAGE through the Encode and Sampler nodes' own code (in a process with ComfyUI's modules): the
     condition holds the IMAGE's own memory (a view, no copy) and the masks; the sampler's result becomes the output
-    IMAGE without a copy. Peaks in clip copies (tests/live_bytes.py), the model's run replaced by noise at its
-    working size as in test_full_size_memory: before, Encode peaked at 3.7 copies and held 2.3, the sampler 2.0
-    (3.0 cropping). With the real model the nodes give the library's own result for the contiguous clip, bit for
-    bit, contiguous, and the input IMAGE is untouched."""
+    IMAGE without a copy; the preview is a copy only where KFI Condition Preview is used (the deprecated Encode
+    node made it always, the same image). Peaks in clip copies (tests/live_bytes.py), the model's run replaced by
+    noise at its working size as in test_full_size_memory: before, Encode peaked at 3.7 copies and held 2.3 (then
+    1.75 and 1.33 with its preview), the sampler 2.0 (3.0 cropping). With the real model the nodes give the
+    library's own result for the contiguous clip, bit for bit, contiguous, and the input IMAGE is untouched."""
     script = pack_script(f"""
 import importlib, torch
 sys.path.insert(0, {str(ROOT / "tests")!r})
@@ -170,7 +171,9 @@ from live_bytes import LiveBytes
 from kfi_core.inference import PropagateSettings, prepare_clip
 from kfi_core.inference.window import composite
 from kfi_core.model import load_kfi_model
-encode = importlib.import_module("kfi_pack.nodes.condition").SymmetricMaskEncode
+nodes = importlib.import_module("kfi_pack.nodes.condition")
+encode, preview = nodes.KFISymmetricMaskEncode, nodes.KFIConditionPreview
+old_encode = importlib.import_module("kfi_pack.nodes.deprecated").SymmetricMaskEncode
 sampler = importlib.import_module("kfi_pack.nodes.sampler").KeyframePropagateSampler
 ws = importlib.import_module("kfi_core.inference.working_size")
 kfi = load_kfi_model({str(tiny_model_dir)!r})
@@ -190,6 +193,10 @@ real = ws.inpaint
 ws.inpaint = lambda model, c, s, **kw: composite(c, torch.rand(c.frames.shape))
 out, seen["encode_peak"], seen["encode_held"] = peak(lambda: encode.execute(kfi, image, mask, "", 0))
 condition = out.result[0]
+hole, seen["preview_peak"], seen["preview_held"] = peak(lambda: preview.execute(condition))
+old, seen["old_encode_peak"], seen["old_encode_held"] = peak(lambda: old_encode.execute(kfi, image, mask, "", 0))
+seen["old_same"] = torch.equal(old.result[1], hole.result[0]) and torch.equal(old.result[0].masks, condition.masks)
+del old, hole
 for crop in ("none", "mask"):
     _, seen["sampler_" + crop], _ = peak(lambda: sampler.execute(kfi, condition, crop=crop, **args))
 ws.inpaint = real
@@ -206,5 +213,7 @@ print("SEEN", seen)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = ast.literal_eval(proc.stdout.split("SEEN", 1)[1].strip())
     assert seen["same_none"] and seen["same_mask"] and seen["untouched"], seen
-    assert seen["encode_held"] < 1.5 and seen["encode_peak"] < 2.0, seen  # masks (1/3) and the masked preview
+    assert seen["encode_held"] < 0.4 and seen["encode_peak"] < 0.5, seen  # the masks (1/3); 1.75 / 1.33 before
+    assert 0.9 < seen["preview_held"] < 1.1 and seen["preview_peak"] < 1.5, seen  # a new image batch
+    assert seen["old_encode_held"] > 1.2 and seen["old_same"], seen  # the deprecated node makes both
     assert seen["sampler_none"] < 1.7 and seen["sampler_mask"] < 2.4, seen  # the result; the crop's box

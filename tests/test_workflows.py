@@ -89,10 +89,7 @@ def test_workflow_is_valid_and_documented(path, schemas):
             assert models, f"{node['type']} has no download links (properties.models)"
             for m in models:
                 assert m["url"].startswith("https://") and m["directory"] and m["name"]
-    assert any(
-        t.startswith("KFI") or t in ("LoadKFInpaintModel", "SymmetricMaskEncode", "KeyframePropagateSampler")
-        for t in types
-    )
+    assert any(t.startswith("KFI") or t in ("LoadKFInpaintModel", "KeyframePropagateSampler") for t in types)
     assert path.with_suffix(".jpg").is_file(), "every workflow has a thumbnail of the same name"
 
 

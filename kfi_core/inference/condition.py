@@ -105,8 +105,10 @@ def prepare_clip(
     the clip's size come back in the same layout (:func:`like_frames`).
     """
     check_frames(frames)
-    masks = expand_masks(masks, frames.shape[0], frames.shape[-2:])
-    masks = grow(binarize(masks, threshold), grow_pixels)
+    masks = expand_masks(masks, frames.shape[0], frames.shape[-2:], copy=False)
+    masks = binarize(masks, threshold)  # a new tensor: clearing keyframes below never writes into the caller's
+    if grow_pixels:
+        masks = grow(masks, grow_pixels)
     indices = [check_frame_index(i, frames.shape[0]) for i in keyframe_indices]
     if len(set(indices)) != len(indices):
         raise InputMismatchError(f"keyframe_index: {list(keyframe_indices)} names a frame twice; give each once.")

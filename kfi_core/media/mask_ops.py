@@ -7,6 +7,7 @@ Layout: ``masks`` are float tensors [F, 1, H, W] with 1 = region to fill (inpain
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +28,10 @@ def check_masks(masks: torch.Tensor, name: str = "masks") -> None:
         )
     if not masks.is_floating_point():
         raise InputMismatchError(f"{name}: expected a float tensor with values 0..1, got dtype {masks.dtype}.")
-    if not torch.isfinite(masks).all():
+    # the extremes are NaN or infinite exactly when a value is: one pass, no full-size temporaries
+    lo, hi = (float(v) for v in torch.aminmax(masks)) if masks.numel() else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise NonFiniteError(f"{name}: contains NaN or infinity. Check the node or file that produced the mask.")
-    lo, hi = float(masks.min()), float(masks.max())
     if lo < 0.0 or hi > 1.0:
         raise InputMismatchError(
             f"{name}: values must lie in 0..1, got {lo:g}..{hi:g}. "
@@ -128,11 +130,14 @@ def prepare_masks(
     return feather(out, feather_pixels)
 
 
-def expand_masks(masks: torch.Tensor, num_frames: int, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+def expand_masks(
+    masks: torch.Tensor, num_frames: int, size: tuple[int, int] | torch.Size, copy: bool = True
+) -> torch.Tensor:
     """Check ``masks`` against a clip and return one mask per frame.
 
     A single mask applies to every frame (it is repeated); otherwise the count must equal
-    ``num_frames``. Sizes must match exactly: nothing is resized or truncated.
+    ``num_frames``. Sizes must match exactly: nothing is resized or truncated. ``copy=False`` returns a view
+    (an expanded one for a single mask) for a caller that makes its own new tensor from it.
     """
     check_masks(masks)
     height, width = int(size[0]), int(size[1])
@@ -142,10 +147,11 @@ def expand_masks(masks: torch.Tensor, num_frames: int, size: tuple[int, int] | t
             f"{width}x{height}. Resize the mask to the video's size (e.g. with an image resize node) first."
         )
     if masks.shape[0] == 1 and num_frames != 1:
-        return masks.expand(num_frames, -1, -1, -1).clone()
+        masks = masks.expand(num_frames, -1, -1, -1)
+        return masks.clone() if copy else masks
     if masks.shape[0] != num_frames:
         raise InputMismatchError(
             f"masks: got {masks.shape[0]} masks for {num_frames} frames. "
             "Give one mask per frame, or one mask for all frames."
         )
-    return masks.clone()
+    return masks.clone() if copy else masks
