@@ -25,7 +25,8 @@ from kfi_core.inference.schedules import Schedule
 from kfi_core.inference.settings import PropagateSettings
 from kfi_core.inference.working_size import check_crop, inpaint_at_size
 from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
-from kfi_core.media.mask_ops import binarize, expand_masks
+from kfi_core.media.mask_ops import expand_masks
+from kfi_core.media.pixels import to_unit
 from kfi_core.media.video import (
     DEFAULT_FPS,
     IMAGE_SUFFIXES,
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class InpaintResult:
-    frames: torch.Tensor  # [F, 3, H, W] in 0..1 at the input size
+    frames: torch.Tensor  # [F, 3, H, W] uint8 0..255 at the input size, as written
     output: Path
     preview: Path | None
     fps: float
@@ -109,8 +110,8 @@ def preview_image(clip: ClipInputs, result: torch.Tensor, max_rows: int = 4, min
     n = clip.num_frames
     rows = sorted({round(i * (n - 1) / max(1, max_rows - 1)) for i in range(min(max_rows, n))})
     mask = clip.masks[rows].float()
-    tinted = clip.frames[rows] * (1 - 0.5 * mask) + torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1) * 0.5 * mask
-    sheet = torch.cat([tinted, result[rows]], dim=3)  # [R, 3, H, 2W]
+    tinted = to_unit(clip.frames[rows]) * (1 - 0.5 * mask) + torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1) * 0.5 * mask
+    sheet = torch.cat([tinted, to_unit(result[rows])], dim=3)  # [R, 3, H, 2W]
     sheet = torch.cat(list(sheet), dim=1)[None]  # [1, 3, R*H, 2W]
     scale = max(1, -(-min_side // clip.size[0]))
     if scale > 1:
@@ -144,7 +145,9 @@ def inpaint_files(
     crop_padding: int = DEFAULT_CLIP_PADDING,
     schedule: Schedule | None = None,
 ) -> InpaintResult:
-    """Read ``video`` and ``mask`` (files or PNG folders), inpaint, write ``out`` (+ ``preview`` PNG)."""
+    """Read ``video`` and ``mask`` (files or PNG folders), inpaint, write ``out`` (+ ``preview`` PNG). The frames stay
+    8-bit at their size, as read (:mod:`kfi_core.media.pixels`): the result is the float path's, rounded as writing
+    rounds it, in a quarter of the memory."""
     for name, source in (("--video", video), ("--mask", mask), *(("--keyframe", k) for k in keyframe_paths)):
         if Path(out).resolve() == Path(source).resolve():
             raise VideoFileError(
@@ -152,8 +155,8 @@ def inpaint_files(
             )
     check_crop(crop, "--crop")  # before reading anything
     settings = (settings or PropagateSettings()).check()
-    frames, fps = read_frames(video)
-    masks = expand_masks(read_masks(mask), frames.shape[0], frames.shape[-2:])
+    frames, fps = read_frames(video, eight_bit=True)
+    masks = expand_masks(read_masks(mask), frames.shape[0], frames.shape[-2:], copy=False)  # checked early
     keyframes = load_keyframes(list(keyframe_paths))
     if keyframes is not None and len(keyframe_paths) != len(keyframe_indices):
         raise KeyframeError(
@@ -161,7 +164,7 @@ def inpaint_files(
             "give one --keyframe-index after each --keyframe."
         )
     clip = prepare_clip(
-        frames, binarize(masks), keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
+        frames, masks, keyframes=keyframes, keyframe_indices=list(keyframe_indices), grow_pixels=grow_pixels
     )
     del frames, masks, keyframes  # the clip holds the frames (its own copy where keyframes were inserted)
     run = {"crop_padding": crop_padding, "strategy": strategy, "schedule": schedule, "callback": callback}

@@ -592,7 +592,7 @@ ROWS: list[Row] = [
         "width_without_height",
         (_inp() + ["--width", "64"], (ERR, "--width/--height: give both")),
         None,
-        why="the nodes take the clip's own size",
+        why="the node's custom working size always has both width and height",
     ),
     Row(
         "bad_decode_tile",
@@ -602,8 +602,7 @@ ROWS: list[Row] = [
     Row(
         "crop_negative_padding",
         (_inp() + ["--crop", "mask", "--crop-padding", "-5"], (ERR, "--crop-padding: got -5")),
-        None,
-        why="the nodes have no clip crop yet",
+        (_set("s", crop="mask", crop_padding=-5), (REJ, "crop_padding")),
     ),
     Row(
         "plan_zero_frames",

@@ -37,7 +37,7 @@ def _with(value: float) -> torch.Tensor:
         (torch.rand(2, 3, 8, 8) * 255, "divide by 255"),
         (torch.full((2, 3, 8, 8), float("nan")), "NaN"),
         *[(_with(v), "NaN or infinity") for v in (float("nan"), float("inf"), -float("inf"))],  # one bad value
-        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "float"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.int32), "float values in 0..1 \\(or uint8 0..255\\)"),  # 8-bit: valid
     ],
 )
 def test_check_frames_errors(bad, match):

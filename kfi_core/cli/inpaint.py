@@ -19,6 +19,7 @@ from kfi_core.inference.settings import DEFAULT_SEAM_SMOOTHING
 from kfi_core.jobs import inpaint_files, run_batch
 from kfi_core.media import read_frames, read_masks
 from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING
+from kfi_core.media.pixels import to_unit
 from kfi_core.model import OFFLOAD_MODES, build_tiny_pipeline_folder, load_kfi_model
 
 logger = logging.getLogger("kfi_core.cli")  # the name the log lines have always shown
@@ -255,7 +256,10 @@ def _size(args: argparse.Namespace):
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     if (args.width is None) != (args.height is None):
-        raise SettingsError("--width/--height: give both (the working size), or neither to use the clip's own size.")
+        raise SettingsError(
+            "--width/--height: give both (the working size), or neither for --working-size (native by default: the "
+            "model's own size)."
+        )
     if args.crop_padding < 0:
         raise SettingsError(
             f"--crop-padding: got {args.crop_padding}; give 0 or more pixels of context around the mask."
@@ -411,5 +415,5 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"model:   {what}")
     print(f"video:   {result.output}")
     print(f"preview: {result.preview}  (left: input with the mask in red, right: result)")
-    print(f"PSNR inside the mask against the bundled ground truth: {psnr(result.frames, truth, masks):.2f} dB")
+    print(f"PSNR inside the mask against the bundled ground truth: {psnr(to_unit(result.frames), truth, masks):.2f} dB")
     return 0

@@ -12,7 +12,9 @@ Choices where the paper is silent, following SVD and diffusers:
   (the same noise for both fills, so the two encodings differ only inside the mask), and
   its strength is passed to the UNet as SVD's third time id.
 
-Layouts: ``frames`` [F, 3, H, W] in 0..1; ``masks`` [F, 1, H, W] with 1 = fill;
+Layouts: ``frames`` [F, 3, H, W] in 0..1 (or 8-bit 0..255 at the clip's full size, :mod:`kfi_core.media.pixels`:
+the model's entry points work on a float copy, the working-size paths a frame at a time); ``masks`` [F, 1, H, W]
+with 1 = fill;
 condition latents [1, F, 8, h, w] as diffusers' [B, F, C, h, w].
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -28,6 +30,7 @@ from kfi_core.errors import InputMismatchError, NonFiniteError
 from kfi_core.inference.memory import retry_on_oom
 from kfi_core.media.keyframes import check_frame_index, insert_keyframes
 from kfi_core.media.mask_ops import DEFAULT_THRESHOLD, binarize, expand_masks, grow
+from kfi_core.media.pixels import is_eight_bit, like_values, to_unit
 from kfi_core.model.offload import execution_device
 
 logger = logging.getLogger(__name__)
@@ -67,8 +70,12 @@ def check_frames(frames: torch.Tensor, name: str = "frames") -> None:
         raise InputMismatchError(f"{name}: expected 3 colour channels (RGB), got {channels}.")
     if frames.shape[0] < 1:
         raise InputMismatchError(f"{name}: the clip has no frames.")
+    if is_eight_bit(frames):
+        return  # 0..255: every value is valid
     if not frames.is_floating_point():
-        raise InputMismatchError(f"{name}: expected float values in 0..1, got dtype {frames.dtype}; divide by 255.")
+        raise InputMismatchError(
+            f"{name}: expected float values in 0..1 (or uint8 0..255), got dtype {frames.dtype}; divide by 255."
+        )
     # the extremes are NaN or infinite exactly when a value is: no full-size temporaries, unlike isfinite()
     lo, hi = (float(v) for v in torch.aminmax(frames))
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -114,10 +121,17 @@ def prepare_clip(
         raise InputMismatchError(f"keyframe_index: {list(keyframe_indices)} names a frame twice; give each once.")
     if keyframes is not None:
         check_frames(keyframes, "keyframes")
-        frames = insert_keyframes(frames, keyframes, list(indices))
+        frames = insert_keyframes(frames, like_values(keyframes, frames), list(indices))
     for i in indices:
         masks[i] = 0.0  # keyframes are fully known
     return ClipInputs(frames=frames, masks=masks, keyframe_indices=sorted(indices))
+
+
+def unit_clip(clip: ClipInputs) -> tuple[ClipInputs, bool]:
+    """(the clip with float frames in 0..1, whether they were 8-bit): the model's entry points work on floats."""
+    if not is_eight_bit(clip.frames):
+        return clip, False
+    return replace(clip, frames=to_unit(clip.frames)), True
 
 
 def check_mask_coverage(clip: ClipInputs, threshold: float = DEFAULT_THRESHOLD) -> None:

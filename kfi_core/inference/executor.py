@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from kfi_core.errors import InputMismatchError, ScheduleError
-from kfi_core.inference.condition import ClipInputs, check_mask_coverage
+from kfi_core.inference.condition import ClipInputs, check_mask_coverage, unit_clip
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd
 from kfi_core.inference.schedule_builders import build_schedule
 from kfi_core.inference.schedules import classify_transitions
@@ -63,6 +63,7 @@ from kfi_core.inference.window import (
     run_window,
     sample_window_latents,
 )
+from kfi_core.media.pixels import is_eight_bit, to_eight_bit
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +155,17 @@ def run_schedule(
 
     ``settings.num_samples`` > 1 runs the schedule that many times and returns the mean (:func:`mean_of_samples`).
     ``noise``: one of :data:`NOISE_MODES` (default :data:`DEFAULT_NOISE`); ``seam_smoothing``: frames (0 off; None,
-    the default, takes ``settings.seam_smoothing``), see :func:`smooth_seams`."""
+    the default, takes ``settings.seam_smoothing``), see :func:`smooth_seams`. An 8-bit clip is run on a float
+    copy and comes back 8-bit."""
     settings = _checked(settings, clip)
+    if is_eight_bit(clip.frames):
+        run_args = {
+            "callback": callback,
+            "check_cancel": check_cancel,
+            "noise": noise,
+            "seam_smoothing": seam_smoothing,
+        }
+        return to_eight_bit(run_schedule(model, unit_clip(clip)[0], schedule, settings, **run_args))
     noise = DEFAULT_NOISE if noise is None else noise
     if noise not in NOISE_MODES:
         raise ScheduleError(f"noise: got {noise!r}; choose one of {', '.join(NOISE_MODES)}.")
@@ -383,8 +393,11 @@ def propagate(
     exactly. ``callback`` gets a dict per step (``i``, ``total``, ``sigma``, ``x``, ``denoised``);
     ``check_cancel()`` runs between steps and may raise to stop.
     """
-    # 1. Check inputs before any compute
+    # 1. Check inputs before any compute (an 8-bit clip runs on a float copy and comes back 8-bit)
     settings = _checked(settings, clip)
+    if is_eight_bit(clip.frames):
+        floats = propagate(model, unit_clip(clip)[0], settings, callback=callback, check_cancel=check_cancel)
+        return to_eight_bit(floats)
     height, width = clip.size
     check_size(model, height, width)
     check_window(model, clip.num_frames)

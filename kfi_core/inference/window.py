@@ -43,6 +43,7 @@ from kfi_core.inference.memory import retry_on_oom
 from kfi_core.inference.sampling import get_sampler, get_sigmas_svd, init_noise_sigma
 from kfi_core.inference.settings import ProgressCallback, PropagateSettings, blends_known
 from kfi_core.media.mask_ops import feather
+from kfi_core.media.pixels import EIGHT_BIT, is_eight_bit, to_eight_bit, to_unit
 from kfi_core.model.encoders import (
     DECODE_TILE,
     decode_latents,
@@ -221,14 +222,37 @@ def composite(
     ``out`` (a new tensor by default; ``generated`` itself may be passed, each frame depends only on its own values),
     so a full-size clip needs one result's memory beside its inputs, not several; a new result has the clip's
     memory layout (:func:`kfi_core.inference.condition.like_frames`)."""
-    generated = match_colors(generated, clip.frames.float(), clip.masks, color_match, keyframes=clip.keyframe_indices)
+    if color_match != "none":
+        frames = to_unit(clip.frames)
+        generated = match_colors(generated, frames, clip.masks, color_match, keyframes=clip.keyframe_indices)
+    return composite_frames(clip, generated.__getitem__, feather_pixels, out)
+
+
+def clip_result(clip: ClipInputs, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out``, or a new tensor for a result at the clip's size: in the clip's layout (a channels-last caller gets
+    it back without a copy) and type (8-bit for an 8-bit clip, else float32)."""
+    if out is not None:
+        return out
+    dtype = EIGHT_BIT if is_eight_bit(clip.frames) else torch.float32
+    return torch.empty(clip.frames.shape, dtype=dtype, memory_format=like_frames(clip.frames))
+
+
+def composite_frames(
+    clip: ClipInputs,
+    fill_at: Callable[[int], torch.Tensor],
+    feather_pixels: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`composite` with the generated frame ``t`` given by ``fill_at(t)`` (float [3, H, W]), one at a time:
+    a fill made at another size is brought to the clip's a frame at a time. The result is :func:`clip_result`'s;
+    an 8-bit clip's is rounded to 8 bits, and exactly the input where the mask is 0."""
     mask = composite_mask(clip, feather_pixels)
-    if out is None:  # in the clip's layout, so a channels-last caller gets it back without a copy
-        out = torch.empty(generated.shape, dtype=torch.float32, memory_format=like_frames(clip.frames))
-    for t in range(generated.shape[0]):
-        frame, weight = clip.frames[t].float(), mask[t]
-        blended = frame * (1.0 - weight) + generated[t] * weight
-        out[t] = torch.where(weight == 0, frame, blended)
+    out = clip_result(clip, out)
+    for t in range(clip.num_frames):
+        frame, weight = to_unit(clip.frames[t]), mask[t]
+        blended = (frame * (1.0 - weight)).add_(fill_at(t) * weight)
+        blended = torch.where(weight == 0, frame, blended)
+        out[t] = to_eight_bit(blended) if is_eight_bit(out) else blended
     return out
 
 

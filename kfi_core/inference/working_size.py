@@ -28,11 +28,20 @@ import torch
 import torch.nn.functional as F
 
 from kfi_core.errors import SettingsError, UnknownNameError
-from kfi_core.inference.condition import ClipInputs, like_frames
+from kfi_core.inference.condition import ClipInputs, unit_clip
 from kfi_core.inference.executor import inpaint, mean_of_samples
 from kfi_core.inference.settings import PropagateSettings
-from kfi_core.inference.window import composite
-from kfi_core.media.clip_crop import DEFAULT_CLIP_PADDING, Box, crop_clip, mask_bounds, plan_clip_box, stitch_clip
+from kfi_core.inference.window import clip_result, composite_frames
+from kfi_core.media.clip_crop import (
+    DEFAULT_CLIP_PADDING,
+    Box,
+    crop_clip,
+    mask_bounds,
+    plan_clip_box,
+    stitch_frame,
+    stitch_weights,
+)
+from kfi_core.media.pixels import is_eight_bit, like_values, to_eight_bit, to_unit
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +54,13 @@ def resize_frames(
 ) -> torch.Tensor:
     """Frames resized to ``size`` (bicubic, anti-aliased, clamped to 0..1), laid out in ``layout`` (contiguous for the
     model; the clip's own, :func:`like_frames`, going back to it). Interpolation keeps its input's layout, so the
-    smaller side is the one converted."""
+    smaller side is the one converted. 8-bit frames are converted to float a frame at a time (the same values as
+    converting them whole: interpolation treats each frame on its own)."""
+    if is_eight_bit(frames):
+        out = torch.empty((frames.shape[0], frames.shape[1], *size), memory_format=layout)
+        for t in range(frames.shape[0]):
+            out[t] = resize_frames(to_unit(frames[t : t + 1]), size, layout)[0]
+        return out
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames.clone(memory_format=layout)
     if frames.shape[-2] * frames.shape[-1] < size[0] * size[1]:
@@ -110,12 +125,21 @@ def inpaint_at_size(
     check_cancel: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
     """Inpaint a prepared clip of any size at the working ``size`` (or on a box around the mask with ``crop="mask"``);
-    returns frames at the clip's own size, exact outside the mask where ``settings.composite`` (the default)."""
+    returns frames at the clip's own size, exact outside the mask where ``settings.composite`` (the default).
+
+    An 8-bit clip (:mod:`kfi_core.media.pixels`) stays 8-bit at its size: only the working-size copy and the frame
+    being composited are float, and the result is 8-bit (the float result rounded, byte for byte); with several
+    samples, or at the clip's own size, the run works on a float copy."""
     check_crop(crop)
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
         raise SettingsError(f"crop_padding: got {crop_padding!r}; give 0 or more pixels of context around the mask.")
     settings = (settings or PropagateSettings()).check()
     run_args = {"schedule": schedule, "strategy": strategy, "check_cancel": check_cancel}
+    if is_eight_bit(clip.frames) and settings.num_samples > 1:  # the samples' mean is taken in float
+        sizes = {"size": size, "crop": crop, "crop_padding": crop_padding}
+        return to_eight_bit(
+            inpaint_at_size(model, unit_clip(clip)[0], settings, callback=callback, **sizes, **run_args)
+        )
     if crop == "mask":
         work = run_size(model, clip, size, crop)
         box = plan_clip_box(clip.masks, (work[1], work[0]), crop_padding)
@@ -153,32 +177,50 @@ def _log_crop(clip: ClipInputs, box: Box, work: tuple[int, int]) -> None:
 
 
 def _inpaint_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
-    """One sample at the working ``size``, brought back to the clip's size and composited there."""
-    back = _fill_resized(model, clip, settings, size, run_args, callback)
-    return composite(clip, back, settings.feather, out=back) if settings.composite else back
+    """One sample at the working ``size``, brought back to the clip's size a frame at a time and composited there."""
+    generated = _fill_at(model, clip, settings, size, run_args, callback)
+    return _at_clip_size(clip, lambda t: resize_frames(generated[t : t + 1], clip.size)[0], settings)
 
 
 def _inpaint_cropped(model, clip: ClipInputs, settings, size, box: Box, run_args, callback) -> torch.Tensor:
-    """One sample on the ``box`` of the clip at the working ``size``, stitched into the full frames and composited."""
+    """One sample on the ``box`` of the clip at the working ``size``, stitched into the full frames a frame at a time
+    and composited."""
     inner = ClipInputs(
         frames=crop_clip(clip.frames, box),
         masks=crop_clip(clip.masks, box, "masks"),
         keyframe_indices=clip.keyframe_indices,
     )
-    fill = _fill_resized(model, inner, settings, size, run_args, callback)
-    back = stitch_clip(clip.frames.float(), fill, box, clip.masks)
-    return composite(clip, back, settings.feather, out=back) if settings.composite else back
+    generated = _fill_at(model, inner, settings, size, run_args, callback)
+    weights = stitch_weights(box, clip.size, clip.masks)
+    x0, y0, x1, y1 = box
+
+    def stitched(t: int) -> torch.Tensor:
+        fill = resize_frames(generated[t : t + 1], (y1 - y0, x1 - x0))[0]
+        frame = to_unit(clip.frames[t]).clone()
+        return stitch_frame(frame, fill, box, weights[t if weights.shape[0] > 1 else 0])
+
+    return _at_clip_size(clip, stitched, settings)
 
 
-def _fill_resized(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
-    """One sample at the working ``size``, brought back to the clip's size: composited there as the direct path
-    does (colour match, a long clip's seam smoothing) but with a hard edge; the caller composites again at the
-    clip's size with the input's own frames and masks (and the feather)."""
+def _at_clip_size(clip: ClipInputs, fill_at, settings) -> torch.Tensor:
+    """The fill at the clip's size, frame ``t`` from ``fill_at(t)``: composited with the input's own frames and
+    masks (and the feather), or as it is without ``settings.composite``; in the clip's layout and type."""
+    if settings.composite:
+        return composite_frames(clip, fill_at, settings.feather)
+    out = clip_result(clip)
+    for t in range(clip.num_frames):
+        out[t] = like_values(fill_at(t), out)
+    return out
+
+
+def _fill_at(model, clip: ClipInputs, settings, size, run_args, callback) -> torch.Tensor:
+    """One sample at the working ``size`` [F, 3, *size]: composited there as the direct path does (colour match, a
+    long clip's seam smoothing) but with a hard edge; the caller brings it back to the clip's size and composites
+    again there with the input's own frames and masks (and the feather)."""
     work = ClipInputs(
         frames=resize_frames(clip.frames, size),
         masks=resize_masks(clip.masks, size),
         keyframe_indices=clip.keyframe_indices,
     )
     hard_edge = PropagateSettings(**{**settings.__dict__, "feather": 0})
-    generated = inpaint(model, work, hard_edge, callback=callback, **run_args)
-    return resize_frames(generated, clip.size, like_frames(clip.frames))
+    return inpaint(model, work, hard_edge, callback=callback, **run_args)

@@ -151,13 +151,34 @@ def stitch_clip(
             "box size, one frame per input frame."
         )
     # the weights are 0 outside the box, so only the box is blended (a full-size clip needs one copy, not several)
-    weights = box_weights(box, tuple(frames.shape[-2:]), feather, frames.device)[None, None, y0:y1, x0:x1]
+    weights = stitch_weights(box, tuple(frames.shape[-2:]), masks, feather, frames.device).to(frames.dtype)
+    out = frames.clone()
+    for t in range(frames.shape[0]):  # a frame at a time: the temporaries are one frame's box
+        stitch_frame(out[t], fill[t], box, weights[t if weights.shape[0] > 1 else 0])
+    return out
+
+
+def stitch_weights(
+    box: Box,
+    size: tuple[int, int],
+    masks: torch.Tensor | None = None,
+    feather: int = DEFAULT_STITCH_FEATHER,
+    device=None,
+) -> torch.Tensor:
+    """The fill's weights inside ``box`` [F or 1, 1, y1 - y0, x1 - x0]: :func:`box_weights`, 1 wherever ``masks``
+    [F, 1, H, W] (full frame) are above 0."""
+    x0, y0, x1, y1 = box
+    weights = box_weights(box, size, feather, device)[None, None, y0:y1, x0:x1]
     if masks is not None:
         inner = masks[:, :, y0:y1, x0:x1]
         weights = torch.where((inner > 0) & (weights > 0), torch.ones_like(weights), weights)
-    weights = weights.to(frames.dtype)
-    out = frames.clone()
-    for t in range(frames.shape[0]):  # a frame at a time: the temporaries are one frame's box
-        w, region = weights[t if weights.shape[0] > 1 else 0], frames[t, :, y0:y1, x0:x1]
-        out[t, :, y0:y1, x0:x1] = torch.where(w > 0, region + w * (fill[t].to(frames.dtype) - region), region)
-    return out
+    return weights
+
+
+def stitch_frame(frame: torch.Tensor, fill: torch.Tensor, box: Box, weights: torch.Tensor) -> torch.Tensor:
+    """Blend ``fill`` [3, y1 - y0, x1 - x0] into float ``frame`` [3, H, W] at ``box`` with ``weights`` (one frame's
+    :func:`stitch_weights`), in place; returns ``frame``."""
+    x0, y0, x1, y1 = box
+    region = frame[:, y0:y1, x0:x1]
+    frame[:, y0:y1, x0:x1] = torch.where(weights > 0, region + weights * (fill.to(frame.dtype) - region), region)
+    return frame

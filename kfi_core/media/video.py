@@ -18,6 +18,7 @@ import torch
 
 from kfi_core.errors import InputMismatchError, VideoFileError
 from kfi_core.files import atomic_file, atomic_folder
+from kfi_core.media.pixels import is_eight_bit, to_eight_bit, to_unit
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,13 @@ def _stack(arrays: list[np.ndarray], path: Path) -> np.ndarray:
     return np.stack(arrays)
 
 
-def read_frames(path: str | os.PathLike) -> tuple[torch.Tensor, float | None]:
-    """Read a clip as RGB frames [F, 3, H, W] in 0..1, with its fps (None for image folders)."""
+def read_frames(path: str | os.PathLike, eight_bit: bool = False) -> tuple[torch.Tensor, float | None]:
+    """Read a clip as RGB frames [F, 3, H, W] in 0..1 (``eight_bit``: the file's 0..255 values as uint8, a quarter
+    of the memory), with its fps (None for image folders). Laid out channels-last, as decoded."""
     path = Path(path)
     arrays, fps = _read_arrays(path, "RGB")
-    data = _stack(arrays, path)  # [F, H, W, 3] uint8
-    frames = torch.from_numpy(data).permute(0, 3, 1, 2).float().div_(255.0)
-    return frames, fps
+    frames = torch.from_numpy(_stack(arrays, path)).permute(0, 3, 1, 2)  # [F, H, W, 3] uint8 viewed as [F, 3, H, W]
+    return (frames if eight_bit else to_unit(frames)), fps
 
 
 def read_masks(path: str | os.PathLike) -> torch.Tensor:
@@ -119,13 +120,16 @@ def read_masks(path: str | os.PathLike) -> torch.Tensor:
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """[F, C, H, W] float 0..1 -> [F, H, W, C] uint8 (rounded, clamped), a frame at a time: a full-size clip
-    needs the uint8 result's memory (a quarter of the floats), not three float copies."""
+    """[F, C, H, W] float 0..1 (or 8-bit) -> [F, H, W, C] uint8 (rounded, clamped), a frame at a time: a full-size
+    clip needs the uint8 result's memory (a quarter of the floats), not three float copies. 8-bit frames laid out
+    channels-last on the host (as :func:`read_frames` gives them, and results in their layout) come back as a view,
+    no copy."""
     frames = frames.detach()
+    if is_eight_bit(frames) and frames.device.type == "cpu" and frames.permute(0, 2, 3, 1).is_contiguous():
+        return frames.permute(0, 2, 3, 1).numpy()
     out = np.empty((frames.shape[0], *frames.shape[2:], frames.shape[1]), dtype=np.uint8)
     for t in range(frames.shape[0]):
-        frame = frames[t].cpu().float().clamp(0, 1).mul_(255).round_()
-        out[t] = frame.to(torch.uint8).permute(1, 2, 0).numpy()
+        out[t] = to_eight_bit(frames[t].cpu()).permute(1, 2, 0).numpy()
     return out
 
 
