@@ -3,6 +3,8 @@ same steps as one at it (a long clip's seam smoothing included) and comes back e
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -90,3 +92,26 @@ def test_run_size_is_the_size_the_windows_run_at(tiny_model_dir, monkeypatch, si
     monkeypatch.setattr(ws, "inpaint", lambda m, c, s, **kw: seen.append(c.size) or c.frames.clone())
     ws.inpaint_at_size(model, clip, PropagateSettings(steps=1), size=size, crop=crop)
     assert seen == [ws.run_size(model, clip, size, crop)]
+
+
+@pytest.mark.parametrize(("mask_box", "hint"), [((100, 130, 140, 180), True), ((10, 230, 10, 390), False)])
+def test_a_small_hole_in_a_shrunk_frame_suggests_crop_mode(tiny_model_dir, monkeypatch, caplog, mask_box, hint):
+    """A 400x240 clip run at the tiny model's 64x64 is shrunk 3.75x (its short side): a 40x30 hole in a box of 104
+    pixels (32 of context each side) would be filled at 2.3x the detail in crop mode, so the log says so; a hole
+    across most of the frame gains nothing and gets no tip."""
+    import importlib
+
+    from kfi_core.inference.window import composite
+
+    ws = importlib.import_module("kfi_core.inference.working_size")
+    monkeypatch.setattr(ws, "inpaint", lambda model, c, s, **kw: composite(c, torch.rand(c.frames.shape)))
+    y0, y1, x0, x1 = mask_box
+    masks = torch.zeros(2, 1, 240, 400)
+    masks[:, :, y0:y1, x0:x1] = 1.0
+    clip = prepare_clip(torch.rand(2, 3, 240, 400), masks)
+    with caplog.at_level(logging.INFO, logger="kfi_core.inference.working_size"):
+        inpaint_at_size(load_kfi_model(tiny_model_dir), clip, PropagateSettings(steps=1))
+    tips = [r.getMessage() for r in caplog.records if "crop 'mask'" in r.getMessage()]
+    assert bool(tips) == hint, tips
+    if hint:
+        assert "in a 104x104 box of the 400x240 frame" in tips[0] and "at 2.3x the detail" in tips[0], tips

@@ -152,7 +152,35 @@ def inpaint_at_size(
     logger.info(
         "resizing %dx%d -> %dx%d for the model (the result goes back to the input size)", *clip.size[::-1], *work[::-1]
     )
+    _suggest_crop(clip, work, crop_padding)
     return _sampled(lambda s, cb: _inpaint_resized(model, clip, s, work, run_args, cb), clip, settings, callback)
+
+
+CROP_HINT_GAIN = 2.0  # suggest crop mode when it would fill the hole at this many times the detail, or more
+
+
+def _suggest_crop(clip: ClipInputs, work: tuple[int, int], crop_padding: int) -> float | None:
+    """Log a tip when the whole frame is shrunk for the model but the masks lie in a small part of it: crop mode
+    would run a box around them at the working size instead, at several times the detail. Returns that gain (the
+    frame's shrink factor over the box's), or None when the masks are empty."""
+    masks = clip.masks >= 0.5
+    if not bool(masks.any()):
+        return None
+    box = plan_clip_box(masks.float(), (work[1], work[0]), crop_padding)
+    gain = min(clip.size[0] / work[0], clip.size[1] / work[1]) / max((box[3] - box[1]) / work[0], 1.0)
+    if gain >= CROP_HINT_GAIN:
+        logger.info(
+            "the masks lie in a %dx%d box of the %dx%d frame: crop 'mask' (--crop mask) would fill them at %.1fx the "
+            "detail of this run, which shrinks the whole frame to %dx%d",
+            box[2] - box[0],
+            box[3] - box[1],
+            clip.size[1],
+            clip.size[0],
+            gain,
+            work[1],
+            work[0],
+        )
+    return gain
 
 
 def _sampled(run, clip: ClipInputs, settings: PropagateSettings, callback) -> torch.Tensor:
