@@ -1,4 +1,5 @@
-"""Media: video and mask files, mask operations, keyframe handling, crops around the mask (images and clips)."""
+"""Media: video and mask files, 8-bit and float pixels, mask operations, keyframe handling, crops around the mask
+(images and clips)."""
 
 from kfi_core.media.clip_crop import crop_clip, plan_clip_box, stitch_clip
 from kfi_core.media.crop import (
@@ -12,6 +13,7 @@ from kfi_core.media.crop import (
 )
 from kfi_core.media.keyframes import check_frame_index, insert_keyframes, parse_indices, select_frame
 from kfi_core.media.mask_ops import expand_masks, grow, prepare_masks
+from kfi_core.media.pixels import to_eight_bit, to_unit
 from kfi_core.media.video import atomic_path, read_frames, read_masks, to_uint8, write_frames
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "read_masks",
     "select_frame",
     "stitch_crop",
+    "to_eight_bit",
     "to_uint8",
+    "to_unit",
     "write_frames",
 ]
