@@ -13,10 +13,18 @@ import folder_paths
 import torch
 
 
-def image_to_frames(image: torch.Tensor) -> torch.Tensor:
+def image_to_frames(image: torch.Tensor, name: str = "images") -> torch.Tensor:
     """[B, H, W, C] -> [B, C, H, W] as a view (channels-last strides), not a copy: kfi_core reads such frames
     and gives results at their size back in the same layout, which :func:`frames_to_image` then returns as is.
-    A 1080p clip of 300 frames is 7.5 GB a copy."""
+    A 1080p clip of 300 frames is 7.5 GB a copy. An IMAGE is float: kfi_core also takes 8-bit frames (and gives
+    8-bit results), which no ComfyUI node downstream would expect, so an 8-bit IMAGE is refused here."""
+    if not image.is_floating_point():
+        from kfi_core.errors import InputMismatchError
+
+        raise InputMismatchError(
+            f"{name}: a ComfyUI IMAGE holds float values in 0..1, got dtype {image.dtype}. Fix the node that made it "
+            "(8-bit values divided by 255 give a float IMAGE)."
+        )
     return image.movedim(-1, 1)
 
 

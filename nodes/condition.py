@@ -61,7 +61,7 @@ def encode(images, mask, keyframe_indices, grow, keyframes=None):
     clip = prepare_clip(
         bridge.image_to_frames(images),
         bridge.mask_to_masks(mask),
-        keyframes=None if keyframes is None else bridge.image_to_frames(keyframes),
+        keyframes=None if keyframes is None else bridge.image_to_frames(keyframes, "keyframes"),
         keyframe_indices=bridge.parse_keyframe_indices(keyframe_indices),
         grow_pixels=grow,
     )

@@ -64,7 +64,7 @@ class KFICropForInpaint(io.ComfyNode):
         from kfi_core.media import crop_for_inpaint
 
         frames, masks, box = crop_for_inpaint(
-            bridge.image_to_frames(image), bridge.mask_to_masks(mask), size=size, padding=padding
+            bridge.image_to_frames(image, "image"), bridge.mask_to_masks(mask), size=size, padding=padding
         )
         return io.NodeOutput(bridge.frames_to_image(frames), bridge.masks_to_mask(masks), box)
 
@@ -111,8 +111,8 @@ class KFIStitchCrop(io.ComfyNode):
         from kfi_core.media import stitch_crop
 
         out = stitch_crop(
-            bridge.image_to_frames(image),
-            bridge.image_to_frames(edited_crop),
+            bridge.image_to_frames(image, "image"),
+            bridge.image_to_frames(edited_crop, "edited_crop"),
             crop,
             None if mask is None else bridge.mask_to_masks(mask),
             feather=feather,

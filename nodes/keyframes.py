@@ -71,6 +71,6 @@ class KFIInsertKeyframes(io.ComfyNode):
         from kfi_core.media import insert_keyframes, parse_indices
 
         out = insert_keyframes(
-            bridge.image_to_frames(images), bridge.image_to_frames(keyframes), parse_indices(indices)
+            bridge.image_to_frames(images), bridge.image_to_frames(keyframes, "keyframes"), parse_indices(indices)
         )
         return io.NodeOutput(bridge.frames_to_image(out))

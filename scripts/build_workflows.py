@@ -239,7 +239,8 @@ def object_removal(g: Graph):
         "Needs svd_xt.safetensors (9.6 GB) in models/checkpoints: press Run and the missing-models dialog offers "
         "the download, or get it from the link in the loader's properties. Adapter 'none' runs the "
         "training-free mode; a KFI adapter (models/kfi_adapters) fills better.\n"
-        "Mask Prepare grows the mask a little so shadows and edges go too. The model takes 25 frames at once; "
+        "Mask Prepare grows the mask a little so shadows and edges go too; to see what the model must fill, add KFI "
+        "Condition Preview after the Encode node (a copy of the clip). The model takes 25 frames at once; "
         f"longer clips: the long-clip workflow.\n{OWN_INPUT}",
     )
 

@@ -207,12 +207,18 @@ for crop in ("none", "mask"):
                               max_guidance=1.0, fps=7, decode_chunk_size=8), size="native", crop=crop)
     seen["same_" + crop] = torch.equal(got, want.movedim(1, -1)) and got.is_contiguous()
 seen["untouched"] = torch.equal(image, kept)
+try:  # an 8-bit IMAGE (no core node makes one) is refused, though the library takes 8-bit frames
+    encode.execute(kfi, (image * 255).to(torch.uint8), mask, "", 0)
+    seen["eight_bit_image"] = "accepted"
+except Exception as err:
+    seen["eight_bit_image"] = f"{{type(err).__name__}}: {{err}}"
 print("SEEN", seen)
 """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = ast.literal_eval(proc.stdout.split("SEEN", 1)[1].strip())
     assert seen["same_none"] and seen["same_mask"] and seen["untouched"], seen
+    assert seen["eight_bit_image"].startswith("InputMismatchError: images: a ComfyUI IMAGE holds float"), seen
     assert seen["encode_held"] < 0.4 and seen["encode_peak"] < 0.5, seen  # the masks (1/3); 1.75 / 1.33 before
     assert 0.9 < seen["preview_held"] < 1.1 and seen["preview_peak"] < 1.5, seen  # a new image batch
     assert seen["old_encode_held"] > 1.2 and seen["old_same"], seen  # the deprecated node makes both
