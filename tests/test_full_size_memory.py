@@ -71,12 +71,12 @@ def test_stitching_a_crop_back_blends_only_the_box():
     assert _peak(lambda: stitch_clip(clip.frames, fill, box, clip.masks)) < 2.5 * clip.frames.nbytes
 
 
-@pytest.mark.parametrize(("crop", "bound"), [("none", 2.0), ("mask", 2.5)])
+@pytest.mark.parametrize(("crop", "bound"), [("none", 2.0), ("mask", 2.2)])
 def test_a_clip_larger_than_the_working_size_needs_few_full_size_copies(tiny_model_dir, monkeypatch, crop, bound):
     """inpaint_at_size's work at the clip's size, the model's own run replaced by a composite of noise at the working
-    size (the tiny model's 64x64): the fill comes back and is composited in place, the crop is stitched back a frame
-    at a time, the box is read as a view. Before, with whole-clip blends and a copying clamp, these peaks were 4.0
-    and 5.5 copies (1.5 and 2.1 now)."""
+    size (the tiny model's 64x64): the fill comes back, is stitched (crop) and composited a frame at a time, the box
+    is read as a view. Before, with whole-clip blends and a copying clamp, these peaks were 4.0 and 5.5 copies, then
+    1.5 and 2.1 with the whole fill brought back first (1.6 and 1.9 now: the result and the working-size fill)."""
     import importlib
 
     ws = importlib.import_module("kfi_core.inference.working_size")
