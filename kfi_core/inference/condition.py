@@ -127,11 +127,11 @@ def prepare_clip(
     return ClipInputs(frames=frames, masks=masks, keyframe_indices=sorted(indices))
 
 
-def unit_clip(clip: ClipInputs) -> tuple[ClipInputs, bool]:
-    """(the clip with float frames in 0..1, whether they were 8-bit): the model's entry points work on floats."""
+def unit_clip(clip: ClipInputs) -> ClipInputs:
+    """The clip with float frames in 0..1 (itself when they are): the model's entry points work on floats."""
     if not is_eight_bit(clip.frames):
-        return clip, False
-    return replace(clip, frames=to_unit(clip.frames)), True
+        return clip
+    return replace(clip, frames=to_unit(clip.frames))
 
 
 def check_mask_coverage(clip: ClipInputs, threshold: float = DEFAULT_THRESHOLD) -> None:

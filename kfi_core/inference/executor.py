@@ -165,7 +165,7 @@ def run_schedule(
             "noise": noise,
             "seam_smoothing": seam_smoothing,
         }
-        return to_eight_bit(run_schedule(model, unit_clip(clip)[0], schedule, settings, **run_args))
+        return to_eight_bit(run_schedule(model, unit_clip(clip), schedule, settings, **run_args))
     noise = DEFAULT_NOISE if noise is None else noise
     if noise not in NOISE_MODES:
         raise ScheduleError(f"noise: got {noise!r}; choose one of {', '.join(NOISE_MODES)}.")
@@ -396,7 +396,7 @@ def propagate(
     # 1. Check inputs before any compute (an 8-bit clip runs on a float copy and comes back 8-bit)
     settings = _checked(settings, clip)
     if is_eight_bit(clip.frames):
-        floats = propagate(model, unit_clip(clip)[0], settings, callback=callback, check_cancel=check_cancel)
+        floats = propagate(model, unit_clip(clip), settings, callback=callback, check_cancel=check_cancel)
         return to_eight_bit(floats)
     height, width = clip.size
     check_size(model, height, width)

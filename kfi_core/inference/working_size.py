@@ -137,9 +137,7 @@ def inpaint_at_size(
     run_args = {"schedule": schedule, "strategy": strategy, "check_cancel": check_cancel}
     if is_eight_bit(clip.frames) and settings.num_samples > 1:  # the samples' mean is taken in float
         sizes = {"size": size, "crop": crop, "crop_padding": crop_padding}
-        return to_eight_bit(
-            inpaint_at_size(model, unit_clip(clip)[0], settings, callback=callback, **sizes, **run_args)
-        )
+        return to_eight_bit(inpaint_at_size(model, unit_clip(clip), settings, callback=callback, **sizes, **run_args))
     if crop == "mask":
         work = run_size(model, clip, size, crop)
         box = plan_clip_box(clip.masks, (work[1], work[0]), crop_padding)
@@ -163,10 +161,9 @@ def _suggest_crop(clip: ClipInputs, work: tuple[int, int], crop_padding: int) ->
     """Log a tip when the whole frame is shrunk for the model but the masks lie in a small part of it: crop mode
     would run a box around them at the working size instead, at several times the detail. Returns that gain (the
     frame's shrink factor over the box's), or None when the masks are empty."""
-    masks = clip.masks >= 0.5
-    if not bool(masks.any()):
+    if not bool(clip.masks.any()):
         return None
-    box = plan_clip_box(masks.float(), (work[1], work[0]), crop_padding)
+    box = plan_clip_box(clip.masks, (work[1], work[0]), crop_padding)  # the box crop mode would take
     gain = min(clip.size[0] / work[0], clip.size[1] / work[1]) / max((box[3] - box[1]) / work[0], 1.0)
     if gain >= CROP_HINT_GAIN:
         logger.info(
